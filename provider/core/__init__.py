@@ -1,0 +1,84 @@
+"""The pure shared core: time, intervals, ranges, series keys, the window grid, wire models, config, backoff.
+
+Nothing here does I/O at import or call time (``load_config`` reads the one file it is given), reads the
+clock or draws random numbers. Coordinator nodes import only this package, so it stays cheap: numpy, no pandas.
+"""
+
+from provider.core._backoff import retry_delay_bounds_ms, retry_delay_ms
+from provider.core._config import (
+    AppConfig,
+    BackfillConfig,
+    CoordinatorConfig,
+    SeamlessConfig,
+    SLAConfig,
+    StorageConfig,
+    WorkerConfig,
+    config_from_mapping,
+    describe_schema,
+    load_config,
+)
+from provider.core._models import (
+    JOB_STATES,
+    WINDOW_STATES,
+    ClaimRequest,
+    Job,
+    JobRequest,
+    Lease,
+    LeaseInfo,
+    WindowCounts,
+)
+from provider.core._ranges import (
+    Range,
+    covered_ms,
+    intersect_ranges,
+    merge_ranges,
+    missing_ranges,
+    snap_range,
+    subtract_ranges,
+    window_ranges,
+)
+from provider.core._series import SeriesKey, parse_window_id, window_id
+from provider.core._time import INTERVALS, interval_ms, interval_name, ms_to_iso, to_ms
+from provider.core.errors import ConfigError, CoreError, WireFormatError
+
+__all__ = [
+    "INTERVALS",
+    "JOB_STATES",
+    "WINDOW_STATES",
+    "AppConfig",
+    "BackfillConfig",
+    "ClaimRequest",
+    "ConfigError",
+    "CoordinatorConfig",
+    "CoreError",
+    "Job",
+    "JobRequest",
+    "Lease",
+    "LeaseInfo",
+    "Range",
+    "SLAConfig",
+    "SeamlessConfig",
+    "SeriesKey",
+    "StorageConfig",
+    "WindowCounts",
+    "WireFormatError",
+    "WorkerConfig",
+    "config_from_mapping",
+    "covered_ms",
+    "describe_schema",
+    "interval_ms",
+    "interval_name",
+    "intersect_ranges",
+    "load_config",
+    "merge_ranges",
+    "missing_ranges",
+    "ms_to_iso",
+    "parse_window_id",
+    "retry_delay_bounds_ms",
+    "retry_delay_ms",
+    "snap_range",
+    "subtract_ranges",
+    "to_ms",
+    "window_id",
+    "window_ranges",
+]

@@ -1,0 +1,263 @@
+"""Wire models of the coordinator API: jobs, windows and leases.
+
+Rules:
+1. Every model is a frozen dataclass with ``to_dict()`` (JSON-ready) and ``from_dict()`` that validates each
+   field and raises :class:`WireFormatError` naming it; ``from_dict(to_dict(x)) == x``.
+2. Times are int epoch ms; series are key strings (validated with :class:`SeriesKey`); ids are opaque strings.
+3. Request models normalize what they accept (ISO strings and datetimes become ms) so handlers see one shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from provider.core._series import SeriesKey
+from provider.core._time import to_ms
+from provider.core.errors import WireFormatError
+
+__all__ = [
+    "JOB_STATES",
+    "WINDOW_STATES",
+    "ClaimRequest",
+    "Job",
+    "JobRequest",
+    "Lease",
+    "LeaseInfo",
+    "WindowCounts",
+]
+
+WINDOW_STATES = ("pending", "leased", "done", "failed")
+JOB_STATES = ("running", "done", "failed", "cancelled")
+_MAX_ID_CHARS = 200
+
+M = TypeVar("M", bound="_Model")
+
+
+def _require(data: dict[str, Any], name: str) -> Any:
+    if name not in data:
+        raise WireFormatError(name, None, "a value (the field is required)")
+    return data[name]
+
+
+def _int(name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireFormatError(name, value, "an integer")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+        raise WireFormatError(name, value, f"an integer {bounds}")
+    return value
+
+
+def _text(name: str, value: Any, *, max_chars: int = _MAX_ID_CHARS) -> str:
+    if not isinstance(value, str) or not value or len(value) > max_chars or not value.isprintable():
+        raise WireFormatError(name, value, f"a non-empty printable string of at most {max_chars} chars")
+    return value
+
+
+def _time(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise WireFormatError(name, value, "epoch milliseconds or an ISO-8601 time")
+    try:
+        return to_ms(value)
+    except ValueError as exc:
+        raise WireFormatError(name, value, f"epoch milliseconds or an ISO-8601 time ({exc})") from None
+
+
+def _series(name: str, value: Any) -> str:
+    try:
+        return str(SeriesKey.parse(value))
+    except ValueError as exc:
+        raise WireFormatError(name, value, f"a series key like 'ohlcv:binance:BTC/USDT:1m' ({exc})") from None
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise WireFormatError(name, value, "true or false")
+    return value
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise WireFormatError(name, value, "one of " + ", ".join(choices))
+    return str(value)
+
+
+class _Model:
+    """Shared JSON round trip; subclasses define ``_parse``."""
+
+    _optional: ClassVar[dict[str, Any]] = {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[M], data: Any) -> M:
+        if not isinstance(data, dict):
+            raise WireFormatError("(body)", data, "a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key in data:
+            if key not in known:
+                raise WireFormatError(str(key), data[key], "no such field; known: " + ", ".join(sorted(known)))
+        return cls._parse({**cls._optional, **data})
+
+    @classmethod
+    def _parse(cls: type[M], data: dict[str, Any]) -> M:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class JobRequest(_Model):
+    """``POST /v1/jobs`` body: a range of one series to backfill."""
+
+    series: str
+    start: int
+    end: int
+    priority: int = 0
+
+    _optional: ClassVar[dict[str, Any]] = {"priority": 0}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> JobRequest:
+        series = _series("series", _require(data, "series"))
+        start = _time("start", _require(data, "start"))
+        end = _time("end", _require(data, "end"))
+        if start >= end:
+            raise WireFormatError("end", data["end"], f"a time after start ({start}); the range [start, end) is empty")
+        priority = _int("priority", data["priority"], lo=-1_000_000, hi=1_000_000)
+        return cls(series, start, end, priority)
+
+
+@dataclass(frozen=True)
+class ClaimRequest(_Model):
+    """``POST /v1/windows/claim`` body."""
+
+    worker_id: str
+    max_windows: int = 1
+    wait_ms: int = 0
+
+    _optional: ClassVar[dict[str, Any]] = {"max_windows": 1, "wait_ms": 0}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> ClaimRequest:
+        return cls(
+            _text("worker_id", _require(data, "worker_id")),
+            _int("max_windows", data["max_windows"], lo=1, hi=1000),
+            _int("wait_ms", data["wait_ms"], lo=0, hi=300_000),
+        )
+
+
+@dataclass(frozen=True)
+class WindowCounts(_Model):
+    """Windows of a job by state."""
+
+    pending: int = 0
+    leased: int = 0
+    done: int = 0
+    failed: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.leased + self.done + self.failed
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> WindowCounts:
+        return cls(*(_int(name, _require(data, name), lo=0) for name in WINDOW_STATES))
+
+
+@dataclass(frozen=True)
+class Job(_Model):
+    """A backfill job as the API shows it."""
+
+    job_id: str
+    series: str
+    start: int
+    end: int
+    state: str
+    windows: WindowCounts
+    completion_ratio: float
+    priority: int = 0
+
+    _optional: ClassVar[dict[str, Any]] = {"priority": 0}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> Job:
+        ratio = _require(data, "completion_ratio")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise WireFormatError("completion_ratio", ratio, "a number from 0 to 1")
+        return cls(
+            _text("job_id", _require(data, "job_id")),
+            _series("series", _require(data, "series")),
+            _int("start", _require(data, "start"), lo=0),
+            _int("end", _require(data, "end"), lo=0),
+            _choice("state", _require(data, "state"), JOB_STATES),
+            WindowCounts.from_dict(_require(data, "windows")),
+            float(ratio),
+            _int("priority", data["priority"]),
+        )
+
+
+@dataclass(frozen=True)
+class Lease(_Model):
+    """One window granted to a worker by a claim."""
+
+    lease_id: str
+    window_id: str
+    token: int
+    series: str
+    start: int
+    end: int
+    attempt: int
+    expires_at_ms: int
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> Lease:
+        return cls(
+            _text("lease_id", _require(data, "lease_id")),
+            _text("window_id", _require(data, "window_id"), max_chars=1000),
+            _int("token", _require(data, "token"), lo=1),
+            _series("series", _require(data, "series")),
+            _int("start", _require(data, "start"), lo=0),
+            _int("end", _require(data, "end"), lo=0),
+            _int("attempt", _require(data, "attempt"), lo=1),
+            _int("expires_at_ms", _require(data, "expires_at_ms"), lo=0),
+        )
+
+
+@dataclass(frozen=True)
+class LeaseInfo(_Model):
+    """A live lease as ``GET /v1/leases`` lists it; ``kind`` is ``window`` or ``key`` (QMTL keyed leases)."""
+
+    lease_id: str
+    kind: str
+    worker_id: str
+    token: int
+    granted_at_ms: int
+    expires_at_ms: int
+    stale: bool
+    window_id: str | None = None
+    key: str | None = None
+
+    _optional: ClassVar[dict[str, Any]] = {"window_id": None, "key": None}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> LeaseInfo:
+        kind = _choice("kind", _require(data, "kind"), ("window", "key"))
+        window = data["window_id"]
+        key = data["key"]
+        if kind == "window":
+            window = _text("window_id", window, max_chars=1000)
+        else:
+            key = _text("key", key, max_chars=1000)
+        return cls(
+            _text("lease_id", _require(data, "lease_id")),
+            kind,
+            _text("worker_id", _require(data, "worker_id")),
+            _int("token", _require(data, "token"), lo=1),
+            _int("granted_at_ms", _require(data, "granted_at_ms"), lo=0),
+            _int("expires_at_ms", _require(data, "expires_at_ms"), lo=0),
+            _bool("stale", _require(data, "stale")),
+            window,
+            key,
+        )

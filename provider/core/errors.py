@@ -1,0 +1,48 @@
+"""Errors of the pure core.
+
+Tree::
+
+    ValueError
+    └── CoreError            base of every error raised by provider.core
+        ├── ConfigError      a config key is unknown or its value is not allowed (path, value, allowed)
+        └── WireFormatError  a wire message field is missing or invalid (field, value, allowed)
+
+Time, range and series helpers raise plain ``ValueError`` with a message naming the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ConfigError", "CoreError", "WireFormatError"]
+
+
+class CoreError(ValueError):
+    """Base class of the core's errors."""
+
+
+class ConfigError(CoreError):
+    """A configuration key is unknown or its value is not allowed."""
+
+    def __init__(self, path: str, value: Any, allowed: str, *, unknown: bool = False) -> None:
+        self.path = path
+        self.value = value
+        self.allowed = allowed
+        if unknown:
+            message = f"unknown config key {path!r}; expected {allowed}"
+        else:
+            message = f"config key {path!r} has value {value!r}; allowed: {allowed}"
+        super().__init__(message)
+
+
+class WireFormatError(CoreError):
+    """A field of a wire message is missing or invalid; ``field`` names it for the 400 answer."""
+
+    def __init__(self, field: str, value: Any, allowed: str) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"field {field!r} has value {shown}; expected {allowed}")

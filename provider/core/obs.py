@@ -1,0 +1,110 @@
+"""Logging and metrics helpers shared by every process.
+
+Rules:
+1. Services log JSON lines through structlog; a line carries the service name, the level, an ISO timestamp and
+   whatever is bound in the context (``request_id``, and for leases ``lease_id``, ``window_id``, ``token``,
+   ``worker_id``). :func:`bind_request` binds those for the current asyncio task only (contextvars).
+2. Each process (and each test) owns its Prometheus registry: :func:`new_registry`; nothing registers on the
+   global default registry, so two coordinators in one test process never collide.
+3. Nothing is configured at import time; the CLI calls :func:`configure_logging` once.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import structlog
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = [
+    "METRICS_CONTENT_TYPE",
+    "bind_request",
+    "configure_logging",
+    "get_logger",
+    "metrics_text",
+    "new_registry",
+    "new_request_id",
+]
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+#: Field names whose values never reach a log line.
+_SECRET_KEYS = frozenset({"token_secret", "password", "authorization", "cluster_secret", "bearer"})
+
+
+def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in list(event):
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "[redacted]"
+    return event
+
+
+def configure_logging(service: str, *, level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to one stream as JSON lines (or console text when ``json=False``)."""
+    out = stream or sys.stderr
+    level_no = logging.getLevelName(level.upper())
+    if not isinstance(level_no, int):
+        raise ValueError(f"log level {level!r} is not valid; use DEBUG, INFO, WARNING or ERROR")
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    structlog.contextvars.bind_contextvars(service=service)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer, foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(level_no, logging.INFO) if level_no < logging.INFO else level_no)
+    # pysyncobj and aiohttp.access are chatty at INFO; their warnings still pass.
+    for noisy in ("aiohttp.access", "pysyncobj"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger for ``name``."""
+    return structlog.get_logger(name)
+
+
+def new_request_id() -> str:
+    """A short random request id (hex)."""
+    return secrets.token_hex(8)
+
+
+@contextmanager
+def bind_request(request_id: str | None = None, **fields: Any) -> Iterator[str]:
+    """Bind ``request_id`` (new when None) and extra fields to every log line of the current task."""
+    rid = request_id or new_request_id()
+    tokens = structlog.contextvars.bind_contextvars(request_id=rid, **fields)
+    try:
+        yield rid
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh metrics registry owned by one process or component."""
+    return CollectorRegistry(auto_describe=True)
+
+
+def metrics_text(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus text format."""
+    return generate_latest(registry)

@@ -1,0 +1,138 @@
+"""Errors of the provider package.
+
+Tree::
+
+    SeamlessError                      base of every error this package raises on purpose
+    ├── CoordinatorError               the coordinator answered with an error, or could not be reached
+    │   ├── CoordinatorBadRequestError     400/413: ``field`` names what was wrong
+    │   ├── CoordinatorAuthError           401/403: missing, unknown or under-privileged token
+    │   ├── CoordinatorNotFoundError       404: unknown job, window or lease id
+    │   ├── CoordinatorConflictError       409: the request conflicts with the current state
+    │   │   └── LeaseLostError                 the token is not the window's current lease: stop working on it
+    │   └── CoordinatorUnavailableError    no leader / no node answered before the deadline
+    ├── DataUnavailableError           FAIL_FAST: part of the request is not stored (``missing`` ranges)
+    ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
+    ├── SeamlessSLAExceeded            an SLA budget ran out (``phase``, ``elapsed_ms``, ``budget_ms``)
+    └── ConformancePipelineError       conformance found blocking problems (``report``)
+
+Storage errors live in :mod:`provider.storage.errors`, source errors in :mod:`provider.sources.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from provider.core import ms_to_iso
+
+__all__ = [
+    "BackfillFailedError",
+    "ConformancePipelineError",
+    "CoordinatorAuthError",
+    "CoordinatorBadRequestError",
+    "CoordinatorConflictError",
+    "CoordinatorError",
+    "CoordinatorNotFoundError",
+    "CoordinatorUnavailableError",
+    "DataUnavailableError",
+    "LeaseLostError",
+    "SeamlessError",
+    "SeamlessSLAExceeded",
+]
+
+
+class SeamlessError(Exception):
+    """Base class of the provider's errors."""
+
+
+class CoordinatorError(SeamlessError):
+    """The coordinator refused a request; ``status`` and ``code`` come from its error body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        field: str | None = None,
+        url: str | None = None,
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.field = field
+        self.url = url
+        super().__init__(message)
+
+
+class CoordinatorBadRequestError(CoordinatorError, ValueError):
+    """400 or 413: the request was invalid; ``field`` names the offending field when known."""
+
+
+class CoordinatorAuthError(CoordinatorError):
+    """401 or 403: pass a valid token with ``--token-file`` (or ``token=``) that has the needed role."""
+
+
+class CoordinatorNotFoundError(CoordinatorError, LookupError):
+    """404: the job, window or lease id is unknown."""
+
+
+class CoordinatorConflictError(CoordinatorError):
+    """409: the request conflicts with the current state (e.g. a keyed lease held by someone else)."""
+
+
+class LeaseLostError(CoordinatorConflictError):
+    """409 ``lease_lost``: the token is no longer the window's current lease; abandon the window's work."""
+
+
+class CoordinatorUnavailableError(CoordinatorError, ConnectionError):
+    """No node answered with a leader before the deadline; check ``coordinator status`` and the nodes' logs."""
+
+
+def _ranges_text(ranges: list[tuple[int, int]], limit: int = 5) -> str:
+    shown = ", ".join(f"[{ms_to_iso(s)}, {ms_to_iso(e)})" for s, e in ranges[:limit])
+    more = f" and {len(ranges) - limit} more" if len(ranges) > limit else ""
+    return shown + more
+
+
+class DataUnavailableError(SeamlessError, LookupError):
+    """FAIL_FAST found uncovered ranges; ``missing`` lists them as (start_ms, end_ms)."""
+
+    def __init__(self, series: str, missing: list[tuple[int, int]]) -> None:
+        self.series = series
+        self.missing = list(missing)
+        super().__init__(
+            f"{series}: {len(self.missing)} range(s) not in cache or storage: {_ranges_text(self.missing)}; "
+            "use strategy AUTO_BACKFILL or SEAMLESS to fetch them, or run a backfill job first"
+        )
+
+
+class BackfillFailedError(SeamlessError):
+    """A backfill did not complete; ``missing`` lists what is still uncovered, ``reason`` says why."""
+
+    def __init__(self, series: str, missing: list[tuple[int, int]], reason: str) -> None:
+        self.series = series
+        self.missing = list(missing)
+        self.reason = reason
+        super().__init__(f"{series}: backfill failed ({reason}); still missing: {_ranges_text(self.missing)}")
+
+
+class SeamlessSLAExceeded(SeamlessError, TimeoutError):
+    """An SLA budget ran out: ``phase`` is storage, backfill, live, total, freshness or coverage."""
+
+    def __init__(self, phase: str, elapsed_ms: float, budget_ms: float, detail: str = "") -> None:
+        self.phase = phase
+        self.elapsed_ms = elapsed_ms
+        self.budget_ms = budget_ms
+        extra = f"; {detail}" if detail else ""
+        super().__init__(
+            f"SLA phase {phase!r} exceeded: {elapsed_ms:.0f} ms used of a {budget_ms:.0f} ms budget{extra}"
+        )
+
+
+class ConformancePipelineError(SeamlessError):
+    """Conformance found blocking problems; ``report`` holds the full report (pass ``partial_ok=True`` to accept)."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        flags = getattr(report, "flag_counts", {}) or {}
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) or "see report"
+        super().__init__(f"conformance blocked the frame ({summary}); pass partial_ok=True to accept it with a report")

@@ -56,7 +56,7 @@ class BackfillConfig:
     """How missing data is fetched: single-flight, leases, windows, retries."""
 
     #: ``background`` returns and backfills behind the caller; ``sync`` waits (AUTO_BACKFILL always waits).
-    mode: str = _spec("background", choices=BACKFILL_MODES, doc="background | sync")
+    mode: str = _spec("background", choices=BACKFILL_MODES, doc="whether backfills outlive the fetch (background) or block it (sync)")
     #: How long a finished in-process backfill stays deduplicated.
     single_flight_ttl_ms: int = _spec(60_000, lo=0, doc="ms a finished in-process backfill stays deduplicated")
     #: Lease time to live; workers renew every TTL/3.
@@ -259,7 +259,9 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
             kind = getattr(hint, "__name__", str(hint))
-            rows.append((path, kind, default, _describe(f.metadata, str(f.metadata.get("doc", "")))))
+            kind = kind.replace("float | None", "float or null").replace("int | None", "int or null")
+            allowed = _describe(f.metadata, kind)
+            rows.append((path, kind, default, f"{f.metadata.get('doc', '')}; {allowed}"))
 
     walk(AppConfig, "")
     return rows

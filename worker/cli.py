@@ -1,0 +1,218 @@
+"""``worker run``: the backfill worker daemon, or with ``--autoscale MIN:MAX`` a supervisor of a worker pool.
+
+Precedence: flags override the ``--config`` file, the file overrides defaults. This module is the only one in
+worker/ that reads the environment, installs signal handlers or builds objects from flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from provider.core import AppConfig, ConfigError, load_config
+from provider.core.obs import METRICS_CONTENT_TYPE, configure_logging, get_logger, metrics_text
+from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
+from worker.metrics import WorkerMetrics
+
+log = get_logger("worker.cli")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Seamless backfill workers: claim windows from the coordinator, fetch bars, store them."""
+
+
+@main.command()
+@click.option(
+    "--coordinator",
+    "coordinator_urls",
+    required=True,
+    metavar="URL[,URL...]",
+    help="Coordinator base URLs, comma separated (any node; the client follows the leader).",
+)
+@click.option(
+    "--source",
+    default="synthetic",
+    show_default=True,
+    metavar="SOURCE",
+    help="synthetic[:SEED], binance[:BASE_URL] or ccxt:EXCHANGE_ID (or a plug-in).",
+)
+@click.option(
+    "--storage",
+    "storage_dsn",
+    default=None,
+    metavar="DSN",
+    help="questdb://USER:PASS@HOST:PGPORT/?http_port=9000, postgresql://... or sqlite:///path.db "
+    "[default: storage.dsn from --config, else sqlite:///seamless.db]",
+)
+@click.option("--worker-id", default=None, help="Stable id for logs and leases [default: HOST-PID].")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Windows in progress at once [default: worker.concurrency, 4].",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML config file (DESIGN.md section 3).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File whose first token is sent as the bearer token (role 'worker').",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /metrics and /healthz on 127.0.0.1:PORT (0 picks a free port).",
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Bind address of the metrics server.")
+@click.option(
+    "--autoscale",
+    default=None,
+    metavar="MIN:MAX",
+    help="Supervise MIN..MAX worker processes, sized by the cluster's pending windows.",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+def run(**opts: Any) -> None:
+    """Run a worker (or, with --autoscale, a pool of them) until SIGTERM or Ctrl-C."""
+    configure_logging("worker", level=opts["log_level"])
+    try:
+        config = load_config(opts["config_path"])
+        if opts["autoscale"]:
+            bounds = parse_autoscale(opts["autoscale"])
+            code = asyncio.run(_supervise(opts, config, bounds))
+        else:
+            code = asyncio.run(_run_worker(opts, config))
+    except (ConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(code)
+
+
+def _stop_on_signals(stop: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+def _token(opts: dict[str, Any]) -> str | None:
+    from provider.client import read_token_file
+
+    return read_token_file(opts["token_file"]) if opts["token_file"] else None
+
+
+async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
+    from provider.client import CoordinatorClient
+    from provider.sources import SourceLimits, open_source
+    from provider.storage import open_storage
+    from worker.daemon import Worker, WorkerSettings
+
+    worker_cfg = config.worker
+    if opts["concurrency"]:
+        worker_cfg = dataclasses.replace(worker_cfg, concurrency=opts["concurrency"])
+    backfill = config.seamless_data_provider.backfill_config
+    worker_id = opts["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
+    settings = WorkerSettings.from_config(worker_id, worker_cfg, backfill)
+    metrics = WorkerMetrics()
+    storage = await open_storage(opts["storage_dsn"] or config.storage.dsn)
+    limits = SourceLimits.from_worker_config(worker_cfg)
+    source = open_source(
+        opts["source"],
+        limits=limits,
+        retry=backfill,
+        on_retry=lambda event: metrics.retries.labels(source=event.source).inc(),
+    )
+    client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
+    worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
+    _stop_on_signals(worker.stop)
+    runner = await _serve_metrics(opts, metrics) if opts["metrics_port"] is not None else None
+    try:
+        await worker.run()
+    finally:
+        for closer in (client.aclose, source.aclose, storage.aclose):
+            with contextlib.suppress(Exception):
+                await closer()
+        if runner is not None:
+            await runner.cleanup()
+    return 0
+
+
+async def _serve_metrics(opts: dict[str, Any], metrics: WorkerMetrics) -> web.AppRunner:
+    async def metrics_route(_: web.Request) -> web.Response:
+        return web.Response(body=metrics_text(metrics.registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def health_route(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_route)
+    app.router.add_get("/healthz", health_route)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, opts["metrics_host"], opts["metrics_port"])
+    await site.start()
+    addresses = runner.addresses
+    log.info("metrics listening", address=f"http://{addresses[0][0]}:{addresses[0][1]}/metrics")
+    return runner
+
+
+def _child_argv(opts: dict[str, Any], index: int) -> list[str]:
+    argv = [*python_argv(), "run", "--coordinator", opts["coordinator_urls"], "--source", opts["source"]]
+    base_id = opts["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
+    argv += ["--worker-id", f"{base_id}-w{index}", "--log-level", opts["log_level"]]
+    for flag, key in (
+        ("--storage", "storage_dsn"),
+        ("--concurrency", "concurrency"),
+        ("--config", "config_path"),
+        ("--token-file", "token_file"),
+    ):
+        if opts[key] is not None:
+            argv += [flag, str(opts[key])]
+    if opts["metrics_port"]:
+        argv += ["--metrics-port", str(opts["metrics_port"] + 1 + index)]
+    return argv
+
+
+async def _supervise(opts: dict[str, Any], config: AppConfig, bounds: tuple[int, int]) -> int:
+    from provider.client import CoordinatorClient
+
+    client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), retry_deadline_s=5)
+
+    async def backlog() -> tuple[int, int]:
+        jobs = await client.list_jobs()
+        running = [j for j in jobs if j.state == "running"]
+        return sum(j.windows.pending for j in running), sum(j.windows.leased for j in running)
+
+    policy = AutoscalePolicy(bounds[0], bounds[1], config.worker.autoscale_windows_per_worker)
+    supervisor = Supervisor(
+        policy=policy,
+        child_argv=lambda index: _child_argv(opts, index),
+        backlog=backlog,
+        interval_s=config.worker.autoscale_interval_ms / 1000,
+        grace_s=config.worker.shutdown_grace_ms / 1000,
+    )
+    _stop_on_signals(supervisor.stop)
+    try:
+        await supervisor.run()
+    finally:
+        await client.aclose()
+    return 0
+
+
+if __name__ == "__main__":
+    main()

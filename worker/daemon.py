@@ -1,0 +1,273 @@
+"""The worker daemon: turn leases into stored bars.
+
+Loop (DESIGN.md section 5): claim -> renew every TTL/3 in the background -> fetch with retries -> check the frame
+-> write the window -> complete with the token.
+
+Rules:
+1. At most ``concurrency`` windows are in progress; claims ask only for free slots and long-poll when idle.
+2. A lost lease (409 ``lease_lost`` on renew, or the local deadline passing without a successful renew) cancels
+   that window's work; it is never completed. The window is re-checked with a renew right before the write, so a
+   worker that was paused past its TTL (a zombie) does not write or complete.
+3. A fatal source error fails the window with ``retryable=False``; any other error fails it retryable, and the
+   coordinator re-queues it until ``max_attempts``.
+4. ``stop()`` (SIGTERM) stops claiming; in-progress windows get ``shutdown_grace_ms`` to finish, then are
+   cancelled and released so another worker takes them at once, attempt not counted.
+5. Writes are idempotent (the storage contract), so a window written twice holds the same bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pandas as pd
+
+from provider.core import BackfillConfig, Lease, WorkerConfig
+from provider.core.obs import bind_request, get_logger
+from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
+from provider.frames import FrameContractError, check_frame
+from provider.sources.errors import FatalSourceError
+from worker.metrics import WorkerMetrics
+
+__all__ = ["Worker", "WorkerSettings"]
+
+log = get_logger("worker")
+
+#: A release on shutdown is best effort: the lease expires anyway.
+_RELEASE_TIMEOUT_S = 5.0
+
+
+class Coordinator(Protocol):
+    """What the worker needs from :class:`provider.client.CoordinatorClient`."""
+
+    async def claim(self, worker_id: str, *, max_windows: int = 1, wait_ms: int = 0) -> list[Lease]: ...
+    async def renew(self, lease_id: str, token: int) -> int: ...
+    async def complete(self, lease_id: str, token: int, rows: int) -> Any: ...
+    async def fail(self, lease_id: str, token: int, reason: str, *, retryable: bool) -> Any: ...
+    async def release(self, lease_id: str) -> Any: ...
+
+
+class Fetcher(Protocol):
+    """A source: the bars of ``[start, end)``."""
+
+    async def fetch(self, series: Any, start: Any, end: Any) -> pd.DataFrame: ...
+
+
+class Store(Protocol):
+    """A storage backend: write one window atomically and idempotently."""
+
+    async def write_window(self, series: Any, start: Any, end: Any, frame: pd.DataFrame) -> Any: ...
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What one worker process is and how it paces itself."""
+
+    worker_id: str
+    concurrency: int
+    lease_ttl_ms: int
+    claim_wait_ms: int
+    shutdown_grace_ms: int
+
+    @classmethod
+    def from_config(cls, worker_id: str, worker: WorkerConfig, backfill: BackfillConfig) -> WorkerSettings:
+        return cls(
+            worker_id=worker_id,
+            concurrency=worker.concurrency,
+            lease_ttl_ms=backfill.distributed_lease_ttl_ms,
+            claim_wait_ms=worker.claim_wait_ms,
+            shutdown_grace_ms=worker.shutdown_grace_ms,
+        )
+
+
+class _LeaseLost(Exception):
+    """Internal: the renew loop found the lease gone."""
+
+
+class Worker:
+    """One worker: a claim loop feeding up to ``concurrency`` window tasks."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        coordinator: Coordinator,
+        source: Fetcher,
+        storage: Store,
+        metrics: WorkerMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._coordinator = coordinator
+        self._source = source
+        self._storage = storage
+        self.metrics = metrics or WorkerMetrics()
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._slot_freed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; :meth:`run` then drains in-progress windows within the grace period."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Claim and process windows until :meth:`stop`; then finish or release what is in progress."""
+        log.info("worker started", worker_id=self.settings.worker_id, concurrency=self.settings.concurrency)
+        try:
+            await self._claim_loop()
+        finally:
+            await self._drain()
+            log.info("worker stopped", worker_id=self.settings.worker_id)
+
+    async def _claim_loop(self) -> None:
+        backoff_s = 0.1
+        while not self._stopping.is_set():
+            free = self.settings.concurrency - len(self._tasks)
+            if free <= 0:
+                await self._wait_for_slot()
+                continue
+            try:
+                leases = await self._claim(free)
+            except (CoordinatorUnavailableError, CoordinatorError) as exc:
+                log.warning("claim failed; retrying", error=str(exc), retry_in_s=backoff_s)
+                await self._sleep_unless_stopping(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            backoff_s = 0.1
+            for lease in leases:
+                self._start(lease)
+
+    async def _claim(self, free: int) -> list[Lease]:
+        wait_ms = self.settings.claim_wait_ms
+        claim = asyncio.ensure_future(
+            self._coordinator.claim(self.settings.worker_id, max_windows=free, wait_ms=wait_ms)
+        )
+        stop = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if claim in done:
+            stop.cancel()
+            return claim.result()
+        # Stopping during a long poll: let the claim finish so granted windows are released, not orphaned.
+        leases = await claim
+        for lease in leases:
+            self._start(lease)
+        return []
+
+    def _start(self, lease: Lease) -> None:
+        task = asyncio.create_task(self._process(lease), name=f"window-{lease.window_id}")
+        self._tasks[lease.lease_id] = task
+        self.metrics.in_progress.set(len(self._tasks))
+
+        def done(_: asyncio.Task[None], lease_id: str = lease.lease_id) -> None:
+            self._tasks.pop(lease_id, None)
+            self.metrics.in_progress.set(len(self._tasks))
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        waiter = asyncio.ensure_future(self._slot_freed.wait())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stop.cancel()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        grace_s = self.settings.shutdown_grace_ms / 1000
+        log.info("draining windows", in_progress=len(self._tasks), grace_s=grace_s)
+        _, pending = await asyncio.wait(set(self._tasks.values()), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- one window ------------------------------------------------------------------------------------------
+
+    async def _process(self, lease: Lease) -> None:
+        fields = {"lease_id": lease.lease_id, "window_id": lease.window_id, "token": lease.token}
+        with bind_request(None, worker_id=self.settings.worker_id, **fields):
+            renewer = asyncio.create_task(self._renew_loop(lease))
+            work = asyncio.create_task(self._work(lease))
+            try:
+                done, _ = await asyncio.wait({renewer, work}, return_when=asyncio.FIRST_COMPLETED)
+                if work in done:
+                    work.result()
+                else:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    renewer.result()
+            except asyncio.CancelledError:
+                work.cancel()
+                await self._release(lease)
+                raise
+            except (_LeaseLost, LeaseLostError):
+                self.metrics.leases_lost.inc()
+                log.warning("lease lost; window abandoned")
+            except Exception as exc:  # any failure of one window is reported, never kills the worker
+                await self._report_failure(lease, exc)
+            finally:
+                renewer.cancel()
+                work.cancel()
+
+    async def _work(self, lease: Lease) -> None:
+        started = time.perf_counter()
+        frame = await self._source.fetch(lease.series, lease.start, lease.end)
+        check_frame(frame, start_ms=lease.start, end_ms=lease.end)
+        # Re-check ownership right before writing: a worker paused past its TTL must not write or complete.
+        await self._coordinator.renew(lease.lease_id, lease.token)
+        await self._storage.write_window(lease.series, lease.start, lease.end, frame)
+        await self._coordinator.complete(lease.lease_id, lease.token, len(frame))
+        self.metrics.rows_written.inc(len(frame))
+        self.metrics.windows_done.inc()
+        self.metrics.last_timestamp.set(time.time())
+        log.info("window done", rows=len(frame), attempt=lease.attempt, took_s=round(time.perf_counter() - started, 3))
+
+    async def _renew_loop(self, lease: Lease) -> None:
+        """Renew every TTL/3; raise :class:`_LeaseLost` when the lease is gone or can no longer be proven ours."""
+        period_s = self.settings.lease_ttl_ms / 3000
+        deadline = self._clock() + self.settings.lease_ttl_ms / 1000
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self._coordinator.renew(lease.lease_id, lease.token)
+                deadline = self._clock() + self.settings.lease_ttl_ms / 1000
+            except LeaseLostError as exc:
+                raise _LeaseLost(str(exc)) from None
+            except CoordinatorError as exc:
+                if self._clock() >= deadline:
+                    raise _LeaseLost(f"could not renew before expiry: {exc}") from None
+                log.warning("renew failed; will retry", error=str(exc))
+
+    async def _report_failure(self, lease: Lease, exc: Exception) -> None:
+        retryable = not isinstance(exc, (FatalSourceError, FrameContractError))
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        self.metrics.failures.labels(reason=type(exc).__name__).inc()
+        log.warning("window failed", reason=reason, retryable=retryable, attempt=lease.attempt)
+        try:
+            await self._coordinator.fail(lease.lease_id, lease.token, reason, retryable=retryable)
+        except LeaseLostError:
+            log.info("fail not recorded: lease already lost")
+        except CoordinatorError as report_exc:
+            log.warning("could not report failure; the lease will expire", error=str(report_exc))
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(self._coordinator.release(lease.lease_id)), _RELEASE_TIMEOUT_S)
+            log.info("window released on shutdown")
+        except (CoordinatorError, TimeoutError) as exc:
+            log.warning("release failed; the lease will expire", error=str(exc))

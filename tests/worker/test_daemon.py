@@ -12,13 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_coordinator import MemoryCoordinator  # noqa: E402
+from memory_coordinator import MemoryCoordinator
 
-from provider.core import BackfillConfig, WorkerConfig  # noqa: E402
-from provider.sources import open_source  # noqa: E402
-from provider.sources.errors import FatalSourceError, RetryableSourceError  # noqa: E402
-from provider.storage import open_storage  # noqa: E402
-from worker.daemon import Worker, WorkerSettings  # noqa: E402
+from provider.core import BackfillConfig, WorkerConfig
+from provider.sources import open_source
+from provider.sources.errors import FatalSourceError, RetryableSourceError
+from provider.storage import open_storage
+from worker.daemon import Worker, WorkerSettings
 
 SERIES = "ohlcv:synthetic:BTC/USDT:1m"
 MINUTE = 60_000

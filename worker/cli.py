@@ -18,9 +18,10 @@ from typing import Any
 
 import click
 from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge
 
 from provider.core import AppConfig, ConfigError, load_config
-from provider.core.obs import METRICS_CONTENT_TYPE, configure_logging, get_logger, metrics_text
+from provider.core.obs import METRICS_CONTENT_TYPE, configure_logging, get_logger, metrics_text, new_registry
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
 from worker.metrics import WorkerMetrics
 
@@ -140,7 +141,7 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
     worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
     _stop_on_signals(worker.stop)
-    runner = await _serve_metrics(opts, metrics) if opts["metrics_port"] is not None else None
+    runner = await _serve_metrics(opts, metrics.registry) if opts["metrics_port"] is not None else None
     try:
         await worker.run()
     finally:
@@ -152,9 +153,9 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     return 0
 
 
-async def _serve_metrics(opts: dict[str, Any], metrics: WorkerMetrics) -> web.AppRunner:
+async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> web.AppRunner:
     async def metrics_route(_: web.Request) -> web.Response:
-        return web.Response(body=metrics_text(metrics.registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=metrics_text(registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def health_route(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -207,10 +208,20 @@ async def _supervise(opts: dict[str, Any], config: AppConfig, bounds: tuple[int,
         grace_s=config.worker.shutdown_grace_ms / 1000,
     )
     _stop_on_signals(supervisor.stop)
+    registry = new_registry()
+    Gauge("worker_pool_size", "Worker processes the supervisor runs.", registry=registry).set_function(
+        lambda: len(supervisor.children)
+    )
+    Gauge("worker_pool_restarts", "Crashed worker processes restarted.", registry=registry).set_function(
+        lambda: supervisor.restarts
+    )
+    runner = await _serve_metrics(opts, registry) if opts["metrics_port"] is not None else None
     try:
         await supervisor.run()
     finally:
         await client.aclose()
+        if runner is not None:
+            await runner.cleanup()
     return 0
 
 

@@ -1,0 +1,195 @@
+"""Backfill throughput end to end: 3 coordinators, N worker processes, the loopback exchange, storage.
+
+Two curves, each against a baseline measured in the same run:
+
+1. Rate-limited: the exchange admits R requests/s (429 beyond). Each window is one 1000-bar request, so the
+   bound is R x 1000 bars/s. Workers share the exchange's limit (each process gets R*60/N requests per minute, a
+   little under, as docs/sources.md advises). Reported: bars/s and the ratio to the bound, for 1, 2 and 4 workers
+   (and 8 with ``--max-workers 8``).
+2. Unlimited: bars/s of the same pipeline with no exchange limit, next to the raw storage write rate (the
+   backend's ``write_window`` called directly with the same frames, no coordinator, no HTTP).
+
+Run: ``.venv/bin/python bench/bench_backfill.py [--runs 3] [--rps 20] [--storage sqlite|questdb]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "coordinator"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import yaml  # noqa: E402
+from _common import emit, table  # noqa: E402
+from coordinator_testkit import http_json, make_cluster  # noqa: E402
+from e2e_kit import Exchange, WorkerPool  # noqa: E402
+
+from provider.sources import open_source  # noqa: E402
+from provider.storage import open_storage  # noqa: E402
+
+MINUTE = 60_000
+T0 = 1_577_836_800_000  # 2020-01-01
+BARS_PER_WINDOW = 1000
+
+
+def config(rps: float | None, workers: int) -> dict[str, Any]:
+    per_process_rpm = int(rps * 60 * 0.95 / workers) if rps else 0
+    return {
+        "seamless_data_provider": {
+            "backfill_config": {"distributed_lease_ttl_ms": 10_000, "window_bars": 1000, "retry_backoff_ms": 100}
+        },
+        "coordinator": {"reap_interval_ms": 200},
+        "worker": {
+            "concurrency": 4,
+            "claim_wait_ms": 200,
+            "requests_per_minute": per_process_rpm,
+            "weight_per_minute": 0,
+        },
+    }
+
+
+def run_backfill(root: Path, storage: str, workers: int, windows: int, rps: float | None) -> float:
+    """Start a cluster, an exchange and N workers; backfill ``windows`` windows; return bars/s."""
+    cfg = config(rps, workers)
+    (root / "cluster").mkdir()
+    cluster = make_cluster(root / "cluster", 3, cfg)
+    exchange = Exchange.start("--seed", "1", *(["--rps", str(int(rps))] if rps else []))
+    cfg_path = root / "worker.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    pool = WorkerPool(root, cluster.urls, f"binance:{exchange.url}", storage, cfg_path)
+    try:
+        for i in range(3):
+            cluster.start(i)
+        cluster.wait_leader(30)
+        for i in range(workers):
+            pool.start(f"bench-w{i}", concurrency=4)
+        # one series per 50 windows so storage writes spread like a real multi-symbol backfill
+        symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/BTC"]
+        per_symbol = -(-windows // len(symbols))
+        started = time.perf_counter()
+        jobs = []
+        for symbol in symbols:
+            body = {
+                "series": f"ohlcv:binance:{symbol}:1m",
+                "start": T0,
+                "end": T0 + per_symbol * BARS_PER_WINDOW * MINUTE,
+            }
+            status, answer = http_json("POST", cluster.urls[0] + "/v1/jobs", body)
+            assert status in (200, 201), answer
+            jobs.append(answer["job"]["job_id"])
+        while True:
+            states = [http_json("GET", cluster.urls[0] + f"/v1/jobs/{j}")[1]["job"] for j in jobs]
+            if all(s["state"] != "running" for s in states):
+                break
+            time.sleep(0.05)
+        took_s = time.perf_counter() - started
+        assert all(s["state"] == "done" for s in states), states
+        bars = per_symbol * len(symbols) * BARS_PER_WINDOW
+        return bars / took_s
+    finally:
+        pool.kill_all()
+        exchange.stop()
+        cluster.kill_all()
+
+
+async def raw_write_rate(storage: str, windows: int) -> float:
+    """bars/s of write_window alone for the same frames (the storage baseline)."""
+    source = open_source("synthetic:1")
+    frames = [
+        await source.fetch(
+            "ohlcv:binance:BTC/USDT:1m", T0 + k * BARS_PER_WINDOW * MINUTE, T0 + (k + 1) * BARS_PER_WINDOW * MINUTE
+        )
+        for k in range(windows)
+    ]
+    store = await open_storage(storage)
+    try:
+        started = time.perf_counter()
+        for k, frame in enumerate(frames):
+            await store.write_window(
+                "ohlcv:binance:BTC/USDT:1m",
+                T0 + k * BARS_PER_WINDOW * MINUTE,
+                T0 + (k + 1) * BARS_PER_WINDOW * MINUTE,
+                frame,
+            )
+        return sum(len(f) for f in frames) / (time.perf_counter() - started)
+    finally:
+        await store.aclose()
+
+
+def storage_dsn(kind: str, root: Path, questdb: Any) -> str:
+    if kind == "questdb":
+        return f"{questdb.dsn}&table=bench_{secrets.token_hex(4)}"
+    return f"sqlite:///{root / ('bench-' + secrets.token_hex(4) + '.db')}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
+    parser.add_argument("--rps", type=float, default=20.0, help="exchange request limit for the bounded curve")
+    parser.add_argument("--seconds", type=float, default=12.0, help="target length of one bounded run")
+    parser.add_argument("--max-workers", type=int, default=4, choices=(4, 8))
+    parser.add_argument("--storage", choices=("sqlite", "questdb"), default="questdb")
+    args = parser.parse_args()
+
+    import devservices
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    questdb = devservices.QuestDBServer() if args.storage == "questdb" else None
+    try:
+        if questdb is not None:
+            questdb.start()
+        counts = [n for n in (1, 2, 4, 8) if n <= args.max_workers]
+        bound = args.rps * BARS_PER_WINDOW
+        windows = int(args.rps * args.seconds)
+        bounded = []
+        for n in counts:
+            rates = []
+            for run in range(args.runs):
+                root = tmp / f"bounded-{n}-{run}"
+                root.mkdir()
+                rates.append(run_backfill(root, storage_dsn(args.storage, root, questdb), n, windows, args.rps))
+            median = statistics.median(rates)
+            bounded.append([n, median, bound, median / bound])
+        print(f"## Rate-limited exchange ({args.rps:.0f} requests/s x {BARS_PER_WINDOW} bars; median of {args.runs})\n")
+        print(table(["workers", "bars/s", "bound bars/s", "ratio"], bounded))
+
+        free_rates, raw_rates = [], []
+        for run in range(args.runs):
+            root = tmp / f"free-{run}"
+            root.mkdir()
+            free_rates.append(run_backfill(root, storage_dsn(args.storage, root, questdb), counts[-1], 200, None))
+            raw_rates.append(asyncio.run(raw_write_rate(storage_dsn(args.storage, root, questdb), 200)))
+        free, raw = statistics.median(free_rates), statistics.median(raw_rates)
+        print(f"\n## No exchange limit, {counts[-1]} workers, {args.storage} (median of {args.runs})\n")
+        print(table(["pipeline bars/s", "raw write_window bars/s", "ratio"], [[free, raw, free / raw]]))
+        emit(
+            "backfill",
+            {
+                "storage": args.storage,
+                "rps": args.rps,
+                "bounded": {str(r[0]): {"bars_per_s": r[1], "ratio": r[3]} for r in bounded},
+                "unlimited_bars_per_s": free,
+                "raw_write_bars_per_s": raw,
+                "unlimited_ratio": free / raw,
+            },
+        )
+    finally:
+        if questdb is not None:
+            questdb.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

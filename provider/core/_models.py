@@ -21,10 +21,16 @@ __all__ = [
     "JOB_STATES",
     "WINDOW_STATES",
     "ClaimRequest",
+    "CompleteRequest",
+    "FailRequest",
     "Job",
     "JobRequest",
+    "KeyClaimRequest",
+    "KeyFinishRequest",
     "Lease",
     "LeaseInfo",
+    "ReasonRequest",
+    "RenewRequest",
     "WindowCounts",
 ]
 
@@ -260,4 +266,122 @@ class LeaseInfo(_Model):
             _bool("stale", _require(data, "stale")),
             window,
             key,
+        )
+
+
+# -- lease request bodies (coordinator API); kept beside the other wire models so clients can share them --------
+
+
+def _token(name: str, value: Any) -> int:
+    """A fencing token: an int >= 1, or its decimal text (QMTL clients send tokens as strings)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        value = int(value)
+    return _int(name, value, lo=1)
+
+
+@dataclass(frozen=True)
+class RenewRequest(_Model):
+    """``POST /v1/windows/renew`` body."""
+
+    lease_id: str
+    token: int
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> RenewRequest:
+        return cls(_text("lease_id", _require(data, "lease_id")), _token("token", _require(data, "token")))
+
+
+@dataclass(frozen=True)
+class CompleteRequest(_Model):
+    """``POST /v1/windows/complete`` body; ``rows`` is what the worker wrote (informational)."""
+
+    lease_id: str
+    token: int
+    rows: int = 0
+
+    _optional: ClassVar[dict[str, Any]] = {"rows": 0}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> CompleteRequest:
+        return cls(
+            _text("lease_id", _require(data, "lease_id")),
+            _token("token", _require(data, "token")),
+            _int("rows", data["rows"], lo=0),
+        )
+
+
+@dataclass(frozen=True)
+class FailRequest(_Model):
+    """``POST /v1/windows/fail`` body; a retryable failure re-queues the window while attempts remain."""
+
+    lease_id: str
+    token: int
+    reason: str = ""
+    retryable: bool = True
+
+    _optional: ClassVar[dict[str, Any]] = {"reason": "", "retryable": True}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> FailRequest:
+        reason = data["reason"]
+        if not isinstance(reason, str) or len(reason) > 2000:
+            raise WireFormatError("reason", reason, "a string of at most 2000 chars")
+        return cls(
+            _text("lease_id", _require(data, "lease_id")),
+            _token("token", _require(data, "token")),
+            reason,
+            _bool("retryable", data["retryable"]),
+        )
+
+
+@dataclass(frozen=True)
+class ReasonRequest(_Model):
+    """Body of the operator actions (release, requeue, mark-done): why."""
+
+    reason: str = ""
+
+    _optional: ClassVar[dict[str, Any]] = {"reason": ""}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> ReasonRequest:
+        reason = data["reason"]
+        if not isinstance(reason, str) or len(reason) > 2000:
+            raise WireFormatError("reason", reason, "a string of at most 2000 chars")
+        return cls(reason)
+
+
+@dataclass(frozen=True)
+class KeyClaimRequest(_Model):
+    """QMTL ``POST /v1/leases/claim`` body: an opaque key (may contain ``:``) and the lease length."""
+
+    key: str
+    lease_ms: int
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> KeyClaimRequest:
+        return cls(
+            _text("key", _require(data, "key"), max_chars=1000),
+            _int("lease_ms", _require(data, "lease_ms"), lo=1, hi=86_400_000),
+        )
+
+
+@dataclass(frozen=True)
+class KeyFinishRequest(_Model):
+    """QMTL ``POST /v1/leases/complete`` and ``/fail`` bodies (``reason`` only for fail)."""
+
+    key: str
+    token: int
+    reason: str = ""
+
+    _optional: ClassVar[dict[str, Any]] = {"reason": ""}
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> KeyFinishRequest:
+        reason = data["reason"]
+        if not isinstance(reason, str) or len(reason) > 2000:
+            raise WireFormatError("reason", reason, "a string of at most 2000 chars")
+        return cls(
+            _text("key", _require(data, "key"), max_chars=1000),
+            _token("token", _require(data, "token")),
+            reason,
         )

@@ -1,0 +1,285 @@
+"""State and shared mechanics of the lease table; the commands live in ``table.py`` and ``_keyed.py``.
+
+Rules:
+1. Time is an argument. The table clock is ``max(previous now_ms, now_ms)``, so time never runs backwards even
+   when two leaders' wall clocks disagree; it only moves when a command succeeds.
+2. Commands validate everything before they mutate anything, so an illegal command returns an error result and
+   leaves the state unchanged. Nothing here raises on bad input.
+3. Request de-duplication: a command carrying ``(client_id, request_id)`` is remembered with its successful
+   result; a duplicate returns that result without running again. Entries are evicted oldest first, beyond
+   ``DEDUP_MAX_ENTRIES`` or ``DEDUP_TTL_MS`` of table time, so eviction is deterministic on every replica.
+4. Claim order lives in a heap of ``(-priority, job seq, start, series)`` entries with lazy deletion: an entry
+   is valid only while its window is pending and still has that rank. Windows in retry backoff wait in a second
+   heap ordered by ``not_before_ms``. Lease expiries live in a third heap, also lazily cleaned.
+5. Pure: no I/O, clock, randomness, logging, asyncio or pysyncobj (DESIGN.md section 1).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from coordinator._records import (
+    DONE,
+    FAILED,
+    LEASED,
+    PENDING,
+    STATE_FORMAT,
+    JobRec,
+    KeyRec,
+    LeaseRec,
+    Result,
+    SeriesRec,
+    WindowRec,
+    lease_id_of,
+)
+from provider.core import window_id
+
+__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "TableState"]
+
+#: Remembered (client, request) results; enough for every retry of a commit timeout at thousands of commits/s.
+DEDUP_MAX_ENTRIES = 50_000
+#: Table time a remembered result is kept.
+DEDUP_TTL_MS = 120_000
+#: Tokens of completed leases kept for idempotent completes.
+DONE_TOKENS_MAX = 50_000
+#: Longest lease or TTL a command may ask for.
+MAX_TTL_MS = 86_400_000
+MAX_TEXT_CHARS = 1000
+
+Command = Callable[[int], Result]
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_text(value: Any, max_chars: int = MAX_TEXT_CHARS) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= max_chars and value.isprintable()
+
+
+def invalid(field: str, message: str) -> Result:
+    return Result.error("invalid", f"{field}: {message}", field)
+
+
+def not_found(field: str, value: Any) -> Result:
+    return Result.error("not_found", f"{field} {value!r} is not known", field)
+
+
+def lease_lost(lease_id: Any, token: Any) -> Result:
+    return Result.error(
+        "lease_lost", f"lease {lease_id!r} with token {token!r} is not the current lease; nothing changed", "token"
+    )
+
+
+class TableState:
+    """The replicated state plus the helpers every command uses. Construct :class:`coordinator.table.Table`."""
+
+    def __init__(self) -> None:
+        self._clock_ms = 0
+        #: The fencing counter: the last token granted. Tokens are never reused.
+        self._token = 0
+        self._job_seq = 0
+        self._stale_claims = 0
+        self._series: dict[str, SeriesRec] = {}
+        self._windows: dict[tuple[str, int], WindowRec] = {}
+        self._jobs: dict[str, JobRec] = {}
+        self._job_index: dict[tuple[str, int, int, int], str] = {}
+        self._leases: dict[int, LeaseRec] = {}
+        self._keys: OrderedDict[str, KeyRec] = OrderedDict()
+        self._groups: dict[str, list[int]] = {}
+        self._window_counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        self._nodes: dict[str, dict[str, str]] = {}
+        self._ready: list[tuple[int, int, int, str]] = []
+        self._delayed: list[tuple[int, int, int, int, str]] = []
+        self._expiry: list[tuple[int, int]] = []
+        self._done_tokens: OrderedDict[int, tuple[str, int]] = OrderedDict()
+        self._dedup: OrderedDict[tuple[str, str], tuple[str, int, Result]] = OrderedDict()
+
+    # -- command plumbing -------------------------------------------------------------------------------------
+
+    def _once(self, op: str, client_id: Any, request_id: Any, now_ms: Any, run: Command) -> Result:
+        """Run ``run(now)`` once per (client_id, request_id); remember successes; advance the clock on success."""
+        if not is_int(now_ms) or now_ms < 0:
+            return invalid("now_ms", "must be an integer >= 0")
+        if not isinstance(client_id, str) or not isinstance(request_id, str):
+            return invalid("request_id", "client_id and request_id must be strings")
+        key = (client_id, request_id) if client_id and request_id else None
+        if key is not None:
+            seen = self._dedup.get(key)
+            if seen is not None:
+                if seen[0] != op:
+                    return Result.error("conflict", f"request id {request_id!r} was used for {seen[0]}", "request_id")
+                return seen[2]
+        now = max(self._clock_ms, now_ms)
+        result = run(now)
+        if result.ok:
+            self._clock_ms = now
+            if key is not None:
+                self._remember(key, op, now, result)
+        return result
+
+    def _remember(self, key: tuple[str, str], op: str, now: int, result: Result) -> None:
+        self._dedup[key] = (op, now, result)
+        horizon = now - DEDUP_TTL_MS
+        while self._dedup:
+            first = next(iter(self._dedup.values()))
+            if len(self._dedup) <= DEDUP_MAX_ENTRIES and first[1] >= horizon:
+                break
+            self._dedup.popitem(last=False)
+
+    def _new_token(self) -> int:
+        self._token += 1
+        return self._token
+
+    def _add_lease(self, kind: str, target: Any, worker_id: str, now: int, ttl_ms: int) -> LeaseRec:
+        token = self._new_token()
+        rec = LeaseRec(token, kind, target, worker_id, now, now + ttl_ms)
+        self._leases[token] = rec
+        heapq.heappush(self._expiry, (rec.expires_at_ms, token))
+        return rec
+
+    def _set_state(self, window: WindowRec, state: str) -> None:
+        old = window.state
+        if old == state:
+            return
+        window.state = state
+        self._window_counts[old] -= 1
+        self._window_counts[state] += 1
+        for job_id in window.jobs:
+            counts = self._jobs[job_id].counts
+            counts[old] -= 1
+            counts[state] += 1
+
+    def _enqueue(self, window: WindowRec, now: int) -> None:
+        """Offer a pending window to claims (again); stale heap entries are skipped when popped."""
+        if window.rank is None or window.state != PENDING:
+            return
+        entry = (window.rank[0], window.rank[1], window.start, window.series)
+        if window.not_before_ms > now:
+            heapq.heappush(self._delayed, (window.not_before_ms, *entry))
+        else:
+            heapq.heappush(self._ready, entry)
+
+    def _rerank(self, window: WindowRec, now: int) -> None:
+        best: tuple[int, int] | None = None
+        for job_id in window.jobs:
+            job = self._jobs[job_id]
+            rank = (-job.priority, job.seq)
+            if best is None or rank < best:
+                best = rank
+        if best != window.rank:
+            window.rank = best
+            self._enqueue(window, now)
+
+    def _job_windows(self, job: JobRec) -> list[WindowRec]:
+        span = self._series[job.series].span_ms
+        return [self._windows[(job.series, start)] for start in range(job.w_lo, job.w_hi, span)]
+
+    def _drop_window_lease(self, window: WindowRec) -> None:
+        if window.lease:
+            self._leases.pop(window.lease, None)
+            window.lease = 0
+
+    # -- queries (read-only) ----------------------------------------------------------------------------------
+
+    @property
+    def token_floor(self) -> int:
+        """The last token granted; every future grant is greater."""
+        return self._token
+
+    @property
+    def clock_ms(self) -> int:
+        return self._clock_ms
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        job = self._jobs.get(job_id)
+        return job.public() if job is not None else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return [job.public() for job in self._jobs.values()]
+
+    def pending_count(self) -> int:
+        return self._window_counts[PENDING]
+
+    def next_expiry_ms(self) -> int | None:
+        """The earliest lease expiry (possibly of a lease renewed since: then an expire command just cleans up)."""
+        return self._expiry[0][0] if self._expiry else None
+
+    def nodes(self) -> dict[str, dict[str, str]]:
+        return {raft: dict(info) for raft, info in self._nodes.items()}
+
+    def lease_infos(self, now_ms: int, *, stale_only: bool = False) -> list[dict[str, Any]]:
+        """Live leases in the shape of :class:`provider.core.LeaseInfo`, oldest first."""
+        infos = []
+        for token in sorted(self._leases):
+            rec = self._leases[token]
+            stale = rec.expires_at_ms <= now_ms
+            if stale_only and not stale:
+                continue
+            info: dict[str, Any] = {
+                "lease_id": lease_id_of(token), "kind": rec.kind, "worker_id": rec.worker_id, "token": token,
+                "granted_at_ms": rec.granted_at_ms, "expires_at_ms": rec.expires_at_ms, "stale": stale,
+                "window_id": None, "key": None,
+            }
+            if rec.kind == "window":
+                info["window_id"] = window_id(rec.target[0], rec.target[1])
+            else:
+                info["key"] = rec.target
+            infos.append(info)
+        return infos
+
+    def window_info(self, series: str, start: int) -> dict[str, Any] | None:
+        window = self._windows.get((series, start))
+        if window is None:
+            return None
+        return {
+            "window_id": window_id(series, start), "series": series, "start": window.start, "end": window.end,
+            "state": window.state, "attempts": window.attempts, "not_before_ms": window.not_before_ms,
+            "lease_token": window.lease, "rows": window.rows, "last_error": window.last_error,
+            "jobs": list(window.jobs),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for metrics: windows by state, live leases, stale claims, and the running jobs' progress."""
+        running = [(j.job_id, j.series, j.public()["completion_ratio"]) for j in self._jobs.values()
+                   if j.state == "running"]
+        return {
+            "windows": dict(self._window_counts),
+            "leases_active": len(self._leases),
+            "stale_claims_total": self._stale_claims,
+            "token": self._token,
+            "jobs_running": running,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole observable state as plain data; equal snapshots mean equal tables (for tests)."""
+        return {
+            "token": self._token,
+            "stale": self._stale_claims,
+            "jobs": {jid: (j.public(), j.cancelled) for jid, j in self._jobs.items()},
+            "windows": {k: (w.state, w.attempts, w.not_before_ms, w.lease, w.done_token, w.rows, tuple(w.jobs))
+                        for k, w in self._windows.items()},
+            "leases": {t: (r.kind, r.target, r.worker_id, r.granted_at_ms, r.expires_at_ms)
+                       for t, r in self._leases.items()},
+            "keys": {k: (r.state, r.token) for k, r in self._keys.items()},
+            "nodes": self.nodes(),
+        }
+
+    # -- persistence (pysyncobj full dump) ---------------------------------------------------------------------
+
+    def export_state(self) -> dict[str, Any]:
+        """Everything, for the Raft dump; the dump is written by a forked child, so no copy is needed."""
+        return {"format": STATE_FORMAT, "state": self.__dict__}
+
+    def import_state(self, data: Any) -> bool:
+        """Replace the state with a dump's; returns False (and keeps the state) when the dump is not ours."""
+        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or not isinstance(data.get("state"), dict):
+            return False
+        fresh = TableState().__dict__
+        if set(data["state"]) != set(fresh):
+            return False
+        self.__dict__.update(data["state"])
+        return True

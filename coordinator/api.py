@@ -1,0 +1,204 @@
+"""HTTP API v1 (aiohttp): parse and validate, call the node, map errors to statuses in one table.
+
+Rules:
+1. Routes come from ``routes.ROUTES`` only. Bodies are JSON objects validated by the ``provider.core`` wire
+   models; a bad field is a 400 naming it. Bodies above ``max_body_bytes`` are refused with 413.
+2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 answers
+   carry Retry-After; 421 ``not_leader`` answers carry the leader's URL in ``error.leader``.
+3. Any node accepts any request: reads are served from the node's own replica, writes run on the leader and a
+   follower forwards them (``forward.py``), falling back to the 421 hint.
+4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
+   first answer); ``X-Request-Id`` is echoed and bound to every log line of the request.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.auth import ANONYMOUS, Principal, TokenTable
+from coordinator.errors import (
+    BadRequestError,
+    BodyTooLargeError,
+    CoordinatorError,
+    NotLeaderError,
+    UnavailableError,
+)
+from coordinator.forward import FORWARDED_HEADER, Forwarder
+from coordinator.handlers import Handlers
+from coordinator.node import CoordinatorNode
+from coordinator.openapi import build_openapi
+from coordinator.routes import ROUTES, Route
+from provider.core.obs import bind_request, get_logger, new_request_id
+
+__all__ = ["STATUS", "Call", "build_app", "error_response"]
+
+log = get_logger("coordinator.api")
+
+#: The one mapping from error code to HTTP status.
+STATUS: dict[str, int] = {
+    "invalid": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
+    "conflict": 409, "lease_lost": 409, "too_large": 413, "not_leader": 421, "internal": 500,
+    "no_leader": 503, "timeout": 503,
+}
+_MAX_HEADER_ID_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Call:
+    """One parsed request as handlers see it."""
+
+    request: web.Request
+    body: dict[str, Any]
+    principal: Principal
+    client_id: str
+    request_id: str
+
+    def param(self, name: str) -> str:
+        value = self.request.match_info[name]
+        if not value or len(value) > 1000:
+            raise BadRequestError(f"path parameter {name} must be 1-1000 chars", field=name)
+        return value
+
+
+def error_response(exc: CoordinatorError) -> web.Response:
+    response = web.json_response(exc.body(), status=STATUS.get(exc.code, 500))
+    if isinstance(exc, UnavailableError):
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
+
+
+def _header_id(request: web.Request, name: str) -> str:
+    value = request.headers.get(name, "")
+    if len(value) > _MAX_HEADER_ID_CHARS or not value.isprintable():
+        raise BadRequestError(f"header {name} must be at most {_MAX_HEADER_ID_CHARS} printable chars", field=name)
+    return value
+
+
+class _Server:
+    """Route wrappers: auth, body cap, JSON parsing, ids, forwarding."""
+
+    def __init__(self, node: CoordinatorNode, tokens: TokenTable | None) -> None:
+        self.node = node
+        self.tokens = tokens
+        self.max_body = node.cfg.max_body_bytes
+        wait_s = node.cfg.max_claim_wait_ms / 1000
+        self.forwarder = Forwarder(node.settings.node_id, node.cfg.commit_timeout_ms / 1000 + wait_s + 2.0)
+        # Ids for requests that bring none: unique per process start, cheap (no syscall per request).
+        self._id_prefix = new_request_id()[:8]
+        self._id_counter = itertools.count(1)
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
+    def observe(self, route: str, status: int, elapsed_s: float) -> None:
+        """Count and time a request; labelled children are cached (prometheus label lookups are not free)."""
+        key = (route, status)
+        children = self._children.get(key)
+        if children is None:
+            metrics = self.node.metrics
+            children = self._children[key] = (metrics.http_requests.labels(route, str(status)),
+                                              metrics.http_seconds.labels(route))
+        children[0].inc()
+        children[1].observe(elapsed_s)
+
+    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+        if request.content_length is not None and request.content_length > self.max_body:
+            raise BodyTooLargeError(f"body of {request.content_length} bytes is above {self.max_body}",
+                                    field="(body)")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise BodyTooLargeError(f"body is above {self.max_body} bytes", field="(body)") from None
+        if not raw.strip():
+            return raw, {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequestError(f"body is not valid JSON ({exc})", field="(body)") from None
+        if not isinstance(data, dict):
+            raise BadRequestError("body must be a JSON object", field="(body)")
+        return raw, data
+
+    def wrap(self, route: Route, fn: Callable[[Call], Awaitable[web.StreamResponse]]) -> Any:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            principal = ANONYMOUS
+            if route.role is not None and self.tokens is not None:
+                principal = self.tokens.authenticate(request.headers.get("Authorization"), route.role)
+            raw: bytes = b""
+            body: dict[str, Any] = {}
+            if request.method in ("POST", "PUT", "PATCH"):
+                raw, body = await self.read_body(request)
+            client_id = _header_id(request, "X-Client-Id")
+            request_id = _header_id(request, "X-Request-Id") or request["request_id"]
+            extra: dict[str, str] = {}
+            if not client_id:
+                client_id = f"anon-{self.new_id()}"
+                extra = {"X-Client-Id": client_id, "X-Request-Id": request_id}
+            call = Call(request, body, principal, f"c:{client_id}", f"{route.name}|{request_id}")
+            try:
+                return await fn(call)
+            except NotLeaderError as exc:
+                if not route.write or FORWARDED_HEADER in request.headers or exc.leader is None:
+                    raise
+                self.node.metrics.forwarded.inc()
+                return await self.forwarder.forward(request, raw, exc.leader, extra)
+
+        return handler
+
+
+def _route_key(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "(unmatched)"
+
+
+def _middleware(server: _Server) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        given = request.headers.get("X-Request-Id", "")
+        rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else server.new_id()
+        request["request_id"] = rid
+        started = time.perf_counter()
+        with bind_request(rid):
+            try:
+                response = await handler(request)
+            except CoordinatorError as exc:
+                response = error_response(exc)
+            except web.HTTPException as exc:
+                code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
+                response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}",
+                                                           code=code))
+            except Exception as exc:
+                log.exception("request_failed", method=request.method, path=request.path)
+                response = error_response(CoordinatorError(f"internal error: {type(exc).__name__}"))
+            response.headers["X-Request-Id"] = rid
+            route = _route_key(request)
+            server.observe(route, response.status, time.perf_counter() - started)
+            if response.status >= 500 and not route.startswith("/health"):
+                log.warning("request_error", method=request.method, path=request.path, status=response.status)
+            return response
+
+    return middleware
+
+
+def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Application:
+    """The aiohttp application of one node."""
+    server = _Server(node, tokens)
+    handlers = Handlers(node, build_openapi())
+    app = web.Application(middlewares=[_middleware(server)], client_max_size=node.cfg.max_body_bytes)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, server.wrap(route, getattr(handlers, route.name)),
+                             name=route.name)
+
+    async def close_forwarder(_: web.Application) -> None:
+        await server.forwarder.close()
+
+    app.on_cleanup.append(close_forwarder)
+    return app

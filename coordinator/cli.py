@@ -1,0 +1,187 @@
+"""``coordinator`` command line: ``serve`` one node, ``status`` of a cluster, ``openapi`` document.
+
+Rules:
+1. This is the edge: the only module that reads files named by flags, the environment (``COORDINATOR_TOKEN``)
+   and builds objects. Flags override the config file, the file overrides defaults.
+2. ``serve`` refuses (exit code 2, a message naming the flag) to bind HTTP to a non-loopback address without
+   ``--token-file``, or Raft to a non-loopback address without ``--cluster-secret-file``: pysyncobj speaks pickle
+   and would run code for anyone who can reach its port.
+3. A data dir remembers its node id and Raft address (``node.json``); starting another node on it is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from provider.core import AppConfig, ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def parse_addr(text: str, flag: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) -> (host, port), or a usage error naming the flag."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"{text!r} is not HOST:PORT", param_hint=flag)
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_bindable(host: str, port: int, flag: str) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.UsageError(f"{flag} {host}:{port} cannot be bound: {exc.strerror}") from None
+
+
+def _claim_data_dir(data_dir: Path, node_id: str, raft: str) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    identity = data_dir / "node.json"
+    mine = {"node_id": node_id, "raft": raft}
+    if identity.exists():
+        try:
+            theirs = json.loads(identity.read_text(encoding="utf-8"))
+        except ValueError:
+            theirs = None
+        if theirs != mine:
+            raise click.UsageError(f"--data-dir {data_dir} belongs to {theirs}, not to {mine}; use another dir")
+        return
+    identity.write_text(json.dumps(mine) + "\n", encoding="utf-8")
+
+
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < 16:
+        raise click.UsageError(f"--cluster-secret-file {path} must hold a secret of at least 16 chars")
+    return secret
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Backfill coordinator: a Raft-replicated lease table behind an HTTP API."""
+
+
+@main.command()
+@click.option("--node-id", required=True, help="Unique name of this node (shown in /v1/cluster and logs).")
+@click.option("--raft", "raft_addr", default="127.0.0.1:4601", show_default=True,
+              help="HOST:PORT this node's Raft listens on (also its identity among peers).")
+@click.option("--peers", default="", help="Comma-separated Raft HOST:PORT of the other nodes (empty: one node).")
+@click.option("--http", "http_addr", default="127.0.0.1:8701", show_default=True, help="HOST:PORT of the HTTP API.")
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory of the Raft journal and full dump (created when missing).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config file (sections seamless_data_provider and coordinator are used).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Bearer tokens, one 'TOKEN ROLE [NAME]' per line; without it auth is off (loopback only).")
+@click.option("--cluster-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Shared secret that encrypts Raft traffic; required for non-loopback --raft.")
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
+def serve(node_id: str, raft_addr: str, peers: str, http_addr: str, data_dir: Path, config_path: Path | None,
+          token_file: Path | None, cluster_secret_file: Path | None, log_level: str) -> None:
+    """Run one coordinator node until SIGTERM or SIGINT."""
+    from coordinator.auth import TokenTable
+    from coordinator.node import NodeSettings
+
+    raft_host, raft_port = parse_addr(raft_addr, "--raft")
+    http_host, http_port = parse_addr(http_addr, "--http")
+    peer_list = tuple(p.strip() for p in peers.split(",") if p.strip())
+    for peer in peer_list:
+        parse_addr(peer, "--peers")
+    if not is_loopback(raft_host) and cluster_secret_file is None:
+        raise click.UsageError("--raft binds a non-loopback address: --cluster-secret-file is required "
+                               "(Raft traffic is pickle; without a secret anyone reaching the port can run code)")
+    if not is_loopback(http_host) and token_file is None:
+        raise click.UsageError("--http binds a non-loopback address: --token-file is required")
+    try:
+        config = load_config(config_path)
+        tokens = TokenTable.load(token_file) if token_file is not None else None
+    except (ConfigError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    secret = _read_secret(cluster_secret_file)
+    _check_bindable(raft_host, raft_port, "--raft")
+    _check_bindable(http_host, http_port, "--http")
+    raft = f"{raft_host}:{raft_port}"
+    _claim_data_dir(data_dir, node_id, raft)
+    settings = NodeSettings(node_id=node_id, raft=raft, peers=peer_list, http_host=http_host, http_port=http_port,
+                            data_dir=data_dir, password=secret)
+    from provider.core.obs import configure_logging
+
+    configure_logging("coordinator", level=log_level)
+    asyncio.run(_serve(settings, config, tokens))
+
+
+async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
+    from aiohttp import web
+
+    from coordinator.api import build_app
+    from coordinator.node import CoordinatorNode
+    from provider.core.obs import get_logger
+
+    log = get_logger("coordinator.cli")
+    node = CoordinatorNode(settings, config)
+    await node.start()
+    runner = web.AppRunner(build_app(node, tokens), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024).start()
+    log.info("serving", node_id=settings.node_id, http=settings.http_url, raft=settings.raft,
+             peers=list(settings.peers), auth=tokens is not None, encrypted=settings.password is not None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping", node_id=settings.node_id)
+    await runner.cleanup()
+    await node.stop()
+
+
+@main.command()
+@click.option("--url", required=True, help="Base URL of any node; a comma-separated list is tried in order.")
+@click.option("--token", envvar="COORDINATOR_TOKEN", default=None, help="Bearer token (env COORDINATOR_TOKEN).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File whose first token is used.")
+@click.option("--timeout", "timeout_s", default=3.0, show_default=True, help="Seconds per HTTP request.")
+def status(url: str, token: str | None, token_file: Path | None, timeout_s: float) -> None:
+    """Print the cluster's roles and every job's progress; exit 1 when no leader is known."""
+    from coordinator.status import collect_status, render_status
+
+    if token_file is not None and token is None:
+        token = next((line.split()[0] for line in token_file.read_text(encoding="utf-8").splitlines()
+                      if line.strip() and not line.lstrip().startswith("#")), None)
+    report = collect_status([u.strip().rstrip("/") for u in url.split(",") if u.strip()], token, timeout_s)
+    click.echo(render_status(report))
+    sys.exit(0 if report.leader else 1)
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the Markdown route table of docs/http-api.md instead.")
+def openapi(markdown: bool) -> None:
+    """Print the OpenAPI 3 document of the HTTP API."""
+    from coordinator.openapi import build_openapi, render_markdown
+
+    click.echo(render_markdown() if markdown else json.dumps(build_openapi(), indent=2))

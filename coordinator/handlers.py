@@ -1,0 +1,212 @@
+"""One handler per route of ``routes.ROUTES``: validate with the wire models, call the node, shape the answer.
+
+Rules:
+1. Handlers never touch pysyncobj: reads go through ``node.raft.read``, writes through ``node.execute`` /
+   ``node.claim`` (which raise ``NotLeaderError`` on followers; the API wrapper then forwards).
+2. The leader stamps the policy into commands here: TTL, max_attempts, retry backoff and window_bars come from
+   this node's config, so replicas never depend on their own config files.
+3. Lease events are logged with ``lease_id``, ``window_id``, ``token`` and ``worker_id``: grants, renewals and
+   completions at DEBUG (thousands per second under load), failures, expiries and operator actions at INFO or
+   WARNING, rejections (409 lease_lost) at INFO.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from aiohttp import web
+
+from coordinator.errors import BadRequestError, NotFoundError
+from coordinator.node import CoordinatorNode, wall_ms
+from provider.core import ClaimRequest, JobRequest, WireFormatError
+from provider.core._models import (
+    CompleteRequest,
+    FailRequest,
+    KeyClaimRequest,
+    KeyFinishRequest,
+    ReasonRequest,
+    RenewRequest,
+)
+from provider.core.obs import METRICS_CONTENT_TYPE, get_logger, metrics_text
+
+if TYPE_CHECKING:
+    from coordinator.api import Call
+
+__all__ = ["Handlers"]
+
+log = get_logger("coordinator.api")
+M = TypeVar("M")
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    """Validate a body with a wire model; a bad field becomes a 400 naming it."""
+    try:
+        return model.from_dict(data)  # type: ignore[attr-defined]
+    except WireFormatError as exc:
+        raise BadRequestError(str(exc), field=exc.field) from None
+
+
+class Handlers:
+    """The route handlers of one node."""
+
+    def __init__(self, node: CoordinatorNode, openapi: dict[str, Any]) -> None:
+        self.node = node
+        self._openapi = openapi
+
+    async def _run(self, call: Call, op: str, args: dict[str, Any]) -> Any:
+        return await self.node.execute(op, args, call.client_id, call.request_id)
+
+    # -- jobs ---------------------------------------------------------------------------------------------------
+
+    async def create_job(self, call: Call) -> web.Response:
+        req = parse(JobRequest, call.body)
+        value = await self._run(call, "submit_job", {
+            "series": req.series, "start": req.start, "end": req.end, "priority": req.priority,
+            "window_bars": self.node.backfill.window_bars, "max_windows": self.node.cfg.max_windows_per_job})
+        job = value["job"]
+        log.info("job_submitted", job_id=job["job_id"], series=job["series"], created=value["created"],
+                 windows=sum(job["windows"].values()))
+        return web.json_response({"job": job}, status=201 if value["created"] else 200)
+
+    async def list_jobs(self, call: Call) -> web.Response:
+        return web.json_response({"jobs": self.node.raft.read(lambda t: t.jobs())})
+
+    async def get_job(self, call: Call) -> web.Response:
+        job_id = call.param("job_id")
+        job = self.node.raft.read(lambda t: t.job(job_id))
+        if job is None:
+            raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
+        return web.json_response({"job": job})
+
+    async def cancel_job(self, call: Call) -> web.Response:
+        value = await self._run(call, "cancel_job", {"job_id": call.param("job_id")})
+        log.info("job_cancelled", job_id=value["job"]["job_id"])
+        return web.json_response(value)
+
+    async def retry_job(self, call: Call) -> web.Response:
+        value = await self._run(call, "retry_job", {"job_id": call.param("job_id")})
+        log.info("job_retried", job_id=value["job"]["job_id"], requeued=value["requeued"])
+        return web.json_response(value)
+
+    # -- window leases ------------------------------------------------------------------------------------------
+
+    async def claim_windows(self, call: Call) -> web.Response:
+        req = parse(ClaimRequest, call.body)
+        value = await self.node.claim(req.worker_id, req.max_windows, req.wait_ms, call.client_id, call.request_id)
+        for lease in value["leases"]:
+            log.debug("lease_granted", lease_id=lease["lease_id"], window_id=lease["window_id"],
+                     token=lease["token"], worker_id=req.worker_id, attempt=lease["attempt"])
+        return web.json_response(value)
+
+    async def renew_window(self, call: Call) -> web.Response:
+        req = parse(RenewRequest, call.body)
+        value = await self._run(call, "renew", {"lease_id": req.lease_id, "token": req.token,
+                                                "ttl_ms": self.node.lease_ttl_ms})
+        return web.json_response(value)
+
+    async def complete_window(self, call: Call) -> web.Response:
+        req = parse(CompleteRequest, call.body)
+        value = await self._run(call, "complete", {"lease_id": req.lease_id, "token": req.token, "rows": req.rows})
+        log.debug("lease_completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"],
+                 rows=req.rows)
+        return web.json_response(value)
+
+    async def fail_window(self, call: Call) -> web.Response:
+        req = parse(FailRequest, call.body)
+        backfill = self.node.backfill
+        value = await self._run(call, "fail", {
+            "lease_id": req.lease_id, "token": req.token, "reason": req.reason, "retryable": req.retryable,
+            "max_attempts": backfill.max_attempts, "retry_backoff_ms": backfill.retry_backoff_ms})
+        log.info("lease_failed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"],
+                 state=value["state"], reason=req.reason[:200])
+        return web.json_response(value)
+
+    async def list_leases(self, call: Call) -> web.Response:
+        stale = call.request.query.get("stale", "false").lower()
+        if stale not in ("true", "false", "1", "0"):
+            raise BadRequestError(f"query parameter stale={stale!r} must be true or false", field="stale")
+        now = wall_ms()
+        leases = self.node.raft.read(lambda t: t.lease_infos(now, stale_only=stale in ("true", "1")))
+        return web.json_response({"leases": leases})
+
+    # -- operator actions ---------------------------------------------------------------------------------------
+
+    async def release_lease(self, call: Call) -> web.Response:
+        req = parse(ReasonRequest, call.body)
+        value = await self._run(call, "release", {"lease_id": call.param("lease_id")})
+        log.warning("lease_released", lease_id=value["lease_id"], reason=req.reason, by=call.principal.name)
+        return web.json_response(value)
+
+    async def requeue_window(self, call: Call) -> web.Response:
+        return await self._operate(call, "requeue")
+
+    async def mark_window_done(self, call: Call) -> web.Response:
+        return await self._operate(call, "mark_done")
+
+    async def _operate(self, call: Call, op: str) -> web.Response:
+        req = parse(ReasonRequest, call.body)
+        value = await self._run(call, op, {"window_id": call.param("window_id"), "reason": req.reason})
+        log.warning(f"window_{op}", window_id=value["window_id"], reason=req.reason, by=call.principal.name)
+        return web.json_response(value)
+
+    # -- QMTL keyed leases --------------------------------------------------------------------------------------
+
+    async def claim_key(self, call: Call) -> web.Response:
+        req = parse(KeyClaimRequest, call.body)
+        value = await self._run(call, "key_claim", {"key": req.key, "lease_ms": req.lease_ms,
+                                                    "worker_id": call.principal.name})
+        log.debug("key_lease_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
+        return web.json_response(value)
+
+    async def complete_key(self, call: Call) -> web.Response:
+        req = parse(KeyFinishRequest, call.body)
+        return web.json_response(await self._run(call, "key_complete", {"key": req.key, "token": req.token}))
+
+    async def fail_key(self, call: Call) -> web.Response:
+        req = parse(KeyFinishRequest, call.body)
+        value = await self._run(call, "key_fail", {"key": req.key, "token": req.token, "reason": req.reason})
+        return web.json_response(value)
+
+    # -- cluster and service routes -----------------------------------------------------------------------------
+
+    async def cluster(self, call: Call) -> web.Response:
+        node, raft = self.node, self.node.raft
+        known = raft.read(lambda t: t.nodes())
+        leader_addr = raft.leader_addr
+        members = []
+        for addr in (node.settings.raft, *[p for p in node.settings.peers if p != node.settings.raft]):
+            info = known.get(addr, {})
+            is_self = addr == node.settings.raft
+            members.append({
+                "node_id": info.get("node_id", node.settings.node_id if is_self else None),
+                "raft": addr, "http": info.get("http", node.settings.http_url if is_self else None),
+                "role": "leader" if addr == leader_addr else "follower", "self": is_self,
+                "connected": True if is_self else raft.connected(addr),
+            })
+        leader_id = known.get(leader_addr or "", {}).get("node_id")
+        return web.json_response({
+            "node_id": node.settings.node_id, "role": node.role(), "leader": node.leader_http(),
+            "leader_id": leader_id, "term": raft.term, "commit_index": raft.commit_index,
+            "last_applied": raft.last_applied, "token_floor": raft.read(lambda t: t.token_floor),
+            "members": members,
+        })
+
+    async def healthz(self, call: Call) -> web.Response:
+        leader = self.node.leader_http()
+        body = {"status": "ok" if leader else "no_leader", "role": self.node.role(), "leader": leader,
+                "node_id": self.node.settings.node_id}
+        response = web.json_response(body, status=200 if leader else 503)
+        if not leader:
+            response.headers["Retry-After"] = "1"
+        return response
+
+    async def health(self, call: Call) -> web.Response:
+        return await self.healthz(call)
+
+    async def metrics(self, call: Call) -> web.Response:
+        response = web.Response(body=metrics_text(self.node.metrics.registry))
+        response.headers["Content-Type"] = METRICS_CONTENT_TYPE
+        return response
+
+    async def openapi(self, call: Call) -> web.Response:
+        return web.json_response(self._openapi)

@@ -1,0 +1,81 @@
+"""Coordinator metrics (DESIGN.md section 7; names are contract).
+
+Rules:
+1. Each node owns one registry (``provider.core.obs.new_registry``); nothing touches the global registry.
+2. Table figures are read at scrape time from the node's replica by a collector, so they are consistent with the
+   replicated state and per-job series vanish by themselves: ``backfill_completion_ratio{job_id,series}`` is only
+   emitted for running jobs and disappears when a job ends (done, failed or cancelled).
+3. Replicated counters (``backfill_stale_claims_total``) have the same value on every replica: aggregate across
+   nodes with ``max()``, or select the leader with ``coordinator_is_leader == 1``.
+4. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["ClusterFigures", "CoordinatorMetrics"]
+
+
+@dataclass(frozen=True)
+class ClusterFigures:
+    """What the collector needs at scrape time."""
+
+    is_leader: bool
+    term: int
+    commit_index: int
+    table: dict[str, Any]  # Table.stats()
+
+
+class _TableCollector(Collector):
+    def __init__(self, figures: Callable[[], ClusterFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        stats = f.table
+        ratio = GaugeMetricFamily("backfill_completion_ratio", "Done windows / windows of each running job",
+                                  labels=["job_id", "series"])
+        for job_id, series, value in stats["jobs_running"]:
+            ratio.add_metric([job_id, series], value)
+        yield ratio
+        windows = GaugeMetricFamily("backfill_windows", "Windows by state", labels=["state"])
+        for state, count in stats["windows"].items():
+            windows.add_metric([state], count)
+        yield windows
+        yield GaugeMetricFamily("backfill_leases_active", "Live leases (windows and keys)",
+                                value=stats["leases_active"])
+        yield CounterMetricFamily("backfill_stale_claims", "Leases reaped after their expiry (replicated count)",
+                                  value=stats["stale_claims_total"])
+        yield GaugeMetricFamily("coordinator_fencing_token", "Last fencing token granted", value=stats["token"])
+        yield GaugeMetricFamily("coordinator_is_leader", "1 on the Raft leader", value=1 if f.is_leader else 0)
+        yield GaugeMetricFamily("coordinator_raft_term", "Current Raft term", value=f.term)
+        yield GaugeMetricFamily("coordinator_raft_commit_index", "Raft commit index", value=f.commit_index)
+
+
+class CoordinatorMetrics:
+    """The node's metrics on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry, figures: Callable[[], ClusterFigures]) -> None:
+        self.registry = registry
+        registry.register(_TableCollector(figures))
+        self.fenced_rejections = Counter(
+            "backfill_fenced_rejections", "Requests rejected with 409 lease_lost (stale fencing token)",
+            registry=registry)
+        self.http_requests = Counter(
+            "coordinator_http_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=registry)
+        self.http_seconds = Histogram(
+            "coordinator_http_request_seconds", "HTTP request latency by route", ["route"], registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+        self.forwarded = Counter(
+            "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry)
+        self.commit_retries = Counter(
+            "coordinator_commit_retries", "Replicated commands re-submitted after a maybe-applied outcome",
+            registry=registry)

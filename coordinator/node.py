@@ -1,0 +1,231 @@
+"""One coordinator node: the table, its Raft replication, the leader's reaper and the write path.
+
+Rules:
+1. Only the leader submits lease commands, and it stamps ``now_ms`` (wall clock) and the policy (TTL,
+   max_attempts, window_bars...) into each command before replicating it. Followers forward writes over HTTP
+   (``api.py``), so every decision is made by the leader and applied by every replica from the log.
+2. Nothing is granted from local state: every grant, renewal and completion is a committed command.
+3. "Maybe applied" outcomes (LEADER_CHANGED, UNKNOWN_OUTCOME, ...) are retried with the same
+   (client_id, request_id) while this node is still leader and the commit deadline allows; the table returns the
+   first result for a duplicate, so a retry never applies twice.
+4. The reaper runs on the leader only, every ``reap_interval_ms``; a new leader first waits ``leader_grace_ms``
+   (0 = one lease TTL) so that workers can renew leases that look expired only because of the election gap.
+5. Each node announces its HTTP address through the log (``announce``), so followers know where to forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
+from coordinator.metrics import ClusterFigures, CoordinatorMetrics
+from coordinator.raft import CommitError, RaftNode, RaftSettings
+from coordinator.table import Result, Table
+from provider.core import AppConfig
+from provider.core.obs import get_logger, new_registry
+
+__all__ = ["CoordinatorNode", "NodeSettings", "wall_ms"]
+
+log = get_logger("coordinator.node")
+
+#: Commands after which pending work may exist: they wake long-polling claims.
+_WAKE_OPS = frozenset({"submit_job", "retry_job", "fail", "expire", "release", "requeue"})
+_CLAIM_POLL_S = 0.25
+
+
+def wall_ms() -> int:
+    """The leader's wall clock in epoch ms; only the leader's command path calls it."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Flags of ``coordinator serve``."""
+
+    node_id: str
+    raft: str
+    peers: tuple[str, ...]
+    http_host: str
+    http_port: int
+    data_dir: Path
+    password: str | None = None
+
+    @property
+    def http_url(self) -> str:
+        host = f"[{self.http_host}]" if ":" in self.http_host else self.http_host
+        return f"http://{host}:{self.http_port}"
+
+
+class CoordinatorNode:
+    """Wires table, Raft, metrics and the background loops of one node."""
+
+    def __init__(self, settings: NodeSettings, config: AppConfig) -> None:
+        self.settings = settings
+        self.cfg = config.coordinator
+        self.backfill = config.seamless_data_provider.backfill_config
+        self.table = Table()
+        self.raft = RaftNode(
+            RaftSettings(
+                self_addr=settings.raft, peers=settings.peers, data_dir=settings.data_dir,
+                password=settings.password, raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
+                raft_max_timeout_s=self.cfg.raft_max_timeout_ms / 1000,
+                log_compaction_min_entries=self.cfg.log_compaction_min_entries,
+            ),
+            self.table,
+            self._on_applied,
+        )
+        self.metrics = CoordinatorMetrics(new_registry(), self.figures)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._work = asyncio.Event()
+        await self._loop.run_in_executor(None, self.raft.start)
+        self._tasks = [asyncio.create_task(self._reap_loop(), name="reaper"),
+                       asyncio.create_task(self._announce_loop(), name="announce")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.raft.stop()
+
+    def _on_applied(self, op: str, result: Result) -> None:
+        """Runs on pysyncobj's thread after each applied command."""
+        loop = self._loop
+        if loop is not None and result.ok and op in _WAKE_OPS:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._work.set()
+        self._work = asyncio.Event()
+
+    # -- status -------------------------------------------------------------------------------------------------
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return self.backfill.distributed_lease_ttl_ms
+
+    def leader_http(self) -> str | None:
+        """The leader's HTTP base URL, when a leader is known and has announced itself."""
+        addr = self.raft.leader_addr
+        if addr is None:
+            return None
+        if addr == self.settings.raft:
+            return self.settings.http_url
+        info = self.raft.read(lambda t: t.nodes().get(addr))
+        return info["http"] if info else None
+
+    def role(self) -> str:
+        if self.raft.is_leader:
+            return "leader"
+        return "follower" if self.raft.leader_addr is not None else "candidate"
+
+    def figures(self) -> ClusterFigures:
+        stats = self.raft.read(lambda t: t.stats())
+        return ClusterFigures(self.raft.is_leader, self.raft.term, self.raft.commit_index, stats)
+
+    def not_leader(self) -> CoordinatorError:
+        leader = self.leader_http()
+        if leader is None:
+            return UnavailableError("no Raft leader is known; retry shortly", retry_after_s=1)
+        return NotLeaderError(f"node {self.settings.node_id} is not the leader", leader=leader)
+
+    # -- the write path -----------------------------------------------------------------------------------------
+
+    async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any:
+        """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
+        while True:
+            if not self.raft.is_leader:
+                raise self.not_leader()
+            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": request_id}
+            try:
+                result = await self.raft.submit(op, args, max(deadline - loop.time(), 0.01))
+            except CommitError as exc:
+                if deadline - loop.time() > 0.05 and (exc.maybe_applied is False or request_id):
+                    self.metrics.commit_retries.inc()
+                    log.warning("commit_retry", op=op, reason=exc.reason)
+                    await asyncio.sleep(0.01)
+                    continue
+                raise UnavailableError(
+                    f"{op} was not confirmed within {self.cfg.commit_timeout_ms} ms ({exc.reason}); it may have "
+                    "been applied: retry with the same X-Client-Id and X-Request-Id", code="timeout",
+                ) from None
+            if result.ok:
+                return result.value
+            if result.code == "lease_lost":
+                self.metrics.fenced_rejections.inc()
+                log.info("lease_lost", op=op, lease_id=kwargs.get("lease_id"), token=kwargs.get("token"),
+                         key=kwargs.get("key"))
+            raise from_result(result.code, result.message, result.field)
+
+    async def claim(self, worker_id: str, max_windows: int, wait_ms: int, client_id: str, request_id: str) -> Any:
+        """Claim windows; with ``wait_ms`` wait (long-poll) for work when none is pending."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait_ms, self.cfg.max_claim_wait_ms) / 1000
+        attempt = 0
+        while True:
+            if not self.raft.is_leader:
+                raise self.not_leader()
+            work = self._work
+            if self.raft.read(lambda t: t.pending_count()) > 0:
+                args = {"worker_id": worker_id, "max_windows": max_windows, "ttl_ms": self.lease_ttl_ms}
+                value = await self.execute("claim", args, client_id, f"{request_id}#{attempt}" if request_id else "")
+                attempt += 1
+                if value["leases"]:
+                    return value
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                return {"leases": []}
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(work.wait(), min(remaining_s, _CLAIM_POLL_S))
+
+    # -- background loops ---------------------------------------------------------------------------------------
+
+    async def _reap_loop(self) -> None:
+        interval_s = self.cfg.reap_interval_ms / 1000
+        grace_s = (self.cfg.leader_grace_ms or self.lease_ttl_ms) / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            if not self.raft.is_leader or self.raft.leader_for_s < grace_s:
+                continue
+            now = wall_ms()
+            due = self.raft.read(lambda t: t.next_expiry_ms())
+            if due is None or due > now:
+                continue
+            try:
+                value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
+            except CoordinatorError as exc:
+                log.warning("reap_failed", error=exc.message)
+                continue
+            for item in value["expired"]:
+                log.info("lease_expired", lease_id=item["lease_id"], token=item["token"],
+                         worker_id=item["worker_id"], window_id=item.get("window_id"), key=item.get("key"),
+                         state=item["state"])
+
+    async def _announce_loop(self) -> None:
+        me = {"node_id": self.settings.node_id, "http": self.settings.http_url}
+        args = {**me, "raft": self.settings.raft}
+        while True:
+            have = self.raft.read(lambda t: t.nodes().get(self.settings.raft))
+            if have != me and self.raft.leader_addr is not None:
+                if self.raft.is_leader:
+                    with contextlib.suppress(CommitError):
+                        await self.raft.submit("announce", args, self.cfg.commit_timeout_ms / 1000)
+                else:
+                    self.raft.submit_nowait("announce", args)
+            await asyncio.sleep(0.5 if have != me else 5.0)

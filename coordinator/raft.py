@@ -1,0 +1,298 @@
+"""Thin pysyncobj adapter: one replicated method that calls into the lease table, and an asyncio bridge.
+
+Rules:
+1. The only replicated method is ``apply_batch(commands)``: a one-line loop calling the table command ``op`` of
+   each ``(op, kwargs)``. pysyncobj numbers replicated methods by their sorted names and writes the numbers into
+   the journal, so one method keeps old journals readable when commands are added. The journal holds plain data.
+2. Group commit: commands travel in log entries of up to ``MAX_BATCH``, with at most ``MAX_IN_FLIGHT`` entries
+   of this node unanswered; commands arriving meanwhile join the next entry. pysyncobj's cost is per entry
+   (pickling, one AppendEntries per follower, one callback), so under concurrent load this divides it by the
+   batch size, while a lone command still goes out at once. A slot whose callback never comes (a partitioned
+   leader) is released after ``slot_timeout_s``.
+3. It never raises: pysyncobj stalls a node's apply loop forever when a replicated method raises, and re-applies an
+   entry when a result callback raises. Every failure becomes a ``Result`` with code ``internal``.
+4. Apply functions never read the clock; the leader stamps ``now_ms`` into kwargs before submitting.
+5. Callbacks run on pysyncobj's thread and are bridged with ``loop.call_soon_threadsafe``; every wait has a
+   timeout. Non-success outcomes raise :class:`CommitError`; ``maybe_applied`` tells whether the command may
+   still have been applied (retry it with the same request id: the table de-duplicates).
+6. One lock guards the table: the apply thread holds it while applying, readers (HTTP GETs, metrics) hold it
+   while reading.
+7. SyncObjConf follows FACTS.md: appendEntriesUseBatch=False, journal AND full-dump files, explicit bind address,
+   password when a cluster secret is given, leaderFallbackTimeout near the election timeout (1.5 x the upper bound),
+   connectionRetryTime 1 s, static membership.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+
+from coordinator.table import Result, Table
+from provider.core.obs import get_logger
+
+__all__ = ["COMMANDS", "MAX_BATCH", "CommitError", "RaftNode", "RaftSettings", "TableConsumer"]
+
+log = get_logger("coordinator.raft")
+T = TypeVar("T")
+
+#: Table commands that may be replicated (anything else is rejected as ``invalid`` when applied).
+COMMANDS = frozenset({
+    "announce", "submit_job", "cancel_job", "retry_job", "claim", "renew", "complete", "fail", "expire",
+    "release", "requeue", "mark_done", "key_claim", "key_complete", "key_fail",
+})
+
+#: Most commands in one log entry.
+MAX_BATCH = 256
+#: Log entries of this node's group commit in flight at once; commands arriving meanwhile join the next entry.
+MAX_IN_FLIGHT = 2
+#: Outcomes after which the command may still be applied (FACTS.md): retry with the same request id.
+_MAYBE_APPLIED = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME, FAIL_REASON.NOT_LEADER}
+_LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+
+
+class CommitError(Exception):
+    """A replicated command did not report success; ``maybe_applied`` says whether it could still have been."""
+
+    def __init__(self, reason: str, *, maybe_applied: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.maybe_applied = maybe_applied
+
+
+class TableConsumer(SyncObjConsumer):
+    """The replicated state: the table, applied under a lock; ``on_applied`` sees each (op, result)."""
+
+    def __init__(self, table: Table, lock: threading.Lock, on_applied: Callable[[str, Result], None]) -> None:
+        self._table = table
+        self._lock = lock
+        self._on_applied = on_applied
+        super().__init__()
+
+    @replicated
+    def apply_batch(self, commands: list[tuple[str, dict[str, Any]]]) -> list[Result]:
+        return [self._apply(op, kwargs) for op, kwargs in commands]
+
+    def _apply(self, op: Any, kwargs: Any) -> Result:
+        try:
+            if op not in COMMANDS or not isinstance(kwargs, dict):
+                result = Result.error("invalid", f"unknown command {op!r}", "op")
+            else:
+                with self._lock:
+                    result = getattr(self._table, op)(**kwargs)
+        except Exception as exc:  # the table never raises; this is the last line of defence of the apply loop
+            log.error("apply_failed", op=op, error=repr(exc))
+            result = Result.error("internal", f"{op} failed: {type(exc).__name__}")
+        try:
+            self._on_applied(str(op), result)
+        except Exception as exc:
+            log.error("on_applied_failed", op=op, error=repr(exc))
+        return result
+
+    def _serialize(self) -> dict[str, Any]:
+        with self._lock:
+            return self._table.export_state()
+
+    def _deserialize(self, data: Any) -> None:
+        with self._lock:
+            if not self._table.import_state(data):
+                log.error("dump_not_loaded", reason="the full dump is not a lease-table state of this version")
+
+
+@dataclass(frozen=True)
+class RaftSettings:
+    """What the Raft node needs; built by the CLI from flags and CoordinatorConfig."""
+
+    self_addr: str
+    peers: tuple[str, ...]
+    data_dir: Path
+    password: str | None = None
+    raft_min_timeout_s: float = 0.4
+    raft_max_timeout_s: float = 1.0
+    log_compaction_min_entries: int = 50_000
+
+    def conf(self, on_state_changed: Callable[[int, int], None]) -> SyncObjConf:
+        heartbeat_s = min(0.1, self.raft_min_timeout_s / 4)
+        return SyncObjConf(
+            appendEntriesUseBatch=False,
+            journalFile=str(self.data_dir / "raft.journal"),
+            fullDumpFile=str(self.data_dir / "raft.dump"),
+            bindAddress=self.self_addr,
+            password=self.password,
+            dynamicMembershipChange=False,
+            raftMinTimeout=self.raft_min_timeout_s,
+            raftMaxTimeout=self.raft_max_timeout_s,
+            appendEntriesPeriod=heartbeat_s,
+            # A cut-off leader steps down soon after its followers would have elected another one; all decisions
+            # need a commit anyway, so this only bounds how long it keeps answering reads as "leader".
+            leaderFallbackTimeout=1.5 * self.raft_max_timeout_s,
+            # Re-sends after a follower reset carry up to 1 MiB, so a lagging follower is caught up in one message
+            # (pysyncobj truncates and re-appends on such re-sends; see docs/coordinator.md).
+            appendEntriesBatchSizeBytes=2**20,
+            connectionTimeout=max(3.5, self.raft_max_timeout_s),
+            connectionRetryTime=1.0,
+            logCompactionMinEntries=self.log_compaction_min_entries,
+            onStateChanged=on_state_changed,
+        )
+
+
+def _settle(futures: list[asyncio.Future[Result]], results: Any, error: Any) -> None:
+    """Resolve the futures of one batch with its results, or fail them all."""
+    ok = error == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(futures)
+    if not ok:
+        name = next((k for k, v in vars(FAIL_REASON).items() if v == error), str(error))
+    for i, future in enumerate(futures):
+        if future.done():
+            continue
+        if ok:
+            future.set_result(results[i])
+        else:
+            future.set_exception(CommitError(name, maybe_applied=error in _MAYBE_APPLIED))
+
+
+class RaftNode:
+    """Owns the SyncObj, the table and its lock; ``submit`` replicates a command and awaits its result."""
+
+    def __init__(self, settings: RaftSettings, table: Table, on_applied: Callable[[str, Result], None]) -> None:
+        self.settings = settings
+        self.table = table
+        self._lock = threading.Lock()
+        self._consumer = TableConsumer(table, self._lock, on_applied)
+        self._sync: SyncObj | None = None
+        self._leader_since_s: float | None = None
+        self._pending: list[tuple[str, dict[str, Any], asyncio.Future[Result]]] = []
+        self._flush_scheduled = False
+        self._in_flight = 0
+        #: How long an in-flight entry may hold its group-commit slot without a callback.
+        self.slot_timeout_s = 2 * settings.raft_max_timeout_s + 1.0
+
+    def start(self) -> None:
+        """Open the journal and dump, bind the Raft port and start pysyncobj's thread."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        peers = [p for p in self.settings.peers if p != self.settings.self_addr]
+        self._sync = SyncObj(self.settings.self_addr, peers, self.settings.conf(self._state_changed),
+                             consumers=[self._consumer])
+
+    def stop(self) -> None:
+        if self._sync is not None:
+            self._sync.destroy()
+
+    def _state_changed(self, old: int, new: int) -> None:
+        self._leader_since_s = time.monotonic() if new == _LEADER else None
+        log.info("raft_state_changed", old=old, new=new)
+
+    # -- status -------------------------------------------------------------------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        return self._sync is not None and self._sync._isLeader()
+
+    @property
+    def leader_for_s(self) -> float:
+        """Seconds since this node became leader (0 when it is not leader)."""
+        since = self._leader_since_s
+        return time.monotonic() - since if since is not None and self.is_leader else 0.0
+
+    @property
+    def leader_addr(self) -> str | None:
+        leader = self._sync._getLeader() if self._sync is not None else None
+        return str(leader.address) if leader is not None else None
+
+    @property
+    def term(self) -> int:
+        return int(self._sync.raftCurrentTerm) if self._sync is not None else 0
+
+    @property
+    def commit_index(self) -> int:
+        return int(self._sync.raftCommitIndex) if self._sync is not None else 0
+
+    @property
+    def last_applied(self) -> int:
+        return int(self._sync.raftLastApplied) if self._sync is not None else 0
+
+    def connected(self, addr: str) -> bool:
+        if self._sync is None:
+            return False
+        return any(n.address == addr and self._sync.isNodeConnected(n) for n in self._sync.otherNodes)
+
+    def read(self, fn: Callable[[Table], T]) -> T:
+        """Run a read-only function on the table under the apply lock."""
+        with self._lock:
+            return fn(self.table)
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    def submit_nowait(self, op: str, kwargs: dict[str, Any]) -> None:
+        """Fire and forget (followers use it to announce themselves; pysyncobj forwards it to the leader)."""
+        if self._sync is not None:
+            self._consumer.apply_batch([(op, kwargs)], callback=lambda result, error: None)
+
+    async def submit(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> Result:
+        """Replicate ``op`` and return the table's result once applied here, or raise :class:`CommitError`."""
+        if self._sync is None:
+            raise CommitError("NOT_STARTED", maybe_applied=False)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
+        self._pending.append((op, kwargs, future))
+        if not self._flush_scheduled and self._in_flight < MAX_IN_FLIGHT:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush, loop)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            raise CommitError("TIMEOUT", maybe_applied=True) from None
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send the gathered commands as one log entry (MAX_BATCH at most) while fewer than MAX_IN_FLIGHT are out."""
+        self._flush_scheduled = False
+        while self._pending and self._in_flight < MAX_IN_FLIGHT:
+            batch = [item for item in self._pending[:MAX_BATCH] if not item[2].done()]
+            self._pending = self._pending[MAX_BATCH:]
+            if not batch:
+                continue
+            futures = [future for _, _, future in batch]
+            slot = _Slot(self)
+            self._in_flight += 1
+            # A callback that never comes (a partitioned leader) must not hold the slot forever.
+            slot.timer = loop.call_later(self.slot_timeout_s, slot.release)
+
+            def callback(results: Any, error: Any, futures: list[asyncio.Future[Result]] = futures,
+                         slot: _Slot = slot) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                    loop.call_soon_threadsafe(slot.done, futures, results, error)
+
+            self._consumer.apply_batch([(op, kwargs) for op, kwargs, _ in batch], callback=callback)
+
+    def _slot_released(self) -> None:
+        self._in_flight -= 1
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, asyncio.get_running_loop())
+
+
+class _Slot:
+    """One in-flight log entry of the group commit; released once, by its callback or by its timer."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+        self._released = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._node._slot_released()
+
+    def done(self, futures: list[asyncio.Future[Result]], results: Any, error: Any) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        _settle(futures, results, error)
+        self.release()

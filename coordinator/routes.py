@@ -1,0 +1,86 @@
+"""The route table of HTTP API v1: one list that ``api.py`` registers and ``openapi.py`` documents.
+
+Rules:
+1. Every route is listed here once: method, path, handler name (also the OpenAPI operationId), the role it needs
+   (None = public), its request and answer schemas and the error statuses it can return.
+2. ``write`` routes change the table: they run on the leader; a follower forwards them (see docs/http-api.md).
+3. ``GET /`` is deliberately absent: a status page will be mounted there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ROUTES", "Route"]
+
+_AUTH = (401, 403)
+_WRITE = (400, 401, 403, 413, 421, 503)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route."""
+
+    method: str
+    path: str
+    name: str
+    role: str | None
+    summary: str
+    request: str | None = None
+    answer: str = "Empty"
+    ok_status: int = 200
+    errors: tuple[int, ...] = ()
+    write: bool = False
+    query: tuple[tuple[str, str], ...] = ()
+    media: str = "application/json"
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/jobs", "create_job", "operator",
+          "Submit a backfill job; 201 when created, 200 with the identical live job", "JobRequest", "JobAnswer",
+          201, _WRITE, write=True),
+    Route("GET", "/v1/jobs", "list_jobs", "reader", "Every job with window counts and completion ratio",
+          answer="JobList", errors=_AUTH),
+    Route("GET", "/v1/jobs/{job_id}", "get_job", "reader", "One job", answer="JobAnswer", errors=(*_AUTH, 404)),
+    Route("DELETE", "/v1/jobs/{job_id}", "cancel_job", "operator", "Cancel a job (409 when it is already done)",
+          answer="JobAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/jobs/{job_id}/retry", "retry_job", "operator", "Reset the job's failed windows to pending",
+          answer="RetryAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/windows/claim", "claim_windows", "worker",
+          "Claim up to max_windows pending windows in order; long-polls up to wait_ms when none is pending",
+          "ClaimRequest", "LeaseList", errors=_WRITE, write=True),
+    Route("POST", "/v1/windows/renew", "renew_window", "worker", "Extend a lease by one TTL; 409 lease_lost",
+          "RenewRequest", "RenewAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/windows/complete", "complete_window", "worker",
+          "Mark the leased window done; idempotent for the same token; 409 lease_lost", "CompleteRequest",
+          "WindowAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/windows/fail", "fail_window", "worker",
+          "Report a failed attempt: pending after a backoff if retryable and attempts remain, else failed",
+          "FailRequest", "WindowAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("GET", "/v1/leases", "list_leases", "reader", "Live leases, oldest first; only stale ones with stale=true",
+          answer="LeaseInfoList", errors=(400, *_AUTH), query=(("stale", "true or false (default false)"),)),
+    Route("POST", "/v1/leases/{lease_id}/release", "release_lease", "operator",
+          "Operator: end a live lease; the window goes back to pending, the attempt is not counted",
+          "ReasonRequest", "WindowAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/windows/{window_id}/requeue", "requeue_window", "operator",
+          "Operator: put a window back to pending with attempts cleared (revokes its lease)", "ReasonRequest",
+          "WindowAnswer", errors=(*_WRITE, 404), write=True),
+    Route("POST", "/v1/windows/{window_id}/mark-done", "mark_window_done", "operator",
+          "Operator: mark a window done without a worker (revokes its lease)", "ReasonRequest", "WindowAnswer",
+          errors=(*_WRITE, 404), write=True),
+    Route("POST", "/v1/leases/claim", "claim_key", "worker",
+          "QMTL: lease an opaque key for lease_ms; 409 while someone else holds it", "KeyClaimRequest",
+          "KeyClaimAnswer", errors=(*_WRITE, 409), write=True),
+    Route("POST", "/v1/leases/complete", "complete_key", "worker", "QMTL: complete a keyed lease; 409 stale token",
+          "KeyFinishRequest", "RatioAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("POST", "/v1/leases/fail", "fail_key", "worker", "QMTL: fail a keyed lease; 409 stale token",
+          "KeyFinishRequest", "RatioAnswer", errors=(*_WRITE, 404, 409), write=True),
+    Route("GET", "/v1/cluster", "cluster", "reader", "This node's view of the cluster: role, leader, term, members",
+          answer="Cluster", errors=_AUTH),
+    Route("GET", "/healthz", "healthz", None, "Liveness and leadership; 503 when no leader is known",
+          answer="Health", errors=(503,)),
+    Route("GET", "/health", "health", None, "Same as /healthz", answer="Health", errors=(503,)),
+    Route("GET", "/metrics", "metrics", None, "Prometheus metrics of this node", answer="Metrics",
+          media="text/plain"),
+    Route("GET", "/openapi.json", "openapi", None, "This OpenAPI 3 document", answer="OpenAPI"),
+)

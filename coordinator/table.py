@@ -1,0 +1,395 @@
+"""The lease table: a pure, deterministic state machine of backfill jobs, windows and fenced leases.
+
+Like h11's ``_state.py`` it contains no I/O whatsoever. Raft (``coordinator/raft.py``) replicates the commands;
+every replica applies them in the same order and reaches the same state.
+
+Rules (DESIGN.md section 4):
+1. Ordered: a claim takes pending windows by job priority (desc), then job submission order, then window start.
+   A window shared by several jobs takes the best rank among its live jobs. One claim may take several windows.
+2. Fenced: every grant (window or QMTL key) takes the next value of one counter, so tokens strictly increase;
+   the counter is replicated state, so it survives leader changes and restarts with the log and the dump.
+3. TTL: the caller stamps ``now_ms`` and the TTL into each command; apply functions never read a clock.
+4. Stale claims: ``expire(now_ms)`` returns each lease past its expiry to pending (attempt counted) or, after
+   ``max_attempts`` grants, marks its window failed, and counts it. Nothing expires a lease implicitly: until
+   the leader's reaper runs ``expire``, a late renew or complete still succeeds.
+5. ``renew``/``complete``/``fail`` with a token that is not the window's current lease return ``lease_lost``
+   and change nothing. ``complete`` is idempotent for the same token.
+6. Windows are keyed by (series, start) and shared across jobs: a job creates only windows not yet known. The
+   window span of a series is fixed by its first job (``window_bars`` x interval); later jobs of the series use
+   that grid even if the configured ``window_bars`` changed. A job's ratio is its done windows / its windows.
+   Failed windows of a job can be retried; a job can be cancelled (its windows stay, but are no longer offered
+   unless another live job covers them).
+7. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
+   ``lease_lost``) and leave the state unchanged.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from coordinator._keyed import KeyedCommands
+from coordinator._records import (
+    DONE,
+    FAILED,
+    LEASED,
+    PENDING,
+    JobRec,
+    LeaseRec,
+    Result,
+    SeriesRec,
+    WindowRec,
+    lease_id_of,
+    token_of_lease_id,
+)
+from coordinator._state import (
+    DONE_TOKENS_MAX,
+    MAX_TTL_MS,
+    invalid,
+    is_int,
+    is_text,
+    lease_lost,
+    not_found,
+)
+from provider.core import SeriesKey, parse_window_id, retry_delay_bounds_ms, snap_range, window_id, window_ranges
+
+__all__ = ["Result", "Table"]
+
+_MAX_REASON_CHARS = 500
+_MAX_WINDOWS_PER_CLAIM = 1000
+
+
+def _lease_value(window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
+    return {
+        "lease_id": lease_id_of(lease.token), "window_id": window_id(window.series, window.start),
+        "token": lease.token, "series": window.series, "start": window.start, "end": window.end,
+        "attempt": window.attempts, "expires_at_ms": lease.expires_at_ms,
+    }
+
+
+def _window_value(window: WindowRec) -> dict[str, Any]:
+    return {"window_id": window_id(window.series, window.start), "state": window.state,
+            "attempts": window.attempts, "not_before_ms": window.not_before_ms}
+
+
+class Table(KeyedCommands):
+    """The lease table. Commands take keyword arguments, ``now_ms`` and an optional (client_id, request_id)."""
+
+    # -- jobs ---------------------------------------------------------------------------------------------------
+
+    def submit_job(self, *, series: Any, start: Any, end: Any, priority: Any = 0, window_bars: Any,
+                   max_windows: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """Create a job (and the windows not yet known); an identical live job is returned with created=False."""
+        return self._once("submit_job", client_id, request_id, now_ms,
+                          lambda now: self._submit(series, start, end, priority, window_bars, max_windows, now))
+
+    def _submit(self, series: Any, start: Any, end: Any, priority: Any, window_bars: Any, max_windows: Any,
+                now: int) -> Result:
+        try:
+            key = SeriesKey.parse(series)
+        except ValueError as exc:
+            return invalid("series", str(exc))
+        for name, value in (("start", start), ("end", end), ("priority", priority), ("window_bars", window_bars),
+                            ("max_windows", max_windows)):
+            if not is_int(value):
+                return invalid(name, f"{value!r} is not an integer")
+        if start >= end:
+            return invalid("end", f"end {end} must be after start {start}; the range [start, end) is empty")
+        if window_bars < 1 or max_windows < 1:
+            return invalid("window_bars", "window_bars and max_windows must be >= 1")
+        name, step = str(key), key.interval_ms
+        known = self._series.get(name)
+        bars = known.window_bars if known is not None else window_bars
+        try:
+            lo, hi = snap_range(start, end, step)
+        except ValueError as exc:
+            return invalid("start", str(exc))
+        span = step * bars
+        w_lo, w_hi = (lo // span) * span, -((-hi) // span) * span
+        if (w_hi - w_lo) // span > max_windows:
+            return invalid("end", f"the range covers {(w_hi - w_lo) // span} windows; at most {max_windows} per job")
+        existing = self._job_index.get((name, lo, hi, priority))
+        if existing is not None:
+            return Result.success({"job": self._jobs[existing].public(), "created": False})
+        if known is None:
+            self._series[name] = SeriesRec(step, bars)
+        self._job_seq += 1
+        job = JobRec(f"job-{self._job_seq}", self._job_seq, name, lo, hi, priority, w_lo, w_hi, now)
+        self._jobs[job.job_id] = job
+        self._job_index[(name, lo, hi, priority)] = job.job_id
+        rank = (-priority, job.seq)
+        fresh: list[tuple[int, int, int, str]] = []
+        for w_start, w_end in window_ranges(lo, hi, step, bars):
+            window = self._windows.get((name, w_start))
+            if window is None:  # the common case, kept cheap: big jobs are applied in one Raft entry
+                window = self._windows[(name, w_start)] = WindowRec(name, w_start, w_end)
+                window.jobs.append(job.job_id)
+                window.rank = rank
+                fresh.append((rank[0], rank[1], w_start, name))
+                continue
+            window.jobs.append(job.job_id)
+            job.counts[window.state] += 1
+            self._rerank(window, now)
+        self._window_counts[PENDING] += len(fresh)
+        job.counts[PENDING] += len(fresh)
+        self._ready.extend(fresh)
+        heapq.heapify(self._ready)
+        return Result.success({"job": job.public(), "created": True})
+
+    def cancel_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """Cancel a job: its windows are no longer offered for it; live leases run out normally."""
+        return self._once("cancel_job", client_id, request_id, now_ms, lambda now: self._cancel(job_id, now))
+
+    def _cancel(self, job_id: Any, now: int) -> Result:
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            return not_found("job_id", job_id)
+        if job.cancelled:
+            return Result.success({"job": job.public()})
+        if job.state == "done":
+            return Result.error("conflict", f"job {job_id} is already done", "job_id")
+        job.cancelled = True
+        self._job_index.pop((job.series, job.start, job.end, job.priority), None)
+        for window in self._job_windows(job):
+            if job.job_id in window.jobs:
+                window.jobs.remove(job.job_id)
+            self._rerank(window, now)
+        return Result.success({"job": job.public()})
+
+    def retry_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """Reset the failed windows of a job to pending, attempts cleared."""
+        return self._once("retry_job", client_id, request_id, now_ms, lambda now: self._retry(job_id, now))
+
+    def _retry(self, job_id: Any, now: int) -> Result:
+        job = self._jobs.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            return not_found("job_id", job_id)
+        if job.cancelled:
+            return Result.error("conflict", f"job {job_id} is cancelled", "job_id")
+        requeued = 0
+        for window in self._job_windows(job):
+            if window.state == FAILED:
+                self._reset(window, PENDING, now)
+                requeued += 1
+        return Result.success({"job": job.public(), "requeued": requeued})
+
+    def _reset(self, window: WindowRec, state: str, now: int) -> None:
+        self._drop_window_lease(window)
+        window.attempts = 0
+        window.not_before_ms = 0
+        window.done_token = 0
+        window.last_error = ""
+        self._set_state(window, state)
+        self._enqueue(window, now)
+
+    # -- window leases ------------------------------------------------------------------------------------------
+
+    def claim(self, *, worker_id: Any, max_windows: Any = 1, ttl_ms: Any, now_ms: Any, client_id: Any = "",
+              request_id: Any = "") -> Result:
+        """Grant up to ``max_windows`` pending windows in rule-1 order, each with a new token."""
+        return self._once("claim", client_id, request_id, now_ms,
+                          lambda now: self._claim(worker_id, max_windows, ttl_ms, now))
+
+    def _claim(self, worker_id: Any, max_windows: Any, ttl_ms: Any, now: int) -> Result:
+        if not is_text(worker_id, 200):
+            return invalid("worker_id", "must be a non-empty printable string of at most 200 chars")
+        if not is_int(max_windows) or not 1 <= max_windows <= _MAX_WINDOWS_PER_CLAIM:
+            return invalid("max_windows", f"must be an integer from 1 to {_MAX_WINDOWS_PER_CLAIM}")
+        if not is_int(ttl_ms) or not 1 <= ttl_ms <= MAX_TTL_MS:
+            return invalid("ttl_ms", f"must be an integer from 1 to {MAX_TTL_MS}")
+        while self._delayed and self._delayed[0][0] <= now:
+            heapq.heappush(self._ready, heapq.heappop(self._delayed)[1:])
+        granted: list[dict[str, Any]] = []
+        while len(granted) < max_windows and self._ready:
+            entry = heapq.heappop(self._ready)
+            window = self._windows.get((entry[3], entry[2]))
+            if window is None or window.state != PENDING or window.rank != (entry[0], entry[1]):
+                continue
+            if window.not_before_ms > now:
+                heapq.heappush(self._delayed, (window.not_before_ms, *entry))
+                continue
+            lease = self._add_lease("window", window.key, worker_id, now, ttl_ms)
+            window.lease = lease.token
+            window.attempts += 1
+            self._set_state(window, LEASED)
+            granted.append(_lease_value(window, lease))
+        return Result.success({"leases": granted})
+
+    def _current(self, lease_id: Any, token: Any) -> tuple[LeaseRec | None, Result | None]:
+        """The live window lease named by (lease_id, token), or the error to return."""
+        if not is_int(token) or token < 1:
+            return None, invalid("token", f"{token!r} is not an integer >= 1")
+        number = token_of_lease_id(lease_id)
+        if number == 0 or number > self._token:
+            return None, not_found("lease_id", lease_id)
+        rec = self._leases.get(number)
+        if number != token or rec is None or rec.kind != "window":
+            return None, lease_lost(lease_id, token)
+        return rec, None
+
+    def renew(self, *, lease_id: Any, token: Any, ttl_ms: Any, now_ms: Any, client_id: Any = "",
+              request_id: Any = "") -> Result:
+        """Extend a live lease to ``now + ttl_ms``."""
+        return self._once("renew", client_id, request_id, now_ms,
+                          lambda now: self._renew(lease_id, token, ttl_ms, now))
+
+    def _renew(self, lease_id: Any, token: Any, ttl_ms: Any, now: int) -> Result:
+        rec, error = self._current(lease_id, token)
+        if rec is None:
+            return error or lease_lost(lease_id, token)
+        if not is_int(ttl_ms) or not 1 <= ttl_ms <= MAX_TTL_MS:
+            return invalid("ttl_ms", f"must be an integer from 1 to {MAX_TTL_MS}")
+        rec.expires_at_ms = now + ttl_ms
+        heapq.heappush(self._expiry, (rec.expires_at_ms, rec.token))
+        return Result.success({"lease_id": lease_id, "expires_at_ms": rec.expires_at_ms})
+
+    def complete(self, *, lease_id: Any, token: Any, rows: Any = 0, now_ms: Any, client_id: Any = "",
+                 request_id: Any = "") -> Result:
+        """Mark the lease's window done; repeating it with the same token succeeds again."""
+        return self._once("complete", client_id, request_id, now_ms,
+                          lambda now: self._complete(lease_id, token, rows))
+
+    def _complete(self, lease_id: Any, token: Any, rows: Any) -> Result:
+        if not is_int(rows) or rows < 0:
+            return invalid("rows", f"{rows!r} is not an integer >= 0")
+        rec, error = self._current(lease_id, token)
+        if rec is None:
+            same = is_int(token) and token_of_lease_id(lease_id) == token
+            done = self._done_tokens.get(token) if same else None
+            window = self._windows.get(done) if done is not None else None
+            if error is not None and error.code == "lease_lost" and window is not None \
+                    and window.state == DONE and window.done_token == token:
+                return Result.success({**_window_value(window), "rows": window.rows})
+            return error or lease_lost(lease_id, token)
+        window = self._windows[rec.target]
+        del self._leases[rec.token]
+        window.lease = 0
+        window.done_token = rec.token
+        window.rows = rows
+        window.last_error = ""
+        self._set_state(window, DONE)
+        self._done_tokens[rec.token] = window.key
+        while len(self._done_tokens) > DONE_TOKENS_MAX:
+            self._done_tokens.popitem(last=False)
+        return Result.success({**_window_value(window), "rows": rows})
+
+    def fail(self, *, lease_id: Any, token: Any, reason: Any, retryable: Any, max_attempts: Any,
+             retry_backoff_ms: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """End a lease with an error: back to pending after a backoff if retryable and attempts remain, else failed."""
+        return self._once("fail", client_id, request_id, now_ms,
+                          lambda now: self._fail(lease_id, token, reason, retryable, max_attempts, retry_backoff_ms,
+                                                 now))
+
+    def _fail(self, lease_id: Any, token: Any, reason: Any, retryable: Any, max_attempts: Any, backoff_ms: Any,
+              now: int) -> Result:
+        if not isinstance(reason, str):
+            return invalid("reason", "must be a string")
+        if not isinstance(retryable, bool):
+            return invalid("retryable", "must be true or false")
+        if not is_int(max_attempts) or max_attempts < 1 or not is_int(backoff_ms) or backoff_ms < 0:
+            return invalid("max_attempts", "max_attempts must be >= 1 and retry_backoff_ms >= 0")
+        rec, error = self._current(lease_id, token)
+        if rec is None:
+            return error or lease_lost(lease_id, token)
+        window = self._windows[rec.target]
+        del self._leases[rec.token]
+        window.lease = 0
+        window.last_error = reason[:_MAX_REASON_CHARS]
+        if retryable and window.attempts < max_attempts:
+            delay_ms, _ = retry_delay_bounds_ms(max(window.attempts, 1), backoff_ms, 0.0)
+            window.not_before_ms = now + int(delay_ms)
+            self._set_state(window, PENDING)
+            self._enqueue(window, now)
+        else:
+            self._set_state(window, FAILED)
+        return Result.success(_window_value(window))
+
+    def expire(self, *, now_ms: Any, max_attempts: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """Reap every lease whose expiry is <= now: windows go back to pending or, out of attempts, to failed."""
+        return self._once("expire", client_id, request_id, now_ms, lambda now: self._expire(max_attempts, now))
+
+    def _expire(self, max_attempts: Any, now: int) -> Result:
+        if not is_int(max_attempts) or max_attempts < 1:
+            return invalid("max_attempts", "must be an integer >= 1")
+        expired: list[dict[str, Any]] = []
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at_ms, token = heapq.heappop(self._expiry)
+            rec = self._leases.get(token)
+            if rec is None or rec.expires_at_ms != expires_at_ms:
+                continue
+            del self._leases[token]
+            item = {"lease_id": lease_id_of(token), "token": token, "worker_id": rec.worker_id, "kind": rec.kind}
+            if rec.kind == "window":
+                window = self._windows[rec.target]
+                window.lease = 0
+                window.not_before_ms = 0
+                window.last_error = f"lease {lease_id_of(token)} of {rec.worker_id} expired"
+                self._set_state(window, PENDING if window.attempts < max_attempts else FAILED)
+                self._enqueue(window, now)
+                item.update(window_id=window_id(window.series, window.start), state=window.state)
+            else:
+                self._expire_key(rec.target, token)
+                item.update(key=rec.target, state="expired")
+            expired.append(item)
+        self._stale_claims += len(expired)
+        return Result.success({"expired": expired})
+
+    # -- operator actions -------------------------------------------------------------------------------------
+
+    def release(self, *, lease_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+        """Operator: end a live lease; its window goes back to pending and the attempt is not counted."""
+        return self._once("release", client_id, request_id, now_ms, lambda now: self._release(lease_id, now))
+
+    def _release(self, lease_id: Any, now: int) -> Result:
+        number = token_of_lease_id(lease_id)
+        if number == 0 or number > self._token:
+            return not_found("lease_id", lease_id)
+        rec = self._leases.get(number)
+        if rec is None:
+            return Result.error("lease_lost", f"lease {lease_id} is no longer live; nothing changed", "lease_id")
+        del self._leases[number]
+        if rec.kind == "key":
+            self._expire_key(rec.target, number)
+            return Result.success({"lease_id": lease_id, "key": rec.target, "state": "expired"})
+        window = self._windows[rec.target]
+        window.lease = 0
+        window.attempts = max(window.attempts - 1, 0)
+        window.not_before_ms = 0
+        self._set_state(window, PENDING)
+        self._enqueue(window, now)
+        return Result.success({"lease_id": lease_id, **_window_value(window)})
+
+    def requeue(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "",
+                request_id: Any = "") -> Result:
+        """Operator: put any window back to pending with its attempts cleared, revoking a live lease."""
+        return self._once("requeue", client_id, request_id, now_ms,
+                          lambda now: self._operate(window_id, reason, PENDING, now))
+
+    def mark_done(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "",
+                  request_id: Any = "") -> Result:
+        """Operator: mark any window done, revoking a live lease (its holder's complete then gets lease_lost)."""
+        return self._once("mark_done", client_id, request_id, now_ms,
+                          lambda now: self._operate(window_id, reason, DONE, now))
+
+    def _operate(self, wid: Any, reason: Any, state: str, now: int) -> Result:
+        if not isinstance(reason, str):
+            return invalid("reason", "must be a string")
+        try:
+            series, start = parse_window_id(wid)
+        except ValueError:
+            return not_found("window_id", wid)
+        window = self._windows.get((str(series), start))
+        if window is None:
+            return not_found("window_id", wid)
+        self._reset(window, state, now)
+        window.last_error = f"{'requeued' if state == PENDING else 'marked done'} by operator: {reason[:200]}"
+        return Result.success(_window_value(window))
+
+    # -- cluster membership --------------------------------------------------------------------------------------
+
+    def announce(self, *, node_id: Any, raft: Any, http: Any) -> Result:
+        """Record a node's HTTP address under its Raft address, so followers can forward to the leader."""
+        if not (is_text(node_id, 200) and is_text(raft, 300) and is_text(http, 300)):
+            return invalid("node_id", "node_id, raft and http must be non-empty strings")
+        self._nodes[raft] = {"node_id": node_id, "http": http}
+        return Result.success({"raft": raft})

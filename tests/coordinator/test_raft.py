@@ -1,0 +1,112 @@
+"""The pysyncobj adapter without a cluster: the apply path never raises, group commit, and the asyncio bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pysyncobj import FAIL_REASON
+
+from coordinator.raft import CommitError, RaftNode, RaftSettings, TableConsumer
+from coordinator.table import Result, Table
+
+
+def consumer(table: Table, seen: list[tuple[str, Result]]) -> TableConsumer:
+    return TableConsumer(table, threading.Lock(), lambda op, result: seen.append((op, result)))
+
+
+def test_apply_never_raises() -> None:
+    """Unknown commands, bad arguments, a raising table and a raising hook all become results, never exceptions."""
+    seen: list[tuple[str, Result]] = []
+    table = Table()
+    c = consumer(table, seen)
+    results = c.apply_batch([("drop_tables", {}), ("claim", {"bogus": 1}),
+                             ("announce", {"node_id": "n", "raft": "a:1", "http": "http://a:2"})], _doApply=True)
+    assert [(r.ok, r.code) for r in results] == [(False, "invalid"), (False, "internal"), (True, "")]
+    assert [op for op, _ in seen] == ["drop_tables", "claim", "announce"]
+
+    def boom(**_: Any) -> Result:
+        raise RuntimeError("bug")
+
+    table.expire = boom  # type: ignore[method-assign]
+    angry = TableConsumer(table, threading.Lock(), lambda op, result: 1 / 0)
+    (result,) = angry.apply_batch([("expire", {"now_ms": 1, "max_attempts": 1})], _doApply=True)
+    assert (result.ok, result.code) == (False, "internal")
+
+
+def test_dump_round_trip_through_the_consumer() -> None:
+    """_serialize/_deserialize move the whole table; a foreign dump is refused and the state is kept."""
+    table = Table()
+    table.announce(node_id="n", raft="a:1", http="http://a:2")
+    restored = Table()
+    c = consumer(restored, [])
+    c._deserialize(consumer(table, [])._serialize())
+    assert restored.snapshot() == table.snapshot()
+    c._deserialize({"format": 999})
+    assert restored.snapshot() == table.snapshot()
+
+
+class FakeConsumer:
+    """Records apply_batch calls; answers them when told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[str, dict[str, Any]]], Any]] = []
+
+    def apply_batch(self, commands: list[tuple[str, dict[str, Any]]], callback: Any) -> None:
+        self.calls.append((commands, callback))
+
+
+def fake_node(tmp_path: Path) -> tuple[RaftNode, FakeConsumer]:
+    node = RaftNode(RaftSettings("127.0.0.1:1", (), tmp_path), Table(), lambda op, result: None)
+    fake = FakeConsumer()
+    node._consumer = fake  # type: ignore[assignment]
+    node._sync = object()  # type: ignore[assignment]
+    return node, fake
+
+
+async def test_commands_of_one_loop_iteration_share_a_log_entry(tmp_path: Path) -> None:
+    """Five submits in one iteration travel as one apply_batch, and each caller gets its own result."""
+    node, fake = fake_node(tmp_path)
+    tasks = [asyncio.create_task(node.submit("announce", {"i": i}, 5.0)) for i in range(5)]
+    await asyncio.sleep(0.01)
+    assert len(fake.calls) == 1 and [kw["i"] for _, kw in fake.calls[0][0]] == [0, 1, 2, 3, 4]
+    fake.calls[0][1]([Result.success(i) for i in range(5)], FAIL_REASON.SUCCESS)
+    assert [r.value for r in await asyncio.gather(*tasks)] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("error", "maybe"), [(FAIL_REASON.LEADER_CHANGED, True), (FAIL_REASON.DISCARDED, False),
+                                              (FAIL_REASON.UNKNOWN_OUTCOME, True), (FAIL_REASON.QUEUE_FULL, False)])
+async def test_failures_say_whether_the_command_may_have_been_applied(tmp_path: Path, error: int,
+                                                                      maybe: bool) -> None:
+    """A non-success callback fails every command of the entry with CommitError(maybe_applied=...)."""
+    node, fake = fake_node(tmp_path)
+    task = asyncio.create_task(node.submit("announce", {}, 5.0))
+    await asyncio.sleep(0.01)
+    fake.calls[0][1](None, error)
+    with pytest.raises(CommitError) as caught:
+        await task
+    assert caught.value.maybe_applied is maybe
+
+
+async def test_a_lost_callback_times_out_and_frees_its_slot(tmp_path: Path) -> None:
+    """Without a callback the caller gets TIMEOUT (maybe applied), and the group-commit slot is released later."""
+    node, fake = fake_node(tmp_path)
+    node.slot_timeout_s = 0.1
+    lost = []
+    for n in range(2):  # separate loop iterations: two entries
+        lost.append(asyncio.create_task(node.submit("announce", {"n": n}, 0.05)))
+        await asyncio.sleep(0.005)
+    late = asyncio.create_task(node.submit("announce", {"n": 9}, 5.0))
+    await asyncio.sleep(0.01)
+    assert len(fake.calls) == 2, "two entries in flight hold both slots"
+    for task in lost:
+        with pytest.raises(CommitError) as caught:
+            await task
+        assert caught.value.reason == "TIMEOUT" and caught.value.maybe_applied
+    await asyncio.sleep(0.2)
+    assert len(fake.calls) == 3 and fake.calls[2][0] == [("announce", {"n": 9})]
+    fake.calls[2][1]([Result.success("ok")], FAIL_REASON.SUCCESS)
+    assert (await late).value == "ok"

@@ -5,8 +5,9 @@ Token file format (``--token-file``), one token per line::
     # comment
     TOKEN ROLE [NAME]
 
-``ROLE`` is ``reader`` (GET routes), ``worker`` (reader + claim/renew/complete/fail and QMTL keyed leases) or
-``operator`` (everything: jobs, releases, requeues, mark-done). ``NAME`` labels the token in logs (default: the
+``ROLE`` is ``reader`` (GET routes), ``worker`` (reader + submitting jobs, claim/renew/complete/fail/release and
+QMTL keyed leases: what workers and providers need) or ``operator`` (everything: also cancel, retry, requeue,
+mark-done). ``NAME`` labels the token in logs (default: the
 role). Tokens are at least 16 printable characters without spaces. A bad line is an error naming its number.
 
 Rules:

@@ -36,7 +36,7 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("POST", "/v1/jobs", "create_job", "operator",
+    Route("POST", "/v1/jobs", "create_job", "worker",
           "Submit a backfill job; 201 when created, 200 with the identical live job", "JobRequest", "JobAnswer",
           201, _WRITE, write=True),
     Route("GET", "/v1/jobs", "list_jobs", "reader", "Every job with window counts and completion ratio",
@@ -59,8 +59,9 @@ ROUTES: tuple[Route, ...] = (
           "FailRequest", "WindowAnswer", errors=(*_WRITE, 404, 409), write=True),
     Route("GET", "/v1/leases", "list_leases", "reader", "Live leases, oldest first; only stale ones with stale=true",
           answer="LeaseInfoList", errors=(400, *_AUTH), query=(("stale", "true or false (default false)"),)),
-    Route("POST", "/v1/leases/{lease_id}/release", "release_lease", "operator",
-          "Operator: end a live lease; the window goes back to pending, the attempt is not counted",
+    Route("POST", "/v1/leases/{lease_id}/release", "release_lease", "worker",
+          "End a live lease (a draining worker, or an operator); the window goes back to pending, the attempt is "
+          "not counted",
           "ReasonRequest", "WindowAnswer", errors=(*_WRITE, 404, 409), write=True),
     Route("POST", "/v1/windows/{window_id}/requeue", "requeue_window", "operator",
           "Operator: put a window back to pending with attempts cleared (revokes its lease)", "ReasonRequest",

@@ -43,9 +43,11 @@ async def test_roles_on_an_encrypted_cluster(secure: Cluster, http: aiohttp.Clie
     job = {"series": SERIES, "start": 0, "end": 30 * MIN}
     status, body = await call(http, "POST", follower + "/v1/windows/claim", {"worker_id": "w"}, token=READER)
     assert (status, body["error"]["code"]) == (403, "forbidden")
-    assert (await call(http, "POST", follower + "/v1/jobs", job, token=WORKER))[0] == 403
-    status, body = await call(http, "POST", follower + "/v1/jobs", job, token=OPERATOR)
+    assert (await call(http, "POST", follower + "/v1/jobs", job, token=READER))[0] == 403
+    status, body = await call(http, "POST", follower + "/v1/jobs", job, token=WORKER)  # providers submit jobs
     assert status == 201, body
+    status, body = await call(http, "DELETE", follower + "/v1/jobs/job-1", token=WORKER)
+    assert (status, body["error"]["code"]) == (403, "forbidden")
     status, body = await call(http, "POST", follower + "/v1/windows/claim", {"worker_id": "w"}, token=WORKER)
     assert status == 200 and len(body["leases"]) == 1
     status, body = await call(http, "POST", follower + "/v1/leases/claim", {"key": "a:b:c", "lease_ms": 1000},

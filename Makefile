@@ -22,6 +22,10 @@ test: venv
 	bash scripts/install_test_deps.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+## demo: 3 coordinators, a worker pool, SQLite and a synthetic exchange on loopback; backfill, read back, stop.
+demo: venv
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
 ## lint: ruff (lint + format check) and mypy.
 lint: venv
 	$(PY) -m ruff check .

@@ -1,0 +1,141 @@
+"""Temporal stage: order, duplicates, the bar grid, closed bars, finite values, OHLC sanity and gaps.
+
+Rules (applied in this order, each row counted under the first rule that drops it):
+1. Rows out of ts order are sorted (stable, so the later of two equal ``ts`` stays later): ``unsorted``.
+2. Repeated ``ts``: the last row wins (a re-sent bar corrects an earlier one): ``duplicate_ts``.
+3. ``ts`` off the interval grid: dropped, ``off_grid``. Rows outside the request are trimmed (a warning).
+4. Bars not closed at ``context.now_ms`` (``ts + interval > now``): dropped, ``future_bar``.
+5. NaN/inf in a price or the volume, or a missing ``ts``: dropped, ``non_finite``.
+6. ``low <= min(open, close)``, ``max(open, close) <= high`` and ``volume >= 0`` must hold: ``ohlc_violation``
+   (rows kept: there is no right fix).
+7. Inside each materialized range (``context.covered``) every grid slot without a bar is part of a gap; one
+   contiguous run of absent bars is one ``gap`` flag with its range. Outside covered ranges nothing is a gap.
+The frame is copied only when a row is dropped or reordered.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from provider.conformance._report import ConformanceContext, ConformanceReport
+from provider.frames import PRICE_COLUMNS
+
+__all__ = ["TemporalRollupStage", "find_gaps"]
+
+_NS_PER_MS = 1_000_000
+_NAT = np.iinfo(np.int64).min
+
+
+def find_gaps(stamps_ms: np.ndarray, covered: tuple[tuple[int, int], ...] | list[tuple[int, int]],
+              interval_ms: int) -> list[tuple[int, int]]:
+    """The runs of grid slots inside ``covered`` that have no bar in the sorted, unique ``stamps_ms``."""
+    gaps: list[tuple[int, int]] = []
+    for lo_raw, hi_raw in covered:
+        lo = -((-lo_raw) // interval_ms) * interval_ms
+        hi = (hi_raw // interval_ms) * interval_ms
+        if hi <= lo:
+            continue
+        i0, i1 = np.searchsorted(stamps_ms, [lo, hi])
+        if i1 - i0 == (hi - lo) // interval_ms:
+            continue
+        bounded = np.concatenate(([lo - interval_ms], stamps_ms[i0:i1], [hi]))
+        steps = np.diff(bounded)
+        for k in np.flatnonzero(steps > interval_ms).tolist():
+            gaps.append((int(bounded[k]) + interval_ms, int(bounded[k + 1])))
+    return gaps
+
+
+def _first(stamps_ns: np.ndarray, mask: np.ndarray) -> int | None:
+    hit = np.flatnonzero(mask)
+    return int(stamps_ns[hit[0]] // _NS_PER_MS) if hit.size else None
+
+
+class TemporalRollupStage:
+    """Checks and normalizes the time axis and the values of a schema-conforming OHLCV frame."""
+
+    name = "temporal"
+
+    def __init__(self, *, check_ohlc: bool = True) -> None:
+        self.check_ohlc = check_ohlc
+
+    def run(self, frame: pd.DataFrame, context: ConformanceContext, report: ConformanceReport) -> pd.DataFrame:
+        """Return the cleaned frame; every change and finding goes into ``report``."""
+        rows = len(frame)
+        stamps_ns = np.asarray(frame["ts"].array.asi8, dtype=np.int64)
+        order: np.ndarray | None = None
+        descents = int((np.diff(stamps_ns) < 0).sum()) if rows > 1 else 0
+        if descents:
+            report.add("unsorted", descents, detail="rows sorted by ts")
+            order = np.argsort(stamps_ns, kind="stable")
+            stamps_ns = stamps_ns[order]
+        values = {c: frame[c].to_numpy() if order is None else frame[c].to_numpy()[order] for c in PRICE_COLUMNS}
+        keep = np.ones(rows, dtype=bool)
+        self._drop(report, "duplicate_ts", keep, stamps_ns, _duplicates(stamps_ns))
+        step_ns = context.interval_ms * _NS_PER_MS
+        valid_ts = stamps_ns != _NAT
+        if not _contiguous(stamps_ns, step_ns):
+            self._drop(report, "off_grid", keep, stamps_ns, valid_ts & (stamps_ns % step_ns != 0))
+        outside = valid_ts & ((stamps_ns < context.start_ms * _NS_PER_MS) | (stamps_ns >= context.end_ms * _NS_PER_MS))
+        if (keep & outside).any():
+            report.warnings.append(f"{int((keep & outside).sum())} row(s) outside the request were trimmed")
+            keep &= ~outside
+        if context.now_ms is not None:
+            not_closed = valid_ts & (stamps_ns + step_ns > context.now_ms * _NS_PER_MS)
+            self._drop(report, "future_bar", keep, stamps_ns, not_closed)
+        self._drop(report, "non_finite", keep, stamps_ns, ~valid_ts | ~_finite_rows(values))
+        if self.check_ohlc:
+            bad = _ohlc_violations(values) & keep
+            report.add("ohlc_violation", int(bad.sum()), start_ms=_first(stamps_ns, bad))
+        if order is not None or not keep.all():
+            positions = (np.arange(rows) if order is None else order)[keep]
+            stamps_ns = stamps_ns[keep]
+            frame = frame.take(positions).reset_index(drop=True)
+        for lo, hi in find_gaps(stamps_ns // _NS_PER_MS, context.covered, context.interval_ms):
+            bars = (hi - lo) // context.interval_ms
+            report.add("gap", 1, start_ms=lo, end_ms=hi, detail=f"{bars} bar(s) absent")
+        return frame
+
+    @staticmethod
+    def _drop(report: ConformanceReport, kind: str, keep: np.ndarray, stamps_ns: np.ndarray,
+              bad: np.ndarray) -> None:
+        hit = keep & bad
+        count = int(hit.sum())
+        if count:
+            report.add(kind, count, start_ms=_first(stamps_ns, hit))
+            keep &= ~bad
+
+
+def _contiguous(sorted_ns: np.ndarray, step_ns: int) -> bool:
+    """Whether the stamps are consecutive grid slots (then none is off the grid): the common, fast case."""
+    if len(sorted_ns) == 0:
+        return True
+    first, last = int(sorted_ns[0]), int(sorted_ns[-1])
+    if first == _NAT or first % step_ns or last - first != (len(sorted_ns) - 1) * step_ns:
+        return False
+    return bool((np.diff(sorted_ns) == step_ns).all())
+
+
+def _duplicates(sorted_ns: np.ndarray) -> np.ndarray:
+    """Rows followed by a row with the same ts (so the last of each run survives)."""
+    dup = np.zeros(len(sorted_ns), dtype=bool)
+    if len(sorted_ns) > 1:
+        dup[:-1] = sorted_ns[:-1] == sorted_ns[1:]
+    return dup
+
+
+def _finite_rows(values: dict[str, np.ndarray]) -> np.ndarray:
+    arrays = list(values.values())
+    ok = np.isfinite(arrays[0])
+    for array in arrays[1:]:
+        ok &= np.isfinite(array)
+    return np.asarray(ok, dtype=bool)
+
+
+def _ohlc_violations(values: dict[str, np.ndarray]) -> np.ndarray:
+    o, h, lo, c, v = (values[col] for col in PRICE_COLUMNS)
+    with np.errstate(invalid="ignore"):
+        body_low = np.minimum(o, c)
+        body_high = np.maximum(o, c)
+        bad = (lo > body_low) | (h < body_high) | (v < 0)
+    return np.asarray(bad, dtype=bool)

@@ -1,0 +1,109 @@
+"""Prometheus metrics of the provider (DESIGN.md section 7; the names are contract).
+
+Rules:
+1. One :class:`ProviderMetrics` per provider, on a registry of its own (:func:`provider.core.obs.new_registry`)
+   unless the caller passes one; nothing registers on the global default registry.
+2. Two providers may share a registry: the collectors are created once per registry and reused.
+3. ``seamless_sla_deadline_seconds`` has buckets up to 600 s, because a backfill phase may legitimately take
+   minutes; the others are sized for reads.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from provider.core.obs import new_registry
+
+__all__ = ["SLA_BUCKETS_S", "SOURCE_BUCKETS_S", "ProviderMetrics"]
+
+#: Buckets of the SLA phase histogram, in seconds: sub-millisecond cache phases up to ten-minute backfills.
+SLA_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: Buckets of the per-source latency histogram, in seconds.
+SOURCE_BUCKETS_S = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+_SHARED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _collectors(registry: CollectorRegistry) -> dict[str, Any]:
+    found = _SHARED.get(registry)
+    if found is not None:
+        return found
+    made: dict[str, Any] = {
+        "sla": Histogram(
+            "seamless_sla_deadline_seconds",
+            "Time spent in each SLA phase of a fetch (storage, backfill, live, total).",
+            ["node_id", "phase"],
+            buckets=SLA_BUCKETS_S,
+            registry=registry,
+        ),
+        "source": Histogram(
+            "seamless_source_latency_seconds",
+            "Latency of one read from a data source (cache, storage, backfill, live).",
+            ["source"],
+            buckets=SOURCE_BUCKETS_S,
+            registry=registry,
+        ),
+        "hit": Counter(
+            "seamless_cache_hit_total", "Cache lookups answered by the cache.", ["layer"], registry=registry
+        ),
+        "miss": Counter(
+            "seamless_cache_miss_total", "Cache lookups the cache could not answer.", ["layer"], registry=registry
+        ),
+        "flag": Counter(
+            "seamless_conformance_flag_total",
+            "Conformance flags raised, by flag (gap, duplicate_ts, non_finite, ...).",
+            ["flag"],
+            registry=registry,
+        ),
+        "fetch": Counter(
+            "seamless_fetch_total",
+            "Provider fetches by strategy and outcome (ok, partial, unavailable, failed, sla, blocked, error).",
+            ["strategy", "outcome"],
+            registry=registry,
+        ),
+        "windows": Counter(
+            "seamless_backfill_windows_total",
+            "Backfill windows started by this provider, by mode (in_process, coordinator).",
+            ["mode"],
+            registry=registry,
+        ),
+    }
+    _SHARED[registry] = made
+    return made
+
+
+class ProviderMetrics:
+    """The provider's collectors, with small helpers so call sites stay one line."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else new_registry()
+        made = _collectors(self.registry)
+        self.sla_deadline = made["sla"]
+        self.source_latency = made["source"]
+        self.cache_hit = made["hit"]
+        self.cache_miss = made["miss"]
+        self.conformance_flag = made["flag"]
+        self.fetch_total = made["fetch"]
+        self.backfill_windows = made["windows"]
+
+    def observe_phase(self, node_id: str, phase: str, elapsed_s: float) -> None:
+        """Record the time one SLA phase took."""
+        self.sla_deadline.labels(node_id=node_id, phase=phase).observe(elapsed_s)
+
+    def observe_source(self, source: str, elapsed_s: float) -> None:
+        """Record the latency of one source read."""
+        self.source_latency.labels(source=source).observe(elapsed_s)
+
+    def count_flags(self, flag_counts: dict[str, int]) -> None:
+        """Add a report's flag counts."""
+        for flag, count in flag_counts.items():
+            if count:
+                self.conformance_flag.labels(flag=flag).inc(count)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """The current value of one sample (0.0 when absent); handy for tests and the demo summary."""
+        value = self.registry.get_sample_value(name, labels or {})
+        return float(value) if value is not None else 0.0

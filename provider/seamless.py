@@ -1,0 +1,379 @@
+"""The seamless data provider: one ``fetch`` that reads cache -> storage -> backfill -> live (DESIGN.md section 6).
+
+Rules:
+1. A request is snapped outward to the bar grid and stops at the end of the last closed bar. Sources are
+   consulted in priority order; each serves the part of what is still missing that its coverage holds. The parts
+   are disjoint ranges, so the joined frame has no missing or doubled bar at any seam.
+2. Strategies: FAIL_FAST raises :class:`DataUnavailableError` for any uncovered part and makes no outbound request;
+   AUTO_BACKFILL backfills every missing range and waits (or raises :class:`BackfillFailedError` with the ranges);
+   PARTIAL_FILL returns what is stored now and starts one background backfill of the rest; SEAMLESS takes the
+   live feed's zone (recent closed bars) from the live feed and backfills the rest like AUTO_BACKFILL.
+3. Every result runs through the conformance pipeline; blocking flags raise
+   :class:`ConformancePipelineError` unless ``partial_ok``. Reports go to the report sink.
+4. SLA phases cancel the work they time (:mod:`provider.sla`); PARTIAL_FILL downgrades instead of raising.
+5. A complete, conforming result of stored data is cached; a later fetch wholly inside it is answered from L1
+   without touching storage or re-running conformance.
+6. One request id per fetch, on every log line and in ``last_fetch_metadata``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pandas as pd
+
+from provider.cache import wall_clock_ms
+from provider.conformance import ConformanceContext, ConformanceReport
+from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, snap_range, subtract_ranges
+from provider.core.obs import bind_request, get_logger
+from provider.datasources import assemble, last_ts_ms, read_pieces, trim
+from provider.errors import (
+    BackfillFailedError,
+    ConformancePipelineError,
+    DataUnavailableError,
+    SeamlessError,
+    SeamlessSLAExceeded,
+)
+from provider.fetchmeta import FetchContext, FetchMetadata, outcome_of
+from provider.flights import BackfillTicket
+from provider.metrics import ProviderMetrics
+from provider.reports import LocalFolderReportSink
+from provider.sla import SLARun
+from provider.strategies import DataAvailabilityStrategy, ProgressCallback
+from provider.wiring import (
+    build_backfiller,
+    build_cache,
+    build_conformance,
+    build_live,
+    build_sla,
+    build_storage,
+)
+
+__all__ = ["SeamlessDataProvider"]
+
+_log = get_logger("provider.seamless")
+_S = DataAvailabilityStrategy
+
+
+class SeamlessDataProvider:
+    """Complete, checked bars for any range, as if every bar always existed (see the module rules)."""
+
+    def __init__(
+        self,
+        *,
+        strategy: DataAvailabilityStrategy | str = DataAvailabilityStrategy.SEAMLESS,
+        cache_source: Any = None,
+        storage_source: Any = None,
+        backfiller: Any = None,
+        live_feed: Any = None,
+        coordinator: Any = None,
+        conformance: Any = None,
+        sla: Any = None,
+        partial_ok: bool = False,
+        backfill_config: BackfillConfig | None = None,
+        progress: ProgressCallback | None = None,
+        cache_ttl: float = 3600,
+        enable_background_backfill: bool = True,
+        report_sink: Any = None,
+        clock: Callable[[], int] | None = None,
+        registry: Any = None,
+    ) -> None:
+        self.strategy = DataAvailabilityStrategy.parse(strategy)
+        self.clock = clock if clock is not None else wall_clock_ms
+        self.metrics = ProviderMetrics(registry)
+        self.backfill_config = backfill_config if backfill_config is not None else BackfillConfig()
+        self.storage = build_storage(storage_source)
+        self.cache = build_cache(cache_source, ttl_s=cache_ttl, clock=self.clock, metrics=self.metrics)
+        self.backfiller = build_backfiller(backfiller, coordinator, self.storage, config=self.backfill_config,
+                                           clock=self.clock, metrics=self.metrics)
+        self.live_feed = build_live(live_feed, clock=self.clock, metrics=self.metrics)
+        self.conformance = build_conformance(conformance)
+        self.sla = build_sla(sla)
+        self.partial_ok = partial_ok
+        self.progress = progress
+        self.enable_background_backfill = enable_background_backfill
+        self.report_sink = report_sink if report_sink is not None else LocalFolderReportSink()
+        #: The report of the last fetch that ran conformance (per provider, last writer wins).
+        self.last_conformance_report: ConformanceReport | None = None
+        #: What the last fetch did.
+        self.last_fetch_metadata: FetchMetadata | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> SeamlessDataProvider:
+        """A provider configured by an :class:`~provider.core.AppConfig` (``load_config(path)``); keywords win."""
+        block = config.seamless_data_provider
+        kwargs.setdefault("strategy", block.strategy)
+        kwargs.setdefault("backfill_config", block.backfill_config)
+        kwargs.setdefault("cache_ttl", block.cache_ttl)
+        kwargs.setdefault("enable_background_backfill", block.enable_background_backfill)
+        kwargs.setdefault("sla", config.sla)
+        return cls(**kwargs)
+
+    # -- public API ----------------------------------------------------------------------------------------
+
+    async def fetch(self, start: Any, end: Any, *, node_id: str, interval: Any = None) -> pd.DataFrame:
+        """The bars of ``[start, end)`` of the series ``node_id`` according to the strategy (module rules)."""
+        ctx = self._context(start, end, node_id, interval)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with bind_request(ctx.meta.request_id, node_id=ctx.node_id, strategy=self.strategy.value):
+            sla = SLARun(self.sla, node_id=ctx.node_id, metrics=self.metrics)
+            try:
+                frame = self._from_l1(ctx)
+                if frame is None:
+                    async with sla.phase("total"):
+                        frame = await self._run(ctx, sla)
+            except BaseException as exc:
+                ctx.meta.outcome = outcome_of(exc)
+                self._finish(ctx, sla, loop.time() - started, None)
+                _log.warning("fetch.error", outcome=ctx.meta.outcome, error=str(exc)[:500],
+                             missing=len(ctx.meta.missing_ranges))
+                raise
+            self._finish(ctx, sla, loop.time() - started, frame)
+            _log.info("fetch.done", outcome=ctx.meta.outcome, rows=len(frame), cache_hit=ctx.meta.cache_hit,
+                      coverage_ratio=round(ctx.meta.coverage_ratio, 6), elapsed_ms=round(ctx.meta.elapsed_ms, 3))
+        return frame
+
+    async def coverage(self, *, node_id: str) -> list[tuple[int, int]]:
+        """What is materialized for the series: storage ledger coverage merged with the cache's."""
+        ranges: list[tuple[int, int]] = []
+        for source in (self.cache, self.storage):
+            if source is not None:
+                ranges += await source.coverage(node_id=str(SeriesKey.parse(node_id)))
+        return merge_ranges(ranges)
+
+    async def fill_missing(self, start: Any, end: Any, *, node_id: str, interval: Any = None) -> list[tuple[int, int]]:
+        """Backfill every uncovered part of ``[start, end)`` and wait; return the ranges that were missing."""
+        ctx = self._context(start, end, node_id, interval)
+        with bind_request(ctx.meta.request_id, node_id=ctx.node_id, op="fill_missing"):
+            covered = await self.storage.coverage(node_id=ctx.node_id) if self.storage is not None else []
+            missing = subtract_ranges([ctx.effective], covered)
+            if missing:
+                ticket = self._start_backfill(ctx, missing)
+                await ticket.wait(self.progress)
+        return missing
+
+    def subscribe(self, *, node_id: str, start: Any = None) -> AsyncIterator[pd.DataFrame]:
+        """Closed bars as they close, from the live feed (see :mod:`provider.live`)."""
+        if self.live_feed is None:
+            raise ValueError("subscribe() needs a live_feed (or EnhancedQuestDBProvider(live_fetcher=...))")
+        begin = None if start is None else snap_range(start, start, SeriesKey.parse(node_id).interval_ms)[0]
+        stream: AsyncIterator[pd.DataFrame] = self.live_feed.subscribe(node_id=node_id, start=begin)
+        return stream
+
+    async def wait_for_backfills(self) -> None:
+        """Wait until every background backfill (and report publication) started so far has ended."""
+        while True:
+            if self.backfiller is not None:
+                await self.backfiller.wait_idle()
+            if not self._tasks:
+                break
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel background work and close what this provider opened."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.backfiller is not None:
+            await self.backfiller.aclose()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for component in (self.cache, self.storage):
+            closer = getattr(component, "aclose", None)
+            if closer is not None:
+                await closer()
+
+    async def __aenter__(self) -> SeamlessDataProvider:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- one fetch -----------------------------------------------------------------------------------------
+
+    def _context(self, start: Any, end: Any, node_id: str, interval: Any) -> FetchContext:
+        return FetchContext.create(start, end, node_id, interval, strategy=self.strategy.value, now_ms=self.clock())
+
+    def _from_l1(self, ctx: FetchContext) -> pd.DataFrame | None:
+        if self.cache is None or not hasattr(self.cache, "hit") or ctx.start_ms >= ctx.end_ms:
+            return None
+        entry = self.cache.hit(ctx.node_id, ctx.start_ms, ctx.end_ms)
+        if entry is None:
+            return None
+        frame: pd.DataFrame = entry.slice(ctx.start_ms, ctx.end_ms)
+        ctx.meta.cache_hit = True
+        ctx.meta.served["cache"] = [ctx.effective]
+        ctx.finish_coverage([])
+        if entry.report is not None:
+            self.last_conformance_report = entry.report
+            ctx.meta.conformance_flags = dict(entry.report.flag_counts)
+        return frame
+
+    async def _run(self, ctx: FetchContext, sla: SLARun) -> pd.DataFrame:
+        missing = await self._read_stored(ctx, sla)
+        if missing and self.strategy is _S.FAIL_FAST:
+            ctx.finish_coverage(missing)
+            raise DataUnavailableError(ctx.node_id, missing)
+        if missing and self.strategy is _S.PARTIAL_FILL:
+            if self.enable_background_backfill and self.backfiller is not None and not self._closed:
+                self._start_backfill(ctx, missing)
+        elif missing:
+            if self.strategy is _S.SEAMLESS:
+                missing = await self._read_live(ctx, sla, missing)
+            missing = await self._backfill_and_read(ctx, sla, missing)
+        ctx.finish_coverage(missing)
+        frame = assemble(ctx.pieces)
+        frame = await self._conform(ctx, frame)
+        self._check_sla(ctx, sla, frame)
+        if not missing and self.cache is not None and "live" not in ctx.meta.served and ctx.end_ms > ctx.start_ms:
+            await self.cache.put(ctx.node_id, ctx.start_ms, ctx.end_ms, frame, ctx.report)
+        if missing:
+            ctx.meta.outcome = "partial"
+        return frame
+
+    async def _read_stored(self, ctx: FetchContext, sla: SLARun) -> list[tuple[int, int]]:
+        """Cache then storage, each serving what the other could not; returns what is still missing."""
+        remaining = [ctx.effective] if ctx.end_ms > ctx.start_ms else []
+        try:
+            async with sla.phase("storage"):
+                for source in (self.cache, self.storage):
+                    if source is None or not remaining:
+                        continue
+                    remaining = await self._read_source(ctx, source, remaining)
+        except SeamlessSLAExceeded as exc:
+            if self.strategy is not _S.PARTIAL_FILL:
+                raise
+            self._downgrade(ctx, exc)
+            remaining = subtract_ranges([ctx.effective], ctx.served_ranges())
+        return remaining
+
+    async def _read_source(self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]],
+                           origin: str | None = None) -> list[tuple[int, int]]:
+        name = getattr(source, "name", type(source).__name__)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if hasattr(source, "serve"):
+            pieces = await source.serve(remaining, node_id=ctx.node_id)
+        else:
+            covered = intersect_ranges(remaining, await source.coverage(node_id=ctx.node_id))
+            covered = [(lo, hi) for lo, hi in covered if lo % ctx.interval_ms == 0 and hi % ctx.interval_ms == 0]
+            pieces = await read_pieces(source, covered, node_id=ctx.node_id)
+        self.metrics.observe_source(name, loop.time() - started)
+        ctx.add(origin or name, pieces)
+        return subtract_ranges(remaining, [r for r, _ in pieces])
+
+    async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
+                         ) -> list[tuple[int, int]]:
+        """SEAMLESS: take missing bars inside the live zone from the live feed; the rest stays missing."""
+        if self.live_feed is None:
+            return missing
+        lookback_ms = int(getattr(self.live_feed, "lookback_bars", 0)) * ctx.interval_ms
+        wanted = intersect_ranges(missing, [(max(0, ctx.horizon_ms - lookback_ms), ctx.horizon_ms)])
+        if not wanted:
+            return missing
+        async with sla.phase("live"):
+            for lo, hi in wanted:
+                frame = trim(await self.live_feed.fetch(lo, hi, node_id=ctx.node_id), lo, hi)
+                if len(frame):
+                    # Served up to the newest bar received; a late bar after it is left for the backfill.
+                    served = (lo, last_ts_ms(frame) + ctx.interval_ms)
+                    ctx.add("live", [(served, frame)])
+                    missing = subtract_ranges(missing, [served])
+        return missing
+
+    async def _backfill_and_read(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
+                                 ) -> list[tuple[int, int]]:
+        """AUTO_BACKFILL: materialize ``missing``, wait, read it back from storage; raise if anything is left."""
+        if not missing:
+            return []
+        if self.backfiller is None or self.storage is None:
+            raise BackfillFailedError(ctx.node_id, missing, "no backfiller is configured (pass backfiller= or "
+                                      "coordinator=, or use EnhancedQuestDBProvider(fetcher=...))")
+        ticket = self._start_backfill(ctx, missing)
+        ctx.meta.backfill["waited"] = True
+        try:
+            async with sla.phase("backfill"):
+                await ticket.wait(self.progress)
+        except BackfillFailedError as exc:
+            ctx.finish_coverage(missing)
+            raise BackfillFailedError(ctx.node_id, missing, exc.reason) from exc
+        async with sla.phase("storage"):
+            remaining = await self._read_source(ctx, self.storage, missing, origin="backfill")
+        if remaining:
+            ctx.finish_coverage(remaining)
+            raise BackfillFailedError(ctx.node_id, remaining, "the backfill ended but storage does not cover it")
+        return []
+
+    def _start_backfill(self, ctx: FetchContext, missing: list[tuple[int, int]]) -> BackfillTicket:
+        if self.backfiller is None:
+            raise BackfillFailedError(ctx.node_id, missing, "no backfiller is configured")
+        ticket = self.backfiller.start(ctx.node_id, missing, horizon_ms=ctx.horizon_ms)
+        ctx.meta.backfill = {
+            "mode": self.backfiller.mode,
+            "windows": len(ticket.flights),
+            "started": ticket.started,
+            "shared": len(ticket.flights) - ticket.started,
+            "waited": False,
+            "ranges": list(missing),
+        }
+        return ticket
+
+    async def _conform(self, ctx: FetchContext, frame: pd.DataFrame) -> pd.DataFrame:
+        if self.conformance is None:
+            return frame
+        context = ConformanceContext(
+            ctx.node_id, ctx.interval_ms, ctx.start_ms, ctx.end_ms,
+            covered=tuple(ctx.served_ranges()), now_ms=self.clock(), request_id=ctx.meta.request_id,
+        )
+        frame, report = self.conformance.run(frame, context)
+        self.last_conformance_report = ctx.report = report
+        ctx.meta.conformance_flags = dict(report.flag_counts)
+        ctx.meta.conformance_ok = report.ok
+        self.metrics.count_flags(report.flag_counts)
+        self._publish(report)
+        if report.blocking and not self.partial_ok:
+            raise ConformancePipelineError(report)
+        return frame
+
+    def _check_sla(self, ctx: FetchContext, sla: SLARun, frame: pd.DataFrame) -> None:
+        newest = last_ts_ms(frame) if len(frame) else None
+        try:
+            sla.check_coverage(ctx.meta.coverage_ratio)
+            if ctx.end_ms > ctx.start_ms:
+                sla.check_freshness(newest, ctx.interval_ms, ctx.end_ms)
+        except SeamlessSLAExceeded as exc:
+            if self.strategy is not _S.PARTIAL_FILL:
+                raise
+            self._downgrade(ctx, exc)
+
+    def _downgrade(self, ctx: FetchContext, exc: SeamlessSLAExceeded) -> None:
+        ctx.meta.downgraded = True
+        ctx.meta.downgrade_reason = f"sla_{exc.phase}"
+        ctx.meta.sla_violation = SLARun.violation(exc)
+        _log.warning("fetch.downgraded", phase=exc.phase, elapsed_ms=round(exc.elapsed_ms, 3),
+                     budget_ms=exc.budget_ms)
+
+    def _publish(self, report: ConformanceReport) -> None:
+        async def publish() -> None:
+            try:
+                await self.report_sink.publish(report.uri, report.to_dict())
+            except (OSError, ValueError, SeamlessError) as exc:  # a sink problem must not fail fetches
+                _log.warning("report.publish_failed", uri=report.uri, error=str(exc))
+
+        task = asyncio.ensure_future(publish())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _finish(self, ctx: FetchContext, sla: SLARun, elapsed_s: float, frame: pd.DataFrame | None) -> None:
+        ctx.meta.elapsed_ms = elapsed_s * 1000.0
+        ctx.meta.phases_ms = dict(sla.spent_ms)
+        ctx.meta.rows = 0 if frame is None else len(frame)
+        self.metrics.fetch_total.labels(strategy=self.strategy.value, outcome=ctx.meta.outcome).inc()
+        self.last_fetch_metadata = ctx.meta

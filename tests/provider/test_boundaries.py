@@ -1,0 +1,80 @@
+"""Seams and edges: adjacent windows, single bars, off-grid requests, cache + storage seams, the closed-bar edge."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from provider.frames import check_frame, ts_ms
+
+from .conftest import MIN, SERIES, at, bars, store
+
+
+async def test_adjacent_requests_share_no_bar(storage, source, make_provider):
+    """Two adjacent requests across a window boundary join into exactly the bars of their union."""
+    provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=source, cache_source=False)
+    left = await provider.fetch(at(60), at(100), node_id=SERIES)
+    right = await provider.fetch(at(100), at(160), node_id=SERIES)
+    joined = pd.concat([left, right], ignore_index=True)
+    pd.testing.assert_frame_equal(joined, await bars(at(60), at(160)))
+    assert ts_ms(left)[-1] + MIN == ts_ms(right)[0] == at(100)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "rows"),
+    [
+        (at(5), at(6), 1),  # one bar on the grid
+        (at(5), at(5) + 1, 1),  # one millisecond snaps outward to one bar
+        (at(5) + 30_000, at(6) - 1, 1),  # inside one bar
+        (at(5) + 30_000, at(10) + 1, 6),  # off-grid both ends: widened to [5m, 11m)
+        (at(99), at(101), 2),  # one bar each side of a window boundary
+        (at(5), at(5), 0),  # empty range
+    ],
+)
+async def test_single_bar_and_off_grid_requests(start, end, rows, storage, source, make_provider):
+    """Requests snap outward to the bar grid; an empty range gives an empty frame with the contract dtypes."""
+    provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=source)
+    frame = await provider.fetch(start, end, node_id=SERIES)
+    check_frame(frame, interval_ms=MIN)
+    assert len(frame) == rows
+    lo = (start // MIN) * MIN
+    pd.testing.assert_frame_equal(frame, await bars(lo, lo + rows * MIN))
+    assert provider.last_fetch_metadata.requested_range == (lo, -((-end) // MIN) * MIN)
+
+
+async def test_start_after_end_is_an_error(storage, make_provider):
+    """A request with start after end raises ValueError naming both values."""
+    provider = make_provider(strategy="fail_fast", storage_source=storage)
+    with pytest.raises(ValueError, match=f"{at(10)}.*{at(5)}"):
+        await provider.fetch(at(10), at(5), node_id=SERIES)
+
+
+async def test_cache_and_storage_meet_at_the_seam(storage, source, make_provider):
+    """A request half in the L1 cache and half in storage returns each bar once, split exactly at the seam."""
+    await store(storage, at(0), at(300))
+    provider = make_provider(strategy="fail_fast", storage_source=storage, backfiller=source)
+    await provider.fetch(at(0), at(150), node_id=SERIES)  # caches [0, 150m)
+    frame = await provider.fetch(at(100), at(250), node_id=SERIES)
+    pd.testing.assert_frame_equal(frame, await bars(at(100), at(250)))
+    meta = provider.last_fetch_metadata
+    assert meta.served == {"cache": [(at(100), at(150))], "storage": [(at(150), at(250))]}
+    assert meta.cache_hit is False
+    inner = await provider.fetch(at(120), at(140), node_id=SERIES)
+    pd.testing.assert_frame_equal(inner, await bars(at(120), at(140)))
+    assert provider.last_fetch_metadata.cache_hit is True
+
+
+async def test_bars_not_closed_are_never_returned_nor_covered(storage, source, make_provider, clock):
+    """A request into the future stops at the last closed bar; the open part is backfilled once it has closed."""
+    clock.now_ms = at(250) + 30_000  # the bar at 250m is forming
+    provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=source, cache_source=False)
+    frame = await provider.fetch(at(200), at(400), node_id=SERIES)
+    pd.testing.assert_frame_equal(frame, await bars(at(200), at(250)))
+    meta = provider.last_fetch_metadata
+    assert meta.effective_range == (at(200), at(250))
+    assert meta.not_closed_range == (at(250), at(400))
+    assert await storage.coverage(SERIES) == [(at(200), at(250))]
+    clock.now_ms = at(320)
+    later = await provider.fetch(at(200), at(400), node_id=SERIES)
+    pd.testing.assert_frame_equal(later, await bars(at(200), at(320)))
+    assert sorted(source.calls) == [(at(200), at(250)), (at(200), at(300)), (at(300), at(320))]

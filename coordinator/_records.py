@@ -74,8 +74,8 @@ class SeriesRec:
 class WindowRec:
     """One window ``[start, end)`` of a series, shared by every job that covers it."""
 
-    __slots__ = ("attempts", "done_token", "end", "jobs", "last_error", "lease", "not_before_ms", "rank",
-                 "rows", "series", "start", "state")
+    __slots__ = ("attempts", "done_at_ms", "done_token", "end", "jobs", "last_error", "lease", "not_before_ms",
+                 "rank", "rows", "series", "start", "state")
 
     def __init__(self, series: str, start: int, end: int) -> None:
         self.series = series
@@ -90,6 +90,9 @@ class WindowRec:
         self.lease = 0
         #: Token that completed the window, for idempotent completes; 0 when marked done by an operator.
         self.done_token = 0
+        #: Leader time of completion. A window completed before it closed (done_at_ms < end) holds only the bars
+        #: that existed then; a later job that needs the rest re-opens it (rule 6).
+        self.done_at_ms = 0
         self.rows = -1
         self.last_error = ""
         #: Ids of the live (not cancelled) jobs that cover this window.

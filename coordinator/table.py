@@ -67,6 +67,16 @@ def _lease_value(window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
     }
 
 
+def _reopens(window: WindowRec, job_end: int, now: int, step: int) -> bool:
+    """A window completed before it closed holds bars up to its completion; re-open it when a job needs bars
+    that have closed since (workers store closed bars only)."""
+    if window.done_at_ms >= window.end:
+        return False
+    stored_until = (window.done_at_ms // step) * step
+    needed_until = min(window.end, job_end, (now // step) * step)
+    return stored_until < needed_until
+
+
 def _window_value(window: WindowRec) -> dict[str, Any]:
     return {"window_id": window_id(window.series, window.start), "state": window.state,
             "attempts": window.attempts, "not_before_ms": window.not_before_ms}
@@ -117,9 +127,14 @@ class Table(KeyedCommands):
         job = JobRec(f"job-{self._job_seq}", self._job_seq, name, lo, hi, priority, w_lo, w_hi, now)
         self._jobs[job.job_id] = job
         self._job_index[(name, lo, hi, priority)] = job.job_id
-        rank = (-priority, job.seq)
+        self._attach_windows(job, name, step, bars, now)
+        return Result.success({"job": job.public(), "created": True})
+
+    def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
+        """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
+        rank = (-job.priority, job.seq)
         fresh: list[tuple[int, int, int, str]] = []
-        for w_start, w_end in window_ranges(lo, hi, step, bars):
+        for w_start, w_end in window_ranges(job.start, job.end, step, bars):
             window = self._windows.get((name, w_start))
             if window is None:  # the common case, kept cheap: big jobs are applied in one Raft entry
                 window = self._windows[(name, w_start)] = WindowRec(name, w_start, w_end)
@@ -129,12 +144,13 @@ class Table(KeyedCommands):
                 continue
             window.jobs.append(job.job_id)
             job.counts[window.state] += 1
+            if window.state == DONE and _reopens(window, job.end, now, step):
+                self._reset(window, PENDING, now)  # completed before it closed: fetch the bars closed since
             self._rerank(window, now)
         self._window_counts[PENDING] += len(fresh)
         job.counts[PENDING] += len(fresh)
         self._ready.extend(fresh)
         heapq.heapify(self._ready)
-        return Result.success({"job": job.public(), "created": True})
 
     def cancel_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Cancel a job: its windows are no longer offered for it; live leases run out normally."""
@@ -247,9 +263,9 @@ class Table(KeyedCommands):
                  request_id: Any = "") -> Result:
         """Mark the lease's window done; repeating it with the same token succeeds again."""
         return self._once("complete", client_id, request_id, now_ms,
-                          lambda now: self._complete(lease_id, token, rows))
+                          lambda now: self._complete(lease_id, token, rows, now))
 
-    def _complete(self, lease_id: Any, token: Any, rows: Any) -> Result:
+    def _complete(self, lease_id: Any, token: Any, rows: Any, now: int) -> Result:
         if not is_int(rows) or rows < 0:
             return invalid("rows", f"{rows!r} is not an integer >= 0")
         rec, error = self._current(lease_id, token)
@@ -265,6 +281,7 @@ class Table(KeyedCommands):
         del self._leases[rec.token]
         window.lease = 0
         window.done_token = rec.token
+        window.done_at_ms = now
         window.rows = rows
         window.last_error = ""
         self._set_state(window, DONE)
@@ -382,6 +399,7 @@ class Table(KeyedCommands):
         if window is None:
             return not_found("window_id", wid)
         self._reset(window, state, now)
+        window.done_at_ms = window.end  # an operator's "done" is final: never re-opened for bars closed later
         window.last_error = f"{'requeued' if state == PENDING else 'marked done'} by operator: {reason[:200]}"
         return Result.success(_window_value(window))
 

@@ -13,6 +13,9 @@ Rules:
 4. ``stop()`` (SIGTERM) stops claiming; in-progress windows get ``shutdown_grace_ms`` to finish, then are
    cancelled and released so another worker takes them at once, attempt not counted.
 5. Writes are idempotent (the storage contract), so a window written twice holds the same bars.
+6. Only closed bars are stored: a window that reaches past now is fetched and written up to the last closed bar,
+   so coverage never claims bars that did not exist yet. The coordinator re-opens such a window when a later job
+   needs the bars closed since (docs/coordinator.md).
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from provider.core import BackfillConfig, Lease, WorkerConfig
+from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
-from provider.frames import FrameContractError, check_frame
+from provider.frames import FrameContractError, check_frame, empty_frame
 from provider.sources.errors import FatalSourceError
 from worker.metrics import WorkerMetrics
 
@@ -100,6 +103,7 @@ class Worker:
         storage: Store,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.settings = settings
         self._coordinator = coordinator
@@ -107,6 +111,7 @@ class Worker:
         self._storage = storage
         self.metrics = metrics or WorkerMetrics()
         self._clock = clock
+        self._wall_clock_ms = wall_clock_ms
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
@@ -224,13 +229,19 @@ class Worker:
                 renewer.cancel()
                 work.cancel()
 
+    def _closed_end_ms(self, lease: Lease) -> int:
+        step = SeriesKey.parse(lease.series).interval_ms
+        return max(lease.start, min(lease.end, (self._wall_clock_ms() // step) * step))
+
     async def _work(self, lease: Lease) -> None:
         started = time.perf_counter()
-        frame = await self._source.fetch(lease.series, lease.start, lease.end)
-        check_frame(frame, start_ms=lease.start, end_ms=lease.end)
+        end = self._closed_end_ms(lease)
+        frame = await self._source.fetch(lease.series, lease.start, end) if end > lease.start else empty_frame()
+        check_frame(frame, start_ms=lease.start, end_ms=end)
         # Re-check ownership right before writing: a worker paused past its TTL must not write or complete.
         await self._coordinator.renew(lease.lease_id, lease.token)
-        await self._storage.write_window(lease.series, lease.start, lease.end, frame)
+        if end > lease.start:
+            await self._storage.write_window(lease.series, lease.start, end, frame)
         await self._coordinator.complete(lease.lease_id, lease.token, len(frame))
         self.metrics.rows_written.inc(len(frame))
         self.metrics.windows_done.inc()

@@ -178,3 +178,16 @@ def test_settings_follow_the_config():
     """Worker settings take the lease TTL from backfill_config and pacing from the worker section."""
     s = WorkerSettings.from_config("w", WorkerConfig(concurrency=7), BackfillConfig(distributed_lease_ttl_ms=9000))
     assert (s.concurrency, s.lease_ttl_ms, s.worker_id) == (7, 9000, "w")
+
+
+async def test_only_closed_bars_are_stored_for_a_window_reaching_past_now(store):
+    """A window that ends in the future is stored up to the last closed bar, so coverage claims nothing more."""
+    now_ms = T0 + 12 * MINUTE + 30_000  # 12.5 bars into a 30-bar window
+    coord = MemoryCoordinator(ttl_ms=600, window_bars=30, now_ms=now_ms)
+    job = coord.submit(SERIES, T0, T0 + 12 * MINUTE)
+    source = open_source("synthetic:3")
+    worker = Worker(settings(), coordinator=coord, source=source, storage=store, wall_clock_ms=lambda: now_ms)
+    await run_until(worker, lambda: coord.job(job["job_id"])["state"] == "done")
+    assert await store.coverage(SERIES) == [(T0, T0 + 12 * MINUTE)]
+    stored = await store.read(SERIES, T0, T0 + 30 * MINUTE)
+    pd.testing.assert_frame_equal(stored, await source.fetch(SERIES, T0, T0 + 12 * MINUTE))

@@ -26,6 +26,11 @@ test: venv
 demo: venv
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 
+## bench: every bench/ script (medians, ratios against baselines from the same run) -> bench/results/.
+bench: venv
+	bash scripts/install_test_deps.sh
+	$(PY) bench/run_all.py
+
 ## lint: ruff (lint + format check) and mypy.
 lint: venv
 	$(PY) -m ruff check .

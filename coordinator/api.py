@@ -35,6 +35,7 @@ from coordinator.handlers import Handlers
 from coordinator.node import CoordinatorNode
 from coordinator.openapi import build_openapi
 from coordinator.routes import ROUTES, Route
+from coordinator.status_page import StatusPage
 from provider.core.obs import bind_request, get_logger, new_request_id
 
 __all__ = ["STATUS", "Call", "build_app", "error_response"]
@@ -192,10 +193,11 @@ def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Applicati
     """The aiohttp application of one node."""
     server = _Server(node, tokens)
     handlers = Handlers(node, build_openapi())
+    page = StatusPage.load()
     app = web.Application(middlewares=[_middleware(server)], client_max_size=node.cfg.max_body_bytes)
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, server.wrap(route, getattr(handlers, route.name)),
-                             name=route.name)
+        fn = page.serve if route.name == "status_page" else getattr(handlers, route.name)
+        app.router.add_route(route.method, route.path, server.wrap(route, fn), name=route.name)
 
     async def close_forwarder(_: web.Application) -> None:
         await server.forwarder.close()

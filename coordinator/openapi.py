@@ -93,6 +93,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                    leader={"type": ["string", "null"]}, node_id=_STR),
     "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
     "OpenAPI": {"type": "object", "description": "this document"},
+    "StatusPage": {"type": "string", "description": "the HTML status page; it holds no data"},
 }
 
 _ERROR_TEXT = {
@@ -104,7 +105,8 @@ _ERROR_TEXT = {
 
 
 def _operation(route: Route) -> dict[str, Any]:
-    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [route.path.split("/")[1]]}
+    tag = route.path.split("/")[1] or "status"
+    op: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [tag]}
     params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": _STR}
               for p in route.path.split("/") if p.startswith("{")]
     params += [{"name": n, "in": "query", "required": False, "schema": _STR, "description": d}

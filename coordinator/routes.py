@@ -4,7 +4,7 @@ Rules:
 1. Every route is listed here once: method, path, handler name (also the OpenAPI operationId), the role it needs
    (None = public), its request and answer schemas and the error statuses it can return.
 2. ``write`` routes change the table: they run on the leader; a follower forwards them (see docs/http-api.md).
-3. ``GET /`` is deliberately absent: a status page will be mounted there.
+3. ``GET /`` is the HTML status page (``status_page.py``); it holds no data, so it is public.
 """
 
 from __future__ import annotations
@@ -84,4 +84,6 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", "metrics", None, "Prometheus metrics of this node", answer="Metrics",
           media="text/plain"),
     Route("GET", "/openapi.json", "openapi", None, "This OpenAPI 3 document", answer="OpenAPI"),
+    Route("GET", "/", "status_page", None, "Status page (HTML without data; its script polls /v1/cluster, /v1/jobs "
+          "and /v1/leases every 2 s with a reader token)", answer="StatusPage", media="text/html"),
 )

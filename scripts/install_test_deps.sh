@@ -5,6 +5,7 @@
 #   etcd (lease/Raft peer for side-by-side benchmarks)                      <- etcd-server
 #   java and mvn (QuestDB server jar from Maven Central)                    <- default-jdk-headless, maven
 #   python3 (runs scripts/devservices.py)                                   <- python3
+#   headless Chromium and chromedriver (status page browser tests)          <- chromium, chromium-driver
 # then the QuestDB jar into .cache/questdb (scripts/devservices.py fetch-questdb).
 #
 # Rules: idempotent and quick when everything is there (no apt-get at all); `apt-get update` runs once, and only
@@ -26,6 +27,8 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v java >/dev/null || missing+=(default-jdk-headless)
 command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 
 if ((${#missing[@]} > 0)); then
     as_root=()
@@ -49,4 +52,4 @@ if ((${#missing[@]} > 0)); then
 fi
 
 python3 "$repo_dir/scripts/devservices.py" fetch-questdb >/dev/null
-echo "install_test_deps: ok (postgresql, promtool, etcd, java, mvn, QuestDB jar present)"
+echo "install_test_deps: ok (postgresql, promtool, etcd, java, mvn, chromium, chromedriver, QuestDB jar present)"

@@ -1,0 +1,47 @@
+"""Bar storage behind one contract: QuestDB, PostgreSQL, SQLite and in-memory backends, with a window ledger.
+
+``storage = await open_storage(dsn)`` returns a :class:`Storage`::
+
+    await storage.write_window(series, start, end, frame)   # atomic, idempotent; marks the window covered
+    frame = await storage.read(series, start, end)          # bars with ts in [start, end), contract frame
+    ranges = await storage.coverage(series)                 # merged [start, end) ranges of written windows
+    await storage.aclose()
+
+DSNs: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000``, ``postgresql://...``, ``sqlite:///path.db`` (the
+embedded default) and ``memory://``. See docs/storage.md for schemas and guarantees, and
+:mod:`provider.storage._contract` for the rules every backend follows.
+"""
+
+from provider.storage._contract import Storage, StorageBase
+from provider.storage._dsn import KINDS, StorageDsn, open_storage, parse_dsn
+from provider.storage._memory import MemoryStorage
+from provider.storage.errors import (
+    FrameRejectedError,
+    SchemaMismatchError,
+    StorageClosedError,
+    StorageConfigError,
+    StorageError,
+    StorageRequestError,
+    StorageUnavailableError,
+    WalApplyTimeoutError,
+    WalSuspendedError,
+)
+
+__all__ = [
+    "KINDS",
+    "FrameRejectedError",
+    "MemoryStorage",
+    "SchemaMismatchError",
+    "Storage",
+    "StorageBase",
+    "StorageClosedError",
+    "StorageConfigError",
+    "StorageDsn",
+    "StorageError",
+    "StorageRequestError",
+    "StorageUnavailableError",
+    "WalApplyTimeoutError",
+    "WalSuspendedError",
+    "open_storage",
+    "parse_dsn",
+]

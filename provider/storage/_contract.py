@@ -1,0 +1,194 @@
+"""The storage contract every backend implements, and the checks they share.
+
+Rules:
+1. ``write_window(series, start, end, frame)`` stores the bars of one window ``[start, end)`` atomically and
+   idempotently: afterwards the stored bars of the series inside the window are exactly the frame's bars (a
+   re-write replaces, never duplicates), and the window is covered, even when the frame is empty.
+2. Everything is validated before any I/O: the series key, the bounds (ints of epoch ms or anything
+   :func:`provider.core.to_ms` accepts, on the series' bar grid, ``start <= end``) and the frame (the frame
+   contract, every ``ts`` on the grid and inside the window). A refused write changes nothing.
+3. ``read(series, start, end)`` returns the stored bars whose open time lies in ``[start, end)`` as a contract
+   frame, every float bit for bit (a negative zero is stored as 0.0). Bounds are not snapped, so adjacent reads
+   never share a bar.
+4. ``coverage(series)`` is the merged union of the windows ever written, from the window ledger: it costs
+   O(windows), never O(rows). Coverage means "materialized", not "has bars".
+5. When ``write_window`` returns, a following ``read`` or ``coverage`` from any process sees the write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+from provider.core import Range, SeriesKey, to_ms
+from provider.frames import PRICE_COLUMNS, FrameContractError, check_frame, empty_frame, frame_from_arrays
+from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
+
+__all__ = ["Storage", "StorageBase", "WindowWrite", "frame_from_columns", "parse_series", "prepare_write"]
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """A bar store with a window ledger: what :func:`provider.storage.open_storage` returns."""
+
+    @property
+    def kind(self) -> str:
+        """``memory``, ``sqlite``, ``postgres`` or ``questdb``."""
+        ...
+
+    async def write_window(self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame) -> int:
+        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered; return the bar count."""
+        ...
+
+    async def read(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
+        """The stored bars whose ``ts`` lies in ``[start, end)``, as a contract frame."""
+        ...
+
+    async def coverage(self, series: SeriesKey | str) -> list[tuple[int, int]]:
+        """The merged half-open ranges of every window written for ``series``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and threads; the storage is unusable afterwards."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class WindowWrite:
+    """A validated window write: the bars as int64 epoch-ms stamps and five float64 columns (copies)."""
+
+    series: SeriesKey
+    start_ms: int
+    end_ms: int
+    ts_ms: np.ndarray
+    columns: tuple[np.ndarray, ...]
+
+    @property
+    def rows(self) -> int:
+        """Number of bars in the window."""
+        return len(self.ts_ms)
+
+    @property
+    def full(self) -> bool:
+        """Whether the frame fills every grid slot of the window (so no stored bar can be left over)."""
+        return self.rows == (self.end_ms - self.start_ms) // self.series.interval_ms
+
+
+def parse_series(series: Any) -> SeriesKey:
+    """A :class:`SeriesKey` from a key or its text, or :class:`StorageRequestError` naming it."""
+    try:
+        return SeriesKey.parse(series)
+    except ValueError as exc:
+        raise StorageRequestError("series", series, str(exc)) from None
+
+
+def _bound(name: str, value: Any) -> int:
+    try:
+        return to_ms(value)
+    except ValueError as exc:
+        raise StorageRequestError(name, value, f"{name}: {exc}") from None
+
+
+def prepare_range(series: Any, start: Any, end: Any) -> tuple[SeriesKey, int, int]:
+    """Normalize a read: the series and ``[start, end)`` in epoch ms; ``start > end`` is an error."""
+    key = parse_series(series)
+    start_ms, end_ms = _bound("start", start), _bound("end", end)
+    if start_ms > end_ms:
+        raise StorageRequestError(
+            "start", start, f"start {start_ms} is after end {end_ms}; ranges are half-open [start, end)"
+        )
+    return key, start_ms, end_ms
+
+
+def prepare_write(series: Any, start: Any, end: Any, frame: Any) -> WindowWrite:
+    """Validate a window write before any I/O; see the module rules."""
+    key, start_ms, end_ms = prepare_range(series, start, end)
+    step = key.interval_ms
+    for name, value in (("start", start_ms), ("end", end_ms)):
+        if value % step:
+            raise StorageRequestError(
+                name, value, f"window {name} {value} is not on the {key.interval} bar grid ({step} ms) of {key}"
+            )
+    try:
+        check_frame(frame, interval_ms=step, start_ms=start_ms, end_ms=end_ms)
+        stamps_ns = frame["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        if len(stamps_ns) and (stamps_ns % 1_000_000).any():
+            raise FrameContractError("off_grid", f"ts must be whole milliseconds on the {step} ms bar grid")
+    except FrameContractError as exc:
+        raise FrameRejectedError(exc.problem, str(exc), series=str(key), start_ms=start_ms, end_ms=end_ms) from None
+    # Adding 0.0 turns -0.0 into 0.0 and changes nothing else: SQLite cannot store a negative zero, and every
+    # backend must return the same bits.
+    columns = tuple(frame[name].to_numpy(dtype=np.float64, copy=True) + 0.0 for name in PRICE_COLUMNS)
+    return WindowWrite(key, start_ms, end_ms, stamps_ns // 1_000_000, columns)
+
+
+def frame_from_columns(ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
+    """A contract frame from int64 epoch-ms stamps and the five price columns (already sorted and unique)."""
+    if len(ts_ms) == 0:
+        return empty_frame()
+    return frame_from_arrays(ts_ms, *columns)
+
+
+class StorageBase:
+    """Shared front half of every backend: validation, closed-state and ``async with`` support.
+
+    Subclasses implement ``_write``, ``_read``, ``_coverage`` and ``_close`` and receive validated arguments.
+    """
+
+    kind: ClassVar[str] = "base"
+
+    def __init__(self) -> None:
+        self._closed = False
+
+    async def write_window(self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame) -> int:
+        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered; return the bar count."""
+        request = prepare_write(series, start, end, frame)
+        self._check_open()
+        if request.start_ms < request.end_ms:
+            await self._write(request)
+        return request.rows
+
+    async def read(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
+        """The stored bars whose ``ts`` lies in ``[start, end)``, as a contract frame."""
+        key, start_ms, end_ms = prepare_range(series, start, end)
+        self._check_open()
+        if start_ms == end_ms:
+            return empty_frame()
+        return await self._read(key, start_ms, end_ms)
+
+    async def coverage(self, series: SeriesKey | str) -> list[tuple[int, int]]:
+        """The merged half-open ranges of every window written for ``series``."""
+        key = parse_series(series)
+        self._check_open()
+        return await self._coverage(key)
+
+    async def aclose(self) -> None:
+        """Release connections and threads; calling it again does nothing."""
+        if not self._closed:
+            self._closed = True
+            await self._close()
+
+    async def __aenter__(self) -> StorageBase:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageClosedError(f"{self.kind} storage is closed")
+
+    async def _write(self, request: WindowWrite) -> None:
+        raise NotImplementedError
+
+    async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
+        raise NotImplementedError
+
+    async def _coverage(self, series: SeriesKey) -> list[Range]:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,165 @@
+"""QuestDB plumbing: ILP/HTTP senders and the WAL-apply wait that gives read-your-writes.
+
+Rules:
+1. One ``flush`` per table per window: an ILP/HTTP flush is one WAL transaction, applied all at once.
+2. ``questdb.Sender`` blocks and is not thread-safe: each flush runs in a worker thread on a sender taken from a
+   small idle pool; a sender that failed is closed without flushing and never reused. The client retries a
+   failed flush for ``retry_timeout_ms`` (deduplication makes a repeated window harmless).
+3. After a flush, :meth:`WalMonitor.wait_applied` polls ``wal_tables()`` until the table's writer has applied
+   every transaction the sequencer had at that moment, bounded by ``wal_apply_timeout_ms``. A suspended table
+   raises :class:`WalSuspendedError` with the ``RESUME WAL`` fix; it is never waited out silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from questdb import QuestDBError, QuestDBErrorCode, Sender, TimestampNanos
+
+from provider.frames import PRICE_COLUMNS
+from provider.storage._pgpool import PgPool
+from provider.storage.errors import StorageError, StorageUnavailableError, WalApplyTimeoutError, WalSuspendedError
+
+__all__ = ["IlpWriter", "WalMonitor", "ilp_frame"]
+
+#: Largest ILP buffer one window may need (~100 bytes per bar); larger windows are refused by the client.
+_MAX_BUF_BYTES = 1 << 30
+#: A sender whose buffer grew beyond this is closed after use instead of keeping the memory.
+_KEEP_BUF_BYTES = 64 << 20
+_IDLE_SENDERS = 4
+_UNAVAILABLE_CODES = frozenset(
+    getattr(QuestDBErrorCode, name)
+    for name in ("SocketError", "CouldNotResolveAddr", "ConnectTimeout", "ServerFlushError", "FailoverRetry")
+    if hasattr(QuestDBErrorCode, name)
+)
+_WAL_SQL = "SELECT suspended, writerTxn, sequencerTxn, errorTag, errorMessage FROM wal_tables() WHERE name = $1"
+_POLL_FIRST_S = 0.002
+_POLL_MAX_S = 0.05
+
+
+def ilp_frame(series: str, ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
+    """The frame the questdb client sends: a ``series`` symbol column, naive-UTC ``ts`` and the prices."""
+    data: dict[str, Any] = {
+        "series": pd.Series(np.full(len(ts_ms), series, dtype=object), dtype=object, copy=False),
+        "ts": ts_ms.astype("datetime64[ms]").astype("datetime64[ns]"),
+    }
+    for name, column in zip(PRICE_COLUMNS, columns, strict=True):
+        data[name] = column
+    return pd.DataFrame(data)
+
+
+class IlpWriter:
+    """Flushes frames and ledger rows to QuestDB over ILP/HTTP, one flush per call."""
+
+    def __init__(self, conf: str, *, target: str, retry_timeout_ms: int) -> None:
+        self._conf = f"{conf}auto_flush=off;max_buf_size={_MAX_BUF_BYTES};retry_timeout={retry_timeout_ms};"
+        self._target = target
+        self._idle: list[Sender] = []
+        self._lock = threading.Lock()
+
+    def _take(self) -> Sender:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        sender = Sender.from_conf(self._conf)
+        sender.establish()
+        return sender
+
+    def _give_back(self, sender: Sender, sent_bytes: int) -> None:
+        with self._lock:
+            if sent_bytes <= _KEEP_BUF_BYTES and len(self._idle) < _IDLE_SENDERS:
+                self._idle.append(sender)
+                return
+        sender.close(flush=False)
+
+    def _flush(self, fill: Any) -> None:
+        try:
+            sender = self._take()
+        except QuestDBError as exc:
+            raise self._error(exc) from exc
+        try:
+            fill(sender)
+            sent_bytes = len(sender)
+            sender.flush()
+        except QuestDBError as exc:
+            sender.close(flush=False)
+            raise self._error(exc) from exc
+        except BaseException:
+            sender.close(flush=False)
+            raise
+        self._give_back(sender, sent_bytes)
+
+    def _error(self, exc: QuestDBError) -> StorageError:
+        if exc.code in _UNAVAILABLE_CODES:
+            return StorageUnavailableError("questdb", self._target, f"ILP/HTTP write failed: {exc}")
+        return StorageError(f"questdb storage at {self._target}: ILP/HTTP write refused: {exc}")
+
+    async def send_frame(self, table: str, frame: pd.DataFrame) -> None:
+        """Send ``frame`` (from :func:`ilp_frame`) to ``table`` in one flush."""
+
+        def fill(sender: Sender) -> None:
+            sender.dataframe(frame, table_name=table, symbols=["series"], at="ts")
+
+        await asyncio.to_thread(self._flush, fill)
+
+    async def send_ledger_row(self, table: str, series: str, start_ms: int, end_ms: int, rows: int) -> None:
+        """Record the window ``[start_ms, end_ms)`` of ``series`` in the ledger ``table`` in one flush."""
+        written_at = dt.datetime.now(dt.UTC)
+
+        def fill(sender: Sender) -> None:
+            sender.row(
+                table,
+                symbols={"series": series},
+                columns={"start_ms": start_ms, "end_ms": end_ms, "row_count": rows, "written_at": written_at},
+                at=TimestampNanos(start_ms * 1_000_000),
+            )
+
+        await asyncio.to_thread(self._flush, fill)
+
+    def close(self) -> None:
+        """Close idle senders (nothing is pending: every call flushed)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sender in idle:
+            sender.close(flush=False)
+
+
+class WalMonitor:
+    """Waits for QuestDB to apply committed WAL transactions and reports suspended tables."""
+
+    def __init__(self, pool: PgPool, *, timeout_ms: int, target: str) -> None:
+        self._pool = pool
+        self._timeout_ms = timeout_ms
+        self._target = target
+
+    async def _status(self, table: str) -> Any:
+        row = await self._pool.fetchrow(_WAL_SQL, table, what=f"wal status of {table}")
+        if row is None:
+            raise StorageError(f"questdb storage at {self._target}: table {table!r} is not a WAL table")
+        if row["suspended"]:
+            reason = " ".join(part for part in (row["errorTag"], row["errorMessage"]) if part)
+            raise WalSuspendedError(table, reason)
+        return row
+
+    async def check(self, table: str) -> None:
+        """Raise :class:`WalSuspendedError` when ``table`` is suspended."""
+        await self._status(table)
+
+    async def wait_applied(self, table: str) -> None:
+        """Return once every transaction committed to ``table`` so far is visible to readers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_ms / 1000
+        row = await self._status(table)
+        target = row["sequencerTxn"]
+        delay = _POLL_FIRST_S
+        while row["writerTxn"] < target:
+            if loop.time() >= deadline:
+                raise WalApplyTimeoutError(self._target, table, self._timeout_ms, row["writerTxn"], target)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX_S)
+            row = await self._status(table)

@@ -1,0 +1,351 @@
+"""The storage contract, run against every backend: memory, SQLite files, real PostgreSQL and real QuestDB."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from provider.core import SeriesKey
+from provider.frames import FRAME_COLUMNS, TS_DTYPE, empty_frame, frame_from_arrays
+from provider.storage import (
+    FrameRejectedError,
+    Storage,
+    StorageClosedError,
+    StorageRequestError,
+    open_storage,
+)
+
+M = 60_000  # one 1m bar
+T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+SERIES = "ohlcv:binance:BTC/USDT:1m"
+
+
+@pytest.fixture
+async def store(storage_dsn: str) -> AsyncIterator[Any]:
+    storage = await open_storage(storage_dsn)
+    yield storage
+    await storage.aclose()
+
+
+async def snapshot(store: Any, series: str = SERIES) -> tuple[pd.DataFrame, list[tuple[int, int]]]:
+    return await store.read(series, 0, T0 + 10_000 * M), await store.coverage(series)
+
+
+def assert_same_frame(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    assert list(got.columns) == list(FRAME_COLUMNS)
+    assert got["ts"].dtype == TS_DTYPE
+    assert isinstance(got.index, pd.RangeIndex) and got.index.start == 0
+    pd.testing.assert_frame_equal(got, want.reset_index(drop=True), check_exact=True)
+
+
+async def test_open_storage_returns_a_storage(store):
+    """Every backend satisfies the Storage protocol and names its kind."""
+    assert isinstance(store, Storage)
+    assert store.kind in {"memory", "sqlite", "postgres", "questdb"}
+
+
+async def test_round_trip_keeps_every_value_and_dtype(store, make_bars):
+    """Bars come back bit-for-bit with the contract's dtypes, awkward floats included (-0.0 comes back as 0.0)."""
+    frame = make_bars(T0, 60)
+    awkward = [5e-324, 1.7976931348623157e308, 0.1 + 0.2, 123456789.123456789, 1e-300, 2.0**53 + 2, -0.0, -1e-310]
+    frame.loc[: len(awkward) - 1, "close"] = awkward
+    frame.loc[7, "volume"] = 0.0
+    await store.write_window(SERIES, T0, T0 + 60 * M, frame)
+    got = await store.read(SERIES, T0, T0 + 60 * M)
+    assert_same_frame(got, frame)
+    frame.loc[6, "close"] = 0.0  # every backend stores a negative zero as 0.0 (SQLite cannot keep the sign)
+    for name in ("open", "high", "low", "close", "volume"):
+        assert np.array_equal(got[name].to_numpy().view(np.int64), frame[name].to_numpy().view(np.int64))
+
+
+async def test_empty_results_keep_columns_and_dtypes(store):
+    """Reading an unknown series, or an empty range, gives an empty contract frame and no coverage."""
+    assert_same_frame(await store.read(SERIES, T0, T0 + M), empty_frame())
+    assert_same_frame(await store.read(SERIES, T0, T0), empty_frame())
+    assert await store.coverage(SERIES) == []
+
+
+async def test_write_returns_the_bar_count(store, make_bars):
+    """write_window returns how many bars the window now holds."""
+    assert await store.write_window(SERIES, T0, T0 + 10 * M, make_bars(T0, 10, skip=(3,))) == 9
+    assert await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, empty_frame()) == 0
+
+
+async def test_rewriting_a_window_is_idempotent(store, make_bars):
+    """Writing the same window twice stores each bar once and one covered range."""
+    frame = make_bars(T0, 30)
+    await store.write_window(SERIES, T0, T0 + 30 * M, frame)
+    await store.write_window(SERIES, T0, T0 + 30 * M, frame)
+    got, covered = await snapshot(store)
+    assert_same_frame(got, frame)
+    assert covered == [(T0, T0 + 30 * M)]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param({"skip": (0, 5, 6, 29)}, id="fewer-bars"),
+        pytest.param({"seed": 7}, id="new-values"),
+        pytest.param({"count": 0}, id="empty"),
+    ],
+)
+async def test_rewriting_a_window_replaces_it(store, make_bars, second):
+    """A rewrite leaves exactly the new frame's bars in the window, even when bars disappear."""
+    await store.write_window(SERIES, T0, T0 + 30 * M, make_bars(T0, 30, skip=(10,)))
+    replacement = make_bars(T0, second.pop("count", 30), **second)
+    await store.write_window(SERIES, T0, T0 + 30 * M, replacement)
+    got, covered = await snapshot(store)
+    assert_same_frame(got, replacement)
+    assert covered == [(T0, T0 + 30 * M)]
+
+
+async def test_rewrite_touches_only_its_window(store, make_bars):
+    """Rewriting one window leaves the bars of its neighbours alone."""
+    left, middle, right = (make_bars(T0 + k * 10 * M, 10, seed=k) for k in range(3))
+    for start, frame in ((T0, left), (T0 + 10 * M, middle), (T0 + 20 * M, right)):
+        await store.write_window(SERIES, start, start + 10 * M, frame)
+    await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, middle.iloc[[2, 4]])
+    got, covered = await snapshot(store)
+    assert_same_frame(got, pd.concat([left, middle.iloc[[2, 4]], right]))
+    assert covered == [(T0, T0 + 30 * M)]
+
+
+async def test_adjacent_and_overlapping_reads_are_exact_at_the_boundaries(store, make_bars):
+    """Reads return exactly the bars with ts in [start, end): adjacent reads partition, overlaps agree."""
+    frame = make_bars(T0, 120)
+    await store.write_window(SERIES, T0, T0 + 60 * M, frame.iloc[:60])
+    await store.write_window(SERIES, T0 + 60 * M, T0 + 120 * M, frame.iloc[60:])
+    whole = await store.read(SERIES, T0, T0 + 120 * M)
+    assert_same_frame(whole, frame)
+    for cut in (1, 59, 60, 61, 119):
+        left = await store.read(SERIES, T0, T0 + cut * M)
+        right = await store.read(SERIES, T0 + cut * M, T0 + 120 * M)
+        assert_same_frame(left, frame.iloc[:cut])
+        assert_same_frame(right, frame.iloc[cut:])
+    overlap = await store.read(SERIES, T0 + 50 * M, T0 + 70 * M)
+    assert_same_frame(overlap, frame.iloc[50:70])
+    off_grid = await store.read(SERIES, T0 + 10 * M + 1, T0 + 12 * M + 1)
+    assert_same_frame(off_grid, frame.iloc[11:13])
+
+
+async def test_reads_accept_datetimes_and_iso_strings(store, make_bars):
+    """Bounds may be datetimes, pd.Timestamps or ISO-8601 strings, naive meaning UTC."""
+    frame = make_bars(T0, 10)
+    await store.write_window(SERIES, "2024-01-01T00:00:00Z", dt.datetime(2024, 1, 1, 0, 10), frame)
+    got = await store.read(SERIES, pd.Timestamp("2024-01-01 00:02", tz="UTC"), "2024-01-01T00:05:00")
+    assert_same_frame(got, frame.iloc[2:5])
+
+
+async def test_coverage_after_writes_rewrites_and_empty_windows_is_exact(store, make_bars):
+    """Coverage is the merged union of written windows, empty ones included, unchanged by rewrites."""
+    await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, make_bars(T0 + 10 * M, 10))
+    assert await store.coverage(SERIES) == [(T0 + 10 * M, T0 + 20 * M)]
+    await store.write_window(SERIES, T0, T0 + 10 * M, empty_frame())
+    assert await store.coverage(SERIES) == [(T0, T0 + 20 * M)]
+    await store.write_window(SERIES, T0 + 40 * M, T0 + 50 * M, make_bars(T0 + 40 * M, 10, skip=(0, 9)))
+    await store.write_window(SERIES, T0 + 30 * M, T0 + 40 * M, empty_frame())
+    await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, empty_frame())
+    await store.write_window(SERIES, T0 + 70 * M, T0 + 80 * M, empty_frame())
+    assert await store.coverage(SERIES) == [(T0, T0 + 20 * M), (T0 + 30 * M, T0 + 50 * M), (T0 + 70 * M, T0 + 80 * M)]
+    assert await store.coverage("ohlcv:binance:BTC/USDT:5m") == []
+
+
+async def test_overlapping_windows_merge_in_coverage(store, make_bars):
+    """Windows that overlap or nest merge into one covered range."""
+    await store.write_window(SERIES, T0, T0 + 30 * M, make_bars(T0, 30))
+    await store.write_window(SERIES, T0 + 5 * M, T0 + 10 * M, make_bars(T0 + 5 * M, 5))
+    await store.write_window(SERIES, T0 + 20 * M, T0 + 45 * M, make_bars(T0 + 20 * M, 25))
+    assert await store.coverage(SERIES) == [(T0, T0 + 45 * M)]
+
+
+async def test_empty_window_write_is_a_no_op_when_start_equals_end(store):
+    """A zero-length window stores nothing and covers nothing."""
+    assert await store.write_window(SERIES, T0, T0, empty_frame()) == 0
+    assert await store.coverage(SERIES) == []
+
+
+def _bad_frames(make_bars: Any) -> dict[str, tuple[str, pd.DataFrame | Any]]:
+    good = make_bars(T0, 10)
+    unsorted = good.iloc[::-1].reset_index(drop=True)
+    duplicate = pd.concat([good.iloc[:3], good.iloc[2:3]], ignore_index=True)
+    off_grid = good.copy()
+    off_grid.loc[4, "ts"] = off_grid.loc[4, "ts"] + pd.Timedelta(seconds=30)
+    sub_ms = good.copy()
+    sub_ms.loc[4, "ts"] = sub_ms.loc[4, "ts"] + pd.Timedelta(microseconds=1)
+    nan, inf = good.copy(), good.copy()
+    nan.loc[3, "high"] = np.nan
+    inf.loc[3, "volume"] = -np.inf
+    outside = make_bars(T0 + 5 * M, 10)
+    before = make_bars(T0 - M, 3)
+    return {
+        "unsorted": ("unsorted", unsorted),
+        "duplicate": ("duplicate_ts", duplicate),
+        "off-grid": ("off_grid", off_grid),
+        "sub-millisecond": ("off_grid", sub_ms),
+        "nan": ("non_finite", nan),
+        "inf": ("non_finite", inf),
+        "after-window": ("out_of_range", outside),
+        "before-window": ("out_of_range", before),
+        "missing-column": ("columns", good.drop(columns=["volume"])),
+        "extra-column": ("columns", good.assign(trades=1.0)),
+        "reordered-columns": ("columns", good[["ts", "close", "open", "high", "low", "volume"]]),
+        "naive-ts": ("dtype", good.assign(ts=good["ts"].dt.tz_localize(None))),
+        "int-prices": ("dtype", good.assign(open=np.arange(10))),
+        "not-a-frame": ("type", good.to_dict()),
+    }
+
+
+BAD = [
+    "unsorted", "duplicate", "off-grid", "sub-millisecond", "nan", "inf", "after-window", "before-window",
+    "missing-column", "extra-column", "reordered-columns", "naive-ts", "int-prices", "not-a-frame",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD)
+async def test_bad_frames_are_refused_and_leave_the_store_unchanged(store, make_bars, case):
+    """A frame that breaks the contract raises FrameRejectedError naming the problem; nothing changes."""
+    original = make_bars(T0, 10, seed=5)
+    await store.write_window(SERIES, T0, T0 + 10 * M, original)
+    before = await snapshot(store)
+    problem, frame = _bad_frames(make_bars)[case]
+    with pytest.raises(FrameRejectedError) as caught:
+        await store.write_window(SERIES, T0, T0 + 10 * M, frame)
+    assert caught.value.problem == problem
+    assert isinstance(caught.value, ValueError)
+    assert problem in str(caught.value) and SERIES in str(caught.value)
+    after = await snapshot(store)
+    assert_same_frame(after[0], before[0])
+    assert after[1] == before[1]
+
+
+@pytest.mark.parametrize(
+    ("series", "start", "end", "field"),
+    [
+        pytest.param("BTC/USDT", T0, T0 + M, "series", id="bad-series"),
+        pytest.param(SERIES, T0 + M, T0, "start", id="start-after-end"),
+        pytest.param(SERIES, T0 + 1, T0 + M, "start", id="start-off-grid"),
+        pytest.param(SERIES, T0, T0 + M + 1, "end", id="end-off-grid"),
+        pytest.param(SERIES, "yesterday", T0, "start", id="start-not-a-time"),
+        pytest.param(SERIES, T0, 1e20, "end", id="end-not-a-time"),
+    ],
+)
+async def test_bad_window_bounds_are_refused(store, series, start, end, field):
+    """Bad series keys and window bounds raise StorageRequestError naming the field; nothing is stored."""
+    with pytest.raises(StorageRequestError) as caught:
+        await store.write_window(series, start, end, empty_frame())
+    assert caught.value.field == field
+    assert await store.coverage(SERIES) == []
+
+
+async def test_read_with_start_after_end_is_refused(store):
+    """A read range with start > end is an error naming both values."""
+    with pytest.raises(StorageRequestError, match=f"{T0 + M}.*{T0}"):
+        await store.read(SERIES, T0 + M, T0)
+
+
+async def test_concurrent_writers_of_different_windows_lose_no_rows(storage_dsn, make_bars):
+    """Eight writers (two storage objects) writing different windows of one series at once keep every bar."""
+    first, second = await open_storage(storage_dsn), await open_storage(storage_dsn)
+    if first.kind == "memory":  # separate memory:// stores share nothing; use one object twice
+        await second.aclose()
+        second = first
+    try:
+        frames = [make_bars(T0 + k * 50 * M, 50, seed=k, skip=(k,)) for k in range(8)]
+        writers = [
+            (first if k % 2 else second).write_window(SERIES, T0 + k * 50 * M, T0 + (k + 1) * 50 * M, frames[k])
+            for k in range(8)
+        ]
+        assert await asyncio.gather(*writers) == [49] * 8
+        got = await first.read(SERIES, T0, T0 + 400 * M)
+        assert_same_frame(got, pd.concat(frames))
+        assert await second.coverage(SERIES) == [(T0, T0 + 400 * M)]
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+SYMBOLS = [
+    "BTC/USDT",
+    "BTC/USDT:USDT",
+    "it's",
+    'say "hi"',
+    "x'; DROP TABLE ohlcv; --",
+    "a\\b, c=d e",
+    "ünïcødé/€",
+]
+
+
+async def test_symbols_are_stored_verbatim_and_cannot_inject_sql(store, make_bars):
+    """Symbols with '/', ':', quotes, backslashes and SQL text are separate series stored verbatim."""
+    for number, symbol in enumerate(SYMBOLS):
+        key = SeriesKey("binance", symbol, "1m")
+        await store.write_window(key, T0, T0 + 10 * M, make_bars(T0, 10, seed=number))
+    for number, symbol in enumerate(SYMBOLS):
+        key = SeriesKey("binance", symbol, "1m")
+        assert_same_frame(await store.read(str(key), T0, T0 + 10 * M), make_bars(T0, 10, seed=number))
+        assert await store.coverage(key) == [(T0, T0 + 10 * M)]
+    assert await store.coverage("ohlcv:binance:BTC:1m") == []
+
+
+async def test_series_with_other_intervals_or_sources_are_separate(store, make_bars):
+    """The same symbol under another interval or source is a different series."""
+    await store.write_window(SERIES, T0, T0 + 10 * M, make_bars(T0, 10, seed=1))
+    five = make_bars(T0, 4, step_ms=5 * M, seed=2)
+    await store.write_window("ohlcv:binance:BTC/USDT:5m", T0, T0 + 20 * M, five)
+    await store.write_window("ohlcv:ccxt_kraken:BTC/USDT:1m", T0, T0 + 10 * M, empty_frame())
+    assert_same_frame(await store.read(SERIES, T0, T0 + 20 * M), make_bars(T0, 10, seed=1))
+    assert_same_frame(await store.read("ohlcv:binance:BTC/USDT:5m", T0, T0 + 20 * M), five)
+    assert len(await store.read("ohlcv:ccxt_kraken:BTC/USDT:1m", T0, T0 + 20 * M)) == 0
+    assert await store.coverage("ohlcv:binance:BTC/USDT:5m") == [(T0, T0 + 20 * M)]
+
+
+async def test_daily_bars_sit_on_midnight_utc(store):
+    """1d windows and bars are keyed at 00:00 UTC; a bar at another hour is off the grid."""
+    day = 86_400_000
+    frame = frame_from_arrays(T0 + np.arange(3) * day, *(np.ones(3) * k for k in range(1, 6)))
+    await store.write_window("ohlcv:binance:ETH/USDT:1d", T0, T0 + 3 * day, frame)
+    assert_same_frame(await store.read("ohlcv:binance:ETH/USDT:1d", T0, T0 + 3 * day), frame)
+    shifted = frame.assign(ts=frame["ts"] + pd.Timedelta(hours=1))
+    with pytest.raises(FrameRejectedError, match="off_grid"):
+        await store.write_window("ohlcv:binance:ETH/USDT:1d", T0, T0 + 4 * day, shifted)
+
+
+async def test_a_write_is_visible_to_another_storage_object(shared_dsn, make_bars):
+    """When write_window returns, a read through a second connection already sees it."""
+    writer, reader = await open_storage(shared_dsn), await open_storage(shared_dsn)
+    try:
+        for k in range(3):
+            frame = make_bars(T0 + k * 10 * M, 10, seed=k)
+            await writer.write_window(SERIES, T0 + k * 10 * M, T0 + (k + 1) * 10 * M, frame)
+            assert_same_frame(await reader.read(SERIES, T0 + k * 10 * M, T0 + (k + 1) * 10 * M), frame)
+            assert await reader.coverage(SERIES) == [(T0, T0 + (k + 1) * 10 * M)]
+    finally:
+        await writer.aclose()
+        await reader.aclose()
+
+
+async def test_closed_storage_refuses_calls(storage_dsn):
+    """After aclose every call raises StorageClosedError, and aclose may be called again."""
+    storage = await open_storage(storage_dsn)
+    await storage.aclose()
+    await storage.aclose()
+    with pytest.raises(StorageClosedError):
+        await storage.read(SERIES, T0, T0 + M)
+    with pytest.raises(StorageClosedError):
+        await storage.coverage(SERIES)
+    with pytest.raises(StorageClosedError):
+        await storage.write_window(SERIES, T0, T0 + M, empty_frame())
+
+
+async def test_storage_is_an_async_context_manager(storage_dsn, make_bars):
+    """``async with`` closes the storage on exit."""
+    async with await open_storage(storage_dsn) as storage:
+        await storage.write_window(SERIES, T0, T0 + 2 * M, make_bars(T0, 2))
+    with pytest.raises(StorageClosedError):
+        await storage.coverage(SERIES)

@@ -1,0 +1,120 @@
+"""QuestDB specifics against real servers: schema, restarts, suspended WAL tables, QMTL-style DSNs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from provider.frames import empty_frame
+from provider.storage import SchemaMismatchError, WalSuspendedError, open_storage
+
+pytestmark = pytest.mark.questdb
+
+M = 60_000
+T0 = 1_704_067_200_000
+SERIES = "ohlcv:binance:BTC/USDT:1m"
+
+
+def dsn_for(server: Any, table: str) -> str:
+    return f"{server.dsn}&table={table}"
+
+
+async def test_tables_are_wal_partitioned_by_day_with_dedup_keys(questdb, fresh_table):
+    """The bar table is a WAL table partitioned by day whose DEDUP UPSERT KEYS are ts and series."""
+    storage = await open_storage(dsn_for(questdb, fresh_table))
+    await storage.aclose()
+    conn = await asyncpg.connect(questdb.pg_dsn)
+    try:
+        sql = "SELECT table_name, partitionBy, walEnabled, dedup, designatedTimestamp FROM tables()"
+        tables = {row["table_name"]: row for row in await conn.fetch(sql)}
+        bars, ledger = tables[fresh_table], tables[f"{fresh_table}_windows"]
+        assert (bars["partitionBy"], bars["walEnabled"], bars["dedup"], bars["designatedTimestamp"]) == (
+            "DAY",
+            True,
+            True,
+            "ts",
+        )
+        assert (ledger["walEnabled"], ledger["dedup"]) == (True, True)
+        keys = await conn.fetch(f"SELECT \"column\" FROM table_columns('{fresh_table}') WHERE upsertKey")
+        assert sorted(row[0] for row in keys) == ["series", "ts"]
+    finally:
+        await conn.close()
+
+
+async def test_postgresql_dsn_with_kind_questdb_reads_and_writes(questdb, fresh_table, make_bars):
+    """The QMTL-style postgresql://admin:quest@host:port/qdb DSN plus kind='questdb' is a working QuestDB store."""
+    dsn = f"{questdb.pg_dsn}?http_port={questdb.http_port}&table={fresh_table}"
+    storage = await open_storage(dsn, kind="questdb")
+    try:
+        assert storage.kind == "questdb"
+        frame = make_bars(T0, 5)
+        await storage.write_window(SERIES, T0, T0 + 5 * M, frame)
+        assert len(await storage.read(SERIES, T0, T0 + 5 * M)) == 5
+    finally:
+        await storage.aclose()
+
+
+async def test_an_existing_foreign_table_is_reported(questdb, fresh_table):
+    """A table of that name with other columns raises SchemaMismatchError naming the missing columns."""
+    conn = await asyncpg.connect(questdb.pg_dsn)
+    try:
+        await conn.execute(
+            f"CREATE TABLE {fresh_table} (sym SYMBOL, ts TIMESTAMP, price DOUBLE) TIMESTAMP(ts) PARTITION BY DAY WAL"
+        )
+    finally:
+        await conn.close()
+    with pytest.raises(SchemaMismatchError) as caught:
+        await open_storage(dsn_for(questdb, fresh_table))
+    assert caught.value.table == fresh_table
+    assert "series" in caught.value.missing and "close" in caught.value.missing
+
+
+@pytest.mark.slow
+async def test_restart_between_writes_loses_nothing_acknowledged(private_questdb, fresh_table, make_bars):
+    """Windows acknowledged before a QuestDB restart are all there after it, and the same object keeps working."""
+    storage = await open_storage(dsn_for(private_questdb, fresh_table))
+    try:
+        before = [make_bars(T0 + k * 100 * M, 100, seed=k) for k in range(3)]
+        for k, frame in enumerate(before):
+            await storage.write_window(SERIES, T0 + k * 100 * M, T0 + (k + 1) * 100 * M, frame)
+        private_questdb.restart()
+        after = make_bars(T0 + 300 * M, 100, seed=3)
+        await storage.write_window(SERIES, T0 + 300 * M, T0 + 400 * M, after)
+        await storage.write_window(SERIES, T0 + 400 * M, T0 + 500 * M, empty_frame())
+        got = await storage.read(SERIES, T0, T0 + 500 * M)
+        assert len(got) == 400
+        assert got["close"].tolist() == [x for f in (*before, after) for x in f["close"].tolist()]
+        assert await storage.coverage(SERIES) == [(T0, T0 + 500 * M)]
+    finally:
+        await storage.aclose()
+    fresh = await open_storage(dsn_for(private_questdb, fresh_table))
+    try:
+        assert len(await fresh.read(SERIES, T0, T0 + 500 * M)) == 400
+    finally:
+        await fresh.aclose()
+
+
+@pytest.mark.slow
+async def test_suspended_wal_table_is_reported_with_the_fix(private_questdb, fresh_table, make_bars):
+    """A suspended table makes writes and reads raise WalSuspendedError carrying RESUME WAL; resuming heals it."""
+    storage = await open_storage(dsn_for(private_questdb, fresh_table))
+    conn = await asyncpg.connect(private_questdb.pg_dsn)
+    try:
+        await storage.write_window(SERIES, T0, T0 + 10 * M, make_bars(T0, 10))
+        await conn.execute(f"ALTER TABLE {fresh_table} SUSPEND WAL")
+        with pytest.raises(WalSuspendedError) as caught:
+            await storage.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, make_bars(T0 + 10 * M, 10))
+        assert caught.value.fix == f"ALTER TABLE {fresh_table} RESUME WAL"
+        assert caught.value.fix in str(caught.value)
+        with pytest.raises(WalSuspendedError):
+            await storage.read(SERIES, T0, T0 + 20 * M)
+        assert await storage.coverage(SERIES) == [(T0, T0 + 10 * M)]
+        await conn.execute(caught.value.fix)
+        await storage.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, make_bars(T0 + 10 * M, 10))
+        assert len(await storage.read(SERIES, T0, T0 + 20 * M)) == 20
+        assert await storage.coverage(SERIES) == [(T0, T0 + 20 * M)]
+    finally:
+        await conn.close()
+        await storage.aclose()

@@ -1,0 +1,102 @@
+"""SQLite specifics: WAL journal, and several processes writing one file at once lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from provider.frames import frame_from_arrays
+from provider.storage import SchemaMismatchError, StorageUnavailableError, open_storage
+
+M = 60_000
+T0 = 1_704_067_200_000
+SERIES = "ohlcv:binance:BTC/USDT:1m"
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import numpy as np
+    from provider.frames import frame_from_arrays
+    from provider.storage import open_storage
+
+    async def main(dsn, first, count):
+        storage = await open_storage(dsn)
+        try:
+            for k in range(first, first + count):
+                start = {t0} + k * 20 * {m}
+                ts = start + np.arange(20) * {m}
+                await storage.write_window("{series}", start, start + 20 * {m}, frame_from_arrays(ts, *[ts * 1.0] * 5))
+        finally:
+            await storage.aclose()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    """
+).format(t0=T0, m=M, series=SERIES)
+
+
+async def test_database_uses_the_wal_journal(tmp_path: Path):
+    """The file is switched to WAL mode, so readers never block the writer and processes can share it."""
+    storage = await open_storage(f"sqlite:///{tmp_path / 'wal.db'}")
+    await storage.aclose()
+    with sqlite3.connect(tmp_path / "wal.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_parent_directories_are_created(tmp_path: Path):
+    """A DSN pointing into a missing directory creates it."""
+    storage = await open_storage(f"sqlite:///{tmp_path / 'a' / 'b' / 'c.db'}")
+    await storage.aclose()
+    assert (tmp_path / "a" / "b" / "c.db").is_file()
+
+
+@pytest.mark.slow
+async def test_processes_writing_one_file_at_once_lose_no_rows(tmp_path: Path):
+    """Three processes writing 10 windows each into one file concurrently leave all 600 bars and full coverage."""
+    dsn = f"sqlite:///{tmp_path / 'shared.db'}"
+    await (await open_storage(dsn)).aclose()  # create the schema once, before the race
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, dsn, str(first), "10")
+        for first in (0, 10, 20)
+    ]
+    codes = await asyncio.wait_for(asyncio.gather(*(proc.wait() for proc in procs)), timeout=60)
+    assert codes == [0, 0, 0]
+    storage = await open_storage(dsn)
+    try:
+        got = await storage.read(SERIES, T0, T0 + 600 * M)
+        assert len(got) == 600
+        assert got["ts"].is_unique and got["ts"].is_monotonic_increasing
+        assert (got["close"].to_numpy() == (got["ts"].astype("int64") // 1_000_000).to_numpy()).all()
+        assert await storage.coverage(SERIES) == [(T0, T0 + 600 * M)]
+    finally:
+        await storage.aclose()
+
+
+async def test_an_existing_foreign_table_is_reported(tmp_path: Path):
+    """A table of that name with other columns raises SchemaMismatchError."""
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        conn.execute("CREATE TABLE ohlcv (sym TEXT, ts INTEGER, price REAL)")
+    with pytest.raises(SchemaMismatchError) as caught:
+        await open_storage(f"sqlite:///{tmp_path / 'other.db'}")
+    assert caught.value.missing[0] == "series_id"
+
+
+async def test_a_locked_database_is_reported_as_unavailable(tmp_path: Path):
+    """A writer blocked longer than busy_timeout_ms gets StorageUnavailableError, not a hang."""
+    dsn = f"sqlite:///{tmp_path / 'locked.db'}?busy_timeout_ms=50"
+    storage = await open_storage(dsn)
+    blocker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        frame = frame_from_arrays([T0], [1.0], [1.0], [1.0], [1.0], [1.0])
+        with pytest.raises(StorageUnavailableError, match="locked"):
+            await storage.write_window(SERIES, T0, T0 + M, frame)
+        blocker.execute("ROLLBACK")
+        assert await storage.write_window(SERIES, T0, T0 + M, frame) == 1
+    finally:
+        blocker.close()
+        await storage.aclose()

@@ -48,3 +48,9 @@ services: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+## chaos: the long chaos run (seeds 1-3, twice the backfill per scenario, ~12 min); the bounded run (seed 1) is part
+## of `make test`. SEAMLESS_CHAOS_SEEDS=4,5 picks other seeds (docs/reliability.md).
+chaos: venv
+	bash scripts/install_test_deps.sh
+	SEAMLESS_CHAOS_LONG=1 $(PY) -m pytest tests/chaos -m chaos -s $(PYTEST_ARGS)

@@ -76,8 +76,7 @@ class Cluster:
 
     def start(self, i: int) -> None:
         with (self.root / f"node{i}.log").open("ab") as log:
-            self.procs[i] = subprocess.Popen(self.args[i], stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+            self.procs[i] = subprocess.Popen(self.args[i], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self, i: int) -> None:
         proc = self.procs[i]
@@ -108,10 +107,26 @@ def coordinator_cluster(root: Path, log_level: str) -> Cluster:
     for i in range(3):
         port = free_port()
         cluster.urls.append(f"http://{HOST}:{port}")
-        cluster.args.append([*cmd, "serve", "--node-id", f"n{i}", "--raft", rafts[i], "--peers",
-                             ",".join(r for r in rafts if r != rafts[i]), "--http", f"{HOST}:{port}",
-                             "--data-dir", str(root / f"data{i}"), "--config", str(root / "config.yaml"),
-                             "--log-level", log_level])
+        cluster.args.append(
+            [
+                *cmd,
+                "serve",
+                "--node-id",
+                f"n{i}",
+                "--raft",
+                rafts[i],
+                "--peers",
+                ",".join(r for r in rafts if r != rafts[i]),
+                "--http",
+                f"{HOST}:{port}",
+                "--data-dir",
+                str(root / f"data{i}"),
+                "--config",
+                str(root / "config.yaml"),
+                "--log-level",
+                log_level,
+            ]
+        )
         cluster.procs.append(None)
     for i in range(3):
         cluster.start(i)
@@ -125,21 +140,40 @@ def etcd_cluster(root: Path) -> Cluster:
     for i in range(3):
         client = free_port()
         cluster.urls.append(f"http://{HOST}:{client}")
-        cluster.args.append(["etcd", "--name", f"e{i}", "--data-dir", str(root / f"e{i}"),
-                             "--listen-client-urls", f"http://{HOST}:{client}",
-                             "--advertise-client-urls", f"http://{HOST}:{client}",
-                             "--listen-peer-urls", f"http://{HOST}:{peers[i]}",
-                             "--initial-advertise-peer-urls", f"http://{HOST}:{peers[i]}",
-                             "--initial-cluster", initial, "--initial-cluster-state", "new",
-                             "--initial-cluster-token", "bench", "--log-level", "error"])
+        cluster.args.append(
+            [
+                "etcd",
+                "--name",
+                f"e{i}",
+                "--data-dir",
+                str(root / f"e{i}"),
+                "--listen-client-urls",
+                f"http://{HOST}:{client}",
+                "--advertise-client-urls",
+                f"http://{HOST}:{client}",
+                "--listen-peer-urls",
+                f"http://{HOST}:{peers[i]}",
+                "--initial-advertise-peer-urls",
+                f"http://{HOST}:{peers[i]}",
+                "--initial-cluster",
+                initial,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "bench",
+                "--log-level",
+                "error",
+            ]
+        )
         cluster.procs.append(None)
     for i in range(3):
         cluster.start(i)
     return cluster
 
 
-async def get_json(session: aiohttp.ClientSession, method: str, url: str, body: Any = None,
-                   timeout_s: float = 2.0) -> tuple[int, Any]:
+async def get_json(
+    session: aiohttp.ClientSession, method: str, url: str, body: Any = None, timeout_s: float = 2.0
+) -> tuple[int, Any]:
     async with session.request(method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout_s)) as r:
         return r.status, await r.json(content_type=None)
 
@@ -184,8 +218,9 @@ async def etcd_leader(session: aiohttp.ClientSession, cluster: Cluster, timeout_
 def coordinator_cycle(max_windows: int) -> Cycle:
     async def cycle(session: aiohttp.ClientSession, url: str, k: int, latencies: list[float]) -> int:
         started = time.perf_counter()
-        async with session.post(url + "/v1/windows/claim", json={"worker_id": f"w{k}", "max_windows": max_windows}) \
-                as r:
+        async with session.post(
+            url + "/v1/windows/claim", json={"worker_id": f"w{k}", "max_windows": max_windows}
+        ) as r:
             leases = (await r.json())["leases"] if r.status == 200 else []
         latencies.append(time.perf_counter() - started)
         for lease in leases:
@@ -215,8 +250,9 @@ async def etcd_cycle(session: aiohttp.ClientSession, url: str, k: int, latencies
     return 1
 
 
-async def run_load(url: str, cycle: Cycle, clients: int, duration_s: float, cluster: Cluster,
-                   warmup_s: float = 1.0) -> dict[str, Any]:
+async def run_load(
+    url: str, cycle: Cycle, clients: int, duration_s: float, cluster: Cluster, warmup_s: float = 1.0
+) -> dict[str, Any]:
     """``clients`` tasks loop ``cycle`` on ``url``; only the window after the warm-up is counted."""
     done = 0
     latencies: list[float] = []
@@ -242,10 +278,14 @@ async def run_load(url: str, cycle: Cycle, clients: int, duration_s: float, clus
         own_s = time.process_time() - own_started
         stop = True
         await asyncio.gather(*tasks)
-    return {"windows_per_s": done / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,
-            "p99_ms": percentile(latencies, 0.99) * 1000, "requests": len(latencies),
-            "server_cpu_ms_per_window": cpu_s * 1000 / max(done, 1),
-            "client_cpu_ms_per_window": own_s * 1000 / max(done, 1)}
+    return {
+        "windows_per_s": done / elapsed,
+        "p50_ms": percentile(latencies, 0.5) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
+        "requests": len(latencies),
+        "server_cpu_ms_per_window": cpu_s * 1000 / max(done, 1),
+        "client_cpu_ms_per_window": own_s * 1000 / max(done, 1),
+    }
 
 
 async def failover_once(cluster: Cluster, session: aiohttp.ClientSession) -> float:
@@ -263,8 +303,9 @@ async def failover_once(cluster: Cluster, session: aiohttp.ClientSession) -> flo
             i += 1
             sent = time.monotonic()
             try:
-                status, body = await get_json(session, "POST", url + "/v1/windows/claim",
-                                              {"worker_id": f"probe{k}"}, timeout_s=1.0)
+                status, body = await get_json(
+                    session, "POST", url + "/v1/windows/claim", {"worker_id": f"probe{k}"}, timeout_s=1.0
+                )
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 await asyncio.sleep(0.005)
                 continue
@@ -292,8 +333,11 @@ def ensure_etcd() -> bool:
         return True
     print("etcd missing: installing Debian etcd-server with apt-get", file=sys.stderr)
     subprocess.run(["apt-get", "update", "-qq"], check=False)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], check=False,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "etcd-server"],
+        check=False,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
     return shutil.which("etcd") is not None
 
 
@@ -304,14 +348,19 @@ async def bench_coordinator(args: argparse.Namespace, root: Path) -> dict[str, A
             leader = await coordinator_leader(session, cluster)
             windows = int(args.duration * 2 * 5000) + 20_000
             for k in range(0, windows, JOB_WINDOWS):  # jobs of 20k windows: each is one cheap Raft entry
-                status, body = await get_json(session, "POST", leader + "/v1/jobs",
-                                              {"series": f"ohlcv:bench:S{k}/USDT:1m", "start": 0,
-                                               "end": JOB_WINDOWS * 60_000}, timeout_s=60)
+                status, body = await get_json(
+                    session,
+                    "POST",
+                    leader + "/v1/jobs",
+                    {"series": f"ohlcv:bench:S{k}/USDT:1m", "start": 0, "end": JOB_WINDOWS * 60_000},
+                    timeout_s=60,
+                )
                 assert status == 201, body
         load = await run_load(leader, coordinator_cycle(args.max_windows), args.clients, args.duration, cluster)
         if args.batch_claims > 1:
-            load["batched"] = await run_load(leader, coordinator_cycle(args.batch_claims), args.clients,
-                                             args.duration, cluster)
+            load["batched"] = await run_load(
+                leader, coordinator_cycle(args.batch_claims), args.clients, args.duration, cluster
+            )
         kills = []
         async with aiohttp.ClientSession() as session:
             for _ in range(args.kills):
@@ -333,32 +382,62 @@ async def bench_etcd(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    results: dict[str, Any] = {"clients": args.clients, "duration_s": args.duration, "max_windows": args.max_windows,
-                               "cpus": os.cpu_count(), "load_avg_1m_at_start": os.getloadavg()[0]}
+    results: dict[str, Any] = {
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "max_windows": args.max_windows,
+        "cpus": os.cpu_count(),
+        "load_avg_1m_at_start": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp:
         ours = await bench_coordinator(args, Path(tmp))
     results["coordinator"] = ours
-    rows: list[list[Any]] = [[f"coordinator (pysyncobj), claim {args.max_windows}", ours["windows_per_s"],
-                              ours["p50_ms"], ours["p99_ms"], ours["server_cpu_ms_per_window"], "-"]]
+    rows: list[list[Any]] = [
+        [
+            f"coordinator (pysyncobj), claim {args.max_windows}",
+            ours["windows_per_s"],
+            ours["p50_ms"],
+            ours["p99_ms"],
+            ours["server_cpu_ms_per_window"],
+            "-",
+        ]
+    ]
     if "batched" in ours:
         b = ours["batched"]
-        rows.append([f"coordinator (pysyncobj), claim {args.batch_claims}", b["windows_per_s"], b["p50_ms"],
-                     b["p99_ms"], b["server_cpu_ms_per_window"], "-"])
+        rows.append(
+            [
+                f"coordinator (pysyncobj), claim {args.batch_claims}",
+                b["windows_per_s"],
+                b["p50_ms"],
+                b["p99_ms"],
+                b["server_cpu_ms_per_window"],
+                "-",
+            ]
+        )
     if not args.no_etcd and ensure_etcd():
         for name, parent in (("etcd 3.4 (disk, fsync)", None), ("etcd 3.4 (tmpfs)", "/dev/shm")):
             with tempfile.TemporaryDirectory(prefix="bench-etcd-", dir=parent) as tmp:
                 theirs = await bench_etcd(args, Path(tmp))
             ratio = ours["windows_per_s"] / theirs["windows_per_s"]
             results["etcd_tmpfs" if parent else "etcd_disk"] = {**theirs, "ratio": ratio}
-            rows.append([name, theirs["windows_per_s"], theirs["p50_ms"], theirs["p99_ms"],
-                         theirs["server_cpu_ms_per_window"], f"{ratio:.2f}x"])
+            rows.append(
+                [
+                    name,
+                    theirs["windows_per_s"],
+                    theirs["p50_ms"],
+                    theirs["p99_ms"],
+                    theirs["server_cpu_ms_per_window"],
+                    f"{ratio:.2f}x",
+                ]
+            )
     median_failover = statistics.median(ours["failover_s"]) if ours["failover_s"] else float("nan")
     results["failover_median_s"] = median_failover
     best = max(ours["windows_per_s"], ours.get("batched", {}).get("windows_per_s", 0.0))
-    results["targets_met"] = {"windows_per_s>=1000": best >= 1000,
-                              "failover_median<=1.5s": median_failover <= 1.5}
-    print(f"\n{args.clients} clients, claim {args.max_windows} + complete per window, {args.duration:.0f} s; "
-          f"{os.cpu_count()} CPUs, 1-minute load average at start {results['load_avg_1m_at_start']:.1f}\n")
+    results["targets_met"] = {"windows_per_s>=1000": best >= 1000, "failover_median<=1.5s": median_failover <= 1.5}
+    print(
+        f"\n{args.clients} clients, claim {args.max_windows} + complete per window, {args.duration:.0f} s; "
+        f"{os.cpu_count()} CPUs, 1-minute load average at start {results['load_avg_1m_at_start']:.1f}\n"
+    )
     print(table(["system", "windows/s", "p50 ms", "p99 ms", "server CPU ms/window", "coordinator / this"], rows))
     kills = ", ".join(f"{s:.2f}" for s in ours["failover_s"])
     print(f"\nfailover (kill -9 leader -> first acknowledged claim): median {median_failover:.2f} s  [{kills}]")
@@ -371,8 +450,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--kills", type=int, default=5, help="leader kills for the failover median")
     parser.add_argument("--max-windows", type=int, default=1, help="windows per claim (the etcd comparison)")
-    parser.add_argument("--batch-claims", type=int, default=4,
-                        help="also measure claims of this many windows (a worker's default concurrency); 1 = skip")
+    parser.add_argument(
+        "--batch-claims",
+        type=int,
+        default=4,
+        help="also measure claims of this many windows (a worker's default concurrency); 1 = skip",
+    )
     parser.add_argument("--log-level", default="INFO", help="coordinator log level")
     parser.add_argument("--no-etcd", action="store_true", help="skip the etcd baseline")
     asyncio.run(main_async(parser.parse_args()))

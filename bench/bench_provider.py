@@ -77,8 +77,10 @@ def naive(ms: int) -> dt.datetime:
 
 
 def _sql(table_name: str, ts: str) -> str:
-    return (f'SELECT {ts}, open, high, low, close, volume FROM "{table_name}" '
-            "WHERE series = $1 AND ts >= $2 AND ts < $3 ORDER BY ts")
+    return (
+        f'SELECT {ts}, open, high, low, close, volume FROM "{table_name}" '
+        "WHERE series = $1 AND ts >= $2 AND ts < $3 ORDER BY ts"
+    )
 
 
 async def raw_read(conn: asyncpg.Connection, table_name: str, lo: int, hi: int) -> pd.DataFrame:
@@ -108,17 +110,25 @@ async def bench(dsn: str, pg_dsn: str, args: argparse.Namespace) -> dict[str, An
         results["load_s"] = time.perf_counter() - started
         lo, hi = START, START + args.bars * MIN
         clock = lambda: hi + 1000 * MIN  # noqa: E731
-        reader = SeamlessDataProvider(strategy="fail_fast", storage_source=storage, cache_source=False,
-                                      report_sink=MemoryReportSink(), registry=new_registry(), clock=clock)
+        reader = SeamlessDataProvider(
+            strategy="fail_fast",
+            storage_source=storage,
+            cache_source=False,
+            report_sink=MemoryReportSink(),
+            registry=new_registry(),
+            clock=clock,
+        )
         check = await reader.fetch(lo, hi, node_id=SERIES)
         baseline = await raw_read(conn, table_name, lo, hi)
         pd.testing.assert_frame_equal(check, baseline)
         assert len(check) == args.bars
         pd.testing.assert_frame_equal(check, await raw_read_timestamps(conn, table_name, lo, hi))
-        paths = {"provider": lambda: reader.fetch(lo, hi, node_id=SERIES),
-                 "storage": lambda: storage.read(SERIES, lo, hi),
-                 "raw": lambda: raw_read(conn, table_name, lo, hi),
-                 "raw_timestamps": lambda: raw_read_timestamps(conn, table_name, lo, hi)}
+        paths = {
+            "provider": lambda: reader.fetch(lo, hi, node_id=SERIES),
+            "storage": lambda: storage.read(SERIES, lo, hi),
+            "raw": lambda: raw_read(conn, table_name, lo, hi),
+            "raw_timestamps": lambda: raw_read_timestamps(conn, table_name, lo, hi),
+        }
         samples: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.runs):  # interleaved, so load drift on a shared machine hits every path alike
             for name, fn in paths.items():
@@ -126,8 +136,13 @@ async def bench(dsn: str, pg_dsn: str, args: argparse.Namespace) -> dict[str, An
         for name, values in samples.items():
             results[f"{name}_s"] = statistics.median(values)
 
-        cached = SeamlessDataProvider(strategy="fail_fast", storage_source=storage, report_sink=MemoryReportSink(),
-                                      registry=new_registry(), clock=clock)
+        cached = SeamlessDataProvider(
+            strategy="fail_fast",
+            storage_source=storage,
+            report_sink=MemoryReportSink(),
+            registry=new_registry(),
+            clock=clock,
+        )
         l1_lo, l1_hi = lo + 5_000 * MIN, lo + (5_000 + L1_BARS) * MIN
         await cached.fetch(l1_lo, l1_hi, node_id=SERIES)
         hits = []
@@ -151,22 +166,36 @@ async def bench(dsn: str, pg_dsn: str, args: argparse.Namespace) -> dict[str, An
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     ratio = results["provider_s"] / results["raw_s"]
     print(f"## 1,000,000-bar read (median of {args.runs} runs; load took {results['load_s']:.1f} s)\n")
-    print(table(
-        ["path", "time (s)", "vs raw asyncpg + DataFrame"],
-        [["provider.fetch (ledger + read + conformance)", results["provider_s"], f"{ratio:.2f}x"],
-         ["storage.read alone (the provider's read)", results["storage_s"],
-          f"{results['storage_s'] / results['raw_s']:.2f}x"],
-         ["raw asyncpg, ts as LONG + DataFrame (baseline)", results["raw_s"], "1.00x"],
-         ["raw asyncpg, ts as timestamp + DataFrame", results["raw_timestamps_s"],
-          f"{results['raw_timestamps_s'] / results['raw_s']:.2f}x"]],
-    ))
+    print(
+        table(
+            ["path", "time (s)", "vs raw asyncpg + DataFrame"],
+            [
+                ["provider.fetch (ledger + read + conformance)", results["provider_s"], f"{ratio:.2f}x"],
+                [
+                    "storage.read alone (the provider's read)",
+                    results["storage_s"],
+                    f"{results['storage_s'] / results['raw_s']:.2f}x",
+                ],
+                ["raw asyncpg, ts as LONG + DataFrame (baseline)", results["raw_s"], "1.00x"],
+                [
+                    "raw asyncpg, ts as timestamp + DataFrame",
+                    results["raw_timestamps_s"],
+                    f"{results['raw_timestamps_s'] / results['raw_s']:.2f}x",
+                ],
+            ],
+        )
+    )
     print(f"\ntarget provider / raw <= 1.25 -> {ratio:.2f} ({'met' if ratio <= 1.25 else 'MISSED'})\n")
     print(f"## L1 hit, {L1_BARS:,}-bar frame ({args.l1_runs} fetches)\n")
-    print(table(
-        ["path", "median (ms)", "p99 (ms)"],
-        [["provider.fetch, L1 hit", results["l1_hit_ms_median"], results["l1_hit_ms_p99"]],
-         ["storage.read of the same range (baseline)", results["storage_10k_ms"], ""]],
-    ))
+    print(
+        table(
+            ["path", "median (ms)", "p99 (ms)"],
+            [
+                ["provider.fetch, L1 hit", results["l1_hit_ms_median"], results["l1_hit_ms_p99"]],
+                ["storage.read of the same range (baseline)", results["storage_10k_ms"], ""],
+            ],
+        )
+    )
     met = results["l1_hit_ms_median"] < 1.0
     print(f"\ntarget median < 1 ms -> {results['l1_hit_ms_median']:.3f} ms ({'met' if met else 'MISSED'})")
     emit("provider", {**results, "ratio": ratio})

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import emit, median_time_s, table  # noqa: E402 (bench scripts run as files)
+from _common import emit, median_time_s, table
 
-from provider.core import merge_ranges, missing_ranges, subtract_ranges  # noqa: E402
+from provider.core import merge_ranges, missing_ranges, subtract_ranges
 
 STEP = 60_000  # 1m bars
 
@@ -67,17 +67,21 @@ def main() -> None:
     print(
         table(
             ["implementation", "ranges", "time (s)", "ns per range"],
-            [["provider.core (numpy sweep)", args.size, ours_s, ours_ns], ["naive per-bar sets", args.naive_size, naive_s, naive_ns]],
+            [
+                ["provider.core (numpy sweep)", args.size, ours_s, ours_ns],
+                ["naive per-bar sets", args.naive_size, naive_s, naive_ns],
+            ],
         )
     )
-    print(f"\nspeed-up per range: {naive_ns / ours_ns:.1f}x; target: {args.size:,} ranges under 2 s -> {ours_s:.2f} s\n")
+    print(
+        f"\nspeed-up per range: {naive_ns / ours_ns:.1f}x; target: {args.size:,} ranges under 2 s -> {ours_s:.2f} s\n"
+    )
 
     curve = []
     for n in (1_000, 10_000, 100_000, 1_000_000):
         covered = make_ranges(n, 3)
-        lo = 0
         hi = max(e for _, e in covered)
-        t_s, _ = median_time_s(lambda covered=covered, hi=hi: missing_ranges(lo, hi, covered, STEP), args.runs)
+        t_s, _ = median_time_s(lambda covered=covered, hi=hi: missing_ranges(0, hi, covered, STEP), args.runs)
         curve.append([n, t_s * 1000, t_s / n * 1e9])
     print("## missing_ranges over a whole series (coverage math curve)\n")
     print(table(["covered windows", "time (ms)", "ns per window"], curve))

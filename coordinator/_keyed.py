@@ -29,11 +29,20 @@ def key_group(key: str) -> str:
 class KeyedCommands(TableState):
     """The keyed-lease commands of the table."""
 
-    def key_claim(self, *, key: Any, lease_ms: Any, worker_id: Any = "qmtl", now_ms: Any, client_id: Any = "",
-                  request_id: Any = "") -> Result:
+    def key_claim(
+        self,
+        *,
+        key: Any,
+        lease_ms: Any,
+        worker_id: Any = "qmtl",
+        now_ms: Any,
+        client_id: Any = "",
+        request_id: Any = "",
+    ) -> Result:
         """Lease ``key`` for ``lease_ms`` unless someone else holds it."""
-        return self._once("key_claim", client_id, request_id, now_ms,
-                          lambda now: self._key_claim(key, lease_ms, worker_id, now))
+        return self._once(
+            "key_claim", client_id, request_id, now_ms, lambda now: self._key_claim(key, lease_ms, worker_id, now)
+        )
 
     def _key_claim(self, key: Any, lease_ms: Any, worker_id: Any, now: int) -> Result:
         if not is_text(key):
@@ -46,8 +55,9 @@ class KeyedCommands(TableState):
         if rec is not None and rec.state == "leased":
             held = self._leases.get(rec.token)
             if held is not None and held.expires_at_ms > now:
-                return Result.error("conflict", f"key {key!r} is held by {held.worker_id} until "
-                                                f"{held.expires_at_ms}", "key")
+                return Result.error(
+                    "conflict", f"key {key!r} is held by {held.worker_id} until {held.expires_at_ms}", "key"
+                )
             if held is not None:
                 del self._leases[rec.token]
                 self._stale_claims += 1
@@ -61,25 +71,31 @@ class KeyedCommands(TableState):
                 self._groups[rec.group][1] -= 1
         lease = self._add_lease("key", key, worker_id, now, lease_ms)
         rec.state, rec.token = "leased", lease.token
-        return Result.success({
-            "lease": {"token": lease.token, "lease_until_ms": lease.expires_at_ms,
-                      "lease_id": lease_id_of(lease.token), "key": key},
-            "completion_ratio": self._ratio(rec.group),
-        })
+        return Result.success(
+            {
+                "lease": {
+                    "token": lease.token,
+                    "lease_until_ms": lease.expires_at_ms,
+                    "lease_id": lease_id_of(lease.token),
+                    "key": key,
+                },
+                "completion_ratio": self._ratio(rec.group),
+            }
+        )
 
-    def key_complete(self, *, key: Any, token: Any, now_ms: Any, client_id: Any = "",
-                     request_id: Any = "") -> Result:
+    def key_complete(self, *, key: Any, token: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Finish the key's lease successfully."""
-        return self._once("key_complete", client_id, request_id, now_ms,
-                          lambda now: self._key_finish(key, token, "done"))
+        return self._once(
+            "key_complete", client_id, request_id, now_ms, lambda now: self._key_finish(key, token, "done")
+        )
 
-    def key_fail(self, *, key: Any, token: Any, reason: Any = "", now_ms: Any, client_id: Any = "",
-                 request_id: Any = "") -> Result:
+    def key_fail(
+        self, *, key: Any, token: Any, reason: Any = "", now_ms: Any, client_id: Any = "", request_id: Any = ""
+    ) -> Result:
         """Finish the key's lease with a failure; the key may be claimed again."""
         if not isinstance(reason, str):
             return invalid("reason", "must be a string")
-        return self._once("key_fail", client_id, request_id, now_ms,
-                          lambda now: self._key_finish(key, token, "failed"))
+        return self._once("key_fail", client_id, request_id, now_ms, lambda now: self._key_finish(key, token, "failed"))
 
     def _key_finish(self, key: Any, token: Any, state: str) -> Result:
         if not is_text(key):

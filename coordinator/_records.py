@@ -74,8 +74,21 @@ class SeriesRec:
 class WindowRec:
     """One window ``[start, end)`` of a series, shared by every job that covers it."""
 
-    __slots__ = ("attempts", "done_at_ms", "done_token", "end", "jobs", "last_error", "lease", "not_before_ms",
-                 "rank", "rows", "series", "start", "state")
+    __slots__ = (
+        "attempts",
+        "done_at_ms",
+        "done_token",
+        "end",
+        "jobs",
+        "last_error",
+        "lease",
+        "not_before_ms",
+        "rank",
+        "rows",
+        "series",
+        "start",
+        "state",
+    )
 
     def __init__(self, series: str, start: int, end: int) -> None:
         self.series = series
@@ -108,11 +121,23 @@ class WindowRec:
 class JobRec:
     """A submitted range of one series; its windows are the grid cells ``[w_lo, w_hi)`` of the series."""
 
-    __slots__ = ("cancelled", "counts", "end", "job_id", "priority", "seq", "series", "start", "submitted_at_ms",
-                 "w_hi", "w_lo")
+    __slots__ = (
+        "cancelled",
+        "counts",
+        "end",
+        "job_id",
+        "priority",
+        "seq",
+        "series",
+        "start",
+        "submitted_at_ms",
+        "w_hi",
+        "w_lo",
+    )
 
-    def __init__(self, job_id: str, seq: int, series: str, start: int, end: int, priority: int,
-                 w_lo: int, w_hi: int, now_ms: int) -> None:
+    def __init__(
+        self, job_id: str, seq: int, series: str, start: int, end: int, priority: int, w_lo: int, w_hi: int, now_ms: int
+    ) -> None:
         self.job_id = job_id
         self.seq = seq
         self.series = series
@@ -157,8 +182,9 @@ class LeaseRec:
 
     __slots__ = ("expires_at_ms", "granted_at_ms", "kind", "target", "token", "worker_id")
 
-    def __init__(self, token: int, kind: str, target: Any, worker_id: str, granted_at_ms: int,
-                 expires_at_ms: int) -> None:
+    def __init__(
+        self, token: int, kind: str, target: Any, worker_id: str, granted_at_ms: int, expires_at_ms: int
+    ) -> None:
         self.token = token
         self.kind = kind
         self.target = target
@@ -187,7 +213,7 @@ def token_of_lease_id(lease_id: Any) -> int:
     """The token a lease id was made from, or 0 when ``lease_id`` is not a lease id."""
     if not isinstance(lease_id, str) or not lease_id.startswith(_LEASE_PREFIX):
         return 0
-    digits = lease_id[len(_LEASE_PREFIX):]
+    digits = lease_id[len(_LEASE_PREFIX) :]
     if not (digits.isascii() and digits.isdigit()) or len(digits) > 18 or digits.startswith("0"):
         return 0
     return int(digits)

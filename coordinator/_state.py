@@ -220,9 +220,15 @@ class TableState:
             if stale_only and not stale:
                 continue
             info: dict[str, Any] = {
-                "lease_id": lease_id_of(token), "kind": rec.kind, "worker_id": rec.worker_id, "token": token,
-                "granted_at_ms": rec.granted_at_ms, "expires_at_ms": rec.expires_at_ms, "stale": stale,
-                "window_id": None, "key": None,
+                "lease_id": lease_id_of(token),
+                "kind": rec.kind,
+                "worker_id": rec.worker_id,
+                "token": token,
+                "granted_at_ms": rec.granted_at_ms,
+                "expires_at_ms": rec.expires_at_ms,
+                "stale": stale,
+                "window_id": None,
+                "key": None,
             }
             if rec.kind == "window":
                 info["window_id"] = window_id(rec.target[0], rec.target[1])
@@ -236,16 +242,24 @@ class TableState:
         if window is None:
             return None
         return {
-            "window_id": window_id(series, start), "series": series, "start": window.start, "end": window.end,
-            "state": window.state, "attempts": window.attempts, "not_before_ms": window.not_before_ms,
-            "lease_token": window.lease, "rows": window.rows, "last_error": window.last_error,
+            "window_id": window_id(series, start),
+            "series": series,
+            "start": window.start,
+            "end": window.end,
+            "state": window.state,
+            "attempts": window.attempts,
+            "not_before_ms": window.not_before_ms,
+            "lease_token": window.lease,
+            "rows": window.rows,
+            "last_error": window.last_error,
             "jobs": list(window.jobs),
         }
 
     def stats(self) -> dict[str, Any]:
         """Figures for metrics: windows by state, live leases, stale claims, and the running jobs' progress."""
-        running = [(j.job_id, j.series, j.public()["completion_ratio"]) for j in self._jobs.values()
-                   if j.state == "running"]
+        running = [
+            (j.job_id, j.series, j.public()["completion_ratio"]) for j in self._jobs.values() if j.state == "running"
+        ]
         return {
             "windows": dict(self._window_counts),
             "leases_active": len(self._leases),
@@ -260,10 +274,13 @@ class TableState:
             "token": self._token,
             "stale": self._stale_claims,
             "jobs": {jid: (j.public(), j.cancelled) for jid, j in self._jobs.items()},
-            "windows": {k: (w.state, w.attempts, w.not_before_ms, w.lease, w.done_token, w.rows, tuple(w.jobs))
-                        for k, w in self._windows.items()},
-            "leases": {t: (r.kind, r.target, r.worker_id, r.granted_at_ms, r.expires_at_ms)
-                       for t, r in self._leases.items()},
+            "windows": {
+                k: (w.state, w.attempts, w.not_before_ms, w.lease, w.done_token, w.rows, tuple(w.jobs))
+                for k, w in self._windows.items()
+            },
+            "leases": {
+                t: (r.kind, r.target, r.worker_id, r.granted_at_ms, r.expires_at_ms) for t, r in self._leases.items()
+            },
             "keys": {k: (r.state, r.token) for k, r in self._keys.items()},
             "nodes": self.nodes(),
         }

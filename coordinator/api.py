@@ -44,9 +44,18 @@ log = get_logger("coordinator.api")
 
 #: The one mapping from error code to HTTP status.
 STATUS: dict[str, int] = {
-    "invalid": 400, "unauthorized": 401, "forbidden": 403, "not_found": 404, "method_not_allowed": 405,
-    "conflict": 409, "lease_lost": 409, "too_large": 413, "not_leader": 421, "internal": 500,
-    "no_leader": 503, "timeout": 503,
+    "invalid": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "conflict": 409,
+    "lease_lost": 409,
+    "too_large": 413,
+    "not_leader": 421,
+    "internal": 500,
+    "no_leader": 503,
+    "timeout": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
 
@@ -105,15 +114,16 @@ class _Server:
         children = self._children.get(key)
         if children is None:
             metrics = self.node.metrics
-            children = self._children[key] = (metrics.http_requests.labels(route, str(status)),
-                                              metrics.http_seconds.labels(route))
+            children = self._children[key] = (
+                metrics.http_requests.labels(route, str(status)),
+                metrics.http_seconds.labels(route),
+            )
         children[0].inc()
         children[1].observe(elapsed_s)
 
     async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         if request.content_length is not None and request.content_length > self.max_body:
-            raise BodyTooLargeError(f"body of {request.content_length} bytes is above {self.max_body}",
-                                    field="(body)")
+            raise BodyTooLargeError(f"body of {request.content_length} bytes is above {self.max_body}", field="(body)")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -124,6 +134,8 @@ class _Server:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequestError(f"body is not valid JSON ({exc})", field="(body)") from None
+        except RecursionError:  # json.loads recurses per nesting level: "[[[[...]]]]" must be a 400, not a 500
+            raise BadRequestError("body is nested too deeply", field="(body)") from None
         if not isinstance(data, dict):
             raise BadRequestError("body must be a JSON object", field="(body)")
         return raw, data
@@ -174,8 +186,7 @@ def _middleware(server: _Server) -> Any:
                 response = error_response(exc)
             except web.HTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
-                response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}",
-                                                           code=code))
+                response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}", code=code))
             except Exception as exc:
                 log.exception("request_failed", method=request.method, path=request.path)
                 response = error_response(CoordinatorError(f"internal error: {type(exc).__name__}"))

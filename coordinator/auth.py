@@ -101,6 +101,9 @@ class TokenTable:
         if principal is None:
             raise AuthError("unknown bearer token", field="Authorization")
         if not principal.allows(required):
-            raise AuthError(f"role {principal.role!r} may not do this; it needs {required!r}",
-                            code="forbidden", field="Authorization")
+            raise AuthError(
+                f"role {principal.role!r} may not do this; it needs {required!r}",
+                code="forbidden",
+                field="Authorization",
+            )
         return principal

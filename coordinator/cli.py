@@ -87,21 +87,49 @@ def main() -> None:
 
 @main.command()
 @click.option("--node-id", required=True, help="Unique name of this node (shown in /v1/cluster and logs).")
-@click.option("--raft", "raft_addr", default="127.0.0.1:4601", show_default=True,
-              help="HOST:PORT this node's Raft listens on (also its identity among peers).")
+@click.option(
+    "--raft",
+    "raft_addr",
+    default="127.0.0.1:4601",
+    show_default=True,
+    help="HOST:PORT this node's Raft listens on (also its identity among peers).",
+)
 @click.option("--peers", default="", help="Comma-separated Raft HOST:PORT of the other nodes (empty: one node).")
 @click.option("--http", "http_addr", default="127.0.0.1:8701", show_default=True, help="HOST:PORT of the HTTP API.")
-@click.option("--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory of the Raft journal and full dump (created when missing).")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML config file (sections seamless_data_provider and coordinator are used).")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Bearer tokens, one 'TOKEN ROLE [NAME]' per line; without it auth is off (loopback only).")
-@click.option("--cluster-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Shared secret that encrypts Raft traffic; required for non-loopback --raft.")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the Raft journal and full dump (created when missing).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML config file (sections seamless_data_provider and coordinator are used).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Bearer tokens, one 'TOKEN ROLE [NAME]' per line; without it auth is off (loopback only).",
+)
+@click.option(
+    "--cluster-secret-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Shared secret that encrypts Raft traffic; required for non-loopback --raft.",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING or ERROR.")
-def serve(node_id: str, raft_addr: str, peers: str, http_addr: str, data_dir: Path, config_path: Path | None,
-          token_file: Path | None, cluster_secret_file: Path | None, log_level: str) -> None:
+def serve(
+    node_id: str,
+    raft_addr: str,
+    peers: str,
+    http_addr: str,
+    data_dir: Path,
+    config_path: Path | None,
+    token_file: Path | None,
+    cluster_secret_file: Path | None,
+    log_level: str,
+) -> None:
     """Run one coordinator node until SIGTERM or SIGINT."""
     from coordinator.auth import TokenTable
     from coordinator.node import NodeSettings
@@ -112,8 +140,10 @@ def serve(node_id: str, raft_addr: str, peers: str, http_addr: str, data_dir: Pa
     for peer in peer_list:
         parse_addr(peer, "--peers")
     if not is_loopback(raft_host) and cluster_secret_file is None:
-        raise click.UsageError("--raft binds a non-loopback address: --cluster-secret-file is required "
-                               "(Raft traffic is pickle; without a secret anyone reaching the port can run code)")
+        raise click.UsageError(
+            "--raft binds a non-loopback address: --cluster-secret-file is required "
+            "(Raft traffic is pickle; without a secret anyone reaching the port can run code)"
+        )
     if not is_loopback(http_host) and token_file is None:
         raise click.UsageError("--http binds a non-loopback address: --token-file is required")
     try:
@@ -126,8 +156,15 @@ def serve(node_id: str, raft_addr: str, peers: str, http_addr: str, data_dir: Pa
     _check_bindable(http_host, http_port, "--http")
     raft = f"{raft_host}:{raft_port}"
     _claim_data_dir(data_dir, node_id, raft)
-    settings = NodeSettings(node_id=node_id, raft=raft, peers=peer_list, http_host=http_host, http_port=http_port,
-                            data_dir=data_dir, password=secret)
+    settings = NodeSettings(
+        node_id=node_id,
+        raft=raft,
+        peers=peer_list,
+        http_host=http_host,
+        http_port=http_port,
+        data_dir=data_dir,
+        password=secret,
+    )
     from provider.core.obs import configure_logging
 
     configure_logging("coordinator", level=log_level)
@@ -147,8 +184,15 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     runner = web.AppRunner(build_app(node, tokens), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024).start()
-    log.info("serving", node_id=settings.node_id, http=settings.http_url, raft=settings.raft,
-             peers=list(settings.peers), auth=tokens is not None, encrypted=settings.password is not None)
+    log.info(
+        "serving",
+        node_id=settings.node_id,
+        http=settings.http_url,
+        raft=settings.raft,
+        peers=list(settings.peers),
+        auth=tokens is not None,
+        encrypted=settings.password is not None,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -163,16 +207,23 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
 @main.command()
 @click.option("--url", required=True, help="Base URL of any node; a comma-separated list is tried in order.")
 @click.option("--token", envvar="COORDINATOR_TOKEN", default=None, help="Bearer token (env COORDINATOR_TOKEN).")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File whose first token is used.")
+@click.option(
+    "--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="File whose first token is used."
+)
 @click.option("--timeout", "timeout_s", default=3.0, show_default=True, help="Seconds per HTTP request.")
 def status(url: str, token: str | None, token_file: Path | None, timeout_s: float) -> None:
     """Print the cluster's roles and every job's progress; exit 1 when no leader is known."""
     from coordinator.status import collect_status, render_status
 
     if token_file is not None and token is None:
-        token = next((line.split()[0] for line in token_file.read_text(encoding="utf-8").splitlines()
-                      if line.strip() and not line.lstrip().startswith("#")), None)
+        token = next(
+            (
+                line.split()[0]
+                for line in token_file.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ),
+            None,
+        )
     report = collect_status([u.strip().rstrip("/") for u in url.split(",") if u.strip()], token, timeout_s)
     click.echo(render_status(report))
     sys.exit(0 if report.leader else 1)

@@ -38,8 +38,7 @@ class Forwarder:
     async def forward(self, request: web.Request, body: bytes, leader: str, headers: dict[str, str]) -> web.Response:
         """Send ``request`` (with the already-read ``body``) to ``leader`` and relay its answer."""
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout,
-                                                  connector=aiohttp.TCPConnector(limit=512))
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=512))
         sent = {name: request.headers[name] for name in _PASSED if name in request.headers}
         sent.update(headers)
         sent[FORWARDED_HEADER] = self._node_id
@@ -52,5 +51,6 @@ class Forwarder:
                     relayed["Retry-After"] = answer.headers["Retry-After"]
                 return web.Response(status=answer.status, body=data, headers=relayed)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UnavailableError(f"the leader at {leader} did not answer ({type(exc).__name__}); retry",
-                                   retry_after_s=1) from None
+            raise UnavailableError(
+                f"the leader at {leader} did not answer ({type(exc).__name__}); retry", retry_after_s=1
+            ) from None

@@ -60,12 +60,26 @@ class Handlers:
 
     async def create_job(self, call: Call) -> web.Response:
         req = parse(JobRequest, call.body)
-        value = await self._run(call, "submit_job", {
-            "series": req.series, "start": req.start, "end": req.end, "priority": req.priority,
-            "window_bars": self.node.backfill.window_bars, "max_windows": self.node.cfg.max_windows_per_job})
+        value = await self._run(
+            call,
+            "submit_job",
+            {
+                "series": req.series,
+                "start": req.start,
+                "end": req.end,
+                "priority": req.priority,
+                "window_bars": self.node.backfill.window_bars,
+                "max_windows": self.node.cfg.max_windows_per_job,
+            },
+        )
         job = value["job"]
-        log.info("job_submitted", job_id=job["job_id"], series=job["series"], created=value["created"],
-                 windows=sum(job["windows"].values()))
+        log.info(
+            "job_submitted",
+            job_id=job["job_id"],
+            series=job["series"],
+            created=value["created"],
+            windows=sum(job["windows"].values()),
+        )
         return web.json_response({"job": job}, status=201 if value["created"] else 200)
 
     async def list_jobs(self, call: Call) -> web.Response:
@@ -94,31 +108,54 @@ class Handlers:
         req = parse(ClaimRequest, call.body)
         value = await self.node.claim(req.worker_id, req.max_windows, req.wait_ms, call.client_id, call.request_id)
         for lease in value["leases"]:
-            log.debug("lease_granted", lease_id=lease["lease_id"], window_id=lease["window_id"],
-                     token=lease["token"], worker_id=req.worker_id, attempt=lease["attempt"])
+            log.debug(
+                "lease_granted",
+                lease_id=lease["lease_id"],
+                window_id=lease["window_id"],
+                token=lease["token"],
+                worker_id=req.worker_id,
+                attempt=lease["attempt"],
+            )
         return web.json_response(value)
 
     async def renew_window(self, call: Call) -> web.Response:
         req = parse(RenewRequest, call.body)
-        value = await self._run(call, "renew", {"lease_id": req.lease_id, "token": req.token,
-                                                "ttl_ms": self.node.lease_ttl_ms})
+        value = await self._run(
+            call, "renew", {"lease_id": req.lease_id, "token": req.token, "ttl_ms": self.node.lease_ttl_ms}
+        )
         return web.json_response(value)
 
     async def complete_window(self, call: Call) -> web.Response:
         req = parse(CompleteRequest, call.body)
         value = await self._run(call, "complete", {"lease_id": req.lease_id, "token": req.token, "rows": req.rows})
-        log.debug("lease_completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"],
-                 rows=req.rows)
+        log.debug(
+            "lease_completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
+        )
         return web.json_response(value)
 
     async def fail_window(self, call: Call) -> web.Response:
         req = parse(FailRequest, call.body)
         backfill = self.node.backfill
-        value = await self._run(call, "fail", {
-            "lease_id": req.lease_id, "token": req.token, "reason": req.reason, "retryable": req.retryable,
-            "max_attempts": backfill.max_attempts, "retry_backoff_ms": backfill.retry_backoff_ms})
-        log.info("lease_failed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"],
-                 state=value["state"], reason=req.reason[:200])
+        value = await self._run(
+            call,
+            "fail",
+            {
+                "lease_id": req.lease_id,
+                "token": req.token,
+                "reason": req.reason,
+                "retryable": req.retryable,
+                "max_attempts": backfill.max_attempts,
+                "retry_backoff_ms": backfill.retry_backoff_ms,
+            },
+        )
+        log.info(
+            "lease_failed",
+            lease_id=req.lease_id,
+            token=req.token,
+            window_id=value["window_id"],
+            state=value["state"],
+            reason=req.reason[:200],
+        )
         return web.json_response(value)
 
     async def list_leases(self, call: Call) -> web.Response:
@@ -153,8 +190,9 @@ class Handlers:
 
     async def claim_key(self, call: Call) -> web.Response:
         req = parse(KeyClaimRequest, call.body)
-        value = await self._run(call, "key_claim", {"key": req.key, "lease_ms": req.lease_ms,
-                                                    "worker_id": call.principal.name})
+        value = await self._run(
+            call, "key_claim", {"key": req.key, "lease_ms": req.lease_ms, "worker_id": call.principal.name}
+        )
         log.debug("key_lease_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
         return web.json_response(value)
 
@@ -177,24 +215,39 @@ class Handlers:
         for addr in (node.settings.raft, *[p for p in node.settings.peers if p != node.settings.raft]):
             info = known.get(addr, {})
             is_self = addr == node.settings.raft
-            members.append({
-                "node_id": info.get("node_id", node.settings.node_id if is_self else None),
-                "raft": addr, "http": info.get("http", node.settings.http_url if is_self else None),
-                "role": "leader" if addr == leader_addr else "follower", "self": is_self,
-                "connected": True if is_self else raft.connected(addr),
-            })
+            members.append(
+                {
+                    "node_id": info.get("node_id", node.settings.node_id if is_self else None),
+                    "raft": addr,
+                    "http": info.get("http", node.settings.http_url if is_self else None),
+                    "role": "leader" if addr == leader_addr else "follower",
+                    "self": is_self,
+                    "connected": True if is_self else raft.connected(addr),
+                }
+            )
         leader_id = known.get(leader_addr or "", {}).get("node_id")
-        return web.json_response({
-            "node_id": node.settings.node_id, "role": node.role(), "leader": node.leader_http(),
-            "leader_id": leader_id, "term": raft.term, "commit_index": raft.commit_index,
-            "last_applied": raft.last_applied, "token_floor": raft.read(lambda t: t.token_floor),
-            "members": members,
-        })
+        return web.json_response(
+            {
+                "node_id": node.settings.node_id,
+                "role": node.role(),
+                "leader": node.leader_http(),
+                "leader_id": leader_id,
+                "term": raft.term,
+                "commit_index": raft.commit_index,
+                "last_applied": raft.last_applied,
+                "token_floor": raft.read(lambda t: t.token_floor),
+                "members": members,
+            }
+        )
 
     async def healthz(self, call: Call) -> web.Response:
         leader = self.node.leader_http()
-        body = {"status": "ok" if leader else "no_leader", "role": self.node.role(), "leader": leader,
-                "node_id": self.node.settings.node_id}
+        body = {
+            "status": "ok" if leader else "no_leader",
+            "role": self.node.role(),
+            "leader": leader,
+            "node_id": self.node.settings.node_id,
+        }
         response = web.json_response(body, status=200 if leader else 503)
         if not leader:
             response.headers["Retry-After"] = "1"

@@ -40,8 +40,9 @@ class _TableCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         f = self._figures()
         stats = f.table
-        ratio = GaugeMetricFamily("backfill_completion_ratio", "Done windows / windows of each running job",
-                                  labels=["job_id", "series"])
+        ratio = GaugeMetricFamily(
+            "backfill_completion_ratio", "Done windows / windows of each running job", labels=["job_id", "series"]
+        )
         for job_id, series, value in stats["jobs_running"]:
             ratio.add_metric([job_id, series], value)
         yield ratio
@@ -49,10 +50,14 @@ class _TableCollector(Collector):
         for state, count in stats["windows"].items():
             windows.add_metric([state], count)
         yield windows
-        yield GaugeMetricFamily("backfill_leases_active", "Live leases (windows and keys)",
-                                value=stats["leases_active"])
-        yield CounterMetricFamily("backfill_stale_claims", "Leases reaped after their expiry (replicated count)",
-                                  value=stats["stale_claims_total"])
+        yield GaugeMetricFamily(
+            "backfill_leases_active", "Live leases (windows and keys)", value=stats["leases_active"]
+        )
+        yield CounterMetricFamily(
+            "backfill_stale_claims",
+            "Leases reaped after their expiry (replicated count)",
+            value=stats["stale_claims_total"],
+        )
         yield GaugeMetricFamily("coordinator_fencing_token", "Last fencing token granted", value=stats["token"])
         yield GaugeMetricFamily("coordinator_is_leader", "1 on the Raft leader", value=1 if f.is_leader else 0)
         yield GaugeMetricFamily("coordinator_raft_term", "Current Raft term", value=f.term)
@@ -66,16 +71,25 @@ class CoordinatorMetrics:
         self.registry = registry
         registry.register(_TableCollector(figures))
         self.fenced_rejections = Counter(
-            "backfill_fenced_rejections", "Requests rejected with 409 lease_lost (stale fencing token)",
-            registry=registry)
+            "backfill_fenced_rejections",
+            "Requests rejected with 409 lease_lost (stale fencing token)",
+            registry=registry,
+        )
         self.http_requests = Counter(
-            "coordinator_http_requests", "HTTP requests by route and status", ["route", "status"],
-            registry=registry)
+            "coordinator_http_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
+        )
         self.http_seconds = Histogram(
-            "coordinator_http_request_seconds", "HTTP request latency by route", ["route"], registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
+            "coordinator_http_request_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
         self.forwarded = Counter(
-            "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry)
+            "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry
+        )
         self.commit_retries = Counter(
-            "coordinator_commit_retries", "Replicated commands re-submitted after a maybe-applied outcome",
-            registry=registry)
+            "coordinator_commit_retries",
+            "Replicated commands re-submitted after a maybe-applied outcome",
+            registry=registry,
+        )

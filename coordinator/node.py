@@ -71,8 +71,11 @@ class CoordinatorNode:
         self.table = Table()
         self.raft = RaftNode(
             RaftSettings(
-                self_addr=settings.raft, peers=settings.peers, data_dir=settings.data_dir,
-                password=settings.password, raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
+                self_addr=settings.raft,
+                peers=settings.peers,
+                data_dir=settings.data_dir,
+                password=settings.password,
+                raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
                 raft_max_timeout_s=self.cfg.raft_max_timeout_ms / 1000,
                 log_compaction_min_entries=self.cfg.log_compaction_min_entries,
             ),
@@ -90,8 +93,10 @@ class CoordinatorNode:
         self._loop = asyncio.get_running_loop()
         self._work = asyncio.Event()
         await self._loop.run_in_executor(None, self.raft.start)
-        self._tasks = [asyncio.create_task(self._reap_loop(), name="reaper"),
-                       asyncio.create_task(self._announce_loop(), name="announce")]
+        self._tasks = [
+            asyncio.create_task(self._reap_loop(), name="reaper"),
+            asyncio.create_task(self._announce_loop(), name="announce"),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -163,14 +168,20 @@ class CoordinatorNode:
                     continue
                 raise UnavailableError(
                     f"{op} was not confirmed within {self.cfg.commit_timeout_ms} ms ({exc.reason}); it may have "
-                    "been applied: retry with the same X-Client-Id and X-Request-Id", code="timeout",
+                    "been applied: retry with the same X-Client-Id and X-Request-Id",
+                    code="timeout",
                 ) from None
             if result.ok:
                 return result.value
             if result.code == "lease_lost":
                 self.metrics.fenced_rejections.inc()
-                log.info("lease_lost", op=op, lease_id=kwargs.get("lease_id"), token=kwargs.get("token"),
-                         key=kwargs.get("key"))
+                log.info(
+                    "lease_lost",
+                    op=op,
+                    lease_id=kwargs.get("lease_id"),
+                    token=kwargs.get("token"),
+                    key=kwargs.get("key"),
+                )
             raise from_result(result.code, result.message, result.field)
 
     async def claim(self, worker_id: str, max_windows: int, wait_ms: int, client_id: str, request_id: str) -> Any:
@@ -213,9 +224,15 @@ class CoordinatorNode:
                 log.warning("reap_failed", error=exc.message)
                 continue
             for item in value["expired"]:
-                log.info("lease_expired", lease_id=item["lease_id"], token=item["token"],
-                         worker_id=item["worker_id"], window_id=item.get("window_id"), key=item.get("key"),
-                         state=item["state"])
+                log.info(
+                    "lease_expired",
+                    lease_id=item["lease_id"],
+                    token=item["token"],
+                    worker_id=item["worker_id"],
+                    window_id=item.get("window_id"),
+                    key=item.get("key"),
+                    state=item["state"],
+                )
 
     async def _announce_loop(self) -> None:
         me = {"node_id": self.settings.node_id, "http": self.settings.http_url}

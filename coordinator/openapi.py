@@ -36,70 +36,147 @@ _COUNTS = _obj(("pending", "leased", "done", "failed"), pending=_INT, leased=_IN
 
 #: Component schemas by name.
 SCHEMAS: dict[str, dict[str, Any]] = {
-    "Error": _obj(("error",), error=_obj(
-        ("code", "message"), code=_STR, message=_STR,
-        field={**_STR, "description": "the offending input (body field, header or parameter)"},
-        leader={"type": ["string", "null"], "description": "421 only: the leader's base URL"})),
+    "Error": _obj(
+        ("error",),
+        error=_obj(
+            ("code", "message"),
+            code=_STR,
+            message=_STR,
+            field={**_STR, "description": "the offending input (body field, header or parameter)"},
+            leader={"type": ["string", "null"], "description": "421 only: the leader's base URL"},
+        ),
+    ),
     "Empty": _obj(),
-    "JobRequest": _obj(("series", "start", "end"), series={**_STR, "example": "ohlcv:binance:BTC/USDT:1m"},
-                       start=_TIME, end=_TIME, priority={**_INT, "default": 0}),
-    "Job": _obj(("job_id", "series", "start", "end", "state", "windows", "completion_ratio"),
-                job_id=_STR, series=_STR, start=_MS, end=_MS,
-                state={"enum": ["running", "done", "failed", "cancelled"]}, windows=_COUNTS,
-                completion_ratio={"type": "number", "minimum": 0, "maximum": 1}, priority=_INT),
+    "JobRequest": _obj(
+        ("series", "start", "end"),
+        series={**_STR, "example": "ohlcv:binance:BTC/USDT:1m"},
+        start=_TIME,
+        end=_TIME,
+        priority={**_INT, "default": 0},
+    ),
+    "Job": _obj(
+        ("job_id", "series", "start", "end", "state", "windows", "completion_ratio"),
+        job_id=_STR,
+        series=_STR,
+        start=_MS,
+        end=_MS,
+        state={"enum": ["running", "done", "failed", "cancelled"]},
+        windows=_COUNTS,
+        completion_ratio={"type": "number", "minimum": 0, "maximum": 1},
+        priority=_INT,
+    ),
     "JobAnswer": _obj(("job",), job=_ref("Job")),
     "JobList": _obj(("jobs",), jobs={"type": "array", "items": _ref("Job")}),
     "RetryAnswer": _obj(("job", "requeued"), job=_ref("Job"), requeued=_INT),
-    "ClaimRequest": _obj(("worker_id",), worker_id=_STR,
-                         max_windows={**_INT, "minimum": 1, "maximum": 1000, "default": 1},
-                         wait_ms={**_INT, "minimum": 0, "maximum": 300000, "default": 0}),
-    "Lease": _obj(("lease_id", "window_id", "token", "series", "start", "end", "attempt", "expires_at_ms"),
-                  lease_id=_STR, window_id=_STR, token=_TOKEN, series=_STR, start=_MS, end=_MS,
-                  attempt={**_INT, "minimum": 1}, expires_at_ms=_MS),
+    "ClaimRequest": _obj(
+        ("worker_id",),
+        worker_id=_STR,
+        max_windows={**_INT, "minimum": 1, "maximum": 1000, "default": 1},
+        wait_ms={**_INT, "minimum": 0, "maximum": 300000, "default": 0},
+    ),
+    "Lease": _obj(
+        ("lease_id", "window_id", "token", "series", "start", "end", "attempt", "expires_at_ms"),
+        lease_id=_STR,
+        window_id=_STR,
+        token=_TOKEN,
+        series=_STR,
+        start=_MS,
+        end=_MS,
+        attempt={**_INT, "minimum": 1},
+        expires_at_ms=_MS,
+    ),
     "LeaseList": _obj(("leases",), leases={"type": "array", "items": _ref("Lease")}),
     "RenewRequest": _obj(("lease_id", "token"), lease_id=_STR, token=_TOKEN),
     "RenewAnswer": _obj(("lease_id", "expires_at_ms"), lease_id=_STR, expires_at_ms=_MS),
-    "CompleteRequest": _obj(("lease_id", "token"), lease_id=_STR, token=_TOKEN,
-                            rows={**_INT, "minimum": 0, "default": 0}),
-    "FailRequest": _obj(("lease_id", "token"), lease_id=_STR, token=_TOKEN, reason={**_STR, "default": ""},
-                        retryable={"type": "boolean", "default": True}),
-    "WindowAnswer": _obj(("window_id", "state"), window_id=_STR, lease_id=_STR,
-                         state={"enum": ["pending", "leased", "done", "failed"]}, attempts=_INT,
-                         not_before_ms=_MS, rows=_INT),
-    "LeaseInfo": _obj(("lease_id", "kind", "worker_id", "token", "granted_at_ms", "expires_at_ms", "stale"),
-                      lease_id=_STR, kind={"enum": ["window", "key"]}, worker_id=_STR, token=_TOKEN,
-                      granted_at_ms=_MS, expires_at_ms=_MS, stale={"type": "boolean"},
-                      window_id={"type": ["string", "null"]}, key={"type": ["string", "null"]}),
+    "CompleteRequest": _obj(
+        ("lease_id", "token"), lease_id=_STR, token=_TOKEN, rows={**_INT, "minimum": 0, "default": 0}
+    ),
+    "FailRequest": _obj(
+        ("lease_id", "token"),
+        lease_id=_STR,
+        token=_TOKEN,
+        reason={**_STR, "default": ""},
+        retryable={"type": "boolean", "default": True},
+    ),
+    "WindowAnswer": _obj(
+        ("window_id", "state"),
+        window_id=_STR,
+        lease_id=_STR,
+        state={"enum": ["pending", "leased", "done", "failed"]},
+        attempts=_INT,
+        not_before_ms=_MS,
+        rows=_INT,
+    ),
+    "LeaseInfo": _obj(
+        ("lease_id", "kind", "worker_id", "token", "granted_at_ms", "expires_at_ms", "stale"),
+        lease_id=_STR,
+        kind={"enum": ["window", "key"]},
+        worker_id=_STR,
+        token=_TOKEN,
+        granted_at_ms=_MS,
+        expires_at_ms=_MS,
+        stale={"type": "boolean"},
+        window_id={"type": ["string", "null"]},
+        key={"type": ["string", "null"]},
+    ),
     "LeaseInfoList": _obj(("leases",), leases={"type": "array", "items": _ref("LeaseInfo")}),
     "ReasonRequest": _obj(reason={**_STR, "default": ""}),
     "KeyClaimRequest": _obj(("key", "lease_ms"), key=_STR, lease_ms={**_INT, "minimum": 1, "maximum": 86400000}),
-    "KeyClaimAnswer": _obj(("lease", "completion_ratio"),
-                           lease=_obj(("token", "lease_until_ms"), token=_TOKEN, lease_until_ms=_MS,
-                                      lease_id=_STR, key=_STR),
-                           completion_ratio={"type": "number"}),
-    "KeyFinishRequest": _obj(("key", "token"), key=_STR,
-                             token={"oneOf": [_TOKEN, {"type": "string", "pattern": "^[0-9]+$"}]},
-                             reason={**_STR, "default": ""}),
+    "KeyClaimAnswer": _obj(
+        ("lease", "completion_ratio"),
+        lease=_obj(("token", "lease_until_ms"), token=_TOKEN, lease_until_ms=_MS, lease_id=_STR, key=_STR),
+        completion_ratio={"type": "number"},
+    ),
+    "KeyFinishRequest": _obj(
+        ("key", "token"),
+        key=_STR,
+        token={"oneOf": [_TOKEN, {"type": "string", "pattern": "^[0-9]+$"}]},
+        reason={**_STR, "default": ""},
+    ),
     "RatioAnswer": _obj(("completion_ratio",), completion_ratio={"type": "number"}),
-    "Cluster": _obj(("node_id", "role", "leader", "term", "commit_index", "members"),
-                    node_id=_STR, role={"enum": ["leader", "follower", "candidate"]},
-                    leader={"type": ["string", "null"]}, leader_id={"type": ["string", "null"]}, term=_INT,
-                    commit_index=_INT, last_applied=_INT, token_floor=_INT,
-                    members={"type": "array", "items": _obj(
-                        ("raft", "role"), node_id={"type": ["string", "null"]}, raft=_STR,
-                        http={"type": ["string", "null"]}, role=_STR, self={"type": "boolean"},
-                        connected={"type": "boolean"})}),
-    "Health": _obj(("status", "role", "leader"), status={"enum": ["ok", "no_leader"]}, role=_STR,
-                   leader={"type": ["string", "null"]}, node_id=_STR),
+    "Cluster": _obj(
+        ("node_id", "role", "leader", "term", "commit_index", "members"),
+        node_id=_STR,
+        role={"enum": ["leader", "follower", "candidate"]},
+        leader={"type": ["string", "null"]},
+        leader_id={"type": ["string", "null"]},
+        term=_INT,
+        commit_index=_INT,
+        last_applied=_INT,
+        token_floor=_INT,
+        members={
+            "type": "array",
+            "items": _obj(
+                ("raft", "role"),
+                node_id={"type": ["string", "null"]},
+                raft=_STR,
+                http={"type": ["string", "null"]},
+                role=_STR,
+                self={"type": "boolean"},
+                connected={"type": "boolean"},
+            ),
+        },
+    ),
+    "Health": _obj(
+        ("status", "role", "leader"),
+        status={"enum": ["ok", "no_leader"]},
+        role=_STR,
+        leader={"type": ["string", "null"]},
+        node_id=_STR,
+    ),
     "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
     "OpenAPI": {"type": "object", "description": "this document"},
     "StatusPage": {"type": "string", "description": "the HTML status page; it holds no data"},
 }
 
 _ERROR_TEXT = {
-    400: "bad input; error.field names the field", 401: "missing or unknown bearer token",
-    403: "the token's role may not do this", 404: "unknown id", 409: "conflict, or lease_lost (stale token)",
-    413: "body too large", 421: "not the leader and forwarding is not possible; error.leader is the leader's URL",
+    400: "bad input; error.field names the field",
+    401: "missing or unknown bearer token",
+    403: "the token's role may not do this",
+    404: "unknown id",
+    409: "conflict, or lease_lost (stale token)",
+    413: "body too large",
+    421: "not the leader and forwarding is not possible; error.leader is the leader's URL",
     503: "no leader or commit timeout; see Retry-After",
 }
 
@@ -107,22 +184,28 @@ _ERROR_TEXT = {
 def _operation(route: Route) -> dict[str, Any]:
     tag = route.path.split("/")[1] or "status"
     op: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "tags": [tag]}
-    params = [{"name": p.strip("{}"), "in": "path", "required": True, "schema": _STR}
-              for p in route.path.split("/") if p.startswith("{")]
-    params += [{"name": n, "in": "query", "required": False, "schema": _STR, "description": d}
-               for n, d in route.query]
+    params = [
+        {"name": p.strip("{}"), "in": "path", "required": True, "schema": _STR}
+        for p in route.path.split("/")
+        if p.startswith("{")
+    ]
+    params += [{"name": n, "in": "query", "required": False, "schema": _STR, "description": d} for n, d in route.query]
     if params:
         op["parameters"] = params
     if route.request:
-        op["requestBody"] = {"required": route.request not in ("ReasonRequest",),
-                             "content": {"application/json": {"schema": _ref(route.request)}}}
+        op["requestBody"] = {
+            "required": route.request not in ("ReasonRequest",),
+            "content": {"application/json": {"schema": _ref(route.request)}},
+        }
     ok = {"description": "OK", "content": {route.media: {"schema": _ref(route.answer)}}}
     responses: dict[str, Any] = {str(route.ok_status): ok}
     if route.name == "create_job":
         responses["200"] = {"description": "an identical live job exists", "content": ok["content"]}
     for status in sorted(set(route.errors)):
-        responses[str(status)] = {"description": _ERROR_TEXT[status],
-                                  "content": {"application/json": {"schema": _ref("Error")}}}
+        responses[str(status)] = {
+            "description": _ERROR_TEXT[status],
+            "content": {"application/json": {"schema": _ref("Error")}},
+        }
     op["responses"] = responses
     op["security"] = [{"bearer": []}] if route.role else []
     if route.role:
@@ -137,11 +220,13 @@ def build_openapi() -> dict[str, Any]:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Seamless Data Provider coordinator", "version": "1",
-                 "description": "Backfill jobs, windows and fenced leases replicated by Raft. See docs/http-api.md."},
+        "info": {
+            "title": "Seamless Data Provider coordinator",
+            "version": "1",
+            "description": "Backfill jobs, windows and fenced leases replicated by Raft. See docs/http-api.md.",
+        },
         "paths": paths,
-        "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
     }
 
@@ -157,6 +242,8 @@ def render_markdown(doc: dict[str, Any] | None = None) -> str:
             answer = next(iter(op["responses"][ok]["content"].values()))["schema"]["$ref"].rsplit("/", 1)[1]
             request = body.get("$ref", "-").rsplit("/", 1)[-1]
             errors = " ".join(s for s in op["responses"] if s.startswith(("4", "5")))
-            lines.append(f"| {method.upper()} {path} | {op.get('x-role', 'public')} | {request} -> {ok} {answer} "
-                         f"| {errors or '-'} | {op['summary']} |")
+            lines.append(
+                f"| {method.upper()} {path} | {op.get('x-role', 'public')} | {request} -> {ok} {answer} "
+                f"| {errors or '-'} | {op['summary']} |"
+            )
     return "\n".join(lines) + "\n"

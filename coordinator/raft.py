@@ -44,10 +44,25 @@ log = get_logger("coordinator.raft")
 T = TypeVar("T")
 
 #: Table commands that may be replicated (anything else is rejected as ``invalid`` when applied).
-COMMANDS = frozenset({
-    "announce", "submit_job", "cancel_job", "retry_job", "claim", "renew", "complete", "fail", "expire",
-    "release", "requeue", "mark_done", "key_claim", "key_complete", "key_fail",
-})
+COMMANDS = frozenset(
+    {
+        "announce",
+        "submit_job",
+        "cancel_job",
+        "retry_job",
+        "claim",
+        "renew",
+        "complete",
+        "fail",
+        "expire",
+        "release",
+        "requeue",
+        "mark_done",
+        "key_claim",
+        "key_complete",
+        "key_fail",
+    }
+)
 
 #: Most commands in one log entry.
 MAX_BATCH = 256
@@ -177,8 +192,9 @@ class RaftNode:
         """Open the journal and dump, bind the Raft port and start pysyncobj's thread."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         peers = [p for p in self.settings.peers if p != self.settings.self_addr]
-        self._sync = SyncObj(self.settings.self_addr, peers, self.settings.conf(self._state_changed),
-                             consumers=[self._consumer])
+        self._sync = SyncObj(
+            self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
+        )
 
     def stop(self) -> None:
         if self._sync is not None:
@@ -264,8 +280,9 @@ class RaftNode:
             # A callback that never comes (a partitioned leader) must not hold the slot forever.
             slot.timer = loop.call_later(self.slot_timeout_s, slot.release)
 
-            def callback(results: Any, error: Any, futures: list[asyncio.Future[Result]] = futures,
-                         slot: _Slot = slot) -> None:
+            def callback(
+                results: Any, error: Any, futures: list[asyncio.Future[Result]] = futures, slot: _Slot = slot
+            ) -> None:
                 with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                     loop.call_soon_threadsafe(slot.done, futures, results, error)
 

@@ -31,8 +31,9 @@ def _get(url: str, token: str | None, timeout_s: float) -> Any:
         return json.loads(answer.read())
 
 
-def _first_cluster_view(urls: list[str], token: str | None, timeout_s: float,
-                        report: StatusReport) -> tuple[str, dict[str, Any]] | None:
+def _first_cluster_view(
+    urls: list[str], token: str | None, timeout_s: float, report: StatusReport
+) -> tuple[str, dict[str, Any]] | None:
     for base in urls:
         try:
             return base, _get(base + "/v1/cluster", token, timeout_s)
@@ -49,8 +50,14 @@ def collect_status(urls: list[str], token: str | None, timeout_s: float = 3.0) -
         return report
     base, view = found
     for member in view["members"]:
-        row = {"node_id": member.get("node_id") or "?", "raft": member["raft"], "http": member.get("http"),
-               "role": "down", "term": "-", "commit_index": "-"}
+        row = {
+            "node_id": member.get("node_id") or "?",
+            "raft": member["raft"],
+            "http": member.get("http"),
+            "role": "down",
+            "term": "-",
+            "commit_index": "-",
+        }
         if member.get("http"):
             try:
                 own = _get(member["http"] + "/v1/cluster", token, timeout_s)
@@ -83,18 +90,37 @@ def _bar(ratio: float, width: int = 20) -> str:
 def render_status(report: StatusReport) -> str:
     """The report as text: a node table, a job table and any problems."""
     out = [f"leader: {report.leader or 'NONE (no leader known)'}", ""]
-    out.append(_table(["NODE", "ROLE", "TERM", "COMMIT", "RAFT", "HTTP"],
-                      [[n["node_id"], n["role"], str(n["term"]), str(n["commit_index"]), n["raft"],
-                        n["http"] or "-"] for n in report.nodes]))
+    out.append(
+        _table(
+            ["NODE", "ROLE", "TERM", "COMMIT", "RAFT", "HTTP"],
+            [
+                [n["node_id"], n["role"], str(n["term"]), str(n["commit_index"]), n["raft"], n["http"] or "-"]
+                for n in report.nodes
+            ],
+        )
+    )
     out.append("")
     rows = []
     for job in report.jobs:
         w = job["windows"]
         total = sum(w.values())
-        rows.append([job["job_id"], job["series"], job["state"], _bar(job["completion_ratio"]),
-                     f"{w['done']}/{total}", str(w["pending"]), str(w["leased"]), str(w["failed"])])
-    out.append(_table(["JOB", "SERIES", "STATE", "PROGRESS", "DONE", "PENDING", "LEASED", "FAILED"], rows)
-               if rows else "no jobs")
+        rows.append(
+            [
+                job["job_id"],
+                job["series"],
+                job["state"],
+                _bar(job["completion_ratio"]),
+                f"{w['done']}/{total}",
+                str(w["pending"]),
+                str(w["leased"]),
+                str(w["failed"]),
+            ]
+        )
+    out.append(
+        _table(["JOB", "SERIES", "STATE", "PROGRESS", "DONE", "PENDING", "LEASED", "FAILED"], rows)
+        if rows
+        else "no jobs"
+    )
     if report.problems:
         out += ["", "problems:"] + [f"  {p}" for p in report.problems]
     return "\n".join(out)

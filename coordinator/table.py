@@ -61,9 +61,14 @@ _MAX_WINDOWS_PER_CLAIM = 1000
 
 def _lease_value(window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
     return {
-        "lease_id": lease_id_of(lease.token), "window_id": window_id(window.series, window.start),
-        "token": lease.token, "series": window.series, "start": window.start, "end": window.end,
-        "attempt": window.attempts, "expires_at_ms": lease.expires_at_ms,
+        "lease_id": lease_id_of(lease.token),
+        "window_id": window_id(window.series, window.start),
+        "token": lease.token,
+        "series": window.series,
+        "start": window.start,
+        "end": window.end,
+        "attempt": window.attempts,
+        "expires_at_ms": lease.expires_at_ms,
     }
 
 
@@ -78,8 +83,12 @@ def _reopens(window: WindowRec, job_end: int, now: int, step: int) -> bool:
 
 
 def _window_value(window: WindowRec) -> dict[str, Any]:
-    return {"window_id": window_id(window.series, window.start), "state": window.state,
-            "attempts": window.attempts, "not_before_ms": window.not_before_ms}
+    return {
+        "window_id": window_id(window.series, window.start),
+        "state": window.state,
+        "attempts": window.attempts,
+        "not_before_ms": window.not_before_ms,
+    }
 
 
 class Table(KeyedCommands):
@@ -87,20 +96,42 @@ class Table(KeyedCommands):
 
     # -- jobs ---------------------------------------------------------------------------------------------------
 
-    def submit_job(self, *, series: Any, start: Any, end: Any, priority: Any = 0, window_bars: Any,
-                   max_windows: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+    def submit_job(
+        self,
+        *,
+        series: Any,
+        start: Any,
+        end: Any,
+        priority: Any = 0,
+        window_bars: Any,
+        max_windows: Any,
+        now_ms: Any,
+        client_id: Any = "",
+        request_id: Any = "",
+    ) -> Result:
         """Create a job (and the windows not yet known); an identical live job is returned with created=False."""
-        return self._once("submit_job", client_id, request_id, now_ms,
-                          lambda now: self._submit(series, start, end, priority, window_bars, max_windows, now))
+        return self._once(
+            "submit_job",
+            client_id,
+            request_id,
+            now_ms,
+            lambda now: self._submit(series, start, end, priority, window_bars, max_windows, now),
+        )
 
-    def _submit(self, series: Any, start: Any, end: Any, priority: Any, window_bars: Any, max_windows: Any,
-                now: int) -> Result:
+    def _submit(
+        self, series: Any, start: Any, end: Any, priority: Any, window_bars: Any, max_windows: Any, now: int
+    ) -> Result:
         try:
             key = SeriesKey.parse(series)
         except ValueError as exc:
             return invalid("series", str(exc))
-        for name, value in (("start", start), ("end", end), ("priority", priority), ("window_bars", window_bars),
-                            ("max_windows", max_windows)):
+        for name, value in (
+            ("start", start),
+            ("end", end),
+            ("priority", priority),
+            ("window_bars", window_bars),
+            ("max_windows", max_windows),
+        ):
             if not is_int(value):
                 return invalid(name, f"{value!r} is not an integer")
         if start >= end:
@@ -200,11 +231,20 @@ class Table(KeyedCommands):
 
     # -- window leases ------------------------------------------------------------------------------------------
 
-    def claim(self, *, worker_id: Any, max_windows: Any = 1, ttl_ms: Any, now_ms: Any, client_id: Any = "",
-              request_id: Any = "") -> Result:
+    def claim(
+        self,
+        *,
+        worker_id: Any,
+        max_windows: Any = 1,
+        ttl_ms: Any,
+        now_ms: Any,
+        client_id: Any = "",
+        request_id: Any = "",
+    ) -> Result:
         """Grant up to ``max_windows`` pending windows in rule-1 order, each with a new token."""
-        return self._once("claim", client_id, request_id, now_ms,
-                          lambda now: self._claim(worker_id, max_windows, ttl_ms, now))
+        return self._once(
+            "claim", client_id, request_id, now_ms, lambda now: self._claim(worker_id, max_windows, ttl_ms, now)
+        )
 
     def _claim(self, worker_id: Any, max_windows: Any, ttl_ms: Any, now: int) -> Result:
         if not is_text(worker_id, 200):
@@ -243,11 +283,11 @@ class Table(KeyedCommands):
             return None, lease_lost(lease_id, token)
         return rec, None
 
-    def renew(self, *, lease_id: Any, token: Any, ttl_ms: Any, now_ms: Any, client_id: Any = "",
-              request_id: Any = "") -> Result:
+    def renew(
+        self, *, lease_id: Any, token: Any, ttl_ms: Any, now_ms: Any, client_id: Any = "", request_id: Any = ""
+    ) -> Result:
         """Extend a live lease to ``now + ttl_ms``."""
-        return self._once("renew", client_id, request_id, now_ms,
-                          lambda now: self._renew(lease_id, token, ttl_ms, now))
+        return self._once("renew", client_id, request_id, now_ms, lambda now: self._renew(lease_id, token, ttl_ms, now))
 
     def _renew(self, lease_id: Any, token: Any, ttl_ms: Any, now: int) -> Result:
         rec, error = self._current(lease_id, token)
@@ -259,11 +299,13 @@ class Table(KeyedCommands):
         heapq.heappush(self._expiry, (rec.expires_at_ms, rec.token))
         return Result.success({"lease_id": lease_id, "expires_at_ms": rec.expires_at_ms})
 
-    def complete(self, *, lease_id: Any, token: Any, rows: Any = 0, now_ms: Any, client_id: Any = "",
-                 request_id: Any = "") -> Result:
+    def complete(
+        self, *, lease_id: Any, token: Any, rows: Any = 0, now_ms: Any, client_id: Any = "", request_id: Any = ""
+    ) -> Result:
         """Mark the lease's window done; repeating it with the same token succeeds again."""
-        return self._once("complete", client_id, request_id, now_ms,
-                          lambda now: self._complete(lease_id, token, rows, now))
+        return self._once(
+            "complete", client_id, request_id, now_ms, lambda now: self._complete(lease_id, token, rows, now)
+        )
 
     def _complete(self, lease_id: Any, token: Any, rows: Any, now: int) -> Result:
         if not is_int(rows) or rows < 0:
@@ -273,8 +315,13 @@ class Table(KeyedCommands):
             same = is_int(token) and token_of_lease_id(lease_id) == token
             done = self._done_tokens.get(token) if same else None
             window = self._windows.get(done) if done is not None else None
-            if error is not None and error.code == "lease_lost" and window is not None \
-                    and window.state == DONE and window.done_token == token:
+            if (
+                error is not None
+                and error.code == "lease_lost"
+                and window is not None
+                and window.state == DONE
+                and window.done_token == token
+            ):
                 return Result.success({**_window_value(window), "rows": window.rows})
             return error or lease_lost(lease_id, token)
         window = self._windows[rec.target]
@@ -290,15 +337,31 @@ class Table(KeyedCommands):
             self._done_tokens.popitem(last=False)
         return Result.success({**_window_value(window), "rows": rows})
 
-    def fail(self, *, lease_id: Any, token: Any, reason: Any, retryable: Any, max_attempts: Any,
-             retry_backoff_ms: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
+    def fail(
+        self,
+        *,
+        lease_id: Any,
+        token: Any,
+        reason: Any,
+        retryable: Any,
+        max_attempts: Any,
+        retry_backoff_ms: Any,
+        now_ms: Any,
+        client_id: Any = "",
+        request_id: Any = "",
+    ) -> Result:
         """End a lease with an error: back to pending after a backoff if retryable and attempts remain, else failed."""
-        return self._once("fail", client_id, request_id, now_ms,
-                          lambda now: self._fail(lease_id, token, reason, retryable, max_attempts, retry_backoff_ms,
-                                                 now))
+        return self._once(
+            "fail",
+            client_id,
+            request_id,
+            now_ms,
+            lambda now: self._fail(lease_id, token, reason, retryable, max_attempts, retry_backoff_ms, now),
+        )
 
-    def _fail(self, lease_id: Any, token: Any, reason: Any, retryable: Any, max_attempts: Any, backoff_ms: Any,
-              now: int) -> Result:
+    def _fail(
+        self, lease_id: Any, token: Any, reason: Any, retryable: Any, max_attempts: Any, backoff_ms: Any, now: int
+    ) -> Result:
         if not isinstance(reason, str):
             return invalid("reason", "must be a string")
         if not isinstance(retryable, bool):
@@ -376,17 +439,19 @@ class Table(KeyedCommands):
         self._enqueue(window, now)
         return Result.success({"lease_id": lease_id, **_window_value(window)})
 
-    def requeue(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "",
-                request_id: Any = "") -> Result:
+    def requeue(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Operator: put any window back to pending with its attempts cleared, revoking a live lease."""
-        return self._once("requeue", client_id, request_id, now_ms,
-                          lambda now: self._operate(window_id, reason, PENDING, now))
+        return self._once(
+            "requeue", client_id, request_id, now_ms, lambda now: self._operate(window_id, reason, PENDING, now)
+        )
 
-    def mark_done(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "",
-                  request_id: Any = "") -> Result:
+    def mark_done(
+        self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "", request_id: Any = ""
+    ) -> Result:
         """Operator: mark any window done, revoking a live lease (its holder's complete then gets lease_lost)."""
-        return self._once("mark_done", client_id, request_id, now_ms,
-                          lambda now: self._operate(window_id, reason, DONE, now))
+        return self._once(
+            "mark_done", client_id, request_id, now_ms, lambda now: self._operate(window_id, reason, DONE, now)
+        )
 
     def _operate(self, wid: Any, reason: Any, state: str, now: int) -> Result:
         if not isinstance(reason, str):

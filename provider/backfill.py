@@ -43,8 +43,9 @@ __all__ = ["BaseBackfiller", "CoordinatorBackfiller", "DelegatingBackfiller", "I
 _log = get_logger("provider.backfill")
 
 
-def plan_windows(ranges: list[tuple[int, int]], interval_ms: int, window_bars: int,
-                 horizon_ms: int) -> list[tuple[int, int]]:
+def plan_windows(
+    ranges: list[tuple[int, int]], interval_ms: int, window_bars: int, horizon_ms: int
+) -> list[tuple[int, int]]:
     """The aligned windows covering ``ranges``, clipped at ``horizon_ms`` (rule 1), in order, unique."""
     windows: dict[tuple[int, int], None] = {}
     for lo, hi in merge_ranges(ranges):
@@ -60,8 +61,14 @@ class BaseBackfiller:
 
     mode = "base"
 
-    def __init__(self, storage: Any, *, config: BackfillConfig | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, metrics: ProviderMetrics | None = None) -> None:
+    def __init__(
+        self,
+        storage: Any,
+        *,
+        config: BackfillConfig | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        metrics: ProviderMetrics | None = None,
+    ) -> None:
         # A DataSource (anything with a priority) is read as is; a storage object is wrapped.
         self.storage = storage if hasattr(storage, "priority") else StorageDataSource(storage)
         self.config = config if config is not None else BackfillConfig()
@@ -93,8 +100,15 @@ class BaseBackfiller:
         existing, created = self.flights.join(str(key), windows)
         if created:
             self.metrics.backfill_windows.labels(mode=self.mode).inc(len(created))
-            _log.info("backfill.start", node_id=str(key), mode=self.mode, windows=len(created),
-                      shared=len(existing), first_ms=created[0].start_ms, last_ms=created[-1].end_ms)
+            _log.info(
+                "backfill.start",
+                node_id=str(key),
+                mode=self.mode,
+                windows=len(created),
+                shared=len(existing),
+                first_ms=created[0].start_ms,
+                last_ms=created[-1].end_ms,
+            )
             self._launch(key, created)
         return BackfillTicket(str(key), existing + created, started=len(created))
 
@@ -130,15 +144,29 @@ class BaseBackfiller:
         step = SeriesKey.parse(node_id).interval_ms
         return not self._closed and start < self.horizon_ms(step)
 
-    async def backfill(self, start: int, end: int, *, node_id: str, target_storage: Any = None,
-                       progress_callback: ProgressCallback | None = None) -> pd.DataFrame:
+    async def backfill(
+        self,
+        start: int,
+        end: int,
+        *,
+        node_id: str,
+        target_storage: Any = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> pd.DataFrame:
         """Materialize ``[start, end)``, wait, and return the stored bars of it."""
         self._check_target(target_storage)
         await self.start(node_id, [(start, end)]).wait(progress_callback)
         return trim(await self.storage.fetch(start, end, node_id=node_id), start, end)
 
-    async def backfill_async(self, start: int, end: int, *, node_id: str, target_storage: Any = None,
-                             progress_callback: ProgressCallback | None = None) -> AsyncIterator[pd.DataFrame]:
+    async def backfill_async(
+        self,
+        start: int,
+        end: int,
+        *,
+        node_id: str,
+        target_storage: Any = None,
+        progress_callback: ProgressCallback | None = None,
+    ) -> AsyncIterator[pd.DataFrame]:
         """Materialize ``[start, end)`` and yield the stored bars of each window as it lands, in landing order."""
         self._check_target(target_storage)
         ticket = self.start(node_id, [(start, end)])
@@ -164,9 +192,17 @@ class InProcessBackfiller(BaseBackfiller):
 
     mode = "in_process"
 
-    def __init__(self, source: Any, storage: Any, *, config: BackfillConfig | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, metrics: ProviderMetrics | None = None,
-                 sleep: Callable[[float], Awaitable[Any]] | None = None, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        source: Any,
+        storage: Any,
+        *,
+        config: BackfillConfig | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        metrics: ProviderMetrics | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         super().__init__(storage, config=config, clock=clock, metrics=metrics)
         self.source = source
         self._sleep = sleep
@@ -193,8 +229,9 @@ class InProcessBackfiller(BaseBackfiller):
         from provider.sources import retry_policy
 
         try:
-            policy = retry_policy(self.config, rng=self._rng, sleep=self._sleep,
-                                  source=getattr(self.source, "name", "source"))
+            policy = retry_policy(
+                self.config, rng=self._rng, sleep=self._sleep, source=getattr(self.source, "name", "source")
+            )
             frame: pd.DataFrame = await policy(self._fetch_once, series, flight.start_ms, flight.end_ms)
             frame = trim(frame, flight.start_ms, flight.end_ms)
             await self.storage.write_window(series, flight.start_ms, flight.end_ms, frame)
@@ -203,8 +240,13 @@ class InProcessBackfiller(BaseBackfiller):
             raise
         except Exception as exc:  # every failure of one window fails that window only
             reason = f"{type(exc).__name__}: {exc}"
-            _log.warning("backfill.window_failed", node_id=str(series), start_ms=flight.start_ms,
-                         end_ms=flight.end_ms, reason=reason)
+            _log.warning(
+                "backfill.window_failed",
+                node_id=str(series),
+                start_ms=flight.start_ms,
+                end_ms=flight.end_ms,
+                reason=reason,
+            )
             self.flights.fail(flight, reason)
         else:
             self.flights.succeed(flight)
@@ -219,8 +261,15 @@ class DelegatingBackfiller(BaseBackfiller):
 
     mode = "delegated"
 
-    def __init__(self, inner: Any, storage: Any, *, config: BackfillConfig | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, metrics: ProviderMetrics | None = None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        storage: Any,
+        *,
+        config: BackfillConfig | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        metrics: ProviderMetrics | None = None,
+    ) -> None:
         super().__init__(storage, config=config, clock=clock, metrics=metrics)
         self.inner = inner
         self._gate = asyncio.Semaphore(self.config.max_concurrent_requests)
@@ -262,10 +311,18 @@ class CoordinatorBackfiller(BaseBackfiller):
 
     mode = "coordinator"
 
-    def __init__(self, coordinator: Any, storage: Any, *, config: BackfillConfig | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, metrics: ProviderMetrics | None = None,
-                 poll_interval_s: float = 0.1, priority: int = 0,
-                 sleep: Callable[[float], Awaitable[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        coordinator: Any,
+        storage: Any,
+        *,
+        config: BackfillConfig | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
+        metrics: ProviderMetrics | None = None,
+        poll_interval_s: float = 0.1,
+        priority: int = 0,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> None:
         super().__init__(storage, config=config, clock=clock, metrics=metrics)
         if isinstance(coordinator, str | Sequence):
             from provider.client import CoordinatorClient
@@ -290,8 +347,14 @@ class CoordinatorBackfiller(BaseBackfiller):
         try:
             job = await self.client.submit_job(str(series), start_ms, end_ms, priority=self.priority)
             self.jobs_submitted += 1
-            _log.info("backfill.job_submitted", node_id=str(series), job_id=job.job_id, start_ms=start_ms,
-                      end_ms=end_ms, windows=len(run))
+            _log.info(
+                "backfill.job_submitted",
+                node_id=str(series),
+                job_id=job.job_id,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                windows=len(run),
+            )
             while True:
                 for flight in run:
                     flight.job_id = job.job_id

@@ -81,14 +81,15 @@ def slice_frame(frame: pd.DataFrame, stamps_ms: np.ndarray, start_ms: int, end_m
     i0, i1 = np.searchsorted(stamps_ms, [start_ms, end_ms])
     if i0 == 0 and i1 == len(stamps_ms):
         return frame.copy()
-    return frame.iloc[int(i0):int(i1)].reset_index(drop=True)
+    return frame.iloc[int(i0) : int(i1)].reset_index(drop=True)
 
 
 class MemoryCache:
     """L1: entries by series, expiring on the injected clock, bounded in bytes (LRU)."""
 
-    def __init__(self, *, ttl_s: float, max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
-                 clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self, *, ttl_s: float, max_bytes: int = DEFAULT_CACHE_MAX_BYTES, clock: Callable[[], int] = wall_clock_ms
+    ) -> None:
         if ttl_s < 0 or max_bytes < 0:
             raise ValueError(f"ttl_s {ttl_s!r} and max_bytes {max_bytes!r} must be >= 0")
         self.ttl_ms = int(ttl_s * 1000)
@@ -111,8 +112,7 @@ class MemoryCache:
         self._expire(self._clock())
         for key in [k for k in self._keys(series) if start_ms <= k[1] and k[2] <= end_ms]:
             self._remove(key)
-        entry = CacheEntry(series, start_ms, end_ms, frame.copy(), stamps, nbytes,
-                           self._clock() + self.ttl_ms, report)
+        entry = CacheEntry(series, start_ms, end_ms, frame.copy(), stamps, nbytes, self._clock() + self.ttl_ms, report)
         self._lru[entry.key] = entry
         bisect.insort(self._by_series.setdefault(series, []), (start_ms, end_ms))
         self.nbytes += nbytes
@@ -324,9 +324,14 @@ class SqliteCache:
 
     def _coverage(self, series: str, now_ms: int) -> list[tuple[int, int]]:
         with self._lock:
-            rows = self._conn().execute(
-                "SELECT start_ms, end_ms FROM cache_entries WHERE series = ? AND expires_at_ms > ?", (series, now_ms)
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT start_ms, end_ms FROM cache_entries WHERE series = ? AND expires_at_ms > ?",
+                    (series, now_ms),
+                )
+                .fetchall()
+            )
         return merge_ranges([(int(a), int(b)) for a, b in rows])
 
     def _entries(self, series: str, ranges: list[tuple[int, int]], now_ms: int) -> list[tuple[int, int, pd.DataFrame]]:
@@ -334,11 +339,15 @@ class SqliteCache:
             return []
         lo, hi = ranges[0][0], ranges[-1][1]
         with self._lock:
-            rows = self._conn().execute(
-                "SELECT start_ms, end_ms, rows, payload FROM cache_entries "
-                "WHERE series = ? AND expires_at_ms > ? AND start_ms < ? AND end_ms > ? ORDER BY start_ms",
-                (series, now_ms, hi, lo),
-            ).fetchall()
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT start_ms, end_ms, rows, payload FROM cache_entries "
+                    "WHERE series = ? AND expires_at_ms > ? AND start_ms < ? AND end_ms > ? ORDER BY start_ms",
+                    (series, now_ms, hi, lo),
+                )
+                .fetchall()
+            )
         found = []
         for start, end, count, payload in rows:
             if intersect_ranges(ranges, [(int(start), int(end))]):

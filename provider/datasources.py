@@ -140,7 +140,7 @@ class StorageDataSource:
         pieces: list[Piece] = []
         for lo, hi in ranges:
             i0, i1 = np.searchsorted(stamps, [lo, hi])
-            pieces.append(((lo, hi), frame.iloc[int(i0):int(i1)].reset_index(drop=True)))
+            pieces.append(((lo, hi), frame.iloc[int(i0) : int(i1)].reset_index(drop=True)))
         return pieces
 
     async def covered_within(self, start: int, end: int, *, node_id: str) -> list[tuple[int, int]]:

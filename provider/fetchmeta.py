@@ -107,8 +107,9 @@ class FetchContext:
         lo, hi = snap_range(start, end, step)
         closed_end = (now_ms // step) * step
         eff_hi = min(hi, max(lo, closed_end))
-        meta = FetchMetadata(new_request_id(), str(key), strategy, (lo, hi), (lo, eff_hi),
-                             (eff_hi, hi) if eff_hi < hi else None)
+        meta = FetchMetadata(
+            new_request_id(), str(key), strategy, (lo, hi), (lo, eff_hi), (eff_hi, hi) if eff_hi < hi else None
+        )
         return cls(str(key), step, lo, eff_hi, meta, horizon_ms=closed_end)
 
     @property

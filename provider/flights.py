@@ -65,8 +65,11 @@ class WindowFlights:
     def purge(self) -> None:
         """Forget finished flights older than the TTL."""
         now = self._clock()
-        expired = [k for k, f in self._flights.items()
-                   if f.finished_at_ms is not None and f.finished_at_ms + self.ttl_ms <= now]
+        expired = [
+            k
+            for k, f in self._flights.items()
+            if f.finished_at_ms is not None and f.finished_at_ms + self.ttl_ms <= now
+        ]
         for key in expired:
             del self._flights[key]
 
@@ -102,9 +105,7 @@ class WindowFlights:
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
         if not flight.future.done():
-            flight.future.set_exception(
-                BackfillFailedError(flight.series, [(flight.start_ms, flight.end_ms)], reason)
-            )
+            flight.future.set_exception(BackfillFailedError(flight.series, [(flight.start_ms, flight.end_ms)], reason))
 
     def cancel_all(self, reason: str = "the provider was closed") -> None:
         """Fail every unfinished flight (used on close)."""

@@ -101,8 +101,9 @@ class EnhancedQuestDBProvider(SeamlessDataProvider):
         backfiller = kwargs.pop("backfiller", None) or adapt_fetcher(fetcher)
         live_feed = kwargs.pop("live_feed", None) or adapt_fetcher(live_fetcher)
         self.dsn = dsn
-        super().__init__(storage_source=storage, backfiller=backfiller, live_feed=live_feed,
-                         coordinator=coordinator, **kwargs)
+        super().__init__(
+            storage_source=storage, backfiller=backfiller, live_feed=live_feed, coordinator=coordinator, **kwargs
+        )
 
 
 class QuestDBLoader:

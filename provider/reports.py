@@ -30,7 +30,7 @@ def uri_node_id(uri: str) -> str:
     """The node id a report URI names, or ValueError naming the URI."""
     if not uri.startswith(_PREFIX) or len(uri) == len(_PREFIX):
         raise ValueError(f"report URI {uri!r} must look like {_PREFIX}<node_id>")
-    return uri[len(_PREFIX):]
+    return uri[len(_PREFIX) :]
 
 
 @runtime_checkable

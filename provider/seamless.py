@@ -86,8 +86,9 @@ class SeamlessDataProvider:
         self.backfill_config = backfill_config if backfill_config is not None else BackfillConfig()
         self.storage = build_storage(storage_source)
         self.cache = build_cache(cache_source, ttl_s=cache_ttl, clock=self.clock, metrics=self.metrics)
-        self.backfiller = build_backfiller(backfiller, coordinator, self.storage, config=self.backfill_config,
-                                           clock=self.clock, metrics=self.metrics)
+        self.backfiller = build_backfiller(
+            backfiller, coordinator, self.storage, config=self.backfill_config, clock=self.clock, metrics=self.metrics
+        )
         self.live_feed = build_live(live_feed, clock=self.clock, metrics=self.metrics)
         self.conformance = build_conformance(conformance)
         self.sla = build_sla(sla)
@@ -130,12 +131,19 @@ class SeamlessDataProvider:
             except BaseException as exc:
                 ctx.meta.outcome = outcome_of(exc)
                 self._finish(ctx, sla, loop.time() - started, None)
-                _log.warning("fetch.error", outcome=ctx.meta.outcome, error=str(exc)[:500],
-                             missing=len(ctx.meta.missing_ranges))
+                _log.warning(
+                    "fetch.error", outcome=ctx.meta.outcome, error=str(exc)[:500], missing=len(ctx.meta.missing_ranges)
+                )
                 raise
             self._finish(ctx, sla, loop.time() - started, frame)
-            _log.info("fetch.done", outcome=ctx.meta.outcome, rows=len(frame), cache_hit=ctx.meta.cache_hit,
-                      coverage_ratio=round(ctx.meta.coverage_ratio, 6), elapsed_ms=round(ctx.meta.elapsed_ms, 3))
+            _log.info(
+                "fetch.done",
+                outcome=ctx.meta.outcome,
+                rows=len(frame),
+                cache_hit=ctx.meta.cache_hit,
+                coverage_ratio=round(ctx.meta.coverage_ratio, 6),
+                elapsed_ms=round(ctx.meta.elapsed_ms, 3),
+            )
         return frame
 
     async def coverage(self, *, node_id: str) -> list[tuple[int, int]]:
@@ -254,8 +262,9 @@ class SeamlessDataProvider:
             remaining = subtract_ranges([ctx.effective], ctx.served_ranges())
         return remaining
 
-    async def _read_source(self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]],
-                           origin: str | None = None) -> list[tuple[int, int]]:
+    async def _read_source(
+        self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]], origin: str | None = None
+    ) -> list[tuple[int, int]]:
         name = getattr(source, "name", type(source).__name__)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -269,8 +278,7 @@ class SeamlessDataProvider:
         ctx.add(origin or name, pieces)
         return subtract_ranges(remaining, [r for r, _ in pieces])
 
-    async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
-                         ) -> list[tuple[int, int]]:
+    async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """SEAMLESS: take missing bars inside the live zone from the live feed; the rest stays missing."""
         if self.live_feed is None:
             return missing
@@ -288,14 +296,19 @@ class SeamlessDataProvider:
                     missing = subtract_ranges(missing, [served])
         return missing
 
-    async def _backfill_and_read(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
-                                 ) -> list[tuple[int, int]]:
+    async def _backfill_and_read(
+        self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
         """AUTO_BACKFILL: materialize ``missing``, wait, read it back from storage; raise if anything is left."""
         if not missing:
             return []
         if self.backfiller is None or self.storage is None:
-            raise BackfillFailedError(ctx.node_id, missing, "no backfiller is configured (pass backfiller= or "
-                                      "coordinator=, or use EnhancedQuestDBProvider(fetcher=...))")
+            raise BackfillFailedError(
+                ctx.node_id,
+                missing,
+                "no backfiller is configured (pass backfiller= or "
+                "coordinator=, or use EnhancedQuestDBProvider(fetcher=...))",
+            )
         ticket = self._start_backfill(ctx, missing)
         ctx.meta.backfill["waited"] = True
         try:
@@ -329,8 +342,13 @@ class SeamlessDataProvider:
         if self.conformance is None:
             return frame
         context = ConformanceContext(
-            ctx.node_id, ctx.interval_ms, ctx.start_ms, ctx.end_ms,
-            covered=tuple(ctx.served_ranges()), now_ms=self.clock(), request_id=ctx.meta.request_id,
+            ctx.node_id,
+            ctx.interval_ms,
+            ctx.start_ms,
+            ctx.end_ms,
+            covered=tuple(ctx.served_ranges()),
+            now_ms=self.clock(),
+            request_id=ctx.meta.request_id,
         )
         frame, report = self.conformance.run(frame, context)
         self.last_conformance_report = ctx.report = report
@@ -357,8 +375,7 @@ class SeamlessDataProvider:
         ctx.meta.downgraded = True
         ctx.meta.downgrade_reason = f"sla_{exc.phase}"
         ctx.meta.sla_violation = SLARun.violation(exc)
-        _log.warning("fetch.downgraded", phase=exc.phase, elapsed_ms=round(exc.elapsed_ms, 3),
-                     budget_ms=exc.budget_ms)
+        _log.warning("fetch.downgraded", phase=exc.phase, elapsed_ms=round(exc.elapsed_ms, 3), budget_ms=exc.budget_ms)
 
     def _publish(self, report: ConformanceReport) -> None:
         async def publish() -> None:

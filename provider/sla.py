@@ -128,8 +128,9 @@ class SLARun:
             if binding == "total":
                 elapsed = self.elapsed_ms()
             limit_budget = budget if binding == name else self.policy.total_deadline_ms
-            raise SeamlessSLAExceeded(binding, elapsed, float(limit_budget or 0),
-                                      f"node {self.node_id}; the {name} work was cancelled") from None
+            raise SeamlessSLAExceeded(
+                binding, elapsed, float(limit_budget or 0), f"node {self.node_id}; the {name} work was cancelled"
+            ) from None
         finally:
             spent_s = self._loop.time() - started
             self.spent_ms[name] = self.spent_ms.get(name, 0.0) + spent_s * 1000.0
@@ -148,8 +149,12 @@ class SLARun:
         have_end = newest_bar_ms + interval_ms if newest_bar_ms is not None else None
         lag_ms = float("inf") if have_end is None else float(max(0, expected_end_ms - have_end))
         if lag_ms > max_lag * 1000.0:
-            raise SeamlessSLAExceeded("freshness", lag_ms, max_lag * 1000.0,
-                                      f"node {self.node_id}: newest bar lags by {lag_ms / 1000.0:.1f} s")
+            raise SeamlessSLAExceeded(
+                "freshness",
+                lag_ms,
+                max_lag * 1000.0,
+                f"node {self.node_id}: newest bar lags by {lag_ms / 1000.0:.1f} s",
+            )
 
     def check_coverage(self, ratio: float) -> None:
         """Raise ``SeamlessSLAExceeded("coverage")`` when the covered fraction is below ``min_coverage``.
@@ -158,11 +163,19 @@ class SLARun:
         """
         minimum = self.policy.min_coverage
         if minimum is not None and ratio < minimum:
-            raise SeamlessSLAExceeded("coverage", ratio * 1000.0, minimum * 1000.0,
-                                      f"node {self.node_id}: {ratio:.1%} covered, {minimum:.1%} required")
+            raise SeamlessSLAExceeded(
+                "coverage",
+                ratio * 1000.0,
+                minimum * 1000.0,
+                f"node {self.node_id}: {ratio:.1%} covered, {minimum:.1%} required",
+            )
 
     @staticmethod
     def violation(error: SeamlessSLAExceeded) -> dict[str, Any]:
         """The metadata form of a violation."""
-        return {"phase": error.phase, "elapsed_ms": error.elapsed_ms, "budget_ms": error.budget_ms,
-                "message": str(error)}
+        return {
+            "phase": error.phase,
+            "elapsed_ms": error.elapsed_ms,
+            "budget_ms": error.budget_ms,
+            "message": str(error),
+        }

@@ -54,8 +54,15 @@ def build_cache(cache_source: Any, *, ttl_s: float, clock: Callable[[], int], me
     return cache_source
 
 
-def build_backfiller(backfiller: Any, coordinator: Any, storage: Any, *, config: BackfillConfig,
-                     clock: Callable[[], int], metrics: ProviderMetrics) -> BaseBackfiller | None:
+def build_backfiller(
+    backfiller: Any,
+    coordinator: Any,
+    storage: Any,
+    *,
+    config: BackfillConfig,
+    clock: Callable[[], int],
+    metrics: ProviderMetrics,
+) -> BaseBackfiller | None:
     """The backfill engine (rule 3), or None when nothing can backfill."""
     if isinstance(backfiller, BaseBackfiller):
         return backfiller

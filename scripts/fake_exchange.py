@@ -293,8 +293,9 @@ class FakeExchange:
     async def _early_fault(self, fault: Fault) -> web.Response | None:
         now = self._clock()
         if fault.kind == "fail":
-            return _json({"code": -1000, "msg": "An unknown error occurred while processing the request."},
-                         fault.status)
+            return _json(
+                {"code": -1000, "msg": "An unknown error occurred while processing the request."}, fault.status
+            )
         if fault.kind == "rate_limit":
             self._cooldown_until = now + fault.retry_after_s
             return self._limited(429, fault.retry_after_s, "Too many requests (injected).")
@@ -341,14 +342,32 @@ class FakeExchange:
 
     async def _exchange_info(self, _: web.Request) -> web.Response:
         symbols = [
-            {"symbol": sid, "status": "TRADING", "baseAsset": base, "quoteAsset": quote, "baseAssetPrecision": 8,
-             "quoteAssetPrecision": 8, "quotePrecision": 8, "orderTypes": ["LIMIT", "MARKET"],
-             "isSpotTradingAllowed": True, "isMarginTradingAllowed": False, "filters": [], "permissions": ["SPOT"]}
+            {
+                "symbol": sid,
+                "status": "TRADING",
+                "baseAsset": base,
+                "quoteAsset": quote,
+                "baseAssetPrecision": 8,
+                "quoteAssetPrecision": 8,
+                "quotePrecision": 8,
+                "orderTypes": ["LIMIT", "MARKET"],
+                "isSpotTradingAllowed": True,
+                "isMarginTradingAllowed": False,
+                "filters": [],
+                "permissions": ["SPOT"],
+            }
             for sid, (base, quote) in self.pairs.items()
         ]
         limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}]
-        return _json({"timezone": "UTC", "serverTime": self._now_ms(), "rateLimits": limits,
-                      "exchangeFilters": [], "symbols": symbols})
+        return _json(
+            {
+                "timezone": "UTC",
+                "serverTime": self._now_ms(),
+                "rateLimits": limits,
+                "exchangeFilters": [],
+                "symbols": symbols,
+            }
+        )
 
     # -- admin -----------------------------------------------------------------------------------------------
     def _stats_response(self) -> web.Response:
@@ -398,14 +417,33 @@ def _int_param(query: Any, name: str) -> int | None:
 
 def _kline(open_ms: int, v: np.ndarray, step: int) -> list[Any]:
     o, h, low, c, vol = (float(x) for x in v)
-    return [open_ms, f"{o:.8f}", f"{h:.8f}", f"{low:.8f}", f"{c:.8f}", f"{vol:.8f}", open_ms + step - 1,
-            f"{vol * c:.8f}", int(vol) % 997 + 1, f"{vol / 2:.8f}", f"{vol * c / 2:.8f}", "0"]
+    return [
+        open_ms,
+        f"{o:.8f}",
+        f"{h:.8f}",
+        f"{low:.8f}",
+        f"{c:.8f}",
+        f"{vol:.8f}",
+        open_ms + step - 1,
+        f"{vol * c:.8f}",
+        int(vol) % 997 + 1,
+        f"{vol / 2:.8f}",
+        f"{vol * c / 2:.8f}",
+        "0",
+    ]
 
 
 async def _serve(args: argparse.Namespace) -> None:
     exchange = FakeExchange(
-        seed=args.seed, gaps=args.gaps, rpm=args.rpm, rps=args.rps, ban_s=args.ban_s, tolerance=args.tolerance,
-        integer_retry_after=args.integer_retry_after, host=args.host, port=args.port,
+        seed=args.seed,
+        gaps=args.gaps,
+        rpm=args.rpm,
+        rps=args.rps,
+        ban_s=args.ban_s,
+        tolerance=args.tolerance,
+        integer_retry_after=args.integer_retry_after,
+        host=args.host,
+        port=args.port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -7,7 +7,8 @@ Rules:
 1. At most ``concurrency`` windows are in progress; claims ask only for free slots and long-poll when idle.
 2. A lost lease (409 ``lease_lost`` on renew, or the local deadline passing without a successful renew) cancels
    that window's work; it is never completed. The window is re-checked with a renew right before the write, so a
-   worker that was paused past its TTL (a zombie) does not write or complete.
+   worker that was paused past its TTL (a zombie) does not write or complete. Once the complete is sent, its
+   answer decides: a renew refused because that complete already landed does not make the window "lost".
 3. A fatal source error fails the window with ``retryable=False``; any other error fails it retryable, and the
    coordinator re-queues it until ``max_attempts``.
 4. ``stop()`` (SIGTERM) stops claiming; in-progress windows get ``shutdown_grace_ms`` to finish, then are
@@ -205,10 +206,17 @@ class Worker:
     async def _process(self, lease: Lease) -> None:
         fields = {"lease_id": lease.lease_id, "window_id": lease.window_id, "token": lease.token}
         with bind_request(None, worker_id=self.settings.worker_id, **fields):
+            completing = asyncio.Event()
             renewer = asyncio.create_task(self._renew_loop(lease))
-            work = asyncio.create_task(self._work(lease))
+            work = asyncio.create_task(self._work(lease, completing))
             try:
                 done, _ = await asyncio.wait({renewer, work}, return_when=asyncio.FIRST_COMPLETED)
+                if work not in done and completing.is_set():
+                    # The complete is sent: its answer (idempotent, deduplicated across retries) decides. A renew
+                    # refused because that very complete landed must not turn a completed window into a lost one.
+                    done, _ = await asyncio.wait({work})
+                    if not renewer.cancelled():
+                        renewer.exception()  # seen; the complete's answer wins
                 if work in done:
                     work.result()
                 else:
@@ -233,7 +241,7 @@ class Worker:
         step = SeriesKey.parse(lease.series).interval_ms
         return max(lease.start, min(lease.end, (self._wall_clock_ms() // step) * step))
 
-    async def _work(self, lease: Lease) -> None:
+    async def _work(self, lease: Lease, completing: asyncio.Event) -> None:
         started = time.perf_counter()
         end = self._closed_end_ms(lease)
         frame = await self._source.fetch(lease.series, lease.start, end) if end > lease.start else empty_frame()
@@ -242,6 +250,7 @@ class Worker:
         await self._coordinator.renew(lease.lease_id, lease.token)
         if end > lease.start:
             await self._storage.write_window(lease.series, lease.start, end, frame)
+        completing.set()
         await self._coordinator.complete(lease.lease_id, lease.token, len(frame))
         self.metrics.rows_written.inc(len(frame))
         self.metrics.windows_done.inc()

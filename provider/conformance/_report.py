@@ -130,11 +130,15 @@ class ConformanceReport:
     @property
     def gaps(self) -> list[tuple[int, int]]:
         """The gap ranges found, in order."""
-        return [(f.start_ms, f.end_ms) for f in self.flags if f.kind == "gap" and f.start_ms is not None
-                and f.end_ms is not None]
+        return [
+            (f.start_ms, f.end_ms)
+            for f in self.flags
+            if f.kind == "gap" and f.start_ms is not None and f.end_ms is not None
+        ]
 
-    def add(self, kind: str, count: int, *, start_ms: int | None = None, end_ms: int | None = None,
-            detail: str = "") -> None:
+    def add(
+        self, kind: str, count: int, *, start_ms: int | None = None, end_ms: int | None = None, detail: str = ""
+    ) -> None:
         """Record ``count`` occurrences of ``kind`` (nothing when count is 0)."""
         if count <= 0:
             return

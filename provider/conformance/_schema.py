@@ -91,8 +91,11 @@ def _to_utc_ts(values: pd.Series) -> pd.Series:
         numbers = pd.to_numeric(values, errors="coerce")
         finite = numbers[np.isfinite(numbers)]
         unit: Literal["s", "ms"] = "s" if len(finite) and float(finite.abs().max()) < _SECONDS_LIMIT else "ms"
-        return pd.to_datetime(numbers.to_numpy(), unit=unit, utc=True, errors="coerce").to_series(
-            index=values.index).astype(TS_DTYPE)
+        return (
+            pd.to_datetime(numbers.to_numpy(), unit=unit, utc=True, errors="coerce")
+            .to_series(index=values.index)
+            .astype(TS_DTYPE)
+        )
     converted = pd.to_datetime(values, utc=True, errors="coerce")
     return converted.astype(TS_DTYPE)
 
@@ -110,8 +113,9 @@ class SchemaRollupStage:
 
     name = "schema"
 
-    def __init__(self, registry: SchemaRegistry | None = None, *, schema: str = "ohlcv",
-                 version: int | None = None) -> None:
+    def __init__(
+        self, registry: SchemaRegistry | None = None, *, schema: str = "ohlcv", version: int | None = None
+    ) -> None:
         self.registry = registry if registry is not None else SchemaRegistry()
         self.schema = self.registry.get(schema, version)
 

@@ -27,8 +27,9 @@ _NS_PER_MS = 1_000_000
 _NAT = np.iinfo(np.int64).min
 
 
-def find_gaps(stamps_ms: np.ndarray, covered: tuple[tuple[int, int], ...] | list[tuple[int, int]],
-              interval_ms: int) -> list[tuple[int, int]]:
+def find_gaps(
+    stamps_ms: np.ndarray, covered: tuple[tuple[int, int], ...] | list[tuple[int, int]], interval_ms: int
+) -> list[tuple[int, int]]:
     """The runs of grid slots inside ``covered`` that have no bar in the sorted, unique ``stamps_ms``."""
     gaps: list[tuple[int, int]] = []
     for lo_raw, hi_raw in covered:
@@ -97,8 +98,7 @@ class TemporalRollupStage:
         return frame
 
     @staticmethod
-    def _drop(report: ConformanceReport, kind: str, keep: np.ndarray, stamps_ns: np.ndarray,
-              bad: np.ndarray) -> None:
+    def _drop(report: ConformanceReport, kind: str, keep: np.ndarray, stamps_ns: np.ndarray, bad: np.ndarray) -> None:
         hit = keep & bad
         count = int(hit.sum())
         if count:

@@ -56,7 +56,9 @@ class BackfillConfig:
     """How missing data is fetched: single-flight, leases, windows, retries."""
 
     #: ``background`` returns and backfills behind the caller; ``sync`` waits (AUTO_BACKFILL always waits).
-    mode: str = _spec("background", choices=BACKFILL_MODES, doc="whether backfills outlive the fetch (background) or block it (sync)")
+    mode: str = _spec(
+        "background", choices=BACKFILL_MODES, doc="whether backfills outlive the fetch (background) or block it (sync)"
+    )
     #: How long a finished in-process backfill stays deduplicated.
     single_flight_ttl_ms: int = _spec(60_000, lo=0, doc="ms a finished in-process backfill stays deduplicated")
     #: Lease time to live; workers renew every TTL/3.

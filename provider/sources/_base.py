@@ -113,9 +113,7 @@ class Page:
         return len(self.ts_ms)
 
 
-def parse_page(
-    rows: Any, *, start_ms: int, end_ms: int, interval_ms: int, limit: int, source: str
-) -> Page:
+def parse_page(rows: Any, *, start_ms: int, end_ms: int, interval_ms: int, limit: int, source: str) -> Page:
     """Check one exchange page (rows of ``[open_time, open, high, low, close, volume, ...]``) and convert it.
 
     Rows must have open times strictly increasing, on the grid and inside ``[start_ms, end_ms)``, and there may

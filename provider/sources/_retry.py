@@ -141,8 +141,12 @@ class RetryingSource:
     async def fetch(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
         """Fetch through the inner source, retrying retryable errors per the module rules."""
         policy = retry_policy(
-            self.config, rng=self._rng, sleep=self._sleep, on_retry=self._report,
-            max_wait_s=self.max_wait_s, source=self.inner.name,
+            self.config,
+            rng=self._rng,
+            sleep=self._sleep,
+            on_retry=self._report,
+            max_wait_s=self.max_wait_s,
+            source=self.inner.name,
         )
         frame: pd.DataFrame = await policy(self.inner.fetch, series, start, end)
         return frame

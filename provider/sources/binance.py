@@ -144,7 +144,11 @@ class BinanceSource:
         }
         rows = await self._get_json(KLINES_PATH, params, what=f"klines {symbol} {interval} from {cursor}")
         return parse_page(
-            rows, start_ms=cursor, end_ms=request.end_ms, interval_ms=request.interval_ms, limit=limit,
+            rows,
+            start_ms=cursor,
+            end_ms=request.end_ms,
+            interval_ms=request.interval_ms,
+            limit=limit,
             source=self.name,
         )
 
@@ -167,9 +171,7 @@ class BinanceSource:
             raise RetryableSourceError(
                 f"{self.name}: {what} failed: {type(exc).__name__} {exc}".rstrip(), source=self.name
             ) from exc
-        used = note_used_weight(
-            headers, self.limits, ip_limit_1m=self.ip_weight_limit_1m, next_weight=KLINES_WEIGHT
-        )
+        used = note_used_weight(headers, self.limits, ip_limit_1m=self.ip_weight_limit_1m, next_weight=KLINES_WEIGHT)
         if used is not None:
             self.used_weight_1m = used
         if status != 200:

@@ -165,8 +165,12 @@ class CcxtSource:
         status = answer.get("status")
         if isinstance(status, int) and status >= 400:
             return error_for_status(
-                status, answer.get("headers", CIMultiDict()), answer.get("body", ""),
-                source=self.name, limits=self.limits, what=what,
+                status,
+                answer.get("headers", CIMultiDict()),
+                answer.get("body", ""),
+                source=self.name,
+                limits=self.limits,
+                what=what,
             )
         message = f"{self.name}: {what} failed: {type(exc).__name__} {exc}"
         errors = self._ccxt
@@ -216,13 +220,23 @@ class CcxtSource:
         limit = min(self.page_bars, -(-(request.end_ms - cursor) // request.interval_ms))
         what = f"fetch_ohlcv {symbol} {timeframe} from {cursor}"
         rows = await self._call(
-            self.request_weight, what, exchange.fetch_ohlcv, symbol, timeframe, cursor, limit,
+            self.request_weight,
+            what,
+            exchange.fetch_ohlcv,
+            symbol,
+            timeframe,
+            cursor,
+            limit,
             {"until": request.end_ms - 1},
         )
         if isinstance(rows, list):
             rows = [row for row in rows if not _outside(row, cursor, request.end_ms)]
         return parse_page(
-            rows, start_ms=cursor, end_ms=request.end_ms, interval_ms=request.interval_ms, limit=limit,
+            rows,
+            start_ms=cursor,
+            end_ms=request.end_ms,
+            interval_ms=request.interval_ms,
+            limit=limit,
             source=self.name,
         )
 

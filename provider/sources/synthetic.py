@@ -51,8 +51,18 @@ _OCTAVES = 20
 _SWING = 0.75
 #: Base prices and their tick decimals; a market picks one by hash.
 _BASES: tuple[tuple[float, int], ...] = (
-    (3.0, 6), (7.0, 5), (15.0, 5), (40.0, 4), (90.0, 4), (250.0, 3),
-    (600.0, 3), (1500.0, 2), (4000.0, 2), (12000.0, 2), (30000.0, 2), (65000.0, 2),
+    (3.0, 6),
+    (7.0, 5),
+    (15.0, 5),
+    (40.0, 4),
+    (90.0, 4),
+    (250.0, 3),
+    (600.0, 3),
+    (1500.0, 2),
+    (4000.0, 2),
+    (12000.0, 2),
+    (30000.0, 2),
+    (65000.0, 2),
 )
 _VOLUME_DECIMALS = 4
 _MASK = (1 << 64) - 1
@@ -178,8 +188,12 @@ class SyntheticSource:
         request = normalize_request(series, start, end)
         self.fetches += 1
         return synthetic_bars(
-            request.series.symbol, request.interval_ms, request.start_ms, request.end_ms,
-            seed=self.seed, gaps=self.gaps,
+            request.series.symbol,
+            request.interval_ms,
+            request.start_ms,
+            request.end_ms,
+            seed=self.seed,
+            gaps=self.gaps,
         )
 
     async def aclose(self) -> None:

@@ -41,8 +41,9 @@ def free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def http_json(method: str, url: str, body: Any = None, token: str | None = None,
-              timeout_s: float = 5.0) -> tuple[int, Any]:
+def http_json(
+    method: str, url: str, body: Any = None, token: str | None = None, timeout_s: float = 5.0
+) -> tuple[int, Any]:
     """A blocking JSON request (fixtures and polling); returns (status, decoded body or None)."""
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
@@ -153,8 +154,14 @@ class Cluster:
         return "\n".join(f"--- {n.node_id}\n{n.log_path.read_text(errors='replace')[-3000:]}" for n in self.nodes)
 
 
-def make_cluster(root: Path, size: int = 3, config: dict[str, Any] | None = None, *,
-                 token_lines: list[str] | None = None, secret: str | None = None) -> Cluster:
+def make_cluster(
+    root: Path,
+    size: int = 3,
+    config: dict[str, Any] | None = None,
+    *,
+    token_lines: list[str] | None = None,
+    secret: str | None = None,
+) -> Cluster:
     """Create (not start) a cluster of ``size`` nodes under ``root``."""
     host = f"127.0.0.{random.randint(20, 250)}"
     config_path = root / "coordinator.yaml"
@@ -171,24 +178,52 @@ def make_cluster(root: Path, size: int = 3, config: dict[str, Any] | None = None
         extra += ["--cluster-secret-file", str(root / "secret.txt")]
     for i in range(size):
         data_dir = root / f"node{i}"
-        args = [*coordinator_cmd(), "serve", "--node-id", f"n{i}", "--raft", rafts[i],
-                "--peers", ",".join(r for r in rafts if r != rafts[i]), "--http", https[i],
-                "--data-dir", str(data_dir), "--config", str(config_path), *extra]
+        args = [
+            *coordinator_cmd(),
+            "serve",
+            "--node-id",
+            f"n{i}",
+            "--raft",
+            rafts[i],
+            "--peers",
+            ",".join(r for r in rafts if r != rafts[i]),
+            "--http",
+            https[i],
+            "--data-dir",
+            str(data_dir),
+            "--config",
+            str(config_path),
+            *extra,
+        ]
         cluster.nodes.append(Node(i, f"n{i}", rafts[i], https[i], data_dir, args, root / f"node{i}.log"))
     return cluster
 
 
 #: Short TTL so expiry tests take about two seconds; the grace period is short for the same reason.
 FAST_CONFIG: dict[str, Any] = {
-    "seamless_data_provider": {"backfill_config": {"distributed_lease_ttl_ms": 1500, "window_bars": 15,
-                                                   "max_attempts": 3, "retry_backoff_ms": 200}},
+    "seamless_data_provider": {
+        "backfill_config": {
+            "distributed_lease_ttl_ms": 1500,
+            "window_bars": 15,
+            "max_attempts": 3,
+            "retry_backoff_ms": 200,
+        }
+    },
     "coordinator": {"leader_grace_ms": 300, "reap_interval_ms": 100, "max_body_bytes": 4096},
 }
 
 
-async def call(session: aiohttp.ClientSession, method: str, url: str, body: Any = None, *,
-               token: str | None = None, headers: dict[str, str] | None = None, raw: bytes | None = None,
-               retry_s: float = 10.0) -> tuple[int, Any]:
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    body: Any = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+    retry_s: float = 10.0,
+) -> tuple[int, Any]:
     """One API call: (status, decoded JSON body).
 
     Like the real client it retries 502/503/504 and connection errors (an election under a loaded machine) for up

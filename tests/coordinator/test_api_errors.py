@@ -29,12 +29,10 @@ BAD_BODIES: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", "/v1/windows/claim", {}, 400, "invalid", "worker_id"),
     ("POST", "/v1/windows/claim", {"worker_id": "w", "wait_ms": -1}, 400, "invalid", "wait_ms"),
     ("POST", "/v1/windows/renew", {"lease_id": "lease-1", "token": "abc"}, 400, "invalid", "token"),
-    ("POST", "/v1/windows/renew", {"lease_id": "lease-999999999", "token": 999999999}, 404, "not_found",
-     "lease_id"),
+    ("POST", "/v1/windows/renew", {"lease_id": "lease-999999999", "token": 999999999}, 404, "not_found", "lease_id"),
     ("POST", "/v1/windows/complete", {"lease_id": "nope", "token": 1, "rows": 1}, 404, "not_found", "lease_id"),
     ("POST", "/v1/windows/complete", {"lease_id": "lease-1", "token": 1, "rows": -3}, 400, "invalid", "rows"),
-    ("POST", "/v1/windows/fail", {"lease_id": "lease-1", "token": 1, "retryable": "no"}, 400, "invalid",
-     "retryable"),
+    ("POST", "/v1/windows/fail", {"lease_id": "lease-1", "token": 1, "retryable": "no"}, 400, "invalid", "retryable"),
     ("GET", "/v1/jobs/job-424242", None, 404, "not_found", "job_id"),
     ("DELETE", "/v1/jobs/job-424242", None, 404, "not_found", "job_id"),
     ("POST", "/v1/jobs/job-424242/retry", None, 404, "not_found", "job_id"),
@@ -49,11 +47,21 @@ BAD_BODIES: list[tuple[str, str, Any, int, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "code", "field"), BAD_BODIES,
-                         ids=[f"{m} {p} {f} {s}" for m, p, _, s, _, f in BAD_BODIES])
-async def test_bad_input_is_a_4xx_naming_the_field(shared_cluster: Cluster, http: aiohttp.ClientSession,
-                                                   method: str, path: str, body: Any, status: int, code: str,
-                                                   field: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "code", "field"),
+    BAD_BODIES,
+    ids=[f"{m} {p} {f} {s}" for m, p, _, s, _, f in BAD_BODIES],
+)
+async def test_bad_input_is_a_4xx_naming_the_field(
+    shared_cluster: Cluster,
+    http: aiohttp.ClientSession,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    code: str,
+    field: str,
+) -> None:
     """The answer has the right status and an error body whose code and field name the problem, on any node."""
     for url in shared_cluster.urls:
         raw = body if isinstance(body, bytes) else None
@@ -84,23 +92,29 @@ async def test_request_id_is_echoed(shared_cluster: Cluster, http: aiohttp.Clien
 async def test_duplicate_request_ids_are_applied_once(shared_cluster: Cluster, http: aiohttp.ClientSession) -> None:
     """A retried claim with the same X-Client-Id and X-Request-Id gets the first answer instead of new leases."""
     series = "ohlcv:test:DEDUP/USD:1m"
-    status, body = await call(http, "POST", shared_cluster.urls[0] + "/v1/jobs",
-                              {"series": series, "start": 0, "end": 60 * MIN, "priority": 999})
+    status, body = await call(
+        http,
+        "POST",
+        shared_cluster.urls[0] + "/v1/jobs",
+        {"series": series, "start": 0, "end": 60 * MIN, "priority": 999},
+    )
     assert status == 201, body
     headers = {"X-Client-Id": "dedup-client", "X-Request-Id": "claim-1"}
-    answers = [await call(http, "POST", url + "/v1/windows/claim", {"worker_id": "w", "max_windows": 2},
-                          headers=headers) for url in shared_cluster.urls]
+    answers = [
+        await call(http, "POST", url + "/v1/windows/claim", {"worker_id": "w", "max_windows": 2}, headers=headers)
+        for url in shared_cluster.urls
+    ]
     assert all(a == answers[0] for a in answers) and len(answers[0][1]["leases"]) == 2
     status, body = await call(http, "DELETE", f"{shared_cluster.urls[0]}/v1/jobs/{body['job']['job_id']}")
     assert status == 200
 
 
-async def test_the_cluster_keeps_serving_after_bad_input(shared_cluster: Cluster,
-                                                        http: aiohttp.ClientSession) -> None:
+async def test_the_cluster_keeps_serving_after_bad_input(shared_cluster: Cluster, http: aiohttp.ClientSession) -> None:
     """After the bad requests every node is healthy and a job round trip still works."""
     for url in shared_cluster.urls:
         status, body = await call(http, "GET", url + "/healthz")
         assert status == 200 and body["leader"] is not None
-    status, body = await call(http, "POST", shared_cluster.urls[2] + "/v1/jobs",
-                              {"series": "ohlcv:test:ALIVE/USD:1m", "start": 0, "end": MIN})
+    status, body = await call(
+        http, "POST", shared_cluster.urls[2] + "/v1/jobs", {"series": "ohlcv:test:ALIVE/USD:1m", "start": 0, "end": MIN}
+    )
     assert status == 201 and body["job"]["windows"]["pending"] == 1

@@ -50,14 +50,18 @@ async def test_roles_on_an_encrypted_cluster(secure: Cluster, http: aiohttp.Clie
     assert (status, body["error"]["code"]) == (403, "forbidden")
     status, body = await call(http, "POST", follower + "/v1/windows/claim", {"worker_id": "w"}, token=WORKER)
     assert status == 200 and len(body["leases"]) == 1
-    status, body = await call(http, "POST", follower + "/v1/leases/claim", {"key": "a:b:c", "lease_ms": 1000},
-                              token=WORKER)
+    status, body = await call(
+        http, "POST", follower + "/v1/leases/claim", {"key": "a:b:c", "lease_ms": 1000}, token=WORKER
+    )
     assert status == 200
     for path in ("/healthz", "/health", "/metrics", "/openapi.json"):
         assert (await call(http, "GET", follower + path))[0] == 200, path
     job_id = (await call(http, "GET", follower + "/v1/jobs", token=READER))[1]["jobs"][0]["job_id"]
-    wait_for(lambda: all(http_json("GET", f"{u}/v1/jobs/{job_id}", token=READER)[0] == 200 for u in secure.urls),
-             5, "the job on every node (replicated over the encrypted transport)")
+    wait_for(
+        lambda: all(http_json("GET", f"{u}/v1/jobs/{job_id}", token=READER)[0] == 200 for u in secure.urls),
+        5,
+        "the job on every node (replicated over the encrypted transport)",
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,17 +108,33 @@ def test_serve_refuses_insecure_or_bad_binds(tmp_path: Path, flags: list[str], n
 
 def test_the_console_script_refuses_an_insecure_bind(tmp_path: Path) -> None:
     """The installed `coordinator` script itself exits 2 on a non-loopback HTTP bind without tokens."""
-    result = subprocess.run([*coordinator_cmd(), "serve", "--node-id", "x", "--data-dir", str(tmp_path / "d"),
-                             "--http", "0.0.0.0:18997"], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [*coordinator_cmd(), "serve", "--node-id", "x", "--data-dir", str(tmp_path / "d"), "--http", "0.0.0.0:18997"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2 and "--token-file" in result.stderr, result.stderr
 
 
 def test_serve_refuses_a_data_dir_of_another_node(tmp_path: Path) -> None:
     """A data dir remembers its node id; starting a different node on it exits 2."""
     (tmp_path / "node.json").write_text(json.dumps({"node_id": "other", "raft": "127.0.0.1:1"}))
-    result = CliRunner().invoke(main, ["serve", "--node-id", "x", "--data-dir", str(tmp_path),
-                                       "--raft", f"127.0.0.1:{free_port('127.0.0.1')}",
-                                       "--http", f"127.0.0.1:{free_port('127.0.0.1')}"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "serve",
+            "--node-id",
+            "x",
+            "--data-dir",
+            str(tmp_path),
+            "--raft",
+            f"127.0.0.1:{free_port('127.0.0.1')}",
+            "--http",
+            f"127.0.0.1:{free_port('127.0.0.1')}",
+        ],
+    )
     assert result.exit_code == 2 and "belongs to" in result.output, result.output
 
 

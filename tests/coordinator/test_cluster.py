@@ -29,23 +29,32 @@ def cl(shared_cluster: Cluster) -> Cluster:
     _, body = http_json("GET", url + "/v1/jobs")
     for job in body["jobs"]:
         if job["state"] in ("running", "failed"):
-            wait_for(lambda job_id=job["job_id"]: http_json("DELETE", f"{url}/v1/jobs/{job_id}")[0] in (200, 409)
-                     or shared_cluster.wait_leader() < 0, 10, f"cancelling {job['job_id']}")
+            wait_for(
+                lambda job_id=job["job_id"]: (
+                    http_json("DELETE", f"{url}/v1/jobs/{job_id}")[0] in (200, 409) or shared_cluster.wait_leader() < 0
+                ),
+                10,
+                f"cancelling {job['job_id']}",
+            )
     return shared_cluster
 
 
-async def submit(http: aiohttp.ClientSession, url: str, s: str, lo_min: int, hi_min: int, priority: int = 0,
-                 expect: int = 201) -> dict[str, Any]:
-    status, body = await call(http, "POST", url + "/v1/jobs",
-                              {"series": s, "start": lo_min * MIN, "end": hi_min * MIN, "priority": priority})
+async def submit(
+    http: aiohttp.ClientSession, url: str, s: str, lo_min: int, hi_min: int, priority: int = 0, expect: int = 201
+) -> dict[str, Any]:
+    status, body = await call(
+        http, "POST", url + "/v1/jobs", {"series": s, "start": lo_min * MIN, "end": hi_min * MIN, "priority": priority}
+    )
     assert status == expect, body
     return dict(Job.from_dict(body["job"]).to_dict())
 
 
-async def claim(http: aiohttp.ClientSession, url: str, n: int = 1, worker: str = "w1",
-                wait_ms: int = 0) -> list[dict[str, Any]]:
-    status, body = await call(http, "POST", url + "/v1/windows/claim",
-                              {"worker_id": worker, "max_windows": n, "wait_ms": wait_ms})
+async def claim(
+    http: aiohttp.ClientSession, url: str, n: int = 1, worker: str = "w1", wait_ms: int = 0
+) -> list[dict[str, Any]]:
+    status, body = await call(
+        http, "POST", url + "/v1/windows/claim", {"worker_id": worker, "max_windows": n, "wait_ms": wait_ms}
+    )
     assert status == 200, body
     return [Lease.from_dict(item).to_dict() for item in body["leases"]]
 
@@ -71,15 +80,22 @@ async def test_any_node_accepts_jobs_and_serves_the_same_state(cl: Cluster, http
     await asyncio.wait_for(everywhere(), 5)
 
 
-async def test_jobs_split_into_aligned_windows_and_claims_come_in_order(cl: Cluster,
-                                                                        http: aiohttp.ClientSession) -> None:
+async def test_jobs_split_into_aligned_windows_and_claims_come_in_order(
+    cl: Cluster, http: aiohttp.ClientSession
+) -> None:
     """Windows are the 15-bar grid cells of the range; claims follow priority, then submission, then start."""
     low, high = series("low"), series("high")
     await submit(http, cl.urls[0], low, 7, 50, priority=1)  # snapped cells 0, 15, 30, 45
     await submit(http, cl.urls[1], high, 0, 30, priority=5)
     got = await claim(http, cl.urls[2], n=3) + await claim(http, cl.urls[0], n=10)
     assert [(g["series"], g["start"] // MIN, g["end"] // MIN) for g in got] == [
-        (high, 0, 15), (high, 15, 30), (low, 0, 15), (low, 15, 30), (low, 30, 45), (low, 45, 60)]
+        (high, 0, 15),
+        (high, 15, 30),
+        (low, 0, 15),
+        (low, 15, 30),
+        (low, 30, 45),
+        (low, 45, 60),
+    ]
     tokens = [g["token"] for g in got]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)
 
@@ -89,23 +105,29 @@ async def test_renew_complete_fail_and_stale_tokens(cl: Cluster, http: aiohttp.C
     url = cl.urls[1]
     job = await submit(http, url, series("fence"), 0, 30)
     first, second = await claim(http, url, n=2)
-    status, body = await call(http, "POST", url + "/v1/windows/renew",
-                              {"lease_id": first["lease_id"], "token": first["token"]})
+    status, body = await call(
+        http, "POST", url + "/v1/windows/renew", {"lease_id": first["lease_id"], "token": first["token"]}
+    )
     assert status == 200 and body["expires_at_ms"] >= first["expires_at_ms"]
     done = {"lease_id": first["lease_id"], "token": first["token"], "rows": 15}
     assert (await call(http, "POST", url + "/v1/windows/complete", done))[0] == 200
     status, body = await call(http, "POST", cl.urls[2] + "/v1/windows/complete", done)
     assert status == 200 and body["state"] == "done", "complete is idempotent for the same token"
     for path in ("renew", "fail"):
-        status, body = await call(http, "POST", f"{url}/v1/windows/{path}",
-                                  {"lease_id": first["lease_id"], "token": first["token"]})
+        status, body = await call(
+            http, "POST", f"{url}/v1/windows/{path}", {"lease_id": first["lease_id"], "token": first["token"]}
+        )
         assert (status, body["error"]["code"]) == (409, "lease_lost")
-    status, body = await call(http, "POST", url + "/v1/windows/complete",
-                              {"lease_id": second["lease_id"], "token": first["token"], "rows": 1})
+    status, body = await call(
+        http, "POST", url + "/v1/windows/complete", {"lease_id": second["lease_id"], "token": first["token"], "rows": 1}
+    )
     assert (status, body["error"]["code"]) == (409, "lease_lost")
-    status, body = await call(http, "POST", url + "/v1/windows/fail",
-                              {"lease_id": second["lease_id"], "token": second["token"], "reason": "boom",
-                               "retryable": False})
+    status, body = await call(
+        http,
+        "POST",
+        url + "/v1/windows/fail",
+        {"lease_id": second["lease_id"], "token": second["token"], "reason": "boom", "retryable": False},
+    )
     assert status == 200 and body["state"] == "failed"
     status, body = await call(http, "GET", f"{url}/v1/jobs/{job['job_id']}")
     assert body["job"]["windows"] == {"pending": 0, "leased": 0, "done": 1, "failed": 1}
@@ -113,13 +135,13 @@ async def test_renew_complete_fail_and_stale_tokens(cl: Cluster, http: aiohttp.C
     fenced = 0.0  # counted by the node that answered; sum over nodes in case leadership moved meanwhile
     for node_url in cl.urls:
         _, text = await call(http, "GET", node_url + "/metrics")
-        fenced += sum(float(line.split()[-1]) for line in text.splitlines()
-                      if line.startswith("backfill_fenced_rejections_total"))
+        fenced += sum(
+            float(line.split()[-1]) for line in text.splitlines() if line.startswith("backfill_fenced_rejections_total")
+        )
     assert fenced >= 3
 
 
-async def test_an_unrenewed_lease_expires_and_its_window_is_requeued(cl: Cluster,
-                                                                    http: aiohttp.ClientSession) -> None:
+async def test_an_unrenewed_lease_expires_and_its_window_is_requeued(cl: Cluster, http: aiohttp.ClientSession) -> None:
     """With a 1.5 s TTL the reaper returns an unrenewed window to pending; the next grant has a higher token."""
     url = cl.urls[0]
     await submit(http, url, series("ttl"), 0, 15)
@@ -137,8 +159,9 @@ async def test_an_unrenewed_lease_expires_and_its_window_is_requeued(cl: Cluster
     again = (await asyncio.wait_for(requeued(), 10))[0]
     assert time.monotonic() - started < 6
     assert again["window_id"] == window and again["attempt"] == 2 and again["token"] > lease["token"]
-    status, body = await call(http, "POST", url + "/v1/windows/complete",
-                              {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1})
+    status, body = await call(
+        http, "POST", url + "/v1/windows/complete", {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1}
+    )
     assert (status, body["error"]["code"]) == (409, "lease_lost")
     status, body = await call(http, "GET", url + "/v1/leases")
     infos = [LeaseInfo.from_dict(item) for item in body["leases"]]
@@ -167,8 +190,7 @@ async def test_qmtl_keyed_leases(cl: Cluster, http: aiohttp.ClientSession) -> No
     assert (await call(http, "POST", cl.urls[1] + "/v1/leases/claim", {"key": key, "lease_ms": 100}))[0] == 409
     status, body = await call(http, "POST", url + "/v1/leases/complete", {"key": key, "token": str(token)})
     assert status == 200 and body["completion_ratio"] == 1.0
-    status, body = await call(http, "POST", url + "/v1/leases/fail", {"key": key, "token": token + 1000,
-                                                                      "reason": "x"})
+    status, body = await call(http, "POST", url + "/v1/leases/fail", {"key": key, "token": token + 1000, "reason": "x"})
     assert status == 409
 
 
@@ -182,8 +204,9 @@ async def test_operator_actions(cl: Cluster, http: aiohttp.ClientSession) -> Non
     assert (await claim(http, url))[0]["attempt"] == 1
     status, body = await call(http, "POST", f"{url}/v1/windows/{b['window_id']}/mark-done", {"reason": "manual"})
     assert status == 200 and body["state"] == "done"
-    await call(http, "POST", url + "/v1/windows/fail", {"lease_id": c["lease_id"], "token": c["token"],
-                                                        "retryable": False})
+    await call(
+        http, "POST", url + "/v1/windows/fail", {"lease_id": c["lease_id"], "token": c["token"], "retryable": False}
+    )
     status, body = await call(http, "POST", f"{url}/v1/jobs/{job['job_id']}/retry")
     assert status == 200 and body["requeued"] == 1
     status, body = await call(http, "POST", f"{url}/v1/windows/{c['window_id']}/requeue", {"reason": "again"})
@@ -201,12 +224,19 @@ async def test_per_job_gauge_disappears_when_the_job_ends(cl: Cluster, http: aio
     _, text = await call(http, "GET", url + "/metrics")
     assert any(label in line and line.startswith("backfill_completion_ratio") for line in text.splitlines())
     lease = (await claim(http, url))[0]
-    await call(http, "POST", url + "/v1/windows/complete",
-               {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 15})
+    await call(
+        http, "POST", url + "/v1/windows/complete", {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 15}
+    )
     _, text = await call(http, "GET", url + "/metrics")
     assert label not in text
-    for name in ("backfill_windows{", "backfill_leases_active", "backfill_stale_claims_total",
-                 "coordinator_is_leader 1.0", "coordinator_raft_term", "coordinator_raft_commit_index"):
+    for name in (
+        "backfill_windows{",
+        "backfill_leases_active",
+        "backfill_stale_claims_total",
+        "coordinator_is_leader 1.0",
+        "coordinator_raft_term",
+        "coordinator_raft_commit_index",
+    ):
         assert name in text, name
 
 
@@ -217,8 +247,14 @@ async def test_cluster_view_and_status_command(cl: Cluster, http: aiohttp.Client
     views = [(await call(http, "GET", url + "/v1/cluster"))[1] for url in cl.urls]
     assert {v["leader"] for v in views} == {cl.urls[leader]}
     assert [m["role"] for m in views[leader]["members"]].count("leader") == 1
-    proc = await asyncio.create_subprocess_exec(*coordinator_cmd(), "status", "--url", cl.urls[(leader + 1) % 3],
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *coordinator_cmd(),
+        "status",
+        "--url",
+        cl.urls[(leader + 1) % 3],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     stdout = out.decode()
     assert proc.returncode == 0, err.decode()
@@ -229,6 +265,11 @@ async def test_cluster_view_and_status_command(cl: Cluster, http: aiohttp.Client
 
 def test_status_command_exits_1_without_a_cluster() -> None:
     """`coordinator status` against a dead URL reports the problem and exits 1."""
-    result = subprocess.run([*coordinator_cmd(), "status", "--url", "http://127.0.0.1:9", "--timeout", "0.5"],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [*coordinator_cmd(), "status", "--url", "http://127.0.0.1:9", "--timeout", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 1 and "NONE" in result.stdout and "127.0.0.1:9" in result.stdout

@@ -12,8 +12,23 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "coordinator"
 PURE = ("table.py", "_state.py", "_keyed.py", "_records.py")
-IMPURE_ROOTS = {"pysyncobj", "aiohttp", "asyncio", "time", "random", "logging", "structlog", "socket", "os",
-                "threading", "datetime", "secrets", "uuid", "pathlib", "prometheus_client"}
+IMPURE_ROOTS = {
+    "pysyncobj",
+    "aiohttp",
+    "asyncio",
+    "time",
+    "random",
+    "logging",
+    "structlog",
+    "socket",
+    "os",
+    "threading",
+    "datetime",
+    "secrets",
+    "uuid",
+    "pathlib",
+    "prometheus_client",
+}
 
 
 def _imports(path: Path) -> list[str]:
@@ -29,17 +44,23 @@ def _imports(path: Path) -> list[str]:
 
 def test_importing_the_service_does_not_load_pandas() -> None:
     """A coordinator node imports provider.core only: importing its CLI and server never loads pandas."""
-    code = ("import sys, coordinator.cli, coordinator.api, coordinator.node, coordinator.raft; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'asyncpg', 'questdb')))")
+    code = (
+        "import sys, coordinator.cli, coordinator.api, coordinator.node, coordinator.raft; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pandas', 'asyncpg', 'questdb')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
 
 
 def test_only_provider_core_is_imported_from_provider() -> None:
     """coordinator/ depends on provider.core and on nothing else of provider/, worker/ or pandas."""
-    bad = [f"{p.name}: {name}" for p in sorted(PACKAGE.glob("*.py")) for name in _imports(p)
-           if (name.startswith("provider") and not name.startswith("provider.core"))
-           or name.split(".")[0] in ("worker", "pandas")]
+    bad = [
+        f"{p.name}: {name}"
+        for p in sorted(PACKAGE.glob("*.py"))
+        for name in _imports(p)
+        if (name.startswith("provider") and not name.startswith("provider.core"))
+        or name.split(".")[0] in ("worker", "pandas")
+    ]
     assert bad == []
 
 

@@ -22,8 +22,9 @@ def test_registered_routes_and_the_document_agree(tmp_path: Path) -> None:
     """Every route the server registers is in /openapi.json and every documented operation is registered."""
     node = CoordinatorNode(NodeSettings("n", "127.0.0.1:1", (), "127.0.0.1", 2, tmp_path), AppConfig())
     app = build_app(node, None)
-    registered = {(r.method, r.resource.canonical) for r in app.router.routes()
-                  if r.method != "HEAD" and r.resource is not None}
+    registered = {
+        (r.method, r.resource.canonical) for r in app.router.routes() if r.method != "HEAD" and r.resource is not None
+    }
     documented = {(m.upper(), p) for p, ops in build_openapi()["paths"].items() for m in ops}
     assert registered == documented
     assert ("GET", "/") in registered, "GET / serves the status page"
@@ -57,8 +58,7 @@ def test_docs_route_table_is_generated_from_the_document() -> None:
 
 
 @pytest.mark.cluster
-async def test_answers_match_their_documented_schemas(shared_cluster: Cluster,
-                                                      http: aiohttp.ClientSession) -> None:
+async def test_answers_match_their_documented_schemas(shared_cluster: Cluster, http: aiohttp.ClientSession) -> None:
     """Real answers of the main routes validate against the schema documented for their status."""
     jsonschema_rs = pytest.importorskip("jsonschema_rs")
     doc = build_openapi()
@@ -82,18 +82,28 @@ async def test_answers_match_their_documented_schemas(shared_cluster: Cluster,
     await check("GET", "/v1/jobs", "/v1/jobs")
     await check("GET", f"/v1/jobs/{job['job_id']}", "/v1/jobs/{job_id}")
     await check("GET", "/v1/jobs/job-0", "/v1/jobs/{job_id}")
-    lease = (await check("POST", "/v1/windows/claim", "/v1/windows/claim", {"worker_id": "s", "max_windows": 2}))
+    lease = await check("POST", "/v1/windows/claim", "/v1/windows/claim", {"worker_id": "s", "max_windows": 2})
     first, second = lease["leases"]
-    await check("POST", "/v1/windows/renew", "/v1/windows/renew", {"lease_id": first["lease_id"],
-                                                                   "token": first["token"]})
-    await check("POST", "/v1/windows/complete", "/v1/windows/complete", {"lease_id": first["lease_id"],
-                                                                         "token": first["token"], "rows": 3})
-    await check("POST", "/v1/windows/renew", "/v1/windows/renew", {"lease_id": first["lease_id"],
-                                                                   "token": first["token"]})
+    await check(
+        "POST", "/v1/windows/renew", "/v1/windows/renew", {"lease_id": first["lease_id"], "token": first["token"]}
+    )
+    await check(
+        "POST",
+        "/v1/windows/complete",
+        "/v1/windows/complete",
+        {"lease_id": first["lease_id"], "token": first["token"], "rows": 3},
+    )
+    await check(
+        "POST", "/v1/windows/renew", "/v1/windows/renew", {"lease_id": first["lease_id"], "token": first["token"]}
+    )
     await check("GET", "/v1/leases", "/v1/leases")
     await check("POST", f"/v1/leases/{second['lease_id']}/release", "/v1/leases/{lease_id}/release", {})
-    await check("POST", f"/v1/windows/{second['window_id']}/mark-done", "/v1/windows/{window_id}/mark-done",
-                {"reason": "schema test"})
+    await check(
+        "POST",
+        f"/v1/windows/{second['window_id']}/mark-done",
+        "/v1/windows/{window_id}/mark-done",
+        {"reason": "schema test"},
+    )
     await check("POST", "/v1/leases/claim", "/v1/leases/claim", {"key": "schema:1:2", "lease_ms": 1000})
     await check("GET", "/v1/cluster", "/v1/cluster")
     await check("GET", "/healthz", "/healthz")

@@ -30,8 +30,9 @@ async def submit(http: aiohttp.ClientSession, url: str, s: str, minutes: int) ->
     return dict(body["job"])
 
 
-async def test_leader_kill9_during_a_stream_of_claims(cluster_factory: Callable[..., Cluster],
-                                                      http: aiohttp.ClientSession) -> None:
+async def test_leader_kill9_during_a_stream_of_claims(
+    cluster_factory: Callable[..., Cluster], http: aiohttp.ClientSession
+) -> None:
     """A survivor serves within 3 s; every acknowledged grant is still live, no window twice, tokens keep growing."""
     cl = cluster_factory(config=DURABLE_CONFIG)
     leader = cl.wait_leader()
@@ -46,8 +47,9 @@ async def test_leader_kill9_during_a_stream_of_claims(cluster_factory: Callable[
             i += 1
             sent = time.monotonic()
             try:
-                status, body = await call(http, "POST", url + "/v1/windows/claim",
-                                          {"worker_id": f"w{k}", "max_windows": 2}, retry_s=0)
+                status, body = await call(
+                    http, "POST", url + "/v1/windows/claim", {"worker_id": f"w{k}", "max_windows": 2}, retry_s=0
+                )
             except (aiohttp.ClientError, TimeoutError):
                 await asyncio.sleep(0.02)
                 continue
@@ -84,8 +86,9 @@ async def test_leader_kill9_during_a_stream_of_claims(cluster_factory: Callable[
     assert max(a[3] for a in before) < min(a[3] for a in after), "tokens must keep increasing across the failover"
 
 
-async def test_kill9_of_all_nodes_keeps_every_acknowledged_write(cluster_factory: Callable[..., Cluster],
-                                                                 http: aiohttp.ClientSession) -> None:
+async def test_kill9_of_all_nodes_keeps_every_acknowledged_write(
+    cluster_factory: Callable[..., Cluster], http: aiohttp.ClientSession
+) -> None:
     """After kill -9 of all three nodes and a restart, jobs, done windows, live leases and the token floor remain."""
     cl = cluster_factory(config=DURABLE_CONFIG)
     url = leader_url(cl)
@@ -96,13 +99,18 @@ async def test_kill9_of_all_nodes_keeps_every_acknowledged_write(cluster_factory
     assert len(leases) == 45
     finished, kept = leases[:20], leases[20:]
     for lease in finished:
-        status, _ = await call(http, "POST", url + "/v1/windows/complete",
-                               {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1})
+        status, _ = await call(
+            http,
+            "POST",
+            url + "/v1/windows/complete",
+            {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1},
+        )
         assert status == 200
     for lease in kept:  # more log entries than log_compaction_min_entries: a dump is written
         for _ in range(4):
-            await call(http, "POST", url + "/v1/windows/renew", {"lease_id": lease["lease_id"],
-                                                                 "token": lease["token"]})
+            await call(
+                http, "POST", url + "/v1/windows/renew", {"lease_id": lease["lease_id"], "token": lease["token"]}
+            )
     floor = max(lease["token"] for lease in leases)
     jobs_before = (await call(http, "GET", url + "/v1/jobs"))[1]["jobs"]
     leases_before = (await call(http, "GET", url + "/v1/leases"))[1]["leases"]
@@ -113,18 +121,24 @@ async def test_kill9_of_all_nodes_keeps_every_acknowledged_write(cluster_factory
     for i in range(3):
         cl.start(i)
     url = leader_url(cl)
-    jobs_after = wait_for(lambda: http_json("GET", url + "/v1/jobs")[1]["jobs"] == jobs_before
-                          and http_json("GET", url + "/v1/jobs")[1]["jobs"], 15, "the jobs after restart")
+    jobs_after = wait_for(
+        lambda: (
+            http_json("GET", url + "/v1/jobs")[1]["jobs"] == jobs_before
+            and http_json("GET", url + "/v1/jobs")[1]["jobs"]
+        ),
+        15,
+        "the jobs after restart",
+    )
     assert jobs_after == jobs_before
     leases_after = (await call(http, "GET", url + "/v1/leases"))[1]["leases"]
-    assert [(x["window_id"], x["token"]) for x in leases_after] == [(x["window_id"], x["token"])
-                                                                    for x in leases_before]
+    assert [(x["window_id"], x["token"]) for x in leases_after] == [(x["window_id"], x["token"]) for x in leases_before]
     status, body = await call(http, "POST", url + "/v1/windows/claim", {"worker_id": "w2"})
     assert status == 200 and body["leases"][0]["token"] > floor
 
 
-async def test_a_restarted_follower_catches_up(cluster_factory: Callable[..., Cluster],
-                                               http: aiohttp.ClientSession) -> None:
+async def test_a_restarted_follower_catches_up(
+    cluster_factory: Callable[..., Cluster], http: aiohttp.ClientSession
+) -> None:
     """A follower killed while the leader commits (and compacts) hundreds of entries converges after restart."""
     cl = cluster_factory(config=DURABLE_CONFIG)
     leader = cl.wait_leader()
@@ -136,13 +150,16 @@ async def test_a_restarted_follower_catches_up(cluster_factory: Callable[..., Cl
         status, body = await call(http, "POST", url + "/v1/windows/claim", {"worker_id": "w", "max_windows": 2})
         assert status == 200, body
         for lease in body["leases"]:
-            await call(http, "POST", url + "/v1/windows/complete",
-                       {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1})
+            await call(
+                http,
+                "POST",
+                url + "/v1/windows/complete",
+                {"lease_id": lease["lease_id"], "token": lease["token"], "rows": 1},
+            )
     expected = (await call(http, "GET", url + "/v1/jobs"))[1]["jobs"]
     assert expected[0]["windows"]["done"] == 150
     cl.start(follower)
     mine = cl.urls[follower]
     wait_for(lambda: http_json("GET", mine + "/v1/jobs")[1]["jobs"] == expected, 20, "the follower's jobs")
     view = wait_for(lambda: cl.view(follower), 5, "the follower's view")
-    assert view["role"] == "follower" and view["token_floor"] == http_json("GET", url + "/v1/cluster")[1][
-        "token_floor"]
+    assert view["role"] == "follower" and view["token_floor"] == http_json("GET", url + "/v1/cluster")[1]["token_floor"]

@@ -23,8 +23,14 @@ def test_apply_never_raises() -> None:
     seen: list[tuple[str, Result]] = []
     table = Table()
     c = consumer(table, seen)
-    results = c.apply_batch([("drop_tables", {}), ("claim", {"bogus": 1}),
-                             ("announce", {"node_id": "n", "raft": "a:1", "http": "http://a:2"})], _doApply=True)
+    results = c.apply_batch(
+        [
+            ("drop_tables", {}),
+            ("claim", {"bogus": 1}),
+            ("announce", {"node_id": "n", "raft": "a:1", "http": "http://a:2"}),
+        ],
+        _doApply=True,
+    )
     assert [(r.ok, r.code) for r in results] == [(False, "invalid"), (False, "internal"), (True, "")]
     assert [op for op, _ in seen] == ["drop_tables", "claim", "announce"]
 
@@ -77,10 +83,16 @@ async def test_commands_of_one_loop_iteration_share_a_log_entry(tmp_path: Path) 
     assert [r.value for r in await asyncio.gather(*tasks)] == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize(("error", "maybe"), [(FAIL_REASON.LEADER_CHANGED, True), (FAIL_REASON.DISCARDED, False),
-                                              (FAIL_REASON.UNKNOWN_OUTCOME, True), (FAIL_REASON.QUEUE_FULL, False)])
-async def test_failures_say_whether_the_command_may_have_been_applied(tmp_path: Path, error: int,
-                                                                      maybe: bool) -> None:
+@pytest.mark.parametrize(
+    ("error", "maybe"),
+    [
+        (FAIL_REASON.LEADER_CHANGED, True),
+        (FAIL_REASON.DISCARDED, False),
+        (FAIL_REASON.UNKNOWN_OUTCOME, True),
+        (FAIL_REASON.QUEUE_FULL, False),
+    ],
+)
+async def test_failures_say_whether_the_command_may_have_been_applied(tmp_path: Path, error: int, maybe: bool) -> None:
     """A non-success callback fails every command of the entry with CommitError(maybe_applied=...)."""
     node, fake = fake_node(tmp_path)
     task = asyncio.create_task(node.submit("announce", {}, 5.0))

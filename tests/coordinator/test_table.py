@@ -18,10 +18,20 @@ HOUR = 3_600_000
 TTL = 1_000
 
 
-def submit(t: Table, series: str = S1, start: int = 0, end: int = 60 * MIN, priority: int = 0, *,
-           bars: int = 15, now: int = 1, max_windows: int = 10_000) -> Result:
-    return t.submit_job(series=series, start=start, end=end, priority=priority, window_bars=bars,
-                        max_windows=max_windows, now_ms=now)
+def submit(
+    t: Table,
+    series: str = S1,
+    start: int = 0,
+    end: int = 60 * MIN,
+    priority: int = 0,
+    *,
+    bars: int = 15,
+    now: int = 1,
+    max_windows: int = 10_000,
+) -> Result:
+    return t.submit_job(
+        series=series, start=start, end=end, priority=priority, window_bars=bars, max_windows=max_windows, now_ms=now
+    )
 
 
 def claim(t: Table, n: int = 1, now: int = 10, worker: str = "w1", ttl: int = TTL) -> list[dict[str, Any]]:
@@ -30,10 +40,18 @@ def claim(t: Table, n: int = 1, now: int = 10, worker: str = "w1", ttl: int = TT
     return list(result.value["leases"])
 
 
-def fail(t: Table, lease: dict[str, Any], *, retryable: bool = True, now: int = 20, max_attempts: int = 3,
-         backoff: int = 100) -> Result:
-    return t.fail(lease_id=lease["lease_id"], token=lease["token"], reason="boom", retryable=retryable,
-                  max_attempts=max_attempts, retry_backoff_ms=backoff, now_ms=now)
+def fail(
+    t: Table, lease: dict[str, Any], *, retryable: bool = True, now: int = 20, max_attempts: int = 3, backoff: int = 100
+) -> Result:
+    return t.fail(
+        lease_id=lease["lease_id"],
+        token=lease["token"],
+        reason="boom",
+        retryable=retryable,
+        max_attempts=max_attempts,
+        retry_backoff_ms=backoff,
+        now_ms=now,
+    )
 
 
 @pytest.mark.parametrize(
@@ -46,8 +64,9 @@ def fail(t: Table, lease: dict[str, Any], *, retryable: bool = True, now: int = 
         (S1, 7 * MIN, 8 * MIN, 900, [(0, 900 * MIN)]),
     ],
 )
-def test_submit_splits_the_range_into_aligned_windows(series: str, start: int, end: int, bars: int,
-                                                      expected: list[tuple[int, int]]) -> None:
+def test_submit_splits_the_range_into_aligned_windows(
+    series: str, start: int, end: int, bars: int, expected: list[tuple[int, int]]
+) -> None:
     """A job covers exactly the aligned windows that intersect its snapped range, all pending."""
     t = Table()
     result = submit(t, series, start, end, bars=bars)
@@ -58,8 +77,10 @@ def test_submit_splits_the_range_into_aligned_windows(series: str, start: int, e
     assert [(lease["start"], lease["end"]) for lease in leases] == expected
     for lease in leases:
         Lease.from_dict(lease)
-        assert parse_window_id(lease["window_id"]) == (parse_window_id(window_id(series, lease["start"]))[0],
-                                                       lease["start"])
+        assert parse_window_id(lease["window_id"]) == (
+            parse_window_id(window_id(series, lease["start"]))[0],
+            lease["start"],
+        )
 
 
 def test_identical_submission_returns_the_same_job() -> None:
@@ -103,8 +124,9 @@ def test_window_span_of_a_series_is_fixed_by_its_first_job() -> None:
         ([(S1, 0, 45, 0), (S1, 30, 60, 1)], [(S1, 30), (S1, 45), (S1, 0), (S1, 15)]),
     ],
 )
-def test_claims_follow_priority_then_submission_then_start(jobs: list[tuple[str, int, int, int]],
-                                                           expected_starts: list[tuple[str, int]]) -> None:
+def test_claims_follow_priority_then_submission_then_start(
+    jobs: list[tuple[str, int, int, int]], expected_starts: list[tuple[str, int]]
+) -> None:
     """Claims take windows by job priority desc, then job submission order, then window start (rule 1)."""
     t = Table()
     for series, lo, hi, priority in jobs:
@@ -287,8 +309,19 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("renew", {"lease_id": "lease-999", "token": 999, "ttl_ms": TTL}, "lease_id", "not_found"),
     ("renew", {"lease_id": "nope", "token": 1, "ttl_ms": TTL}, "lease_id", "not_found"),
     ("complete", {"lease_id": "lease-1", "token": 1, "rows": -1}, "rows", "invalid"),
-    ("fail", {"lease_id": "lease-1", "token": 1, "reason": "x", "retryable": "yes", "max_attempts": 3,
-              "retry_backoff_ms": 0}, "retryable", "invalid"),
+    (
+        "fail",
+        {
+            "lease_id": "lease-1",
+            "token": 1,
+            "reason": "x",
+            "retryable": "yes",
+            "max_attempts": 3,
+            "retry_backoff_ms": 0,
+        },
+        "retryable",
+        "invalid",
+    ),
     ("cancel_job", {"job_id": "job-404"}, "job_id", "not_found"),
     ("retry_job", {"job_id": 7}, "job_id", "not_found"),
     ("requeue", {"window_id": "w_garbage", "reason": "x"}, "window_id", "not_found"),
@@ -302,8 +335,9 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
 
 
 @pytest.mark.parametrize(("op", "kwargs", "field", "code"), BAD_COMMANDS)
-def test_illegal_commands_return_errors_and_leave_the_state_unchanged(op: str, kwargs: dict[str, Any],
-                                                                      field: str, code: str) -> None:
+def test_illegal_commands_return_errors_and_leave_the_state_unchanged(
+    op: str, kwargs: dict[str, Any], field: str, code: str
+) -> None:
     """Each illegal command returns an error naming the field, and the table is exactly as before (rule 7)."""
     t = Table()
     submit(t, start=0, end=30 * MIN)

@@ -76,8 +76,9 @@ class LeaseTableMachine(RuleBasedStateMachine):
     def submit(self, s: int, lo: int, n: int, priority: int) -> None:
         series, step = SERIES[s], INTERVALS[s]
         start, end = lo * step, (lo + n) * step
-        result = self.t.submit_job(series=series, start=start, end=end, priority=priority, window_bars=BARS,
-                                   max_windows=100, now_ms=self.now)
+        result = self.t.submit_job(
+            series=series, start=start, end=end, priority=priority, window_bars=BARS, max_windows=100, now_ms=self.now
+        )
         assert result.ok
         key = (series, start, end, priority)
         live = [j for j in self.jobs if j.key == key and not j.cancelled]
@@ -95,8 +96,11 @@ class LeaseTableMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 4), dt=st.integers(0, 400))
     def claim(self, n: int, dt: int) -> None:
         self.now += dt
-        ready = [w for w in self.windows.values()
-                 if w.state == "pending" and w.not_before <= self.now and self.rank(w) is not None]
+        ready = [
+            w
+            for w in self.windows.values()
+            if w.state == "pending" and w.not_before <= self.now and self.rank(w) is not None
+        ]
         ready.sort(key=lambda w: (self.rank(w), w.start, w.series))
         result = self.t.claim(worker_id="w", max_windows=n, ttl_ms=TTL, now_ms=self.now)
         assert result.ok
@@ -144,8 +148,15 @@ class LeaseTableMachine(RuleBasedStateMachine):
         lease_id, token, key = self.issued[i % len(self.issued)]
         w = self.windows[key]
         before = self.t.snapshot()
-        result = self.t.fail(lease_id=lease_id, token=token, reason="x", retryable=retryable,
-                             max_attempts=MAX_ATTEMPTS, retry_backoff_ms=BACKOFF, now_ms=self.now)
+        result = self.t.fail(
+            lease_id=lease_id,
+            token=token,
+            reason="x",
+            retryable=retryable,
+            max_attempts=MAX_ATTEMPTS,
+            retry_backoff_ms=BACKOFF,
+            now_ms=self.now,
+        )
         if not self.current(token, key):
             self.expect_unchanged(result, "lease_lost", before)
             return
@@ -239,17 +250,25 @@ class LeaseTableMachine(RuleBasedStateMachine):
         before = self.t.snapshot()
         commands: list[Any] = [
             lambda: self.t.claim(worker_id="w", max_windows=0, ttl_ms=TTL, now_ms=self.now),
-            lambda: self.t.renew(lease_id=f"lease-{self.token + 1}", token=self.token + 1, ttl_ms=TTL,
-                                 now_ms=self.now),
+            lambda: self.t.renew(lease_id=f"lease-{self.token + 1}", token=self.token + 1, ttl_ms=TTL, now_ms=self.now),
             lambda: self.t.complete(lease_id="lease-1", token="1", rows=1, now_ms=self.now),
-            lambda: self.t.submit_job(series=SERIES[0], start=600_000, end=60_000, window_bars=BARS,
-                                      max_windows=100, now_ms=self.now),
-            lambda: self.t.submit_job(series="ohlcv:bad", start=0, end=60_000, window_bars=BARS,
-                                      max_windows=100, now_ms=self.now),
+            lambda: self.t.submit_job(
+                series=SERIES[0], start=600_000, end=60_000, window_bars=BARS, max_windows=100, now_ms=self.now
+            ),
+            lambda: self.t.submit_job(
+                series="ohlcv:bad", start=0, end=60_000, window_bars=BARS, max_windows=100, now_ms=self.now
+            ),
             lambda: self.t.cancel_job(job_id="job-0", now_ms=self.now),
             lambda: self.t.requeue(window_id="w_AAAA", reason="x", now_ms=self.now),
-            lambda: self.t.fail(lease_id="lease-1", token=1, reason="x", retryable=1, max_attempts=3,
-                                retry_backoff_ms=0, now_ms=self.now),
+            lambda: self.t.fail(
+                lease_id="lease-1",
+                token=1,
+                reason="x",
+                retryable=1,
+                max_attempts=3,
+                retry_backoff_ms=0,
+                now_ms=self.now,
+            ),
         ]
         result = commands[choice]()
         assert not result.ok and result.code in {"invalid", "not_found"}
@@ -268,7 +287,8 @@ class LeaseTableMachine(RuleBasedStateMachine):
     def no_window_has_two_live_leases(self) -> None:
         infos = self.t.lease_infos(self.now)
         assert sorted((i["key"], i["token"]) for i in infos if i["kind"] == "key") == sorted(
-            (k, v[0]) for k, v in self.keys.items())
+            (k, v[0]) for k, v in self.keys.items()
+        )
         live = [i for i in infos if i["kind"] == "window"]
         window_ids = [i["window_id"] for i in live]
         assert len(window_ids) == len(set(window_ids))

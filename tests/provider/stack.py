@@ -49,9 +49,22 @@ class Stack:
 
     def start_worker(self, source: str, storage_dsn: str, *, concurrency: int = 4) -> None:
         index = len(self.workers)
-        args = [*worker_cmd(), "run", "--coordinator", ",".join(self.urls), "--source", source,
-                "--storage", storage_dsn, "--worker-id", f"w{index}", "--concurrency", str(concurrency),
-                "--config", str(self.root / "coordinator.yaml")]
+        args = [
+            *worker_cmd(),
+            "run",
+            "--coordinator",
+            ",".join(self.urls),
+            "--source",
+            source,
+            "--storage",
+            storage_dsn,
+            "--worker-id",
+            f"w{index}",
+            "--concurrency",
+            str(concurrency),
+            "--config",
+            str(self.root / "coordinator.yaml"),
+        ]
         with (self.root / f"worker{index}.log").open("ab") as log:
             self.workers.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 

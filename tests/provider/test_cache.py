@@ -86,12 +86,14 @@ async def test_provider_with_l2_serves_after_restart_without_storage_reads(stora
     """A provider restarted on the same L2 file answers a cached range without reading storage."""
     await store(storage, at(0), at(100))
     path = str(tmp_path / "l2.db")
-    first = make_provider(strategy="fail_fast", storage_source=storage,
-                          cache_source=SeamlessCache(l2_path=path, ttl_s=600))
+    first = make_provider(
+        strategy="fail_fast", storage_source=storage, cache_source=SeamlessCache(l2_path=path, ttl_s=600)
+    )
     await first.fetch(at(0), at(100), node_id=SERIES)
     await first.aclose()
-    second = make_provider(strategy="fail_fast", storage_source=storage,
-                           cache_source=SeamlessCache(l2_path=path, ttl_s=600))
+    second = make_provider(
+        strategy="fail_fast", storage_source=storage, cache_source=SeamlessCache(l2_path=path, ttl_s=600)
+    )
     frame = await second.fetch(at(0), at(50), node_id=SERIES)
     pd.testing.assert_frame_equal(frame, await bars(at(0), at(50)))
     assert second.last_fetch_metadata.served == {"cache": [(at(0), at(50))]}

@@ -53,10 +53,16 @@ def test_registry_versions_schemas_and_returns_existing_ones():
 
 def test_schema_stage_casts_and_counts():
     """Wrong dtypes are cast and counted per column; naive ts means UTC; extra columns go, missing are added."""
-    frame = pd.DataFrame({
-        "ts": pd.to_datetime([at(0), at(1)], unit="ms"),  # naive
-        "open": [1, 2], "high": [2.0, 3.0], "low": [0.5, 1.5], "close": ["1.5", "2.5"], "extra": [0, 0],
-    })
+    frame = pd.DataFrame(
+        {
+            "ts": pd.to_datetime([at(0), at(1)], unit="ms"),  # naive
+            "open": [1, 2],
+            "high": [2.0, 3.0],
+            "low": [0.5, 1.5],
+            "close": ["1.5", "2.5"],
+            "extra": [0, 0],
+        }
+    )
     pipeline = ConformancePipeline([SchemaRollupStage()])
     out, report = pipeline.run(frame, _ctx(end=at(2)))
     check_frame(out.assign(volume=0.0), interval_ms=MIN)

@@ -30,8 +30,14 @@ class FakeCoordinator:
         job_id = f"j{next(self.ids)}"
         self.submitted.append((series, start, end))
         windows = (end - start) // (WINDOW_BARS * MIN)
-        self.jobs[job_id] = {"series": series, "start": start, "end": end, "done": 0, "total": windows,
-                             "state": "running"}
+        self.jobs[job_id] = {
+            "series": series,
+            "start": start,
+            "end": end,
+            "done": 0,
+            "total": windows,
+            "state": "running",
+        }
         self.changed.set()
         return self._job(job_id)
 
@@ -41,10 +47,19 @@ class FakeCoordinator:
     def _job(self, job_id):
         j = self.jobs[job_id]
         pending = j["total"] - j["done"]
-        return Job(job_id, j["series"], j["start"], j["end"], j["state"],
-                   WindowCounts(pending=pending if j["state"] == "running" else 0, done=j["done"],
-                                failed=pending if j["state"] == "failed" else 0),
-                   j["done"] / j["total"])
+        return Job(
+            job_id,
+            j["series"],
+            j["start"],
+            j["end"],
+            j["state"],
+            WindowCounts(
+                pending=pending if j["state"] == "running" else 0,
+                done=j["done"],
+                failed=pending if j["state"] == "failed" else 0,
+            ),
+            j["done"] / j["total"],
+        )
 
     async def work(self, job_id, *, fail=False):
         """Materialize the job's windows one by one (or fail it)."""
@@ -71,8 +86,7 @@ async def test_missing_ranges_become_jobs_and_progress_is_reported(storage, make
     fake = FakeCoordinator(storage)
     seen = []
     await store(storage, at(100), at(200))
-    provider = make_provider(strategy="auto_backfill", storage_source=storage, coordinator=fake,
-                             progress=seen.append)
+    provider = make_provider(strategy="auto_backfill", storage_source=storage, coordinator=fake, progress=seen.append)
     provider.backfiller.poll_interval_s = 0.001
     fetch = asyncio.ensure_future(provider.fetch(at(0), at(400), node_id=SERIES))
     await _wait_for_jobs(fake, 2)
@@ -138,7 +152,8 @@ async def test_hundred_concurrent_fetches_through_a_real_cluster(tmp_path, fake_
             requests = [(at(17 * (i % 9)), at(300 + 41 * (i % 7))) for i in range(100)]
             try:
                 frames = await asyncio.wait_for(
-                    asyncio.gather(*(provider.fetch(lo, hi, node_id=SERIES) for lo, hi in requests)), 90)
+                    asyncio.gather(*(provider.fetch(lo, hi, node_id=SERIES) for lo, hi in requests)), 90
+                )
             except (TimeoutError, BackfillFailedError) as exc:
                 raise AssertionError(f"{exc}\n{stack.logs()}") from exc
             for (lo, hi), frame in zip(requests, frames, strict=True):

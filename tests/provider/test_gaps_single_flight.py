@@ -20,8 +20,9 @@ async def test_exchange_gap_is_flagged_once_and_never_backfilled_again(
     """Bars an exchange never had are flagged as gaps (one flag per run) and later fetches send no request."""
     async with fake_exchange_cls(seed=7, gaps=0.03) as exchange:
         fetcher = open_source(f"binance:{exchange.url}")
-        provider = make_provider(strategy="auto_backfill", storage_source=sqlite_storage, backfiller=fetcher,
-                                 cache_source=False)
+        provider = make_provider(
+            strategy="auto_backfill", storage_source=sqlite_storage, backfiller=fetcher, cache_source=False
+        )
         try:
             frame = await provider.fetch(at(0), at(300), node_id=SERIES)
             expected = await bars(at(0), at(300), spec="synthetic:7?gaps=0.03")
@@ -70,8 +71,9 @@ async def test_single_flight_registry_forgets_windows_after_the_ttl(storage, sou
     from provider.core import BackfillConfig
 
     config = BackfillConfig(window_bars=WINDOW_BARS, single_flight_ttl_ms=60_000)
-    provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=source,
-                             backfill_config=config)
+    provider = make_provider(
+        strategy="auto_backfill", storage_source=storage, backfiller=source, backfill_config=config
+    )
     await provider.fetch(at(0), at(200), node_id=SERIES)
     assert len(provider.backfiller.flights) == 2
     clock.advance(59_999)
@@ -98,8 +100,7 @@ async def test_third_party_backfiller_gets_single_flight_windows(storage, make_p
 
     inner = ThirdParty()
     provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=inner)
-    frames = await asyncio.gather(*(provider.fetch(at(10 * i), at(150 + 10 * i), node_id=SERIES)
-                                    for i in range(10)))
+    frames = await asyncio.gather(*(provider.fetch(at(10 * i), at(150 + 10 * i), node_id=SERIES) for i in range(10)))
     assert [len(f) for f in frames] == [150] * 10
     assert sorted(inner.calls) == [(at(0), at(100)), (at(100), at(200)), (at(200), at(300))]
     assert provider.backfiller.mode == "delegated"

@@ -66,8 +66,9 @@ async def test_enhanced_provider_backfills_an_empty_range_into_questdb(questdb, 
     table = _table()
     fetcher = CountingSource(open_source("synthetic:7"))
     clock = ManualClock(NOW)
-    provider = EnhancedQuestDBProvider(base, fetcher=fetcher, table=table, clock=clock, registry=new_registry(),
-                                       report_sink=MemoryReportSink())
+    provider = EnhancedQuestDBProvider(
+        base, fetcher=fetcher, table=table, clock=clock, registry=new_registry(), report_sink=MemoryReportSink()
+    )
     try:
         frame = await provider.fetch(at(30), at(1030), node_id=SERIES)
         pd.testing.assert_frame_equal(frame, await bars(at(30), at(1030)))
@@ -76,8 +77,9 @@ async def test_enhanced_provider_backfills_an_empty_range_into_questdb(questdb, 
         assert sorted(fetcher.calls) == window_ranges(at(30), at(1030), MIN, 900)  # default window_bars
     finally:
         await provider.aclose()
-    reader = EnhancedQuestDBProvider(base, table=table, strategy="fail_fast", clock=clock, registry=new_registry(),
-                                     report_sink=MemoryReportSink())
+    reader = EnhancedQuestDBProvider(
+        base, table=table, strategy="fail_fast", clock=clock, registry=new_registry(), report_sink=MemoryReportSink()
+    )
     try:
         again = await reader.fetch(at(30), at(1030), node_id=SERIES)
         pd.testing.assert_frame_equal(again, await bars(at(30), at(1030)))
@@ -90,8 +92,9 @@ async def test_enhanced_provider_backfills_an_empty_range_into_questdb(questdb, 
 @pytest.mark.questdb
 async def test_legacy_loader_fills_then_fetches(questdb):
     """QuestDBLoader.fetch never backfills; fill_missing materializes the range, then fetch returns it."""
-    loader = QuestDBLoader(questdb.dsn, fetcher=QMTLStyleFetcher(), table=_table(), clock=ManualClock(NOW),
-                           registry=new_registry())
+    loader = QuestDBLoader(
+        questdb.dsn, fetcher=QMTLStyleFetcher(), table=_table(), clock=ManualClock(NOW), registry=new_registry()
+    )
     async with loader:
         assert len(await loader.fetch(at(0), at(60), node_id=SERIES, interval=60)) == 0
         await loader.fill_missing(at(0), at(60), node_id=SERIES, interval=60)

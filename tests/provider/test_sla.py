@@ -38,8 +38,11 @@ async def test_hanging_storage_is_cancelled_at_its_budget(storage, make_provider
     """A storage read that hangs is cancelled when max_wait_storage_ms runs out: SeamlessSLAExceeded(storage)."""
     await store(storage, at(0), at(100))
     hanging = HangingStorage(storage)
-    provider = make_provider(strategy="auto_backfill", storage_source=hanging,
-                             sla=SLAPolicy(max_wait_storage_ms=50, total_deadline_ms=10_000))
+    provider = make_provider(
+        strategy="auto_backfill",
+        storage_source=hanging,
+        sla=SLAPolicy(max_wait_storage_ms=50, total_deadline_ms=10_000),
+    )
     with pytest.raises(SeamlessSLAExceeded) as info:
         await provider.fetch(at(0), at(100), node_id=SERIES)
     assert info.value.phase == "storage"
@@ -52,8 +55,11 @@ async def test_hanging_storage_is_cancelled_at_its_budget(storage, make_provider
 async def test_total_deadline_names_total_when_tighter(storage, make_provider):
     """When the total deadline is tighter than the phase budget, the violation names the total."""
     await store(storage, at(0), at(100))
-    provider = make_provider(strategy="auto_backfill", storage_source=HangingStorage(storage),
-                             sla=SLAPolicy(max_wait_storage_ms=10_000, total_deadline_ms=40))
+    provider = make_provider(
+        strategy="auto_backfill",
+        storage_source=HangingStorage(storage),
+        sla=SLAPolicy(max_wait_storage_ms=10_000, total_deadline_ms=40),
+    )
     with pytest.raises(SeamlessSLAExceeded) as info:
         await provider.fetch(at(0), at(100), node_id=SERIES)
     assert (info.value.phase, info.value.budget_ms) == ("total", 40)
@@ -65,8 +71,9 @@ async def test_backfill_budget_stops_waiting_but_not_the_backfill(storage, make_
 
     gate = asyncio.Event()
     slow = CountingSource(open_source("synthetic:7"), gate=gate)
-    provider = make_provider(strategy="auto_backfill", storage_source=storage, backfiller=slow,
-                             sla=SLAPolicy(max_wait_backfill_ms=30))
+    provider = make_provider(
+        strategy="auto_backfill", storage_source=storage, backfiller=slow, sla=SLAPolicy(max_wait_backfill_ms=30)
+    )
     with pytest.raises(SeamlessSLAExceeded) as info:
         await provider.fetch(at(0), at(100), node_id=SERIES)
     assert info.value.phase == "backfill"
@@ -79,8 +86,12 @@ async def test_backfill_budget_stops_waiting_but_not_the_backfill(storage, make_
 async def test_partial_fill_downgrades_a_storage_timeout(storage, make_provider):
     """PARTIAL_FILL answers with what it has when storage times out and records the violation in the metadata."""
     await store(storage, at(0), at(100))
-    provider = make_provider(strategy="partial_fill", storage_source=HangingStorage(storage),
-                             sla=SLAPolicy(max_wait_storage_ms=30), enable_background_backfill=False)
+    provider = make_provider(
+        strategy="partial_fill",
+        storage_source=HangingStorage(storage),
+        sla=SLAPolicy(max_wait_storage_ms=30),
+        enable_background_backfill=False,
+    )
     frame = await provider.fetch(at(0), at(100), node_id=SERIES)
     assert len(frame) == 0
     meta = provider.last_fetch_metadata
@@ -100,8 +111,12 @@ async def test_freshness_and_coverage(storage, make_provider):
     relaxed = make_provider(strategy="auto_backfill", storage_source=storage, sla=SLAPolicy(max_lag_seconds=600))
     assert len(await relaxed.fetch(at(0), at(100), node_id=SERIES)) == 90
 
-    partial = make_provider(strategy="partial_fill", storage_source=storage, enable_background_backfill=False,
-                            sla=SLAPolicy(min_coverage=0.75))
+    partial = make_provider(
+        strategy="partial_fill",
+        storage_source=storage,
+        enable_background_backfill=False,
+        sla=SLAPolicy(min_coverage=0.75),
+    )
     frame = await partial.fetch(at(0), at(200), node_id=SERIES)
     assert len(frame) == 90
     meta = partial.last_fetch_metadata

@@ -28,6 +28,7 @@ async def storage(request, tmp_path):
     yield opened
     await opened.aclose()
 
+
 #: Request [T0+50m, T0+250m) against storage holding: everything, [T0, T0+100m), nothing.
 REQUEST = (at(50), at(250))
 STORED = {"covered": (at(0), at(300)), "partly": (at(0), at(100)), "uncovered": None}
@@ -130,8 +131,9 @@ async def test_seamless_history(case, storage, source, make_provider):
 
     live = CountingSource(source.inner)
     await _prepare(storage, case)
-    provider = make_provider(strategy=DataAvailabilityStrategy.SEAMLESS, storage_source=storage, backfiller=source,
-                             live_feed=live)
+    provider = make_provider(
+        strategy=DataAvailabilityStrategy.SEAMLESS, storage_source=storage, backfiller=source, live_feed=live
+    )
     frame = await provider.fetch(*REQUEST, node_id=SERIES)
     pd.testing.assert_frame_equal(frame, await bars(*REQUEST))
     assert sorted(source.calls) == WINDOWS[case]

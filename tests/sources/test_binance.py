@@ -152,8 +152,9 @@ def test_symbol_mapping_table() -> None:
 def test_status_table_maps_answers_to_errors(clock: Any, status: int, error: type, gate_reason: str) -> None:
     """Each HTTP status maps to one error class; only 429 and 418 close the gate, for their Retry-After."""
     limits = SourceLimits(BanGate(clock=clock, sleep=clock.sleep), RateBudget())
-    found = error_for_status(status, {"Retry-After": "2.5"}, '{"code": -1, "msg": "nope"}', source="binance",
-                             limits=limits, what="klines")
+    found = error_for_status(
+        status, {"Retry-After": "2.5"}, '{"code": -1, "msg": "nope"}', source="binance", limits=limits, what="klines"
+    )
     assert type(found) is error and found.status == status and "code -1: nope" in str(found)
     assert limits.gate.reason == gate_reason
     assert limits.gate.remaining_s() == (2.5 if gate_reason else 0.0)

@@ -38,10 +38,15 @@ def open_ccxt(url: str, **kwargs: Any) -> CcxtSource:
 
 def test_redirect_keeps_paths_and_swaps_hosts() -> None:
     """Every API URL keeps its path and gets the base URL's scheme and host; non-URLs are untouched."""
-    api = {"public": "https://api.binance.com/api/v3", "nested": {"fapi": "https://fapi.binance.com/fapi/v1"},
-           "other": 5}
+    api = {
+        "public": "https://api.binance.com/api/v3",
+        "nested": {"fapi": "https://fapi.binance.com/fapi/v1"},
+        "other": 5,
+    }
     assert redirect_urls(api, "http://127.0.0.1:9") == {
-        "public": "http://127.0.0.1:9/api/v3", "nested": {"fapi": "http://127.0.0.1:9/fapi/v1"}, "other": 5,
+        "public": "http://127.0.0.1:9/api/v3",
+        "nested": {"fapi": "http://127.0.0.1:9/fapi/v1"},
+        "other": 5,
     }
 
 

@@ -102,8 +102,10 @@ async def test_admin_routes_drive_faults_from_another_process(exchange: Any) -> 
     """POST /_admin/faults queues faults, /_admin/ban bans, /_admin/reset clears, /_admin/stats reports."""
     params = {"symbol": "BTCUSDT", "interval": "1m", "startTime": T0_MS, "limit": 5}
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{exchange.url}/_admin/faults", json=[{"kind": "fail", "count": 2, "status": 503},
-                                                                        {"kind": "short", "bars": 2}]) as r:
+        async with session.post(
+            f"{exchange.url}/_admin/faults",
+            json=[{"kind": "fail", "count": 2, "status": 503}, {"kind": "short", "bars": 2}],
+        ) as r:
             assert r.status == 200 and len((await r.json())["pending_faults"]) == 3
         async with session.post(f"{exchange.url}/_admin/faults", json={"kind": "meteor"}) as r:
             assert r.status == 400 and "meteor" in (await r.json())["error"]["message"]
@@ -132,8 +134,16 @@ async def test_exchange_info_lists_the_markets(exchange: Any) -> None:
 async def test_command_line_prints_its_url_and_serves_until_sigterm() -> None:
     """`python scripts/fake_exchange.py --port 0 --seed 7` prints a URL, serves synthetic:7, and exits 0 on TERM."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(SCRIPT), "--port", "0", "--seed", "7", "--rpm", "600",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        str(SCRIPT),
+        "--port",
+        "0",
+        "--seed",
+        "7",
+        "--rpm",
+        "600",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert process.stdout is not None

@@ -95,8 +95,9 @@ async def test_a_client_ignoring_retry_after_gets_banned(exchange: Any, closer: 
     """The fake escalates to 418 when requests keep coming during a 429 (what the gate exists to prevent)."""
     exchange.rate_limit_next(1, retry_after_s=5.0)
     careless = [closer(BinanceSource(exchange.url)) for _ in range(2)]  # separate gates: nothing holds the second back
-    results = await asyncio.gather(*(s.fetch(SERIES, T0_MS, T0_MS + MINUTE_MS) for s in careless),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(s.fetch(SERIES, T0_MS, T0_MS + MINUTE_MS) for s in careless), return_exceptions=True
+    )
     for source in careless:
         await source.aclose()
     assert sorted(type(r).__name__ for r in results) == ["BannedError", "RateLimitedError"]
@@ -120,8 +121,9 @@ async def test_ban_blocks_every_request_of_the_process_until_it_ends(exchange: A
     await asyncio.wait_for(banned.wait(), timeout=5)
     assert limits.gate.remaining_s() > 0.3 and limits.gate.reason == "banned"
     # Plain (un-retried) fetches started during the ban must wait, not fail and not hit the exchange.
-    others = [inner.fetch(f"ohlcv:binance:{sym}:1m", T0_MS, T0_MS + 1_200 * MINUTE_MS) for sym in ("ETH/USDT",
-                                                                                                     "SOL/USDT")]
+    others = [
+        inner.fetch(f"ohlcv:binance:{sym}:1m", T0_MS, T0_MS + 1_200 * MINUTE_MS) for sym in ("ETH/USDT", "SOL/USDT")
+    ]
     results = await asyncio.gather(first, *others)
     elapsed = time.monotonic() - began
     await source.aclose()

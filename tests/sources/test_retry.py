@@ -66,8 +66,9 @@ async def test_waits_equal_the_formula_with_a_pinned_rng() -> None:
     draws = random.Random(1234)
     expected = [retry_delay_ms(n, 500, 0.25, draws.random()) / 1000 for n in range(1, 5)]
     assert sleeps.waits == expected
-    assert [(e.retry, e.delay_s, e.source) for e in events] == [(n, w, "scripted") for n, w in
-                                                                 zip(range(1, 5), expected, strict=True)]
+    assert [(e.retry, e.delay_s, e.source) for e in events] == [
+        (n, w, "scripted") for n, w in zip(range(1, 5), expected, strict=True)
+    ]
     assert all(0.5 * 2 ** (n - 1) <= w <= 0.625 * 2 ** (n - 1) for n, w in enumerate(expected, 1))
     assert inner.calls == 5 and source.retries == 4
 

@@ -163,11 +163,29 @@ def test_broken_plugins_give_clear_errors(tmp_path: Path, monkeypatch: pytest.Mo
 def test_exported_names_are_guarded() -> None:
     """provider.sources exports exactly the public API, and every name resolves."""
     assert set(provider.sources.__all__) == {
-        "DEFAULT_MAX_WAIT_S", "ENTRY_POINT_GROUP", "BadResponseError", "BanGate", "BannedError",
-        "FatalSourceError", "FetchRequest", "RateBudget", "RateLimitedError", "RetryEvent",
-        "RetryableSourceError", "RetryingSource", "Source", "SourceError", "SourceLimits", "SourceSpec",
-        "SourceSpecError", "available_sources", "normalize_request", "open_source", "parse_spec",
-        "retry_policy", "retry_wait_s",
+        "DEFAULT_MAX_WAIT_S",
+        "ENTRY_POINT_GROUP",
+        "BadResponseError",
+        "BanGate",
+        "BannedError",
+        "FatalSourceError",
+        "FetchRequest",
+        "RateBudget",
+        "RateLimitedError",
+        "RetryEvent",
+        "RetryableSourceError",
+        "RetryingSource",
+        "Source",
+        "SourceError",
+        "SourceLimits",
+        "SourceSpec",
+        "SourceSpecError",
+        "available_sources",
+        "normalize_request",
+        "open_source",
+        "parse_spec",
+        "retry_policy",
+        "retry_wait_s",
     }
     for name in provider.sources.__all__:
         assert getattr(provider.sources, name) is not None

@@ -45,8 +45,9 @@ async def test_overlapping_ranges_give_identical_bars(interval: str) -> None:
 )
 def test_any_subrange_is_a_slice_of_a_larger_range(offset: int, length: int, gaps: float) -> None:
     """Whatever sub-range is asked, its bars equal the matching slice of one big computation."""
-    whole_ts, whole_values = synthetic_arrays("BTC/USDT", MINUTE_MS, T0_MS, T0_MS + 6_000 * MINUTE_MS, seed=9,
-                                              gaps=gaps)
+    whole_ts, whole_values = synthetic_arrays(
+        "BTC/USDT", MINUTE_MS, T0_MS, T0_MS + 6_000 * MINUTE_MS, seed=9, gaps=gaps
+    )
     lo, hi = T0_MS + offset * MINUTE_MS, T0_MS + (offset + length) * MINUTE_MS
     part_ts, part_values = synthetic_arrays("BTC/USDT", MINUTE_MS, lo, hi, seed=9, gaps=gaps)
     mask = (whole_ts >= lo) & (whole_ts < hi)
@@ -97,8 +98,7 @@ def test_gaps_are_deterministic_and_near_the_fraction() -> None:
 def test_gaps_leave_present_bars_unchanged() -> None:
     """Turning gaps on removes bars but never alters the bars that remain."""
     full_ts, full_values = synthetic_arrays("ETH/USDT", MINUTE_MS, T0_MS, T0_MS + 3_000 * MINUTE_MS, seed=4)
-    gap_ts, gap_values = synthetic_arrays("ETH/USDT", MINUTE_MS, T0_MS, T0_MS + 3_000 * MINUTE_MS, seed=4,
-                                          gaps=0.3)
+    gap_ts, gap_values = synthetic_arrays("ETH/USDT", MINUTE_MS, T0_MS, T0_MS + 3_000 * MINUTE_MS, seed=4, gaps=0.3)
     keep = np.isin(full_ts, gap_ts)
     assert 0 < len(gap_ts) < len(full_ts)
     np.testing.assert_array_equal(full_values[keep], gap_values)

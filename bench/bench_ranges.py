@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np
 from _common import emit, median_time_s, table
 
 from provider.core import merge_ranges, missing_ranges, subtract_ranges
@@ -23,8 +24,13 @@ from provider.core import merge_ranges, missing_ranges, subtract_ranges
 STEP = 60_000  # 1m bars
 
 
-def make_ranges(n: int, seed: int) -> list[tuple[int, int]]:
-    """``n`` random on-grid ranges of 1-20 bars, overlapping now and then, in random order."""
+def make_ranges(n: int, seed: int, scattered: bool = False) -> list[tuple[int, int]]:
+    """``n`` random on-grid ranges of 1-20 bars, overlapping now and then, in random order.
+
+    By default the tuples are created in the order the list holds them, as rows decoded from a query or a JSON
+    body are. ``scattered=True`` shuffles the list after creating the tuples, so walking it jumps around memory:
+    the worst case for reading Python objects (every tuple a cache miss), reported as its own row.
+    """
     rng = random.Random(seed)
     out = []
     t = 0
@@ -33,7 +39,9 @@ def make_ranges(n: int, seed: int) -> list[tuple[int, int]]:
         t = max(t, 0)
         out.append((t, t + rng.randint(1, 20) * STEP))
     rng.shuffle(out)
-    return out
+    if scattered:
+        return out
+    return [(s, e) for s, e in np.array(out, dtype=np.int64).tolist()]  # fresh tuples, allocated in list order
 
 
 def naive_merge_subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
@@ -50,6 +58,12 @@ def naive_merge_subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> 
     return ranges
 
 
+def time_merge_subtract(size: int, runs: int, scattered: bool) -> float:
+    a, b = make_ranges(size, 1, scattered), make_ranges(size, 2, scattered)
+    seconds, _ = median_time_s(lambda: subtract_ranges(merge_ranges(a), b), runs)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per figure (median reported)")
@@ -57,8 +71,8 @@ def main() -> None:
     parser.add_argument("--naive-size", type=int, default=50_000, help="ranges in the naive baseline's input")
     args = parser.parse_args()
 
-    a, b = make_ranges(args.size, 1), make_ranges(args.size, 2)
-    ours_s, _ = median_time_s(lambda: subtract_ranges(merge_ranges(a), b), args.runs)
+    ours_s = time_merge_subtract(args.size, args.runs, scattered=False)
+    scattered_s = time_merge_subtract(args.size, args.runs, scattered=True)
     na, nb = make_ranges(args.naive_size, 1), make_ranges(args.naive_size, 2)
     naive_s, _ = median_time_s(lambda: naive_merge_subtract(na, nb), args.runs)
     ours_ns = ours_s / args.size * 1e9
@@ -69,6 +83,7 @@ def main() -> None:
             ["implementation", "ranges", "time (s)", "ns per range"],
             [
                 ["provider.core (numpy sweep)", args.size, ours_s, ours_ns],
+                ["provider.core, tuples scattered in memory", args.size, scattered_s, scattered_s / args.size * 1e9],
                 ["naive per-bar sets", args.naive_size, naive_s, naive_ns],
             ],
         )
@@ -89,6 +104,7 @@ def main() -> None:
         "ranges",
         {
             "merge_subtract_1m_s": ours_s,
+            "merge_subtract_1m_scattered_s": scattered_s,
             "naive_ns_per_range": naive_ns,
             "ours_ns_per_range": ours_ns,
             "speedup": naive_ns / ours_ns,

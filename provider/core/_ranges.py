@@ -57,12 +57,16 @@ def _as_array(ranges: Iterable[tuple[Any, Any]] | np.ndarray) -> np.ndarray:
 
 
 def _merged(arr: np.ndarray) -> np.ndarray:
-    arr = arr[arr[:, 0] < arr[:, 1]]
-    if len(arr) <= 1:
-        return arr
-    order = np.argsort(arr[:, 0])  # ties need no order: the running max of ends decides
-    starts = arr[order, 0]
-    run_end = np.maximum.accumulate(arr[order, 1])
+    starts, ends = arr[:, 0], arr[:, 1]
+    nonempty = starts < ends
+    if not nonempty.all():
+        starts, ends = starts[nonempty], ends[nonempty]
+    if len(starts) <= 1:
+        return np.column_stack((starts, ends))
+    if not (starts[1:] >= starts[:-1]).all():  # results of this module come sorted: skip the sort for them
+        order = np.argsort(starts)  # ties need no order: the running max of ends decides
+        starts, ends = starts[order], ends[order]
+    run_end = np.maximum.accumulate(ends)
     # A new run begins where a start lies strictly after everything before it; equal means adjacent: merge.
     breaks = np.flatnonzero(starts[1:] > run_end[:-1])
     first = np.concatenate(([0], breaks + 1))
@@ -96,7 +100,8 @@ def _combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b:
     if len(mb) == 0:
         return [] if keep_b else _to_list(ma)
     # Elementary segments between consecutive boundary points are either wholly in or wholly out of each set.
-    points = np.sort(np.concatenate((ma.ravel(), mb.ravel())))
+    # Both halves are already sorted, so the stable sort (timsort) only has to merge two runs.
+    points = np.sort(np.concatenate((ma.ravel(), mb.ravel())), kind="stable")
     points = points[np.concatenate(([True], points[1:] != points[:-1]))]  # np.unique is far slower here
     seg_start, seg_end = points[:-1], points[1:]
     keep = _membership(seg_start, ma) & (_membership(seg_start, mb) == keep_b)

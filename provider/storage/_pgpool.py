@@ -6,6 +6,7 @@ Rules:
    fresh connection with capped backoff until ``retry_timeout_ms``, then :class:`StorageUnavailableError`.
 2. Only operations that are safe to repeat go through ``run``: reads, DDL with ``IF NOT EXISTS``, status polls,
    and PostgreSQL transactions (which either committed before the loss was seen, or rolled back).
+   A connection whose protocol state broke (the server's FATAL message half-read) is terminated, not reused.
 3. Errors the server reports about the query itself are not retried; they surface unchanged.
 """
 
@@ -37,6 +38,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def _connection_closed(exc: BaseException) -> bool:
     """asyncpg reports use of a connection the server dropped as a generic InterfaceError."""
     return isinstance(exc, asyncpg.exceptions.InterfaceError) and "closed" in str(exc)
+
+
+def _protocol_broken(exc: BaseException) -> bool:
+    """A connection the server terminated while idle may still be mid-way through reading the server's FATAL
+    message when the next query starts; asyncpg then refuses to switch state ("another operation is in
+    progress"). Nothing was sent, so the operation can run again on a fresh connection."""
+    return isinstance(exc, asyncpg.exceptions.InternalClientError)
 
 
 _FIRST_DELAY_S = 0.05
@@ -82,11 +90,19 @@ class PgPool:
             try:
                 pool = await self._get_pool()
                 async with pool.acquire() as conn:
-                    return await operation(conn)
+                    try:
+                        return await operation(conn)
+                    except asyncpg.exceptions.InternalClientError:
+                        conn.terminate()  # never hand a connection in a broken protocol state back to the pool
+                        raise
             except asyncpg.exceptions.InvalidPasswordError as exc:
                 raise StorageUnavailableError(self._backend, self._target, f"{what}: {exc}") from exc
-            except (*TRANSIENT_ERRORS, asyncpg.exceptions.InterfaceError) as exc:
-                if not isinstance(exc, TRANSIENT_ERRORS) and not _connection_closed(exc):
+            except (
+                *TRANSIENT_ERRORS,
+                asyncpg.exceptions.InterfaceError,
+                asyncpg.exceptions.InternalClientError,
+            ) as exc:
+                if not isinstance(exc, TRANSIENT_ERRORS) and not _connection_closed(exc) and not _protocol_broken(exc):
                     raise
                 if loop.time() + delay > deadline:
                     raise StorageUnavailableError(

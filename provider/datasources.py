@@ -4,12 +4,14 @@ Rules:
 1. :class:`StorageDataSource` wraps an ``open_storage()`` object (or opens one lazily from a DSN). Its coverage
    is the storage's coverage ledger, narrowed inward to the bar grid, so a partly covered bar counts as missing
    and no bar is read from two places. It reads all pieces of a request with one ``read`` over their hull,
-   then keeps only rows inside the pieces.
+   then keeps only rows inside the pieces. A request asks the ledger about its own range only
+   (:func:`covered_ranges`), so its cost follows the request, not the history of the series.
 2. :func:`assemble` joins pieces ``((lo, hi), frame)`` that are disjoint half-open ranges: each frame is trimmed
    to its range and the frames are concatenated in range order. Disjoint ranges make the seams exact: no bar is
    doubled or dropped where one source ends and the next begins.
 3. :func:`read_pieces` asks any :class:`~provider.strategies.DataSource` for a list of ranges; sources with a
-   ``read_ranges`` method do it in one go.
+   ``read_ranges`` method do it in one go. :func:`covered_ranges` likewise uses ``covered_within`` when a
+   source has it, and its whole ``coverage`` otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ra
 from provider.frames import empty_frame
 from provider.strategies import DataSourcePriority
 
-__all__ = ["Piece", "StorageDataSource", "assemble", "grid_inward", "last_ts_ms", "read_pieces", "trim", "ts_ns"]
+__all__ = [
+    "Piece",
+    "StorageDataSource",
+    "assemble",
+    "covered_ranges",
+    "grid_inward",
+    "last_ts_ms",
+    "read_pieces",
+    "trim",
+    "ts_ns",
+]
 
 #: A range and the bars the source returned for it.
 Piece = tuple[tuple[int, int], pd.DataFrame]
@@ -87,6 +99,19 @@ async def read_pieces(source: Any, ranges: list[tuple[int, int]], *, node_id: st
     return list(zip(ranges, frames, strict=True))
 
 
+async def covered_ranges(source: Any, ranges: list[tuple[int, int]], *, node_id: str) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` that ``source`` covers; a source with ``covered_within`` is asked about their hull
+    only, any other for its whole coverage."""
+    if not ranges:
+        return []
+    within = getattr(source, "covered_within", None)
+    if within is not None:
+        known = await within(min(lo for lo, _ in ranges), max(hi for _, hi in ranges), node_id=node_id)
+    else:
+        known = await source.coverage(node_id=node_id)
+    return intersect_ranges(ranges, known)
+
+
 class StorageDataSource:
     """The STORAGE data source over the storage contract (``open_storage(dsn)``)."""
 
@@ -122,7 +147,7 @@ class StorageDataSource:
         return grid_inward([(int(a), int(b)) for a, b in raw], key.interval_ms)
 
     async def is_available(self, start: int, end: int, *, node_id: str) -> bool:
-        return not subtract_ranges([(start, end)], await self.coverage(node_id=node_id))
+        return not subtract_ranges([(start, end)], await self.covered_within(start, end, node_id=node_id))
 
     async def fetch(self, start: int, end: int, *, node_id: str) -> pd.DataFrame:
         frame: pd.DataFrame = await (await self.storage()).read(SeriesKey.parse(node_id), start, end)
@@ -144,8 +169,14 @@ class StorageDataSource:
         return pieces
 
     async def covered_within(self, start: int, end: int, *, node_id: str) -> list[tuple[int, int]]:
-        """The covered parts of ``[start, end)``."""
-        return intersect_ranges([(start, end)], await self.coverage(node_id=node_id))
+        """The covered parts of ``[start, end)``, from the ledger rows of that range when the storage can."""
+        key = SeriesKey.parse(node_id)
+        storage = await self.storage()
+        if getattr(storage, "bounded_coverage", False):
+            raw = await storage.coverage(key, start, end)
+        else:  # a storage object of another origin: its whole coverage
+            raw = await storage.coverage(key)
+        return intersect_ranges([(start, end)], grid_inward([(int(a), int(b)) for a, b in raw], key.interval_ms))
 
     async def write_window(self, series: SeriesKey | str, start: int, end: int, frame: pd.DataFrame) -> None:
         """Materialize one window (bars and coverage) in the storage."""

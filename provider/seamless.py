@@ -28,7 +28,7 @@ from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceContext, ConformanceReport
 from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, snap_range, subtract_ranges
 from provider.core.obs import bind_request, get_logger
-from provider.datasources import assemble, last_ts_ms, read_pieces, trim
+from provider.datasources import assemble, covered_ranges, last_ts_ms, read_pieces, trim
 from provider.errors import (
     BackfillFailedError,
     ConformancePipelineError,
@@ -158,7 +158,9 @@ class SeamlessDataProvider:
         """Backfill every uncovered part of ``[start, end)`` and wait; return the ranges that were missing."""
         ctx = self._context(start, end, node_id, interval)
         with bind_request(ctx.meta.request_id, node_id=ctx.node_id, op="fill_missing"):
-            covered = await self.storage.coverage(node_id=ctx.node_id) if self.storage is not None else []
+            covered = []
+            if self.storage is not None:
+                covered = await covered_ranges(self.storage, [ctx.effective], node_id=ctx.node_id)
             missing = subtract_ranges([ctx.effective], covered)
             if missing:
                 ticket = self._start_backfill(ctx, missing)
@@ -271,7 +273,7 @@ class SeamlessDataProvider:
         if hasattr(source, "serve"):
             pieces = await source.serve(remaining, node_id=ctx.node_id)
         else:
-            covered = intersect_ranges(remaining, await source.coverage(node_id=ctx.node_id))
+            covered = await covered_ranges(source, remaining, node_id=ctx.node_id)
             covered = [(lo, hi) for lo, hi in covered if lo % ctx.interval_ms == 0 and hi % ctx.interval_ms == 0]
             pieces = await read_pieces(source, covered, node_id=ctx.node_id)
         self.metrics.observe_source(name, loop.time() - started)

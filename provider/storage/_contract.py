@@ -11,7 +11,9 @@ Rules:
    frame, every float bit for bit (a negative zero is stored as 0.0). Bounds are not snapped, so adjacent reads
    never share a bar.
 4. ``coverage(series)`` is the merged union of the windows ever written, from the window ledger: it costs
-   O(windows), never O(rows). Coverage means "materialized", not "has bars".
+   O(windows), never O(rows). Coverage means "materialized", not "has bars". ``coverage(series, start, end)``
+   is the same clipped to ``[start, end)``; only the windows overlapping it are merged, so asking about recent
+   bars does not cost the whole history of the series.
 5. When ``write_window`` returns, a following ``read`` or ``coverage`` from any process sees the write.
 """
 
@@ -23,7 +25,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from provider.core import Range, SeriesKey, to_ms
+from provider.core import Range, SeriesKey, intersect_ranges, to_ms
 from provider.frames import PRICE_COLUMNS, FrameContractError, check_frame, empty_frame, frame_from_arrays
 from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
 
@@ -47,8 +49,8 @@ class Storage(Protocol):
         """The stored bars whose ``ts`` lies in ``[start, end)``, as a contract frame."""
         ...
 
-    async def coverage(self, series: SeriesKey | str) -> list[tuple[int, int]]:
-        """The merged half-open ranges of every window written for ``series``."""
+    async def coverage(self, series: SeriesKey | str, start: Any = None, end: Any = None) -> list[tuple[int, int]]:
+        """The merged half-open ranges of every window written for ``series`` (clipped to ``[start, end)``)."""
         ...
 
     async def aclose(self) -> None:
@@ -139,6 +141,8 @@ class StorageBase:
     """
 
     kind: ClassVar[str] = "base"
+    #: ``coverage`` takes ``start`` and ``end`` (storage objects of other origins may not).
+    bounded_coverage: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self._closed = False
@@ -159,11 +163,21 @@ class StorageBase:
             return empty_frame()
         return await self._read(key, start_ms, end_ms)
 
-    async def coverage(self, series: SeriesKey | str) -> list[tuple[int, int]]:
-        """The merged half-open ranges of every window written for ``series``."""
-        key = parse_series(series)
+    async def coverage(self, series: SeriesKey | str, start: Any = None, end: Any = None) -> list[tuple[int, int]]:
+        """The merged half-open ranges of every window written for ``series``.
+
+        With ``start`` and ``end`` (both or neither), only their part inside ``[start, end)``: the same as
+        clipping the whole coverage, at the cost of the windows that overlap the range.
+        """
+        if start is None and end is None:
+            key = parse_series(series)
+            self._check_open()
+            return await self._coverage(key, None)
+        key, start_ms, end_ms = prepare_range(series, start, end)
         self._check_open()
-        return await self._coverage(key)
+        if start_ms == end_ms:
+            return []
+        return intersect_ranges(await self._coverage(key, (start_ms, end_ms)), [(start_ms, end_ms)])
 
     async def aclose(self) -> None:
         """Release connections and threads; calling it again does nothing."""
@@ -187,7 +201,8 @@ class StorageBase:
     async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
         raise NotImplementedError
 
-    async def _coverage(self, series: SeriesKey) -> list[Range]:
+    async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
+        """The merged coverage, or (with ``bounds``) the merged runs of the windows overlapping them."""
         raise NotImplementedError
 
     async def _close(self) -> None:

@@ -58,11 +58,16 @@ class MemoryStorage(StorageBase):
         lo, hi = np.searchsorted(state.ts_ms, [start_ms, end_ms], side="left")
         return frame_from_columns(state.ts_ms[lo:hi].copy(), state.values[:, lo:hi].copy())
 
-    async def _coverage(self, series: SeriesKey) -> list[Range]:
+    async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
         state = self._series.get(str(series))
         if state is None:
             return []
-        return merge_ranges((start, end) for start, (end, _rows) in state.windows.items())
+        lo, hi = bounds if bounds is not None else (None, None)
+        return merge_ranges(
+            (start, end)
+            for start, (end, _rows) in state.windows.items()
+            if lo is None or hi is None or (end > lo and start < hi)
+        )
 
     async def _close(self) -> None:
         self._series.clear()

@@ -138,6 +138,7 @@ class PostgresStorage(StorageBase):
             "delete": f'DELETE FROM "{table}" WHERE series_id = $1 AND ts >= $2 AND ts < $3',
             "read": f'SELECT ts, {_PRICES} FROM "{table}" WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts',
             "coverage": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "$1"),
+            "coverage_within": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "$1", ("$2", "$3")),
             "columns": "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = $1",
         }
@@ -236,11 +237,14 @@ class PostgresStorage(StorageBase):
         ts_ms, values = _decode_bars(await self._pool.run(op, "read"))
         return frame_from_columns(ts_ms, values)
 
-    async def _coverage(self, series: SeriesKey) -> list[Range]:
+    async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
         series_id = await self._series_id(series, create=False)
         if series_id is None:
             return []
-        return ranges_from_boundaries(await self._pool.fetch(self._sql["coverage"], series_id, what="coverage"))
+        if bounds is None:
+            return ranges_from_boundaries(await self._pool.fetch(self._sql["coverage"], series_id, what="coverage"))
+        rows = await self._pool.fetch(self._sql["coverage_within"], series_id, *bounds, what="coverage")
+        return ranges_from_boundaries(rows)
 
     async def _close(self) -> None:
         await self._pool.close()

@@ -89,6 +89,7 @@ class QuestDBStorage(StorageBase):
             "stored_ts": f'SELECT cast(ts AS LONG) FROM "{table}" '
             "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL",
             "coverage": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1"),
+            "coverage_within": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1", ("$2", "$3")),
         }
 
     @classmethod
@@ -157,10 +158,9 @@ class QuestDBStorage(StorageBase):
         matrix = rows_to_matrix(rows, 1 + len(PRICE_COLUMNS))
         return frame_from_columns(matrix[:, 0].astype(np.int64) // 1000, matrix[:, 1:].T)
 
-    async def _coverage(self, series: SeriesKey) -> list[Range]:
-        _, rows = await _all(
-            self._wal.check(self._ledger), self._pool.fetch(self._sql["coverage"], str(series), what="coverage")
-        )
+    async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
+        sql, extra = (self._sql["coverage"], ()) if bounds is None else (self._sql["coverage_within"], bounds)
+        _, rows = await _all(self._wal.check(self._ledger), self._pool.fetch(sql, str(series), *extra, what="coverage"))
         return ranges_from_boundaries(rows)
 
     async def _close(self) -> None:

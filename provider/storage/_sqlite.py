@@ -77,6 +77,7 @@ class SQLiteStorage(StorageBase):
             "row_count = excluded.row_count, written_at = excluded.written_at",
             "read": f'SELECT ts, {_PRICES} FROM "{table}" WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts',
             "coverage": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "?"),
+            "coverage_within": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "?", ("?", "?")),
         }
         self._table = table
         self._local = threading.local()
@@ -164,11 +165,13 @@ class SQLiteStorage(StorageBase):
             return []
         return conn.execute(self._sql["read"], (series_id, start_ms, end_ms)).fetchall()
 
-    def _coverage_sync(self, conn: sqlite3.Connection, series: SeriesKey) -> list[Range]:
+    def _coverage_sync(self, conn: sqlite3.Connection, series: SeriesKey, bounds: Range | None) -> list[Range]:
         series_id = self._series_id(conn, series, create=False)
         if series_id is None:
             return []
-        return ranges_from_boundaries(conn.execute(self._sql["coverage"], (series_id,)))
+        if bounds is None:
+            return ranges_from_boundaries(conn.execute(self._sql["coverage"], (series_id,)))
+        return ranges_from_boundaries(conn.execute(self._sql["coverage_within"], (series_id, *bounds)))
 
     async def _write(self, request: WindowWrite) -> None:
         await self._run(self._write_sync, request)
@@ -178,8 +181,8 @@ class SQLiteStorage(StorageBase):
         matrix = rows_to_matrix(rows, 1 + len(PRICE_COLUMNS))
         return frame_from_columns(matrix[:, 0].astype(np.int64), matrix[:, 1:].T)
 
-    async def _coverage(self, series: SeriesKey) -> list[Range]:
-        result: list[Range] = await self._run(self._coverage_sync, series)
+    async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
+        result: list[Range] = await self._run(self._coverage_sync, series, bounds)
         return result
 
     async def _close(self) -> None:

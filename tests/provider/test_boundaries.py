@@ -78,3 +78,43 @@ async def test_bars_not_closed_are_never_returned_nor_covered(storage, source, m
     later = await provider.fetch(at(200), at(400), node_id=SERIES)
     pd.testing.assert_frame_equal(later, await bars(at(200), at(320)))
     assert sorted(source.calls) == [(at(200), at(250)), (at(200), at(300)), (at(300), at(320))]
+
+
+class RangelessStorage:
+    """A storage object of another origin, whose ``coverage(series)`` takes no range."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def read(self, series, start, end):
+        return await self.inner.read(series, start, end)
+
+    async def coverage(self, series):
+        return await self.inner.coverage(series)
+
+    async def write_window(self, series, start, end, frame):
+        return await self.inner.write_window(series, start, end, frame)
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+async def test_a_fetch_asks_the_ledger_about_its_own_range_only(storage, make_provider, monkeypatch):
+    """The storage is asked for the coverage of the request, not of the series' whole history, and the bars
+    served are exact; a storage whose coverage takes no range still serves the same bars."""
+    await store(storage, at(0), at(300))
+    asked = []
+    whole = storage.coverage
+
+    async def spy(series, start=None, end=None):
+        asked.append((start, end))
+        return await whole(series) if start is None else await whole(series, start, end)
+
+    monkeypatch.setattr(storage, "coverage", spy)
+    want = await bars(at(50), at(250))
+    provider = make_provider(strategy="fail_fast", storage_source=storage, cache_source=False)
+    pd.testing.assert_frame_equal(await provider.fetch(at(50), at(250), node_id=SERIES), want)
+    assert asked == [(at(50), at(250))]
+    legacy = make_provider(strategy="fail_fast", storage_source=RangelessStorage(storage), cache_source=False)
+    pd.testing.assert_frame_equal(await legacy.fetch(at(50), at(250), node_id=SERIES), want)
+    assert asked[1:] == [(None, None)]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from provider.core import SeriesKey
+from provider.core import SeriesKey, intersect_ranges
 from provider.frames import FRAME_COLUMNS, TS_DTYPE, empty_frame, frame_from_arrays
 from provider.storage import (
     FrameRejectedError,
@@ -162,6 +162,30 @@ async def test_overlapping_windows_merge_in_coverage(store, make_bars):
     await store.write_window(SERIES, T0 + 5 * M, T0 + 10 * M, make_bars(T0 + 5 * M, 5))
     await store.write_window(SERIES, T0 + 20 * M, T0 + 45 * M, make_bars(T0 + 20 * M, 25))
     assert await store.coverage(SERIES) == [(T0, T0 + 45 * M)]
+
+
+async def test_coverage_within_a_range_is_the_whole_coverage_clipped_to_it(store):
+    """coverage(series, start, end) equals the whole coverage clipped to [start, end), wherever the range cuts:
+    through overlapping, nested and adjacent windows, in a gap, off the grid, empty, or around everything."""
+    for lo, hi in [(0, 10), (5, 20), (20, 30), (40, 50), (45, 46), (70, 80)]:
+        await store.write_window(SERIES, T0 + lo * M, T0 + hi * M, empty_frame())
+    whole = await store.coverage(SERIES)
+    assert whole == [(T0, T0 + 30 * M), (T0 + 40 * M, T0 + 50 * M), (T0 + 70 * M, T0 + 80 * M)]
+    cuts = [(0, 200), (15, 35), (20, 30), (25, 25), (31, 39), (44, 71), (80, 90), (-5, 1), (79, 80)]
+    for lo, hi in cuts:
+        start, end = T0 + lo * M, T0 + hi * M
+        assert await store.coverage(SERIES, start, end) == intersect_ranges(whole, [(start, end)]), (lo, hi)
+    off_grid = (T0 + 3 * M + 1, T0 + 47 * M - 1)
+    assert await store.coverage(SERIES, *off_grid) == intersect_ranges(whole, [off_grid])
+    assert await store.coverage("ohlcv:binance:BTC/USDT:5m", T0, T0 + 100 * M) == []
+
+
+async def test_coverage_within_a_range_needs_both_bounds_in_order(store):
+    """One bound alone, or start after end, is refused naming the bound."""
+    with pytest.raises(StorageRequestError, match="end"):
+        await store.coverage(SERIES, T0, None)
+    with pytest.raises(StorageRequestError, match="start"):
+        await store.coverage(SERIES, T0 + M, T0)
 
 
 async def test_empty_window_write_is_a_no_op_when_start_equals_end(store):

@@ -82,7 +82,7 @@ class QuestDBStorage(StorageBase):
             retry_timeout_ms=dsn.retry_timeout_ms,
         )
         self._ilp = IlpWriter(dsn.ilp_conf(), target=target, retry_timeout_ms=dsn.retry_timeout_ms)
-        self._wal = WalMonitor(self._pool, timeout_ms=wal_apply_timeout_ms, target=target)
+        self._wal = WalMonitor(self._pool, (self._bars, self._ledger), timeout_ms=wal_apply_timeout_ms, target=target)
         self._sql = {
             "read": f'SELECT cast(ts AS LONG), {_PRICES} FROM "{table}" '
             "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL ORDER BY ts",
@@ -119,9 +119,7 @@ class QuestDBStorage(StorageBase):
                 raise SchemaMismatchError(table, missing)
 
     async def _write(self, request: WindowWrite) -> None:
-        _, _, stale = await _all(
-            self._wal.check(self._bars), self._wal.check(self._ledger), self._stale_stamps(request)
-        )
+        _, stale = await _all(self._wal.check(self._bars, self._ledger), self._stale_stamps(request))
         series = str(request.series)
         if request.rows or len(stale):
             ts_ms, columns = request.ts_ms, request.columns
@@ -132,9 +130,11 @@ class QuestDBStorage(StorageBase):
                 ts_ms = ts_ms[order]
                 columns = tuple(np.concatenate((column, tombstones))[order] for column in request.columns)
             await self._ilp.send_frame(self._bars, ilp_frame(series, ts_ms, columns))
-            await self._wal.wait_applied(self._bars)
+        # The ledger row is committed after the bars, and _read waits for the bars table to apply what was
+        # committed before it starts: a reader that saw the ledger row sees the bars, even mid-apply.
         await self._ilp.send_ledger_row(self._ledger, series, request.start_ms, request.end_ms, request.rows)
-        await self._wal.wait_applied(self._ledger)
+        committed_at = asyncio.get_running_loop().time()
+        await self._wal.wait_applied(self._bars, self._ledger, committed_at=committed_at)
 
     async def _stale_stamps(self, request: WindowWrite) -> np.ndarray:
         """Stamps stored in the window that the new frame does not have (they become tombstones)."""
@@ -151,9 +151,9 @@ class QuestDBStorage(StorageBase):
         return np.setdiff1d(stored_ms, request.ts_ms, assume_unique=True)
 
     async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
-        _, rows = await _all(
-            self._wal.check(self._bars),
-            self._pool.fetch(self._sql["read"], str(series), ms_to_naive(start_ms), ms_to_naive(end_ms), what="read"),
+        await self._wal.wait_applied(self._bars)  # see _write: bars a ledger row vouches for are applied first
+        rows = await self._pool.fetch(
+            self._sql["read"], str(series), ms_to_naive(start_ms), ms_to_naive(end_ms), what="read"
         )
         matrix = rows_to_matrix(rows, 1 + len(PRICE_COLUMNS))
         return frame_from_columns(matrix[:, 0].astype(np.int64) // 1000, matrix[:, 1:].T)

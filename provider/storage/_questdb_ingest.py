@@ -5,8 +5,9 @@ Rules:
 2. ``questdb.Sender`` blocks and is not thread-safe: each flush runs in a worker thread on a sender taken from a
    small idle pool; a sender that failed is closed without flushing and never reused. The client retries a
    failed flush for ``retry_timeout_ms`` (deduplication makes a repeated window harmless).
-3. After a flush, :meth:`WalMonitor.wait_applied` polls ``wal_tables()`` until the table's writer has applied
-   every transaction the sequencer had at that moment, bounded by ``wal_apply_timeout_ms``. A suspended table
+3. After a flush, :meth:`WalMonitor.wait_applied` polls ``wal_tables()`` until the tables' writers have applied
+   every transaction the sequencer had at that moment, bounded by ``wal_apply_timeout_ms``. Concurrent waiters
+   of one storage share each status query. A suspended table
    raises :class:`WalSuspendedError` with the ``RESUME WAL`` fix; it is never waited out silently.
 """
 
@@ -37,7 +38,7 @@ _UNAVAILABLE_CODES = frozenset(
     for name in ("SocketError", "CouldNotResolveAddr", "ConnectTimeout", "ServerFlushError", "FailoverRetry")
     if hasattr(QuestDBErrorCode, name)
 )
-_WAL_SQL = "SELECT suspended, writerTxn, sequencerTxn, errorTag, errorMessage FROM wal_tables() WHERE name = $1"
+_WAL_SQL = "SELECT name, suspended, writerTxn, sequencerTxn, errorTag, errorMessage FROM wal_tables()"
 _POLL_FIRST_S = 0.002
 _POLL_MAX_S = 0.05
 
@@ -130,15 +131,40 @@ class IlpWriter:
 
 
 class WalMonitor:
-    """Waits for QuestDB to apply committed WAL transactions and reports suspended tables."""
+    """Waits for QuestDB to apply committed WAL transactions of a storage's tables and reports suspended ones.
 
-    def __init__(self, pool: PgPool, *, timeout_ms: int, target: str) -> None:
+    One ``wal_tables()`` query answers for every table of the storage, and concurrent callers share it: a caller
+    takes the latest answer whose query started after the moment it needs (after its flush, or after the answer
+    it already has), or starts one. So eight windows in flight cost one status query per poll, not eight.
+    """
+
+    def __init__(self, pool: PgPool, tables: tuple[str, ...], *, timeout_ms: int, target: str) -> None:
         self._pool = pool
+        self._tables = tables
         self._timeout_ms = timeout_ms
         self._target = target
+        marks = ", ".join(f"${n}" for n in range(1, len(tables) + 1))
+        self._sql = f"{_WAL_SQL} WHERE name IN ({marks})"
+        self._latest: tuple[float, asyncio.Future[dict[str, Any]]] | None = None
 
-    async def _status(self, table: str) -> Any:
-        row = await self._pool.fetchrow(_WAL_SQL, table, what=f"wal status of {table}")
+    async def _query(self) -> dict[str, Any]:
+        rows = await self._pool.fetch(self._sql, *self._tables, what="wal status")
+        return {row["name"]: row for row in rows}
+
+    async def _statuses(self, newer_than: float) -> tuple[float, dict[str, Any]]:
+        """The status of every table from a query started after ``newer_than`` (loop time), and its start."""
+        latest = self._latest
+        stale = latest is None or latest[0] <= newer_than
+        if not stale and latest is not None and latest[1].done() and latest[1].exception() is not None:
+            stale = True  # a failed query is never shared twice
+        if stale:
+            started = asyncio.get_running_loop().time()
+            latest = self._latest = (started, asyncio.ensure_future(self._query()))
+        assert latest is not None
+        return latest[0], await asyncio.shield(latest[1])
+
+    def _row(self, statuses: dict[str, Any], table: str) -> Any:
+        row = statuses.get(table)
         if row is None:
             raise StorageError(f"questdb storage at {self._target}: table {table!r} is not a WAL table")
         if row["suspended"]:
@@ -146,20 +172,28 @@ class WalMonitor:
             raise WalSuspendedError(table, reason)
         return row
 
-    async def check(self, table: str) -> None:
-        """Raise :class:`WalSuspendedError` when ``table`` is suspended."""
-        await self._status(table)
+    async def check(self, *tables: str) -> None:
+        """Raise :class:`WalSuspendedError` when one of ``tables`` is suspended."""
+        _, statuses = await self._statuses(asyncio.get_running_loop().time())
+        for table in tables:
+            self._row(statuses, table)
 
-    async def wait_applied(self, table: str) -> None:
-        """Return once every transaction committed to ``table`` so far is visible to readers."""
+    async def wait_applied(self, *tables: str, committed_at: float | None = None) -> None:
+        """Return once every transaction committed to ``tables`` so far is visible to readers.
+
+        ``committed_at`` (loop time) is when the caller's last flush returned; a status query started after it
+        already counts that flush, so the caller may share it. Without it, only a query started now counts.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_ms / 1000
-        row = await self._status(table)
-        target = row["sequencerTxn"]
+        seen, statuses = await self._statuses(loop.time() if committed_at is None else committed_at)
+        targets = {table: self._row(statuses, table)["sequencerTxn"] for table in tables}
         delay = _POLL_FIRST_S
-        while row["writerTxn"] < target:
+        while behind := [t for t in tables if self._row(statuses, t)["writerTxn"] < targets[t]]:
             if loop.time() >= deadline:
-                raise WalApplyTimeoutError(self._target, table, self._timeout_ms, row["writerTxn"], target)
+                table = behind[0]
+                writer = statuses[table]["writerTxn"]
+                raise WalApplyTimeoutError(self._target, table, self._timeout_ms, writer, targets[table])
             await asyncio.sleep(delay)
             delay = min(delay * 2, _POLL_MAX_S)
-            row = await self._status(table)
+            seen, statuses = await self._statuses(seen)

@@ -12,7 +12,8 @@ Rules:
 4. :class:`RateBudget` is a token bucket per quantity (requests, request weight), refilled at ``limit / 60`` per
    second with a burst capacity of ``burst_ratio * limit``. Over any 60 s it admits at most
    ``limit * (1 + burst_ratio)``; in steady state exactly ``limit``. N workers sharing one exchange budget each
-   get ``limit / N`` (:meth:`RateBudget.shared`).
+   get ``limit / N`` (:meth:`RateBudget.shared`). The default burst is 2%: N processes each given 97% of their
+   share stay under the exchange's minute limit even when all of them start with a full bucket.
 5. Clocks and sleeps are injected (seconds, ``time.monotonic`` and ``asyncio.sleep`` by default) so tests never
    wait on real time.
 """
@@ -36,7 +37,7 @@ Sleep = Callable[[float], Awaitable[Any]]
 #: A ban or cooldown longer than this is not waited out; the request fails with BannedError / RateLimitedError.
 DEFAULT_MAX_WAIT_S = 900.0
 #: Burst capacity of a budget, as a fraction of its per-minute limit.
-DEFAULT_BURST_RATIO = 0.1
+DEFAULT_BURST_RATIO = 0.02
 #: Token shortfalls (and gate remainders, in seconds) below this count as none: waiting for an ulp would spin on
 #: a clock too coarse to move.
 _TOKEN_EPSILON = 1e-6

@@ -15,7 +15,7 @@ from provider.sources import BanGate, BannedError, RateBudget, RateLimitedError,
 
 async def test_requests_budget_allows_a_burst_then_paces_at_the_rate(clock: Any) -> None:
     """60 requests/min: the first 6 (10% burst) pass at once, each later one waits exactly 1 s."""
-    budget = RateBudget(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    budget = RateBudget(requests_per_minute=60, burst_ratio=0.1, clock=clock, sleep=clock.sleep)
     waits = [await budget.acquire() for _ in range(10)]
     assert waits == [0.0] * 6 + [pytest.approx(1.0)] * 4
     assert clock.now_s == pytest.approx(1_004.0)
@@ -24,14 +24,14 @@ async def test_requests_budget_allows_a_burst_then_paces_at_the_rate(clock: Any)
 
 async def test_weight_budget_charges_the_request_weight(clock: Any) -> None:
     """600 weight/min (10/s, burst 60): two requests of weight 50 make the second wait 4 s."""
-    budget = RateBudget(weight_per_minute=600, clock=clock, sleep=clock.sleep)
+    budget = RateBudget(weight_per_minute=600, burst_ratio=0.1, clock=clock, sleep=clock.sleep)
     assert await budget.acquire(50) == 0.0
     assert await budget.acquire(50) == pytest.approx(4.0)
 
 
 async def test_idle_time_refills_only_up_to_the_burst(clock: Any) -> None:
     """After a long idle period the bucket holds its burst capacity, not the whole idle time's worth."""
-    budget = RateBudget(requests_per_minute=60, clock=clock, sleep=clock.sleep)
+    budget = RateBudget(requests_per_minute=60, burst_ratio=0.1, clock=clock, sleep=clock.sleep)
     clock.now_s += 3_600
     waits = [await budget.acquire() for _ in range(7)]
     assert waits[:6] == [0.0] * 6 and waits[6] == pytest.approx(1.0)
@@ -39,7 +39,7 @@ async def test_idle_time_refills_only_up_to_the_burst(clock: Any) -> None:
 
 async def test_weight_above_capacity_waits_for_a_full_bucket(clock: Any) -> None:
     """A request heavier than the burst capacity is admitted once the bucket is full, never deadlocked."""
-    budget = RateBudget(weight_per_minute=60, clock=clock, sleep=clock.sleep)  # capacity 6
+    budget = RateBudget(weight_per_minute=60, burst_ratio=0.1, clock=clock, sleep=clock.sleep)  # capacity 6
     assert await budget.acquire(100) == 0.0
     assert await budget.acquire(100) == pytest.approx(6.0)
 
@@ -78,7 +78,7 @@ def test_admitted_weight_never_exceeds_burst_plus_rate(weights: list[int], gaps_
     async def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    budget = RateBudget(weight_per_minute=600, clock=lambda: now[0], sleep=sleep)  # 10/s, burst 60
+    budget = RateBudget(weight_per_minute=600, burst_ratio=0.1, clock=lambda: now[0], sleep=sleep)  # 10/s, burst 60
 
     async def run() -> None:
         admitted = 0.0
@@ -89,6 +89,23 @@ def test_admitted_weight_never_exceeds_burst_plus_rate(weights: list[int], gaps_
             assert admitted <= 60 + 10 * now[0] + 1e-9
 
     asyncio.run(run())
+
+
+async def test_default_burst_lets_n_workers_use_97_percent_of_a_minute_limit(clock: Any) -> None:
+    """Four processes, each at 97% of its share of 1,200/min and starting with a full bucket, never put more
+    than 1,200 requests into any 60 s: the default burst (2%) fits inside the 3% headroom."""
+    budgets = [RateBudget.shared(1_200 * 0.97, 0, workers=4, clock=clock, sleep=clock.sleep) for _ in range(4)]
+    stamps: list[float] = []
+
+    async def hammer(budget: RateBudget) -> None:
+        while clock.now_s < 1_000 + 180:
+            await budget.acquire()
+            stamps.append(clock.now_s)
+
+    await asyncio.gather(*(hammer(b) for b in budgets))
+    stamps.sort()
+    busiest = max(sum(1 for t in stamps[i:] if t < start + 60) for i, start in enumerate(stamps))
+    assert 1_100 < busiest <= 1_200
 
 
 def test_shared_budget_splits_the_limit_between_workers() -> None:

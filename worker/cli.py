@@ -21,7 +21,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from provider.core import AppConfig, ConfigError, load_config
-from provider.core.obs import METRICS_CONTENT_TYPE, configure_logging, get_logger, metrics_text, new_registry
+from provider.core.obs import (
+    METRICS_CONTENT_TYPE,
+    configure_logging,
+    get_logger,
+    metrics_text,
+    new_registry,
+    run_service,
+)
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
 from worker.metrics import WorkerMetrics
 
@@ -97,9 +104,9 @@ def run(**opts: Any) -> None:
         config = load_config(opts["config_path"])
         if opts["autoscale"]:
             bounds = parse_autoscale(opts["autoscale"])
-            code = asyncio.run(_supervise(opts, config, bounds))
+            code = run_service(_supervise(opts, config, bounds))
         else:
-            code = asyncio.run(_run_worker(opts, config))
+            code = run_service(_run_worker(opts, config))
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
@@ -115,6 +122,13 @@ def _token(opts: dict[str, Any]) -> str | None:
     from provider.client import read_token_file
 
     return read_token_file(opts["token_file"]) if opts["token_file"] else None
+
+
+def _note_retry(metrics: WorkerMetrics, event: Any) -> None:
+    metrics.retries.labels(source=event.source).inc()
+    log.warning(
+        "source retry", source=event.source, retry=event.retry, delay_s=round(event.delay_s, 3), error=str(event.error)
+    )
 
 
 async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
@@ -136,7 +150,7 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
         opts["source"],
         limits=limits,
         retry=backfill,
-        on_retry=lambda event: metrics.retries.labels(source=event.source).inc(),
+        on_retry=lambda event: _note_retry(metrics, event),
     )
     client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
     worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)

@@ -243,19 +243,29 @@ class Worker:
 
     async def _work(self, lease: Lease, completing: asyncio.Event) -> None:
         started = time.perf_counter()
+        phases: dict[str, float] = {}
+
+        def lap(phase: str) -> None:
+            phases[phase] = round(time.perf_counter() - started - sum(phases.values()), 3)
+
         end = self._closed_end_ms(lease)
         frame = await self._source.fetch(lease.series, lease.start, end) if end > lease.start else empty_frame()
         check_frame(frame, start_ms=lease.start, end_ms=end)
+        lap("fetch_s")
         # Re-check ownership right before writing: a worker paused past its TTL must not write or complete.
         await self._coordinator.renew(lease.lease_id, lease.token)
+        lap("renew_s")
         if end > lease.start:
             await self._storage.write_window(lease.series, lease.start, end, frame)
+        lap("write_s")
         completing.set()
         await self._coordinator.complete(lease.lease_id, lease.token, len(frame))
+        lap("complete_s")
         self.metrics.rows_written.inc(len(frame))
         self.metrics.windows_done.inc()
         self.metrics.last_timestamp.set(time.time())
-        log.info("window done", rows=len(frame), attempt=lease.attempt, took_s=round(time.perf_counter() - started, 3))
+        took_s = round(time.perf_counter() - started, 3)
+        log.info("window done", rows=len(frame), attempt=lease.attempt, took_s=took_s, **phases)
 
     async def _renew_loop(self, lease: Lease) -> None:
         """Renew every TTL/3; raise :class:`_LeaseLost` when the lease is gone or can no longer be proven ours."""

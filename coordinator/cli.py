@@ -165,10 +165,10 @@ def serve(
         data_dir=data_dir,
         password=secret,
     )
-    from provider.core.obs import configure_logging
+    from provider.core.obs import configure_logging, run_service
 
     configure_logging("coordinator", level=log_level)
-    asyncio.run(_serve(settings, config, tokens))
+    run_service(_serve(settings, config, tokens))
 
 
 async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:

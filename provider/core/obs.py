@@ -7,16 +7,19 @@ Rules:
 2. Each process (and each test) owns its Prometheus registry: :func:`new_registry`; nothing registers on the
    global default registry, so two coordinators in one test process never collide.
 3. Nothing is configured at import time; the CLI calls :func:`configure_logging` once.
+4. Services run their event loop through :func:`run_service`: uvloop where it is installed (Linux and macOS; it
+   cuts the event loop's share of an HTTP request by about half), the standard loop elsewhere.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +33,7 @@ __all__ = [
     "metrics_text",
     "new_registry",
     "new_request_id",
+    "run_service",
 ]
 
 METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -108,3 +112,16 @@ def new_registry() -> CollectorRegistry:
 def metrics_text(registry: CollectorRegistry) -> bytes:
     """The registry in Prometheus text format."""
     return generate_latest(registry)
+
+
+_T = TypeVar("_T")
+
+
+def run_service(main: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run(main)`` on uvloop when it is installed, else on the standard event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -74,7 +74,9 @@ def check_frame(
         return
     stamps = ts_ms(frame)
     _check_order(stamps)
-    _check_bounds(stamps, interval_ms, start_ms, end_ms)
+    if interval_ms is not None:
+        _check_grid(frame["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64), interval_ms)
+    _check_bounds(stamps, start_ms, end_ms)
     values = frame[list(PRICE_COLUMNS)].to_numpy()
     if not np.isfinite(values).all():
         raise FrameContractError("non_finite", "open/high/low/close/volume must be finite (no NaN or inf)")
@@ -102,14 +104,15 @@ def _check_order(stamps: np.ndarray) -> None:
         raise FrameContractError("unsorted", "rows must be sorted by ts ascending")
 
 
-def _check_bounds(stamps: np.ndarray, interval_ms: int | None, start_ms: int | None, end_ms: int | None) -> None:
-    if interval_ms is not None:
-        off = stamps % interval_ms != 0
-        if off.any():
-            bad = int(stamps[off][0])
-            raise FrameContractError(
-                "off_grid", f"ts {pd.Timestamp(bad, unit='ms')} is not on the {interval_ms} ms bar grid"
-            )
+def _check_grid(stamps_ns: np.ndarray, interval_ms: int) -> None:
+    """Checked in nanoseconds: a stamp a few microseconds off the grid is off the grid, not rounded onto it."""
+    off = stamps_ns % (interval_ms * 1_000_000) != 0
+    if off.any():
+        bad = pd.Timestamp(int(stamps_ns[off][0]), unit="ns")
+        raise FrameContractError("off_grid", f"ts {bad} is not on the {interval_ms} ms bar grid")
+
+
+def _check_bounds(stamps: np.ndarray, start_ms: int | None, end_ms: int | None) -> None:
     if start_ms is not None and stamps[0] < start_ms:
         raise FrameContractError("out_of_range", f"ts {int(stamps[0])} is before the window start {start_ms}")
     if end_ms is not None and stamps[-1] >= end_ms:

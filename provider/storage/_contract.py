@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from provider.core import Range, SeriesKey, intersect_ranges, to_ms
-from provider.frames import PRICE_COLUMNS, FrameContractError, check_frame, empty_frame, frame_from_arrays
+from provider.frames import PRICE_COLUMNS, FrameContractError, check_frame, empty_frame, frame_from_arrays, ts_ms
 from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
 
 __all__ = ["Storage", "StorageBase", "WindowWrite", "frame_from_columns", "parse_series", "prepare_write"]
@@ -116,15 +116,12 @@ def prepare_write(series: Any, start: Any, end: Any, frame: Any) -> WindowWrite:
             )
     try:
         check_frame(frame, interval_ms=step, start_ms=start_ms, end_ms=end_ms)
-        stamps_ns = frame["ts"].to_numpy(dtype="datetime64[ns]").view(np.int64)
-        if len(stamps_ns) and (stamps_ns % 1_000_000).any():
-            raise FrameContractError("off_grid", f"ts must be whole milliseconds on the {step} ms bar grid")
     except FrameContractError as exc:
         raise FrameRejectedError(exc.problem, str(exc), series=str(key), start_ms=start_ms, end_ms=end_ms) from None
     # Adding 0.0 turns -0.0 into 0.0 and changes nothing else: SQLite cannot store a negative zero, and every
     # backend must return the same bits.
     columns = tuple(frame[name].to_numpy(dtype=np.float64, copy=True) + 0.0 for name in PRICE_COLUMNS)
-    return WindowWrite(key, start_ms, end_ms, stamps_ns // 1_000_000, columns)
+    return WindowWrite(key, start_ms, end_ms, ts_ms(frame), columns)
 
 
 def frame_from_columns(ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:

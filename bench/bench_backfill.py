@@ -1,6 +1,8 @@
 """Backfill throughput end to end: 3 coordinators, N worker processes, the loopback exchange, storage.
 
-Two curves, each against a baseline measured in the same run:
+Two curves, each against a baseline measured in the same run. Rates are steady-state: windows completed between
+the moments 10% and 90% of the backfill was done (the start, with every token bucket full, and the tail, with
+the last windows finishing one by one, would flatter or understate it).
 
 1. Rate-limited: the exchange admits R*60 requests per sliding minute (429 beyond, and a ban for a client that
    ignores a 429), the way Binance counts. Each window is one 1000-bar request, so the bound is R x 1000 bars/s.
@@ -64,6 +66,16 @@ def config(rps: float | None, workers: int) -> dict[str, Any]:
     }
 
 
+def steady_rate(progress: list[tuple[float, int]], total: int) -> float:
+    """Windows/s between the samples that first reached 10% and 90% of ``total``: the steady state, without the
+    start (full token buckets, workers' first claims) or the tail (the last windows finishing one by one)."""
+    first = next((t, n) for t, n in progress if n >= 0.1 * total)
+    last = next((t, n) for t, n in progress if n >= 0.9 * total)
+    if last[0] <= first[0]:
+        raise RuntimeError(f"run too short to measure a steady rate: {progress}")
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
 def run_backfill(
     root: Path, storage: str, workers: int, windows: int, rps: float | None
 ) -> tuple[float, dict[str, int]]:
@@ -98,16 +110,17 @@ def run_backfill(
             status, answer = http_json("POST", cluster.urls[0] + "/v1/jobs", body)
             assert status in (200, 201), answer
             jobs.append(answer["job"]["job_id"])
-        states = []
-        for job in jobs:  # one poll at a time: polling costs coordinator CPU, which the workers need
-            while (state := http_json("GET", cluster.urls[0] + f"/v1/jobs/{job}")[1]["job"])["state"] == "running":
-                time.sleep(0.1)
-            states.append(state)
-        took_s = time.perf_counter() - started
+        progress = []  # (seconds since submit, windows done): one GET /v1/jobs every 0.25 s
+        while True:
+            states = [j for j in http_json("GET", cluster.urls[0] + "/v1/jobs")[1]["jobs"] if j["job_id"] in jobs]
+            progress.append((time.perf_counter() - started, sum(j["windows"]["done"] for j in states)))
+            if all(s["state"] != "running" for s in states):
+                break
+            time.sleep(0.25)
         assert all(s["state"] == "done" for s in states), states
-        bars = per_symbol * len(symbols) * BARS_PER_WINDOW
+        rate = steady_rate(progress, per_symbol * len(symbols)) * BARS_PER_WINDOW
         statuses = http_json("GET", exchange.url + "/_admin/stats")[1]["statuses"]
-        return bars / took_s, {k: v for k, v in statuses.items() if k != "200"}
+        return rate, {k: v for k, v in statuses.items() if k != "200"}
     finally:
         pool.kill_all()
         exchange.stop()
@@ -148,7 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
     parser.add_argument("--rps", type=float, default=20.0, help="exchange request limit for the bounded curve")
-    parser.add_argument("--seconds", type=float, default=12.0, help="target length of one bounded run")
+    parser.add_argument("--seconds", type=float, default=15.0, help="target length of one bounded run")
     parser.add_argument("--max-workers", type=int, default=4, choices=(4, 8))
     parser.add_argument("--storage", choices=("sqlite", "questdb"), default="questdb")
     args = parser.parse_args()

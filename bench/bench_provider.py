@@ -83,9 +83,9 @@ def _sql(table_name: str, ts: str) -> str:
     )
 
 
-async def raw_read(conn: asyncpg.Connection, table_name: str, lo: int, hi: int) -> pd.DataFrame:
+async def raw_read(conn: asyncpg.Connection, table_name: str, lo: int, hi: int, series: str = SERIES) -> pd.DataFrame:
     """The baseline: one asyncpg query (ts as epoch us, decoded in C), then the frame the provider returns."""
-    rows = await conn.fetch(_sql(table_name, "cast(ts AS LONG)"), SERIES, naive(lo), naive(hi))
+    rows = await conn.fetch(_sql(table_name, "cast(ts AS LONG)"), series, naive(lo), naive(hi))
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * 6)
     matrix = flat.reshape(len(rows), 6)
     return frame_from_arrays(matrix[:, 0].astype(np.int64) // 1000, *matrix[:, 1:].T)
@@ -150,7 +150,8 @@ async def bench(dsn: str, pg_dsn: str, args: argparse.Namespace) -> dict[str, An
             t0 = time.perf_counter()
             frame = await cached.fetch(l1_lo, l1_hi, node_id=SERIES)
             hits.append(time.perf_counter() - t0)
-        assert cached.last_fetch_metadata.cache_hit and len(frame) == L1_BARS
+        metadata = cached.last_fetch_metadata
+        assert metadata is not None and metadata.cache_hit and len(frame) == L1_BARS
         results["l1_hit_ms_median"] = statistics.median(hits) * 1000
         results["l1_hit_ms_p99"] = float(np.percentile(hits, 99)) * 1000
         results["storage_10k_ms"], _ = await timed(lambda: storage.read(SERIES, l1_lo, l1_hi), args.runs)

@@ -1,0 +1,378 @@
+"""Provider fetch cost from 10^3 to 10^7 bars out of QuestDB, against raw asyncpg of the same rows, same run.
+
+One series of 1s bars (10^7 of them span 116 days, i.e. 116 DAY partitions; 1m bars would need 6,945) is loaded
+with the raw ``questdb`` sender: one ILP/HTTP flush per 10^6 bars and ledger rows of 100,000-bar windows, so the
+provider sees the range as covered. Then, for each size, interleaved runs of:
+
+- provider: ``SeamlessDataProvider.fetch`` (FAIL_FAST, cache off: coverage query + storage read + conformance);
+- raw: bench_provider.py's baseline, one asyncpg query (ts cast to LONG) flattened in C into the same DataFrame.
+
+Times are medians of ``--runs`` runs (``--large-runs`` at 10^7 bars, where one read takes tens of seconds).
+Memory held while serving: the process's peak RSS during one call (VmHWM, reset through /proc/self/clear_refs
+before the call) minus its RSS before, next to the size of the frame returned (the least any path must hold).
+
+QuestDB: ``--dsn questdb://...`` (a running server) or, by default, one started from its jar by
+scripts/devservices.py. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
+
+Run: ``.venv/bin/python bench/bench_provider_scale.py [--max-exp 7] [--runs 5] [--large-runs 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import asyncpg  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from _common import emit, table  # noqa: E402 (bench scripts run as files)
+from bench_provider import raw_read  # noqa: E402
+from bench_storage import wait_applied  # noqa: E402
+from questdb import Sender  # noqa: E402
+
+from provider.core import SeriesKey  # noqa: E402
+from provider.core.obs import configure_logging, new_registry  # noqa: E402
+from provider.reports import MemoryReportSink  # noqa: E402
+from provider.seamless import SeamlessDataProvider  # noqa: E402
+from provider.sources import open_source  # noqa: E402
+from provider.storage import open_storage, parse_dsn  # noqa: E402
+from provider.storage._questdb_ingest import ilp_frame  # noqa: E402
+
+SERIES = "ohlcv:binance:BTC/USDT:1s"
+SECOND_MS = 1_000
+START = 1_577_836_800_000  # 2020-01-01
+LOAD_CHUNK_BARS = 1_000_000
+LEDGER_WINDOW_BARS = 100_000
+PRICES = ("open", "high", "low", "close", "volume")
+HISTORY_WINDOW_BARS = 900
+FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+
+
+def memory_kib() -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    return {name: int(fields[name].split()[0]) for name in ("VmRSS", "VmHWM")}
+
+
+def reset_peak_kib() -> int:
+    """Reset VmHWM to the current RSS (Linux clear_refs); returns that RSS in KiB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return memory_kib()["VmRSS"]
+
+
+async def measured(fn: Callable[[], Awaitable[pd.DataFrame]]) -> tuple[float, int, pd.DataFrame]:
+    """(seconds, peak RSS above the starting RSS in bytes, frame) of one call."""
+    before = reset_peak_kib()
+    started = time.perf_counter()
+    frame = await fn()
+    took = time.perf_counter() - started
+    return took, (memory_kib()["VmHWM"] - before) * 1024, frame
+
+
+async def traced_peak(fn: Callable[[], Awaitable[pd.DataFrame]]) -> int:
+    """Bytes allocated at the peak of one call above what was allocated before it (tracemalloc; slow)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        frame = await fn()
+        peak = tracemalloc.get_traced_memory()[1] - before
+        del frame
+        return peak
+    finally:
+        tracemalloc.stop()
+
+
+def send_frame(dsn: str, frame: pd.DataFrame, table_name: str) -> None:
+    """One ILP/HTTP flush of ``frame`` with the raw sender (blocking)."""
+    with Sender.from_conf(f"{parse_dsn(dsn).ilp_conf()}auto_flush=off;max_buf_size={1 << 30};") as sender:
+        sender.dataframe(frame, table_name=table_name, symbols=["series"], at="ts")
+        sender.flush()
+
+
+def ledger_frame(starts: np.ndarray, ends: np.ndarray) -> pd.DataFrame:
+    """Ledger rows (the storage's ``T_windows`` schema) for windows ``[starts[i], ends[i])`` of SERIES."""
+    return pd.DataFrame({
+        "series": pd.Series(np.full(len(starts), SERIES, dtype=object), dtype=object),
+        "ts": starts.astype("datetime64[ms]").astype("datetime64[ns]"),
+        "start_ms": starts, "end_ms": ends, "row_count": (ends - starts) // SECOND_MS,
+        "written_at": np.full(len(starts), np.datetime64("2026-01-01T00:00:00", "ns")),
+    })  # fmt: skip
+
+
+async def load_bars(dsn: str, table_name: str, first_ms: int, bars: int) -> None:
+    """``bars`` synthetic 1s bars from ``first_ms``, one flush per 10^6; the next chunk is generated meanwhile."""
+    source = open_source("synthetic:3")
+    key = SeriesKey.parse(SERIES)
+    pending: asyncio.Task[None] | None = None
+    for lo in range(0, bars, LOAD_CHUNK_BARS):
+        hi = min(lo + LOAD_CHUNK_BARS, bars)
+        chunk = await source.fetch(key, first_ms + lo * SECOND_MS, first_ms + hi * SECOND_MS)
+        stamps_ms = chunk["ts"].astype("int64").to_numpy() // 1_000_000
+        frame = ilp_frame(SERIES, stamps_ms, [chunk[c].to_numpy() for c in PRICES])
+        if pending is not None:
+            await pending
+        pending = asyncio.create_task(asyncio.to_thread(send_frame, dsn, frame, table_name))
+    if pending is not None:
+        await pending
+    await source.aclose()
+
+
+async def load(dsn: str, conn: asyncpg.Connection, table_name: str, bars: int) -> None:
+    """``bars`` synthetic 1s bars from START and ledger rows of 100,000-bar windows, through the raw sender."""
+    await load_bars(dsn, table_name, START, bars)
+    starts = START + np.arange(0, bars, LEDGER_WINDOW_BARS, dtype=np.int64) * SECOND_MS
+    ends = np.minimum(starts + LEDGER_WINDOW_BARS * SECOND_MS, START + bars * SECOND_MS)
+    await asyncio.to_thread(send_frame, dsn, ledger_frame(starts, ends), f"{table_name}_windows")
+    await wait_applied(conn, table_name)
+    await wait_applied(conn, f"{table_name}_windows")
+
+
+def make_reader(storage: Any) -> SeamlessDataProvider:
+    """FAIL_FAST with the cache off: every fetch asks the ledger and reads storage."""
+    return SeamlessDataProvider(
+        strategy="fail_fast",
+        storage_source=storage,
+        cache_source=False,
+        report_sink=MemoryReportSink(),
+        registry=new_registry(),
+        clock=lambda: FAR_FUTURE_MS,  # every bar is closed
+    )
+
+
+def fetch_paths(
+    reader: SeamlessDataProvider, conn: asyncpg.Connection, table_name: str, lo: int, hi: int
+) -> dict[str, Callable[[], Awaitable[pd.DataFrame]]]:
+    """The measured path and its baseline, each returning the same frame of ``[lo, hi)``."""
+    return {
+        "provider": lambda: reader.fetch(lo, hi, node_id=SERIES),
+        "raw": lambda: raw_read(conn, table_name, lo, hi, SERIES),
+    }
+
+
+async def history_curve(dsn: str, conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The newest HISTORY_WINDOW_BARS bars fetched from a series whose ledger holds N windows, N = 10^3 ... 10^6.
+
+    The request is the same at every N; only the history of the series grows. Each N gets its own tables.
+    """
+    points = []
+    for windows in args.history:
+        table_name = f"bench_hist_{secrets.token_hex(3)}_{windows}"
+        storage = await open_storage(f"{dsn}{'&' if '?' in dsn else '?'}table={table_name}")
+        span_ms = HISTORY_WINDOW_BARS * SECOND_MS
+        starts = START + np.arange(windows, dtype=np.int64) * span_ms
+        lo, hi = int(starts[-1]), int(starts[-1] + span_ms)
+        try:
+            await load_bars(dsn, table_name, lo, HISTORY_WINDOW_BARS)
+            await asyncio.to_thread(send_frame, dsn, ledger_frame(starts, starts + span_ms), f"{table_name}_windows")
+            await wait_applied(conn, table_name)
+            await wait_applied(conn, f"{table_name}_windows")
+            reader = make_reader(storage)
+            point = await time_size(args, fetch_paths(reader, conn, table_name, lo, hi), HISTORY_WINDOW_BARS)
+            await reader.aclose()
+        finally:
+            await storage.aclose()
+            await conn.execute(f'DROP TABLE IF EXISTS "{table_name}"')
+            await conn.execute(f'DROP TABLE IF EXISTS "{table_name}_windows"')
+        point["windows"] = windows
+        points.append(point)
+        print(f"history of {windows:,} windows: provider {point['provider_s'] * 1000:.1f} ms, "
+              f"raw {point['raw_s'] * 1000:.1f} ms", flush=True)  # fmt: skip
+    return points
+
+
+def same_frames(ours: pd.DataFrame, theirs: pd.DataFrame, bars: int) -> None:
+    if len(ours) != bars or len(theirs) != bars:
+        raise SystemExit(f"row counts differ: provider {len(ours)}, raw {len(theirs)}, stored {bars}")
+    if bars <= 1_000_000:
+        pd.testing.assert_frame_equal(ours, theirs)
+    elif not (ours["ts"].equals(theirs["ts"]) and np.array_equal(ours["close"].to_numpy(), theirs["close"].to_numpy())):
+        raise SystemExit("provider and raw frames differ")
+
+
+async def rss_probe(dsn: str, table_name: str, path: str, bars: int) -> int:
+    """Peak RSS above the starting RSS of a fresh process serving one fetch of ``bars`` bars through ``path``."""
+    cmd = [sys.executable, __file__, "--dsn", dsn, "--probe", path, str(bars), table_name]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"memory probe {path} at {bars:,} bars failed ({proc.returncode})")
+    return int(out.decode().strip().splitlines()[-1])
+
+
+async def probe_main(dsn: str, path: str, bars: int, table_name: str) -> None:
+    """The child side of :func:`rss_probe`: warm up on 1,000 bars, reset the peak, fetch, print the peak delta."""
+    storage = await open_storage(f"{dsn}{'&' if '?' in dsn else '?'}table={table_name}")
+    conn = await asyncpg.connect(parse_dsn(dsn).pg_dsn())
+    reader = make_reader(storage)
+    fetch: dict[str, Callable[[int], Awaitable[pd.DataFrame]]] = {
+        "provider": lambda n: reader.fetch(START, START + n * SECOND_MS, node_id=SERIES),
+        "raw": lambda n: raw_read(conn, table_name, START, START + n * SECOND_MS, SERIES),
+    }
+    await fetch[path](1_000)
+    _, peak, frame = await measured(lambda: fetch[path](bars))
+    assert len(frame) == bars
+    print(peak)
+    await reader.aclose()
+    await conn.close()
+    await storage.aclose()
+
+
+async def time_size(
+    args: argparse.Namespace, paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]], bars: int
+) -> dict[str, Any]:
+    """Interleaved timed runs of every path (after one warm-up call each), checking the frames agree once."""
+    runs = args.large_runs if bars >= 10**7 else args.runs
+    if bars < 10**7:  # warm-up: connections, QuestDB's compiled queries, first uses (the smaller sizes did it)
+        for fn in paths.values():
+            await fn()
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    point: dict[str, Any] = {"runs": runs}
+    for run in range(runs):  # interleaved, so load drift on a shared machine hits both paths alike
+        frames: dict[str, pd.DataFrame] = {}
+        for name, fn in paths.items():
+            started = time.perf_counter()
+            frame = await fn()
+            samples[name].append(time.perf_counter() - started)
+            point["result_bytes"] = int(frame.memory_usage(deep=True).sum())
+            if run == 0:
+                frames[name] = frame
+            del frame
+        if run == 0:
+            same_frames(frames["provider"], frames["raw"], bars)
+        del frames
+    for name, values in samples.items():
+        point[f"{name}_s"] = statistics.median(values)
+    return point
+
+
+async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    table_name = f"bench_scale_{secrets.token_hex(4)}"
+    storage = await open_storage(f"{dsn}{'&' if '?' in dsn else '?'}table={table_name}")
+    conn = await asyncpg.connect(parse_dsn(dsn).pg_dsn())
+    sizes = [10**exp for exp in range(3, args.max_exp + 1)]
+    results: dict[str, Any] = {"sizes": {}}
+    try:
+        if args.history:
+            results["history"] = await history_curve(dsn, conn, args)
+        if args.history_only:
+            return results
+        started = time.perf_counter()
+        await load(dsn, conn, table_name, sizes[-1])
+        results["load_s"] = time.perf_counter() - started
+        print(f"loaded {sizes[-1]:,} bars in {results['load_s']:.1f} s", flush=True)
+        reader = make_reader(storage)
+        for bars in sizes:
+            lo, hi = START, START + bars * SECOND_MS
+
+            paths = fetch_paths(reader, conn, table_name, lo, hi)
+            point = await time_size(args, paths, bars)
+            if bars <= args.trace_max:
+                for name, fn in paths.items():
+                    point[f"{name}_traced_bytes"] = await traced_peak(fn)
+            if bars >= args.rss_min:
+                for name in paths:
+                    point[f"{name}_rss_bytes"] = await rss_probe(dsn, table_name, name, bars)
+            results["sizes"][str(bars)] = point
+            print(f"{bars:,} bars: provider {point['provider_s']:.3f} s, raw {point['raw_s']:.3f} s", flush=True)
+        await reader.aclose()
+    finally:
+        await conn.execute(f'DROP TABLE IF EXISTS "{table_name}"')
+        await conn.execute(f'DROP TABLE IF EXISTS "{table_name}_windows"')
+        await conn.close()
+        await storage.aclose()
+    return results
+
+
+def mib(value: float | None, frame_bytes: int) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} ({value / max(frame_bytes, 1):.1f}x)"
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    if results.get("history"):
+        print(f"\n## The newest {HISTORY_WINDOW_BARS} bars, as the series' ledger grows (median of {args.runs} runs)\n")
+        first = results["history"][0]
+        rows = [[f"{p['windows']:,}", p["provider_s"] * 1000, f"{p['provider_s'] / first['provider_s']:.2f}x",
+                 p["raw_s"] * 1000, f"{p['provider_s'] / p['raw_s']:.2f}x"] for p in results["history"]]  # fmt: skip
+        heads = ["ledger windows", "provider ms", "vs smallest", "raw asyncpg ms (same bars)", "provider / raw"]
+        print(table(heads, rows))
+    if results["sizes"]:
+        report_sizes(results)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (shared machine)")
+    emit("provider_scale", results)
+
+
+def report_sizes(results: dict[str, Any]) -> None:
+    print(f"\n## Provider fetch vs raw asyncpg, 1s bars from QuestDB (load of {max(map(int, results['sizes'])):,} "
+          f"bars with the raw sender: {results['load_s']:.0f} s)\n")  # fmt: skip
+    rows = []
+    for bars, p in results["sizes"].items():
+        n = int(bars)
+        rows.append([f"{n:,}", p["runs"], p["provider_s"] * 1000, p["raw_s"] * 1000,
+                     f"{p['provider_s'] / p['raw_s']:.2f}x", p["provider_s"] / n * 1e9,
+                     p["raw_s"] / n * 1e9])  # fmt: skip
+    heads = ["bars", "runs (median)", "provider ms", "raw asyncpg ms", "provider / raw", "provider ns/bar",
+             "raw ns/bar"]  # fmt: skip
+    print(table(heads, rows))
+    print("\n## Memory held while serving one fetch, MiB (x the frame returned)\n")
+    print("tracemalloc: peak bytes allocated during one untimed call above those allocated before it. RSS: peak")
+    print("RSS of a fresh process during one fetch above its RSS before it (after a 1,000-bar warm-up).\n")
+    rows = []
+    for bars, p in results["sizes"].items():
+        frame_bytes = p["result_bytes"]
+        rows.append([f"{int(bars):,}", frame_bytes / 2**20,
+                     *(mib(p.get(f"{name}_{kind}_bytes"), frame_bytes)
+                       for kind in ("traced", "rss") for name in ("provider", "raw"))])  # fmt: skip
+    heads = ["bars", "frame (MiB)", "provider, tracemalloc", "raw asyncpg, tracemalloc", "provider, RSS",
+             "raw asyncpg, RSS"]  # fmt: skip
+    print(table(heads, rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-exp", type=int, default=7, choices=range(3, 8), help="largest size is 10^N bars")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per path and size (median)")
+    parser.add_argument("--large-runs", type=int, default=2, help="timed runs at 10^7 bars (median)")
+    parser.add_argument(
+        "--trace-max", type=int, default=10**6, help="largest size also measured with tracemalloc (one slow call)"
+    )
+    parser.add_argument(
+        "--rss-min", type=int, default=10**6, help="smallest size also measured as peak RSS of a fresh process"
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        nargs="*",
+        default=[1_000, 10_000, 100_000, 1_000_000],
+        help="ledger sizes of the history curve (none: skip it)",
+    )
+    parser.add_argument("--history-only", action="store_true", help="only the history curve")
+    parser.add_argument("--dsn", default=None, help="questdb:// DSN of a running server (default: start one)")
+    parser.add_argument("--probe", nargs=3, metavar=("PATH", "BARS", "TABLE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    configure_logging("bench", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives for the run)
+    if args.probe:
+        asyncio.run(probe_main(args.dsn, args.probe[0], int(args.probe[1]), args.probe[2]))
+        return
+    if args.dsn:
+        report(asyncio.run(bench(args.dsn, args)), args)
+        return
+    from devservices import QuestDBServer
+
+    with QuestDBServer() as server:
+        report(asyncio.run(bench(server.dsn, args)), args)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,11 @@ the end, because QuestDB deletes dropped partitions in the background and that w
   ``SELECT ts, open, high, low, close, volume ... WHERE series = $1 AND ts >= $2 AND ts < $3`` (Records).
 - coverage: ``coverage(series)`` with 100,000 ledger windows for the series (and 100,000 of another series in
   the same ledger). The ledger rows are loaded with the raw sender: 100,000 write_window round trips would
-  measure QuestDB's WAL latency, not coverage.
+  measure QuestDB's WAL latency, not coverage. Baseline: every ledger row of the series fetched with asyncpg
+  and merged in Python (what the islands query avoids).
+- coverage curve: the same at 10^3, 10^4, 10^5 and 10^6 ledger windows (``--coverage-curve``), one fresh
+  ledger each, medians of ``max(--runs, 5)`` calls of each, plus ``coverage(series, start, end)`` of the newest
+  four windows (the question a fetch of recent bars asks), interleaved with it; the baseline runs last.
 
 Targets: backend write >= 0.8 x raw, backend read >= 0.8 x raw, coverage under 50 ms. Medians of ``--runs``
 runs (coverage: of 8 calls per run), after a warm-up round on throw-away tables.
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import statistics
 import sys
@@ -44,6 +49,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from _common import emit, table  # noqa: E402 (bench scripts run as files)
 
+from provider.core import intersect_ranges, merge_ranges  # noqa: E402
 from provider.frames import frame_from_arrays  # noqa: E402
 from provider.storage import open_storage, parse_dsn  # noqa: E402
 from provider.storage._questdb import _schema  # noqa: E402
@@ -142,10 +148,12 @@ async def raw_read(conn: asyncpg.Connection, table_name: str, end_ms: int) -> tu
     return time.perf_counter() - started, len(records)
 
 
-async def load_ledger(conn: asyncpg.Connection, ilp_conf: str, ledger: str) -> list[tuple[int, int]]:
-    """100,000 windows of SERIES (every 1000th missing) and as many of OTHER; returns the expected coverage."""
-    starts = T0 + np.arange(COVERAGE_WINDOWS, dtype=np.int64) * COVERAGE_SPAN_MS
-    keep = np.arange(COVERAGE_WINDOWS) % 1000 != 999
+async def load_ledger(
+    conn: asyncpg.Connection, ilp_conf: str, ledger: str, windows: int = COVERAGE_WINDOWS
+) -> list[tuple[int, int]]:
+    """``windows`` windows of SERIES (every 1000th missing) and as many of OTHER; returns the expected coverage."""
+    starts = T0 + np.arange(windows, dtype=np.int64) * COVERAGE_SPAN_MS
+    keep = np.arange(windows) % 1000 != 999
 
     def frame(series: str, chosen: np.ndarray) -> Any:
         n = len(chosen)
@@ -166,28 +174,66 @@ async def load_ledger(conn: asyncpg.Connection, ilp_conf: str, ledger: str) -> l
     await wait_applied(conn, ledger)
     gaps = np.flatnonzero(~keep)
     bounds = np.concatenate(([0], gaps + 1))
-    ends = np.concatenate((gaps, [COVERAGE_WINDOWS]))
+    ends = np.concatenate((gaps, [windows]))
     return [(int(starts[b]), int(starts[e - 1] + COVERAGE_SPAN_MS)) for b, e in zip(bounds, ends, strict=True) if e > b]
 
 
-async def bench_coverage(dsn: str, conn: asyncpg.Connection, ilp_conf: str, samples: int) -> list[float]:
-    """Seconds per ``coverage(SERIES)`` call over 100,000 ledger windows, after a few warm-up calls."""
-    table_name = "bench_cov"
-    await conn.execute(f"DROP TABLE IF EXISTS {table_name}_windows")
+async def bench_coverage(
+    dsn: str,
+    conn: asyncpg.Connection,
+    ilp_conf: str,
+    samples: int,
+    windows: int = COVERAGE_WINDOWS,
+    table_name: str = "bench_cov",
+) -> tuple[list[float], list[float], list[float]]:
+    """Seconds per ``coverage(SERIES)`` call over ``windows`` ledger windows, after a few warm-up calls; the same
+    for the baseline (every ledger row of the series fetched, merged in Python) and for the coverage of the newest
+    four windows only (``coverage(SERIES, start, end)``); the baseline runs after the other two."""
+    ledger = f"{table_name}_windows"
+    await conn.execute(f"DROP TABLE IF EXISTS {ledger}")
     storage = await open_storage(with_table(dsn, table_name))
+    naive_sql = f"SELECT start_ms, end_ms FROM {ledger} WHERE series = $1 ORDER BY ts"
+
+    async def naive() -> list[tuple[int, int]]:
+        return merge_ranges([(row[0], row[1]) for row in await conn.fetch(naive_sql, SERIES)])
+
     try:
-        expected = await load_ledger(conn, ilp_conf, f"{table_name}_windows")
-        for _ in range(10):  # warm-up: QuestDB compiles the query on first use
-            if await storage.coverage(SERIES) != expected:
+        expected = await load_ledger(conn, ilp_conf, ledger, windows)
+        recent = (T0 + (windows - 4) * COVERAGE_SPAN_MS, T0 + windows * COVERAGE_SPAN_MS)
+        for _ in range(3):  # warm-up: QuestDB compiles the query on first use
+            if await storage.coverage(SERIES) != expected or await naive() != expected:
                 raise SystemExit("coverage does not match the ledger")
-        timings = []
-        for _ in range(samples):
+            if await storage.coverage(SERIES, *recent) != intersect_ranges(expected, [recent]):
+                raise SystemExit("coverage within a range does not match the ledger")
+        timings: tuple[list[float], list[float], list[float]] = ([], [], [])
+        # The baseline runs after the others: right after it returns a million rows, QuestDB (the JVM) and this
+        # process are still cleaning up, which would be charged to whichever query came next.
+        calls = [
+            (lambda: storage.coverage(SERIES), timings[0]),
+            (lambda: storage.coverage(SERIES, *recent), timings[2]),
+        ]
+        for fn, out in [*(calls * samples), *([(naive, timings[1])] * samples)]:
+            gc.collect()  # garbage of an earlier call is collected outside the timings
             started = time.perf_counter()
-            await storage.coverage(SERIES)
-            timings.append(time.perf_counter() - started)
+            await fn()
+            out.append(time.perf_counter() - started)
         return timings
     finally:
         await storage.aclose()
+
+
+async def coverage_curve(
+    dsn: str, conn: asyncpg.Connection, ilp_conf: str, sizes: list[int], samples: int
+) -> list[list[Any]]:
+    """coverage() against the fetch-everything baseline as the ledger grows; each size in its own table."""
+    rows = []
+    for windows in sizes:
+        ours, naive, recent = await bench_coverage(dsn, conn, ilp_conf, samples, windows, f"bench_cov_{windows}")
+        ours_ms, naive_ms = statistics.median(ours) * 1000, statistics.median(naive) * 1000
+        rows.append([windows, ours_ms, ours_ms / windows * 1e6, naive_ms, ours_ms / naive_ms,
+                     statistics.median(recent) * 1000])  # fmt: skip
+        print(f"coverage over {windows:,} windows: {ours_ms:.1f} ms (baseline {naive_ms:.1f} ms)", flush=True)
+    return rows
 
 
 async def one_run(
@@ -230,13 +276,17 @@ async def main_async(args: argparse.Namespace, dsn: str) -> None:
     conn = await asyncpg.connect(parsed.pg_dsn())
     tags = ["warmup", *(str(run + 1) for run in range(args.runs))]
     tables = ["bench_cov", *(f"bench_{kind}_{tag}" for tag in tags for kind in ("raw", "backend", "seq"))]
+    tables += [f"bench_cov_{windows}" for windows in args.coverage_curve]
+    runs: list[dict[str, float]] = []
     try:
-        # Warm-up on throw-away tables, so no measured side pays for the JVM's first use of a code path.
-        await one_run(argparse.Namespace(**{**vars(args), "bars": args.window_bars}), dsn, conn,
-                      (frames[:1], ilp_frames[:1], ilp_conf), 0, "warmup")  # fmt: skip
-        coverage = await bench_coverage(dsn, conn, ilp_conf, max(args.runs, 5) * 8)
-        data = (frames, ilp_frames, ilp_conf)
-        runs = [await one_run(args, dsn, conn, data, run, str(run + 1)) for run in range(args.runs)]
+        if not args.curve_only:
+            # Warm-up on throw-away tables, so no measured side pays for the JVM's first use of a code path.
+            await one_run(argparse.Namespace(**{**vars(args), "bars": args.window_bars}), dsn, conn,
+                          (frames[:1], ilp_frames[:1], ilp_conf), 0, "warmup")  # fmt: skip
+            coverage = await bench_coverage(dsn, conn, ilp_conf, max(args.runs, 5) * 8)
+            data = (frames, ilp_frames, ilp_conf)
+            runs = [await one_run(args, dsn, conn, data, run, str(run + 1)) for run in range(args.runs)]
+        curve = await coverage_curve(dsn, conn, ilp_conf, args.coverage_curve, max(args.runs, 5))
     finally:
         # Tables are dropped only at the end: QuestDB deletes dropped partitions in the background, which would
         # slow whichever side runs next.
@@ -244,14 +294,25 @@ async def main_async(args: argparse.Namespace, dsn: str) -> None:
             for table_name in (name, f"{name}_windows"):
                 await conn.execute(f'DROP TABLE IF EXISTS "{table_name}"')
         await conn.close()
-    report(args, {key: [run[key] for run in runs] for key in runs[0]}, coverage)
+    if runs:
+        report(args, {key: [run[key] for run in runs] for key in runs[0]}, coverage, curve)
+    if curve:
+        print(f"\n## coverage(series) as the ledger grows (median of {max(args.runs, 5)} calls each)\n")
+        heads = ["ledger windows", "coverage() ms", "ns per window", "baseline: fetch all rows + merge, ms",
+                 "coverage / baseline", "coverage of the newest 4 windows, ms"]  # fmt: skip
+        print(table(heads, [[f"{r[0]:,}", r[1], r[2], r[3], f"{r[4]:.2f}x", r[5]] for r in curve]))
+        if not runs:
+            emit("storage_coverage_curve", {"coverage_curve_ms": {str(r[0]): round(r[1], 2) for r in curve}})
 
 
-def report(args: argparse.Namespace, results: dict[str, list[float]], coverage: list[float]) -> None:
+def report(
+    args: argparse.Namespace, results: dict[str, list[float]], coverage: tuple[list[float], ...], curve: Any
+) -> None:
     med = {key: statistics.median(values) for key, values in results.items()}
     rate = {key: args.bars / value for key, value in med.items()}
     write_ratio, read_ratio = rate["bw"] / rate["rw"], rate["br"] / rate["rr"]
-    coverage_ms = statistics.median(coverage) * 1000
+    coverage_ms = statistics.median(coverage[0]) * 1000
+    baseline_ms = statistics.median(coverage[1]) * 1000
     print(f"\n## QuestDB storage, {args.bars:,} bars in windows of {args.window_bars:,}, median of {args.runs} runs\n")
     rows = [
         [f"write: backend write_window, {args.concurrency} in flight", med["bw"], rate["bw"], write_ratio, ">= 0.8"],
@@ -271,7 +332,8 @@ def report(args: argparse.Namespace, results: dict[str, list[float]], coverage: 
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (shared machine)")
     print(
         f"\ncoverage(series) over {COVERAGE_WINDOWS:,} ledger windows: median {coverage_ms:.1f} ms of "
-        f"{len(coverage)} calls (min {min(coverage) * 1000:.1f}, max {max(coverage) * 1000:.1f}); target < 50 ms\n"
+        f"{len(coverage[0])} calls (min {min(coverage[0]) * 1000:.1f}, max {max(coverage[0]) * 1000:.1f}); "
+        f"target < 50 ms; baseline (fetch every ledger row, merge in Python): {baseline_ms:.1f} ms\n"
     )
     emit(
         "storage",
@@ -290,6 +352,8 @@ def report(args: argparse.Namespace, results: dict[str, list[float]], coverage: 
             "read_ratio": round(read_ratio, 3),
             "coverage_windows": COVERAGE_WINDOWS,
             "coverage_ms": round(coverage_ms, 2),
+            "coverage_baseline_ms": round(baseline_ms, 2),
+            "coverage_curve_ms": {str(row[0]): round(row[1], 2) for row in curve},
             "load_average_1m": round(os.getloadavg()[0], 2),
             "targets_met": write_ratio >= 0.8 and read_ratio >= 0.8 and coverage_ms < 50,
         },
@@ -303,6 +367,14 @@ def main() -> None:
     parser.add_argument("--window-bars", type=int, default=100_000, help="bars per window (default 100,000)")
     parser.add_argument("--concurrency", type=int, default=8, help="backend windows in flight (default 8)")
     parser.add_argument("--dsn", help="questdb:// DSN of a running server (default: start one from the jar)")
+    parser.add_argument(
+        "--coverage-curve",
+        type=int,
+        nargs="*",
+        default=[1_000, 10_000, 100_000, 1_000_000],
+        help="ledger sizes of the coverage curve (none: skip it)",
+    )
+    parser.add_argument("--curve-only", action="store_true", help="only the coverage curve")
     args = parser.parse_args()
     with ExitStack() as stack:
         dsn = args.dsn

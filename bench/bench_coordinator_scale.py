@@ -26,8 +26,8 @@ One 3-node ``coordinator serve`` cluster (bench_coordinator.py's helpers) grows 
 A last table submits single jobs of 10,000 ... 200,000 windows to a fresh cluster: a job is applied in one Raft
 entry, so its commit time and the elections it causes show the largest job one entry can carry.
 
-At 10,000 windows the load completes most of the table, so small jobs top it up whenever fewer than
-``TOPUP_BELOW`` windows are pending (the table column shows the windows at the start of each measurement).
+At 10,000 windows the load completes most of the table, so jobs of ``TOPUP_WINDOWS`` top it up whenever fewer
+than ``TOPUP_BELOW`` windows are pending: sizes are the windows in the table when each point starts.
 
 Run: ``.venv/bin/python bench/bench_coordinator_scale.py [--sizes 10000 100000 1000000] [--runs 5]``.
 Prints markdown tables and a ``RESULT {json}`` line; about 6-7 minutes on 2 cores. Small first try:

@@ -8,8 +8,13 @@ provider sees the range as covered. Then, for each size, interleaved runs of:
 - raw: bench_provider.py's baseline, one asyncpg query (ts cast to LONG) flattened in C into the same DataFrame.
 
 Times are medians of ``--runs`` runs (``--large-runs`` at 10^7 bars, where one read takes tens of seconds).
-Memory held while serving: the process's peak RSS during one call (VmHWM, reset through /proc/self/clear_refs
-before the call) minus its RSS before, next to the size of the frame returned (the least any path must hold).
+Memory held while serving, next to the size of the frame returned (the least any path must hold): the
+tracemalloc peak of one untimed call up to ``--trace-max`` bars (tracemalloc is too slow beyond), and from
+``--rss-min`` bars the peak RSS of a fresh process during one call (VmHWM, reset through /proc/self/clear_refs)
+above its RSS before (in-process RSS is useless: freed memory is reused by the next call).
+
+History curve (``--history``): the newest 900 bars of a series whose ledger holds 10^3 ... 10^6 windows; the
+request is the same at every size, only the history of the series grows.
 
 QuestDB: ``--dsn questdb://...`` (a running server) or, by default, one started from its jar by
 scripts/devservices.py. Logging goes to /dev/null as JSON lines at INFO, as a service would log.

@@ -55,6 +55,39 @@ def test_dump_round_trip_through_the_consumer() -> None:
     assert restored.snapshot() == table.snapshot()
 
 
+def test_windows_of_a_new_job_are_frozen_out_of_garbage_collection() -> None:
+    """After a job's windows are applied they sit in the permanent generation, so a full collection does not walk
+    them (at 10^6 windows it took longer than an election timeout); the records still work and are still freed."""
+    import gc
+
+    gc.unfreeze()
+    before = gc.get_freeze_count()
+    table = Table()
+    (result,) = consumer(table, []).apply_batch(
+        [
+            (
+                "submit_job",
+                {
+                    "series": "ohlcv:x:A/B:1m",
+                    "start": 0,
+                    "end": 20_000 * 60_000,
+                    "window_bars": 1,
+                    "max_windows": 100_000,
+                    "now_ms": 1,
+                },
+            )
+        ],
+        _doApply=True,
+    )
+    try:
+        assert result.ok, result
+        assert gc.get_freeze_count() - before >= 20_000  # at least one tracked object per window
+        (claimed,) = table.claim(worker_id="w", max_windows=1, ttl_ms=1_000, now_ms=2).value["leases"]
+        assert claimed["start"] == 0
+    finally:
+        gc.unfreeze()
+
+
 class FakeConsumer:
     """Records apply_batch calls; answers them when told to."""
 

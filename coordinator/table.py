@@ -148,7 +148,12 @@ class Table(KeyedCommands):
         span = step * bars
         w_lo, w_hi = (lo // span) * span, -((-hi) // span) * span
         if (w_hi - w_lo) // span > max_windows:
-            return invalid("end", f"the range covers {(w_hi - w_lo) // span} windows; at most {max_windows} per job")
+            count = (w_hi - w_lo) // span
+            return invalid(
+                "end",
+                f"the range covers {count} windows; at most {max_windows} per job "
+                "(coordinator.max_windows_per_job): split it into several jobs",
+            )
         existing = self._job_index.get((name, lo, hi, priority))
         if existing is not None:
             return Result.success({"job": self._jobs[existing].public(), "created": False})

@@ -101,7 +101,7 @@ class CoordinatorConfig:
     #: Longest a claim may wait for work (``wait_ms``).
     max_claim_wait_ms: int = _spec(30_000, lo=0, hi=300_000, doc="longest claim long-poll in ms")
     #: Most windows a single job may create.
-    max_windows_per_job: int = _spec(1_000_000, lo=1, hi=100_000_000, doc="windows one job may create")
+    max_windows_per_job: int = _spec(100_000, lo=1, hi=100_000_000, doc="windows one job may create")
     #: Raft election timeout bounds (pysyncobj raftMinTimeout / raftMaxTimeout).
     raft_min_timeout_ms: int = _spec(400, lo=50, hi=60_000, doc="Raft election timeout lower bound")
     raft_max_timeout_ms: int = _spec(1_000, lo=100, hi=120_000, doc="Raft election timeout upper bound")

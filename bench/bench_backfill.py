@@ -34,13 +34,13 @@ sys.path.insert(0, str(ROOT / "tests" / "coordinator"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import yaml  # noqa: E402
-from _common import emit, table  # noqa: E402
-from coordinator_testkit import http_json, make_cluster  # noqa: E402
-from e2e_kit import Exchange, WorkerPool  # noqa: E402
+import yaml
+from _common import emit, table
+from coordinator_testkit import http_json, make_cluster
+from e2e_kit import Exchange, WorkerPool
 
-from provider.sources import open_source  # noqa: E402
-from provider.storage import open_storage  # noqa: E402
+from provider.sources import open_source
+from provider.storage import open_storage
 
 MINUTE = 60_000
 T0 = 1_577_836_800_000  # 2020-01-01

@@ -33,18 +33,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import asyncpg  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from _common import emit, table  # noqa: E402 (bench scripts run as files)
+import asyncpg
+import numpy as np
+import pandas as pd
+from _common import emit, table
 
-from provider.core import SeriesKey  # noqa: E402
-from provider.core.obs import configure_logging, new_registry  # noqa: E402
-from provider.frames import frame_from_arrays  # noqa: E402
-from provider.reports import MemoryReportSink  # noqa: E402
-from provider.seamless import SeamlessDataProvider  # noqa: E402
-from provider.sources import open_source  # noqa: E402
-from provider.storage import open_storage  # noqa: E402
+from provider.core import SeriesKey
+from provider.core.obs import configure_logging, new_registry
+from provider.frames import frame_from_arrays
+from provider.reports import MemoryReportSink
+from provider.seamless import SeamlessDataProvider
+from provider.sources import open_source
+from provider.storage import open_storage
 
 SERIES = "ohlcv:binance:BTC/USDT:1m"
 MIN = 60_000

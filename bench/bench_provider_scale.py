@@ -40,21 +40,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import asyncpg  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from _common import emit, table  # noqa: E402 (bench scripts run as files)
-from bench_provider import raw_read  # noqa: E402
-from bench_storage import wait_applied  # noqa: E402
-from questdb import Sender  # noqa: E402
+import asyncpg
+import numpy as np
+import pandas as pd
+from _common import emit, table
+from bench_provider import raw_read
+from bench_storage import wait_applied
+from questdb import Sender
 
-from provider.core import SeriesKey  # noqa: E402
-from provider.core.obs import configure_logging, new_registry  # noqa: E402
-from provider.reports import MemoryReportSink  # noqa: E402
-from provider.seamless import SeamlessDataProvider  # noqa: E402
-from provider.sources import open_source  # noqa: E402
-from provider.storage import open_storage, parse_dsn  # noqa: E402
-from provider.storage._questdb_ingest import ilp_frame  # noqa: E402
+from provider.core import SeriesKey
+from provider.core.obs import configure_logging, new_registry
+from provider.reports import MemoryReportSink
+from provider.seamless import SeamlessDataProvider
+from provider.sources import open_source
+from provider.storage import open_storage, parse_dsn
+from provider.storage._questdb_ingest import ilp_frame
 
 SERIES = "ohlcv:binance:BTC/USDT:1s"
 SECOND_MS = 1_000

@@ -47,13 +47,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from _common import emit, table  # noqa: E402 (bench scripts run as files)
+from _common import emit, table
 
-from provider.core import intersect_ranges, merge_ranges  # noqa: E402
-from provider.frames import frame_from_arrays  # noqa: E402
-from provider.storage import open_storage, parse_dsn  # noqa: E402
-from provider.storage._questdb import _schema  # noqa: E402
-from provider.storage._questdb_ingest import ilp_frame  # noqa: E402
+from provider.core import intersect_ranges, merge_ranges
+from provider.frames import frame_from_arrays
+from provider.storage import open_storage, parse_dsn
+from provider.storage._questdb import _schema
+from provider.storage._questdb_ingest import ilp_frame
 
 SERIES = "ohlcv:binance:BTC/USDT:1s"
 OTHER = "ohlcv:binance:ETH/USDT:1s"

@@ -102,6 +102,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ("window_id", "state"),
         window_id=_STR,
         lease_id=_STR,
+        worker_id=_STR,
         state={"enum": ["pending", "leased", "done", "failed"]},
         attempts=_INT,
         not_before_ms=_MS,

@@ -468,10 +468,12 @@ class Table(KeyedCommands):
         window = self._windows.get((str(series), start))
         if window is None:
             return not_found("window_id", wid)
+        held = self._leases.get(window.lease) if window.lease else None
         self._reset(window, state, now)
         window.done_at_ms = window.end  # an operator's "done" is final: never re-opened for bars closed later
         window.last_error = f"{'requeued' if state == PENDING else 'marked done'} by operator: {reason[:200]}"
-        return Result.success(_window_value(window))
+        revoked = {"lease_id": lease_id_of(held.token), "worker_id": held.worker_id} if held is not None else {}
+        return Result.success({**_window_value(window), **revoked})
 
     # -- cluster membership --------------------------------------------------------------------------------------
 

@@ -171,8 +171,10 @@ class Recovery:
 
     async def operate(self, window_ids: Sequence[str], action: str, reason: str) -> list[Outcome]:
         """``requeue`` or ``mark-done`` each window."""
-        holders = {lease.window_id: lease for lease in await self.client.leases() if lease.kind == "window"}
-        series = {job.series for job in await self.client.list_jobs()} if self.dry_run else set()
+        holders, series = {}, set()
+        if self.dry_run:
+            holders = {lease.window_id: lease for lease in await self.client.leases() if lease.kind == "window"}
+            series = {job.series for job in await self.client.list_jobs()}
         call = self.client.requeue if action == "requeue" else self.client.mark_done
 
         async def one(window_id: str) -> tuple[str, str]:
@@ -180,15 +182,17 @@ class Recovery:
             if window is None:
                 return FAILED, "not found: not a window id"
             text = f"{window[0]} from {ms_to_iso(window[1])}"
-            lease = holders.get(window_id)
-            holder = f"{lease.lease_id} of {lease.worker_id}" if lease else ""
             if self.dry_run:
+                lease = holders.get(window_id)
+                holder = f"{lease.lease_id} of {lease.worker_id}" if lease else ""
                 # The API lists jobs, not windows: a window of a series no job ever covered cannot exist.
                 if window[0] not in series:
                     return FAILED, f"not found: no job of series {window[0]}"
                 return OK, f"would {action} {text}; " + (f"would revoke {holder}" if holder else "not leased now")
             answer = await call(window_id, reason)
-            return OK, f"{text} is {answer.get('state')}" + (f"; revoked {holder}" if holder else "")
+            # The answer names the lease the command revoked; the listing above may come from a lagging replica.
+            revoked = f"{answer['lease_id']} of {answer.get('worker_id')}" if answer.get("lease_id") else ""
+            return OK, f"{text} is {answer.get('state')}" + (f"; revoked {revoked}" if revoked else "")
 
         return await self._each(window_ids, action, one)
 

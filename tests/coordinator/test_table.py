@@ -258,8 +258,11 @@ def test_operator_window_actions_revoke_the_lease(op: str, state: str) -> None:
     lease = claim(t)[0]
     result = getattr(t, op)(window_id=lease["window_id"], reason="operator", now_ms=20)
     assert result.ok and result.value["state"] == state and result.value["attempts"] == 0
+    assert (result.value["lease_id"], result.value["worker_id"]) == (lease["lease_id"], "w1")  # what it revoked
     assert t.complete(lease_id=lease["lease_id"], token=lease["token"], rows=1, now_ms=21).code == "lease_lost"
     assert t.lease_infos(21) == []
+    again = getattr(t, op)(window_id=lease["window_id"], reason="operator", now_ms=22)
+    assert again.ok and "lease_id" not in again.value  # nothing held, nothing revoked
 
 
 def test_cancelled_job_windows_are_no_longer_offered_unless_shared() -> None:

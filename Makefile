@@ -2,20 +2,38 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Reinstall whenever pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# uv installs the locked versions (uv.lock); uv itself comes pinned and hash-checked from requirements/uv.txt.
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+# Reinstall whenever pyproject.toml or the lock changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
+# The fast tests: what `make test-latest` runs against the newest versions pyproject.toml allows.
+FAST_TESTS ?= -m "not slow and not chaos and not cluster"
 
-.PHONY: venv test lint format demo bench chaos services clean
+.PHONY: venv test test-latest lint lock format demo bench chaos services clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -U pip
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dev]'
+$(UV): requirements/uv.txt
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements/uv.txt
+	touch $@
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV) sync -q --locked --extra test --extra dev --python $(PYTHON)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 venv: $(STAMP)
+
+## lock: re-resolve uv.lock to the newest versions pyproject.toml allows (commit the result on purpose).
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
+## test-latest: the fast tests against the newest versions pyproject.toml allows (not the lock), in .venv-latest.
+test-latest: venv
+	bash scripts/install_test_deps.sh
+	UV=$(UV) PYTHON=$(PYTHON) bash scripts/test_latest.sh $(FAST_TESTS) $(PYTEST_ARGS)
 
 ## test: install Python deps, PostgreSQL/promtool/etcd (apt) and the QuestDB jar (Maven Central), run the suite.
 test: venv
@@ -31,7 +49,7 @@ bench: venv
 	bash scripts/install_test_deps.sh
 	$(PY) bench/run_all.py
 
-## lint: ruff (lint + format check) and mypy.
+## lint: ruff (lint + format check) and mypy (strict).
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -47,7 +65,7 @@ services: venv
 	$(PY) scripts/devservices.py all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-latest $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
 ## chaos: the long chaos run (seeds 1-3, twice the backfill per scenario, ~12 min); the bounded run (seed 1) is part
 ## of `make test`. SEAMLESS_CHAOS_SEEDS=4,5 picks other seeds (docs/reliability.md).

@@ -181,7 +181,7 @@ def _middleware(server: _Server) -> Any:
         started = time.perf_counter()
         with bind_request(rid):
             try:
-                response = await handler(request)
+                response: web.StreamResponse = await handler(request)
             except CoordinatorError as exc:
                 response = error_response(exc)
             except web.HTTPException as exc:

@@ -41,7 +41,8 @@ M = TypeVar("M")
 def parse(model: type[M], data: dict[str, Any]) -> M:
     """Validate a body with a wire model; a bad field becomes a 400 naming it."""
     try:
-        return model.from_dict(data)  # type: ignore[attr-defined]
+        parsed: M = model.from_dict(data)  # type: ignore[attr-defined]
+        return parsed
     except WireFormatError as exc:
         raise BadRequestError(str(exc), field=exc.field) from None
 

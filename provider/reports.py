@@ -56,10 +56,8 @@ class MemoryReportSink:
 
     def latest(self, node_id: str) -> dict[str, Any] | None:
         """The newest report of ``node_id``."""
-        for uri, report in reversed(self.published):
-            if uri == _PREFIX + node_id:
-                return report
-        return None
+        found = [report for uri, report in self.published if uri == _PREFIX + node_id]
+        return found[-1] if found else None
 
 
 class LocalFolderReportSink:

@@ -96,7 +96,8 @@ class _Model:
     _optional: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        data: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return data
 
     @classmethod
     def from_dict(cls: type[M], data: Any) -> M:

@@ -269,7 +269,7 @@ async def open_storage(
     settings = config or StorageConfig()
     parsed = parse_dsn(settings.dsn if dsn is None else dsn, kind=kind)
     pool_size = parsed.pool_size or settings.pool_size
-    storage: Any
+    storage: StorageBase
     if parsed.kind == "memory":
         from provider.storage._memory import MemoryStorage
 

@@ -68,7 +68,7 @@ class IlpWriter:
             if self._idle:
                 return self._idle.pop()
         sender = Sender.from_conf(self._conf)
-        sender.establish()
+        sender.establish()  # type: ignore[no-untyped-call]
         return sender
 
     def _give_back(self, sender: Sender, sent_bytes: int) -> None:

@@ -68,20 +68,23 @@ async def test_a_completed_window_is_not_counted_lost_when_a_renew_sees_the_comp
 
 
 async def test_a_refused_complete_still_counts_as_lost():
-    """When the complete itself is refused (the lease was reaped first), the window is lost and not counted done."""
+    """When the complete itself is refused (the lease was reaped first), that attempt is lost and not counted done;
+    the window goes back to pending and the next attempt completes it."""
     coord = MemoryCoordinator(ttl_ms=300, window_bars=30)
     job = coord.submit(SERIES, T0, T0 + 30 * 60_000)
     storage = await open_storage("memory://")
 
     original = storage.write_window
+    reaped: list[Any] = []
 
-    async def write_then_reap(*args: Any) -> Any:
+    async def write_then_reap_once(*args: Any) -> Any:
         result = await original(*args)
-        coord.now_ms += 10_000  # the lease expires and is reaped before the complete arrives
-        coord.expire()
+        if not reaped:  # the first lease expires and is reaped before its complete arrives
+            coord.now_ms += 10_000
+            reaped.extend(coord.expire())
         return result
 
-    storage.write_window = write_then_reap  # type: ignore[method-assign]
+    storage.write_window = write_then_reap_once  # type: ignore[method-assign]
     worker = Worker(
         WorkerSettings("w-reaped", 1, 300, 10, 2000),
         coordinator=coord,
@@ -90,11 +93,14 @@ async def test_a_refused_complete_still_counts_as_lost():
     )
     task = asyncio.create_task(worker.run())
     try:
-        await until(lambda: worker.metrics.leases_lost._value.get() >= 1)
+        await until(lambda: coord.job(job["job_id"])["state"] == "done")
+        await until(lambda: worker.metrics.windows_done._value.get() >= 1)
     finally:
         worker.stop()
         await task
         await storage.aclose()
-    assert worker.metrics.windows_done._value.get() == 0
-    assert coord.job(job["job_id"])["state"] == "running"
-    assert ("complete", ("lease-1", False)) in coord.calls
+    assert len(reaped) == 1
+    assert ("complete", ("lease-1", False)) in coord.calls  # the reaped lease's complete was refused ...
+    assert worker.metrics.leases_lost._value.get() == 1  # ... and counted lost,
+    assert worker.metrics.windows_done._value.get() == 1  # while only the second attempt counts as done
+    assert ("complete", ("lease-2", True)) in coord.calls

@@ -53,6 +53,7 @@ T = TypeVar("T")
 COMMANDS = frozenset(
     {
         "announce",
+        "barrier",
         "submit_job",
         "cancel_job",
         "retry_job",

@@ -62,8 +62,9 @@ STATUS: dict[str, int] = {
     "timeout": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
-#: Pause before forwarding again after the leader was unreachable or answered 421 (an election is under way).
-_FORWARD_RETRY_S = 0.02
+#: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
+#: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
+_FORWARD_RETRY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,8 @@ class _Server:
                 else:
                     if answer.status != STATUS["not_leader"] or loop.time() >= deadline_s:
                         return answer
-                log.info("forward_retry", leader=exc.leader)
-                await asyncio.sleep(_FORWARD_RETRY_S)
+                log.debug("forward_retry", leader=exc.leader)
+                await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
 
 
 def _route_key(request: web.Request) -> str:

@@ -177,6 +177,14 @@ class CoordinatorNode:
                 raise self.not_leader()
             await asyncio.sleep(_LEADER_POLL_S)
 
+    async def leader_changed(self, old_leader: str, until_s: float) -> None:
+        """Wait until a leader other than ``old_leader`` (an HTTP URL) is known, or until ``until_s`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until_s:
+            if self.raft.is_leader or self.leader_http() not in (None, old_leader):
+                return
+            await asyncio.sleep(_LEADER_POLL_S)
+
     async def read_barrier(self) -> None:
         """Commit a no-op on the leader: once it is applied here, this replica holds every write acknowledged
         before the call, so a read served from it now is linearizable. Raises like :meth:`execute`."""

@@ -187,8 +187,9 @@ class CoordinatorNode:
 
     async def read_barrier(self) -> None:
         """Commit a no-op on the leader: once it is applied here, this replica holds every write acknowledged
-        before the call, so a read served from it now is linearizable. Raises like :meth:`execute`."""
-        await self.execute("barrier", {}, "", "")
+        before the call, so a read served from it now is linearizable. Raises like :meth:`execute`. The request id
+        only tells ``execute`` that a "maybe applied" barrier may be sent again: it is a no-op, never de-duplicated."""
+        await self.execute("barrier", {}, "", "barrier")
 
     # -- the write path -----------------------------------------------------------------------------------------
 

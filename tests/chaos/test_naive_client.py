@@ -160,6 +160,10 @@ async def test_a_client_that_never_retries_sees_no_failed_claim_across_leader_ki
             await asyncio.gather(*tasks)
     failed = [r for r in clients.results if r[2] != 200]
     slowest_s = max(seconds for _, seconds, _, _ in clients.results)
+    print(
+        f"\n{len(clients.results)} claims through nodes that stayed up, {KILLS} leader kills: {len(failed)} failed, "
+        f"slowest {slowest_s:.2f} s"
+    )
     assert len(clients.results) > KILLS * 90
     assert failed == [], f"{len(failed)} of {len(clients.results)} claims failed: {failed[:5]}\n{cluster.logs()}"
     assert slowest_s <= SLOWEST_CLAIM_S, f"slowest claim took {slowest_s:.2f} s"

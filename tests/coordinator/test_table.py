@@ -408,3 +408,15 @@ def test_two_replicas_applying_the_same_commands_agree() -> None:
         t.expire(now_ms=5_000, max_attempts=2)
         claim(t, n=3, now=5_001)
     assert tables[0].snapshot() == tables[1].snapshot()
+
+
+def test_the_read_barrier_changes_nothing_not_even_the_clock() -> None:
+    """``barrier`` (the no-op a linearizable read commits) succeeds with any stamped arguments and leaves the whole
+    replicated state, the table clock included, exactly as it was."""
+    t = Table()
+    submit(t)
+    claim(t)
+    before = pickle.dumps(t.export_state())
+    result = t.barrier(now_ms=10**12, client_id="", request_id="barrier")
+    assert result.ok and result.value == {}
+    assert pickle.dumps(t.export_state()) == before

@@ -133,6 +133,13 @@ class ConformancePipelineError(SeamlessError):
 
     def __init__(self, report: Any) -> None:
         self.report = report
-        flags = getattr(report, "flag_counts", {}) or {}
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) or "see report"
-        super().__init__(f"conformance blocked the frame ({summary}); pass partial_ok=True to accept it with a report")
+        summary_of = getattr(report, "summary", None)
+        if summary_of is not None:
+            summary = summary_of()
+        else:
+            flags = getattr(report, "flag_counts", {}) or {}
+            summary = ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) or "see report"
+        super().__init__(
+            f"conformance blocked the frame ({summary}); fix the source or pass partial_ok=True to store/accept "
+            "the normalized rest with a report"
+        )

@@ -74,6 +74,8 @@ class FetchMetadata:
     outcome: str = "ok"
     elapsed_ms: float = 0.0
     phases_ms: dict[str, float] = field(default_factory=dict)
+    #: Sources that failed during the fetch and were skipped: ``{"source", "error"}`` (a failing cache).
+    skipped_sources: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -96,6 +98,8 @@ class FetchContext:
     origins: list[str] = field(default_factory=list)
     #: This fetch's conformance report (``provider.last_conformance_report`` may be another fetch's by now).
     report: Any = None
+    #: Ingest reports of the windows backfilled for this fetch (merged into ``report``).
+    ingest: list[Any] = field(default_factory=list)
 
     @classmethod
     def create(cls, start: Any, end: Any, node_id: str, interval: Any, *, strategy: str, now_ms: int) -> FetchContext:

@@ -130,7 +130,7 @@ async def test_every_shape_through_worker_run(tmp_path):
             states = {}
             for name, job_id in jobs.items():
                 _, body = testkit.http_json("GET", f"{stack.urls[0]}/v1/jobs/{job_id}")
-                job = body["job"] if "job" in body else body
+                job = body.get("job", body)
                 if job["state"] not in ("done", "failed"):
                     return None
                 states[name] = job

@@ -7,7 +7,9 @@ Rules:
    leaves the bar at 90 ms to storage).
 2. A cache that fails (any exception but cancellation) is skipped: counted in ``seamless_source_errors_total``,
    logged as ``fetch.source_skipped`` and noted in ``last_fetch_metadata.skipped_sources``; storage serves instead.
-3. The live feed serves missing bars inside its zone up to the newest bar it returned.
+3. A storage error during a read surfaces as :class:`~provider.errors.StorageFailedError` (a provider error
+   naming the series and what to do next; the storage error is its ``__cause__``).
+4. The live feed serves missing bars inside its zone up to the newest bar it returned.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from provider.core import intersect_ranges, subtract_ranges
 from provider.core.obs import get_logger
 from provider.datasources import covered_ranges, grid_inward, last_ts_ms, read_pieces, trim
+from provider.errors import StorageFailedError
 from provider.fetchmeta import FetchContext
 from provider.metrics import ProviderMetrics
 from provider.sla import SLARun
@@ -31,6 +34,7 @@ class SourceReads:
     """The source-reading half of :class:`~provider.seamless.SeamlessDataProvider`."""
 
     cache: Any
+    storage: Any
     live_feed: Any
     metrics: ProviderMetrics
 
@@ -41,11 +45,38 @@ class SourceReads:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any failure of a cache is isolated: counted, logged, noted, skipped
-            name = str(getattr(self.cache, "name", type(self.cache).__name__))
-            self.metrics.count_source_error(name)
-            ctx.meta.skipped_sources.append({"source": name, "error": f"{type(exc).__name__}: {exc}"[:300]})
-            _log.warning("fetch.source_skipped", source=name, error=f"{type(exc).__name__}: {exc}"[:300])
+            self._skip_cache(ctx, exc)
             return remaining
+
+    async def _put_cache(self, ctx: FetchContext, frame: Any) -> None:
+        """Keep a complete result in a cache that can (``put``); a failing put is isolated like a failing read."""
+        put = getattr(self.cache, "put", None)
+        if put is None:
+            return
+        try:
+            await put(ctx.node_id, ctx.start_ms, ctx.end_ms, frame, ctx.report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a cache that cannot store must not fail a fetch that has its data
+            self._skip_cache(ctx, exc)
+
+    def _skip_cache(self, ctx: FetchContext, exc: BaseException) -> None:
+        name = str(getattr(self.cache, "name", type(self.cache).__name__))
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.metrics.count_source_error(name)
+        ctx.meta.skipped_sources.append({"source": name, "error": error})
+        _log.warning("fetch.source_skipped", source=name, error=error)
+
+    async def _read_storage(
+        self, ctx: FetchContext, remaining: list[tuple[int, int]], origin: str | None = None
+    ) -> list[tuple[int, int]]:
+        """Storage serves what its ledger covers (rule 3)."""
+        from provider.storage.errors import StorageError
+
+        try:
+            return await self._read_source(ctx, self.storage, remaining, origin)
+        except StorageError as exc:
+            raise StorageFailedError(ctx.node_id, "read", exc) from exc
 
     async def _read_source(
         self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]], origin: str | None = None

@@ -18,7 +18,13 @@ from typing import Any
 from provider.core import SeriesKey, covered_ms, interval_ms, merge_ranges, snap_range
 from provider.core.obs import new_request_id
 from provider.datasources import Piece
-from provider.errors import BackfillFailedError, ConformancePipelineError, DataUnavailableError, SeamlessSLAExceeded
+from provider.errors import (
+    BackfillFailedError,
+    ConformancePipelineError,
+    DataUnavailableError,
+    SeamlessSLAExceeded,
+    StorageFailedError,
+)
 
 __all__ = ["FetchContext", "FetchMetadata", "interval_matches", "outcome_of"]
 
@@ -27,6 +33,7 @@ _OUTCOMES: dict[type[BaseException], str] = {
     BackfillFailedError: "failed",
     SeamlessSLAExceeded: "sla",
     ConformancePipelineError: "blocked",
+    StorageFailedError: "storage_error",
 }
 
 

@@ -252,8 +252,8 @@ class SeamlessDataProvider(SourceReads):
         frame = assemble(ctx.pieces)
         frame = await self._conform(ctx, frame)
         self._check_sla(ctx, sla, frame)
-        if not missing and self.cache is not None and "live" not in ctx.meta.served and ctx.end_ms > ctx.start_ms:
-            await self.cache.put(ctx.node_id, ctx.start_ms, ctx.end_ms, frame, ctx.report)
+        if not missing and "live" not in ctx.meta.served and ctx.end_ms > ctx.start_ms:
+            await self._put_cache(ctx, frame)
         if missing:
             ctx.meta.outcome = "partial"
         return frame
@@ -266,7 +266,7 @@ class SeamlessDataProvider(SourceReads):
                 if self.cache is not None and remaining:
                     remaining = await self._read_cache(ctx, remaining)
                 if self.storage is not None and remaining:
-                    remaining = await self._read_source(ctx, self.storage, remaining)
+                    remaining = await self._read_storage(ctx, remaining)
         except SeamlessSLAExceeded as exc:
             if self.strategy is not _S.PARTIAL_FILL:
                 raise
@@ -305,7 +305,7 @@ class SeamlessDataProvider(SourceReads):
             for r in ctx.ingest
         ]
         async with sla.phase("storage"):
-            remaining = await self._read_source(ctx, self.storage, missing, origin="backfill")
+            remaining = await self._read_storage(ctx, missing, origin="backfill")
         if remaining:
             ctx.finish_coverage(remaining)
             raise BackfillFailedError(ctx.node_id, remaining, "the backfill ended but storage does not cover it")

@@ -254,22 +254,23 @@ def _rows(
     rows = len(stamps)
     changed = bool(report.flag_counts)
     order: np.ndarray | None = None
-    if rows > 1 and bool((np.diff(stamps) < 0).any()):
+    steps = np.diff(stamps)
+    if rows > 1 and bool((steps < 0).any()):
         order = np.argsort(stamps, kind="stable")
-        report.add("unsorted", int((np.diff(stamps) < 0).sum()), detail="rows sorted by ts")
+        report.add("unsorted", int((steps < 0).sum()), detail="rows sorted by ts")
         stamps = stamps[order]
         values = {k: v[order] for k, v in values.items()}
+        steps = np.diff(stamps)
     keep = np.ones(rows, dtype=bool)
-    _drop(report, "invalid_timestamp", keep, stamps, stamps == _NAT)
-    if rows > 1 and bool((np.diff(stamps) == 0).any()):
-        exact, conflict = _duplicates(stamps, values)
-        _drop(report, "duplicate_ts", keep, stamps, exact, detail="exact duplicate rows dropped")
-        _drop(report, "conflicting_duplicate", keep, stamps, conflict, detail="same ts, other values; last kept")
-    valid = stamps != _NAT
     step_ns = interval_ms * _NS_PER_MS
-    _drop(report, "off_grid", keep, stamps, valid & (stamps % step_ns != 0), detail=f"not on the {interval_ms} ms grid")
-    outside = valid & ((stamps < start_ms * _NS_PER_MS) | (stamps >= end_ms * _NS_PER_MS))
-    _drop(report, "out_of_range", keep, stamps, outside, detail=f"outside the window [{start_ms}, {end_ms})")
+    lo_ns, hi_ns = start_ms * _NS_PER_MS, end_ms * _NS_PER_MS
+    if _contiguous(stamps, steps, step_ns):
+        # The common case: consecutive grid slots. No NaT, no duplicate, nothing off the grid; bounds at the ends.
+        if rows and (int(stamps[0]) < lo_ns or int(stamps[-1]) >= hi_ns):
+            outside = (stamps < lo_ns) | (stamps >= hi_ns)
+            _drop(report, "out_of_range", keep, stamps, outside, detail=f"outside the window [{start_ms}, {end_ms})")
+    else:
+        _check_stamps(report, keep, stamps, steps, values, step_ns, (start_ms, end_ms))
     finite = np.ones(rows, dtype=bool)
     for array in values.values():
         finite &= np.isfinite(array)
@@ -286,6 +287,37 @@ def _rows(
     if untouched and isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1:
         return frame
     return _build(stamps[keep], {k: v[keep] for k, v in values.items()})
+
+
+def _contiguous(stamps: np.ndarray, steps: np.ndarray, step_ns: int) -> bool:
+    """Whether the sorted stamps are consecutive slots of the grid (the fast path of rule 5)."""
+    if len(stamps) == 0:
+        return True
+    first = int(stamps[0])
+    return first != _NAT and first % step_ns == 0 and bool((steps == step_ns).all())
+
+
+def _check_stamps(
+    report: ConformanceReport,
+    keep: np.ndarray,
+    stamps: np.ndarray,
+    steps: np.ndarray,
+    values: dict[str, np.ndarray],
+    step_ns: int,
+    window_ms: tuple[int, int],
+) -> None:
+    """NaT, duplicates, the grid and the window, for stamps that are not simply consecutive grid slots."""
+    start_ms, end_ms = window_ms
+    _drop(report, "invalid_timestamp", keep, stamps, stamps == _NAT)
+    if bool((steps == 0).any()):
+        exact, conflict = _duplicates(stamps, values)
+        _drop(report, "duplicate_ts", keep, stamps, exact, detail="exact duplicate rows dropped")
+        _drop(report, "conflicting_duplicate", keep, stamps, conflict, detail="same ts, other values; last kept")
+    valid = stamps != _NAT
+    grid = f"not on the {step_ns // _NS_PER_MS} ms grid"
+    _drop(report, "off_grid", keep, stamps, valid & (stamps % step_ns != 0), detail=grid)
+    outside = valid & ((stamps < start_ms * _NS_PER_MS) | (stamps >= end_ms * _NS_PER_MS))
+    _drop(report, "out_of_range", keep, stamps, outside, detail=f"outside the window [{start_ms}, {end_ms})")
 
 
 def _duplicates(stamps: np.ndarray, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -161,7 +161,8 @@ class ConformanceReport:
             detail = f" ({flag.detail})" if flag.detail else ""
             parts.append(f"{flag.kind}={flag.count}{where}{detail}")
         head = "blocked: " if self.blocking else "flags: "
-        return f"{self.node_id} [{self.start_ms}, {self.end_ms}) {head}" + ("; ".join(parts) or "none")
+        origin = f" from {self.source}" if self.source else ""
+        return f"{self.node_id} [{self.start_ms}, {self.end_ms}){origin} {head}" + ("; ".join(parts) or "none")
 
     def add(
         self, kind: str, count: int, *, start_ms: int | None = None, end_ms: int | None = None, detail: str = ""

@@ -161,6 +161,7 @@ async def test_every_shape_through_worker_run(tmp_path):
                     assert lines and flag in lines[0]["report"]["blocking"], (name, lines)
                     failed = [e for e in events if e.get("event") == "window failed" and name in e.get("reason", "")]
                     assert len(failed) == 1 and failed[0]["retryable"] is False and flag in failed[0]["reason"]
+                    assert "from shapes" in failed[0]["reason"]  # the source that served the blocked window
         finally:
             await storage.aclose()
     finally:

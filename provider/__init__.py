@@ -40,6 +40,7 @@ _EXPORTS: dict[str, str] = {
     "SeamlessCache": "provider.cache",
     "SeamlessDataProvider": "provider.seamless",
     "SeamlessSLAExceeded": "provider.errors",
+    "StorageFailedError": "provider.errors",
     "SeriesKey": "provider.core",
     "StorageDataSource": "provider.datasources",
     "TemporalRollupStage": "provider.conformance",
@@ -78,6 +79,7 @@ __all__ = [
     "SeamlessSLAExceeded",
     "SeriesKey",
     "StorageDataSource",
+    "StorageFailedError",
     "TemporalRollupStage",
     "load_config",
 ]

@@ -10,7 +10,12 @@ Rules:
 3. Work runs in tasks the backfiller tracks: :meth:`wait_idle` waits for all of them (``wait_for_backfills``),
    :meth:`aclose` cancels them and fails their flights. Nothing outlives the backfiller.
 4. :class:`InProcessBackfiller` fetches each window from a source (at most ``max_concurrent_requests`` fetches in
-   flight, retries per DESIGN.md section 3) and writes it with ``write_window``. :class:`DelegatingBackfiller`
+   flight, retries per DESIGN.md section 3), passes the frame through the ingest conformance
+   (:func:`provider.conformance.normalize_bars`) and writes it with ``write_window``. A window the conformance
+   blocks writes nothing, is not covered, and fails with its report (``partial_ok`` stores the normalized rest).
+   Every window's report (flags, the source that served it) goes to ``on_report``. A source with
+   ``fetch_served`` (:class:`provider.sources.FallbackSource`) retries inside, per member, and names the member
+   that served each window. :class:`DelegatingBackfiller`
    calls any third-party AutoBackfiller once per window.
 5. :class:`CoordinatorBackfiller` turns each contiguous run of new windows into one coordinator job (the cluster
    shares windows across jobs and processes) and polls it every ``poll_interval_s`` until it ends; its
@@ -31,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from provider.cache import wall_clock_ms
+from provider.conformance import ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, window_ranges
 from provider.core.obs import get_logger
 from provider.datasources import StorageDataSource, trim
@@ -75,6 +81,12 @@ class BaseBackfiller:
         self.clock = clock
         self.metrics = metrics if metrics is not None else ProviderMetrics()
         self.flights = WindowFlights(ttl_ms=self.config.single_flight_ttl_ms, clock=clock)
+        #: Store the normalized rest of a window ingest conformance blocked (the provider sets its own).
+        self.partial_ok = False
+        #: Called with each window's ingest report (the provider publishes it).
+        self.on_report: Callable[[ConformanceReport], None] | None = None
+        #: Unit of integer epoch ``ts`` from the source (None: decided by magnitude).
+        self.ts_unit: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
 
@@ -215,25 +227,50 @@ class InProcessBackfiller(BaseBackfiller):
         for flight in flights:
             self._track(self._run(series, flight))
 
-    async def _fetch_once(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
+    async def _fetch_once(self, series: SeriesKey, start_ms: int, end_ms: int) -> tuple[pd.DataFrame, str, list[str]]:
         async with self._gate:
             self.fetches += 1
             started = asyncio.get_running_loop().time()
             try:
-                frame: pd.DataFrame = await self.source.fetch(series, start_ms, end_ms)
+                served = getattr(self.source, "fetch_served", None)
+                if served is not None:
+                    frame, name, failed = await served(series, start_ms, end_ms)
+                    return frame, name, list(failed)
+                frame = await self.source.fetch(series, start_ms, end_ms)
+                return frame, str(getattr(self.source, "name", type(self.source).__name__)), []
             finally:
                 self.metrics.observe_source("backfill", asyncio.get_running_loop().time() - started)
-            return frame
 
-    async def _run(self, series: SeriesKey, flight: Flight) -> None:
+    async def _fetch(self, series: SeriesKey, start_ms: int, end_ms: int) -> tuple[pd.DataFrame, str, list[str]]:
+        if getattr(self.source, "retries_inside", False):
+            return await self._fetch_once(series, start_ms, end_ms)
         from provider.sources import retry_policy
 
+        name = getattr(self.source, "name", "source")
+        policy = retry_policy(self.config, rng=self._rng, sleep=self._sleep, source=name)
+        result: tuple[pd.DataFrame, str, list[str]] = await policy(self._fetch_once, series, start_ms, end_ms)
+        return result
+
+    async def _run(self, series: SeriesKey, flight: Flight) -> None:
         try:
-            policy = retry_policy(
-                self.config, rng=self._rng, sleep=self._sleep, source=getattr(self.source, "name", "source")
+            raw, source, failed = await self._fetch(series, flight.start_ms, flight.end_ms)
+            frame, report = normalize_bars(
+                raw,
+                series=str(series),
+                interval_ms=series.interval_ms,
+                start_ms=flight.start_ms,
+                end_ms=flight.end_ms,
+                ts_unit=self.ts_unit,
+                created_at_ms=self.clock(),
             )
-            frame: pd.DataFrame = await policy(self._fetch_once, series, flight.start_ms, flight.end_ms)
-            frame = trim(frame, flight.start_ms, flight.end_ms)
+            report.source, report.failed_sources = source, failed
+            flight.report = report
+            if self.on_report is not None:
+                self.on_report(report)
+            if report.blocking and not self.partial_ok:
+                _log.warning("backfill.window_blocked", node_id=str(series), source=source, summary=report.summary())
+                self.flights.fail(flight, report.summary(), report=report)
+                return
             await self.storage.write_window(series, flight.start_ms, flight.end_ms, frame)
         except asyncio.CancelledError:
             self.flights.fail(flight, "cancelled")
@@ -247,6 +284,7 @@ class InProcessBackfiller(BaseBackfiller):
                 end_ms=flight.end_ms,
                 reason=reason,
             )
+            flight.report = None  # not a conformance block: waiters get BackfillFailedError with the reason
             self.flights.fail(flight, reason)
         else:
             self.flights.succeed(flight)

@@ -13,7 +13,9 @@ Tree::
     ├── DataUnavailableError           FAIL_FAST: part of the request is not stored (``missing`` ranges)
     ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
     ├── SeamlessSLAExceeded            an SLA budget ran out (``phase``, ``elapsed_ms``, ``budget_ms``)
-    └── ConformancePipelineError       conformance found blocking problems (``report``)
+    ├── ConformancePipelineError       conformance found blocking problems (``report``)
+    └── StorageFailedError             the provider's storage failed a read (``series``, ``operation``, ``hint``;
+                                       the storage error is the ``__cause__``)
 
 Storage errors live in :mod:`provider.storage.errors`, source errors in :mod:`provider.sources.errors`.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "LeaseLostError",
     "SeamlessError",
     "SeamlessSLAExceeded",
+    "StorageFailedError",
 ]
 
 
@@ -133,6 +136,36 @@ class ConformancePipelineError(SeamlessError):
 
     def __init__(self, report: Any) -> None:
         self.report = report
-        flags = getattr(report, "flag_counts", {}) or {}
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) or "see report"
-        super().__init__(f"conformance blocked the frame ({summary}); pass partial_ok=True to accept it with a report")
+        summary_of = getattr(report, "summary", None)
+        if summary_of is not None:
+            summary = summary_of()
+        else:
+            flags = getattr(report, "flag_counts", {}) or {}
+            summary = ", ".join(f"{k}={v}" for k, v in sorted(flags.items())) or "see report"
+        super().__init__(
+            f"conformance blocked the frame ({summary}); fix the source or pass partial_ok=True to store/accept "
+            "the normalized rest with a report"
+        )
+
+
+#: What to do next, by the storage error's class name (provider.storage.errors; matched by name to keep this
+#: module free of the storage package).
+_STORAGE_HINTS = {
+    "StorageUnavailableError": "the database could not be reached or failed the query: check that it runs and that "
+    "the DSN is right; retrying later may succeed",
+    "WalApplyTimeoutError": "QuestDB is applying writes slowly: retry later, or raise wal_apply_timeout_ms",
+    "WalSuspendedError": "a QuestDB WAL table is suspended: run `ALTER TABLE <table> RESUME WAL` (docs/storage.md)",
+    "SchemaMismatchError": "the table exists with other columns: use another table= option or migrate it",
+    "StorageClosedError": "the storage was closed (provider.aclose() ran): create a new provider",
+    "StorageConfigError": "a DSN option is invalid: fix it as the message says",
+}
+
+
+class StorageFailedError(SeamlessError):
+    """The storage failed an operation of a fetch; ``hint`` says what to do next, ``__cause__`` is the storage error."""
+
+    def __init__(self, series: str, operation: str, cause: BaseException) -> None:
+        self.series = series
+        self.operation = operation
+        self.hint = _STORAGE_HINTS.get(type(cause).__name__, "see docs/storage.md for the storage error")
+        super().__init__(f"{series}: storage {operation} failed ({type(cause).__name__}: {cause}); {self.hint}")

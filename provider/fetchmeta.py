@@ -18,7 +18,13 @@ from typing import Any
 from provider.core import SeriesKey, covered_ms, interval_ms, merge_ranges, snap_range
 from provider.core.obs import new_request_id
 from provider.datasources import Piece
-from provider.errors import BackfillFailedError, ConformancePipelineError, DataUnavailableError, SeamlessSLAExceeded
+from provider.errors import (
+    BackfillFailedError,
+    ConformancePipelineError,
+    DataUnavailableError,
+    SeamlessSLAExceeded,
+    StorageFailedError,
+)
 
 __all__ = ["FetchContext", "FetchMetadata", "interval_matches", "outcome_of"]
 
@@ -27,6 +33,7 @@ _OUTCOMES: dict[type[BaseException], str] = {
     BackfillFailedError: "failed",
     SeamlessSLAExceeded: "sla",
     ConformancePipelineError: "blocked",
+    StorageFailedError: "storage_error",
 }
 
 
@@ -74,6 +81,8 @@ class FetchMetadata:
     outcome: str = "ok"
     elapsed_ms: float = 0.0
     phases_ms: dict[str, float] = field(default_factory=dict)
+    #: Sources that failed during the fetch and were skipped: ``{"source", "error"}`` (a failing cache).
+    skipped_sources: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready copy."""
@@ -96,6 +105,8 @@ class FetchContext:
     origins: list[str] = field(default_factory=list)
     #: This fetch's conformance report (``provider.last_conformance_report`` may be another fetch's by now).
     report: Any = None
+    #: Ingest reports of the windows backfilled for this fetch (merged into ``report``).
+    ingest: list[Any] = field(default_factory=list)
 
     @classmethod
     def create(cls, start: Any, end: Any, node_id: str, interval: Any, *, strategy: str, now_ms: int) -> FetchContext:

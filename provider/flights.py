@@ -6,9 +6,11 @@ Rules:
 2. A finished flight stays registered for ``single_flight_ttl_ms`` (on the injected clock) so a burst of fetches
    right after it does not start the window again; every registry access purges the expired ones. A failed
    flight is removed at once, so the next fetch retries the window.
-3. Waiting never cancels a flight: a fetch whose SLA runs out stops waiting, the work goes on for the others.
+3. A window that ingest conformance blocked fails with its report; a ticket waiting on it raises
+   :class:`ConformancePipelineError` with that report (the first such window's).
+4. Waiting never cancels a flight: a fetch whose SLA runs out stops waiting, the work goes on for the others.
    Only :meth:`WindowFlights.cancel_all` (provider close) ends flights early.
-4. Flights report progress as a ratio from 0 to 1; a :class:`BackfillTicket` reports the mean over its flights
+5. Flights report progress as a ratio from 0 to 1; a :class:`BackfillTicket` reports the mean over its flights
    to the progress callback whenever it changes.
 """
 
@@ -17,8 +19,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from provider.errors import BackfillFailedError
+from provider.errors import BackfillFailedError, ConformancePipelineError
 from provider.strategies import BackfillProgress, ProgressCallback
 
 __all__ = ["BackfillTicket", "Flight", "WindowFlights"]
@@ -39,6 +42,8 @@ class Flight:
     finished_at_ms: int | None = None
     job_id: str | None = None
     reason: str = ""
+    #: The ingest conformance report of the window (in-process backfills), with ``source`` naming who served it.
+    report: Any = None
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -98,9 +103,15 @@ class WindowFlights:
         if not flight.future.done():
             flight.future.set_result(None)
 
-    def fail(self, flight: Flight, reason: str) -> None:
-        """Mark a flight failed and unregister it so a later fetch retries the window."""
+    def fail(self, flight: Flight, reason: str, *, report: Any = None) -> None:
+        """Mark a flight failed and unregister it so a later fetch retries the window.
+
+        With ``report`` (ingest conformance blocked the window) waiting tickets raise
+        :class:`ConformancePipelineError` carrying it instead of :class:`BackfillFailedError`.
+        """
         flight.reason = reason
+        if report is not None:
+            flight.report = report
         flight.finished_at_ms = self._clock()
         if self._flights.get(flight.key) is flight:
             del self._flights[flight.key]
@@ -152,6 +163,9 @@ class BackfillTicket:
                 break
             _, pending = await asyncio.wait(pending, timeout=PROGRESS_POLL_S, return_when=asyncio.FIRST_COMPLETED)
         failed = [f for f in self.flights if f.future.cancelled() or f.future.exception() is not None]
+        blocked = [f for f in failed if f.report is not None and bool(getattr(f.report, "blocking", None))]
+        if blocked:
+            raise ConformancePipelineError(blocked[0].report)
         if failed:
             reason = failed[0].reason or "cancelled"
             raise BackfillFailedError(self.node_id, [(f.start_ms, f.end_ms) for f in failed], reason)

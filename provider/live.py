@@ -10,6 +10,10 @@ Rules:
 3. ``fetch(start, end)`` serves the closed bars of a range no older than ``lookback_bars`` before the last
    closed bar: the zone the SEAMLESS strategy takes from the live feed instead of backfilling.
 4. Clock (epoch ms) and sleep are injected; tests never wait for a bar to close.
+5. Every polled frame goes through the ingest conformance (:func:`provider.conformance.normalize_bars`) for the
+   polled range: lossless shapes are normalized and flagged; bars outside the range (the forming bar) are trimmed
+   as rule 1 says; anything else that blocks raises :class:`~provider.errors.ConformancePipelineError` with the
+   report. ``last_report`` holds the report of the last poll.
 """
 
 from __future__ import annotations
@@ -21,13 +25,19 @@ from typing import Any
 import pandas as pd
 
 from provider.cache import wall_clock_ms
+from provider.conformance import ConformanceReport, normalize_bars
 from provider.core import SeriesKey
 from provider.datasources import last_ts_ms, trim
+from provider.errors import ConformancePipelineError
 from provider.frames import empty_frame
 from provider.metrics import ProviderMetrics
 from provider.strategies import DataSourcePriority
 
 __all__ = ["PollingLiveFeed"]
+
+#: Ingest bounds of a poll: the whole grid (out-of-range bars are trimmed afterwards, rule 1).
+_MIN_MS = -(2**62) // 1_000_000
+_MAX_MS = 2**62 // 1_000_000
 
 
 class PollingLiveFeed:
@@ -56,6 +66,8 @@ class PollingLiveFeed:
         self.metrics = metrics if metrics is not None else ProviderMetrics()
         #: Calls made to the fetcher, over the feed's life.
         self.polls = 0
+        #: The ingest report of the last poll (rule 5).
+        self.last_report: ConformanceReport | None = None
 
     def closed_end_ms(self, interval_ms: int) -> int:
         """The end of the last closed bar now."""
@@ -76,9 +88,19 @@ class PollingLiveFeed:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            frame: pd.DataFrame = await self.fetcher.fetch(series, start_ms, end_ms)
+            raw = await self.fetcher.fetch(series, start_ms, end_ms)
         finally:
             self.metrics.observe_source("live", loop.time() - started)
+        # Bounds are widened to the whole grid so the forming bar (rule 1) is trimmed, not blocked as out_of_range.
+        frame, report = normalize_bars(
+            raw, series=str(series), interval_ms=series.interval_ms, start_ms=_MIN_MS, end_ms=_MAX_MS
+        )
+        report.start_ms, report.end_ms, report.source = start_ms, end_ms, "live"
+        self.last_report = report
+        if report.flags:
+            self.metrics.count_flags(report.flag_counts)
+        if report.blocking:
+            raise ConformancePipelineError(report)
         return trim(frame, start_ms, end_ms)
 
     async def fetch(self, start: int, end: int, *, node_id: str) -> pd.DataFrame:

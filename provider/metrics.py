@@ -64,6 +64,12 @@ def _collectors(registry: CollectorRegistry) -> dict[str, Any]:
             ["strategy", "outcome"],
             registry=registry,
         ),
+        "source_errors": Counter(
+            "seamless_source_errors_total",
+            "Reads from a source (a cache) that failed and were skipped; the fetch went on without it.",
+            ["source"],
+            registry=registry,
+        ),
         "windows": Counter(
             "seamless_backfill_windows_total",
             "Backfill windows started by this provider, by mode (in_process, coordinator).",
@@ -88,6 +94,7 @@ class ProviderMetrics:
         self.conformance_flag = made["flag"]
         self.fetch_total = made["fetch"]
         self.backfill_windows = made["windows"]
+        self.source_errors = made["source_errors"]
 
     def observe_phase(self, node_id: str, phase: str, elapsed_s: float) -> None:
         """Record the time one SLA phase took."""
@@ -96,6 +103,10 @@ class ProviderMetrics:
     def observe_source(self, source: str, elapsed_s: float) -> None:
         """Record the latency of one source read."""
         self.source_latency.labels(source=source).observe(elapsed_s)
+
+    def count_source_error(self, source: str) -> None:
+        """Count one failed, skipped source read."""
+        self.source_errors.labels(source=source).inc()
 
     def count_flags(self, flag_counts: dict[str, int]) -> None:
         """Add a report's flag counts."""

@@ -6,7 +6,10 @@ Rules:
    9000 unless ``?http_port=`` says otherwise). ``table=`` picks the bar table. The storage opens on first use.
 2. ``fetcher`` is any source with ``fetch(series, start, end)`` (``provider.sources.open_source(...)``) or a
    QMTL ``DataFetcher`` with ``fetch(start, end, *, node_id, interval)`` in epoch seconds; the latter is adapted
-   by :class:`QMTLFetcherAdapter`. The same goes for ``live_fetcher``.
+   by :class:`QMTLFetcherAdapter`. The same goes for ``live_fetcher``. The adapter converts the request only:
+   what the fetcher returns (epoch-second ``ts``, duplicates, any dtype ...) goes unchanged to the ingest
+   conformance of the backfill or live feed, which normalizes it with flags or blocks it (so an overlapping
+   page's duplicates are flagged ``duplicate_ts``, never dropped silently).
 3. ``EnhancedQuestDBProvider`` is a :class:`SeamlessDataProvider` (strategy SEAMLESS and conformance on by
    default; every other keyword goes to it). With ``coordinator`` the workers backfill and ``fetcher`` is not
    used for backfills.
@@ -22,7 +25,6 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from provider.conformance import ConformanceContext, ConformancePipeline, SchemaRollupStage, TemporalRollupStage
 from provider.core import SeriesKey, snap_range
 from provider.datasources import StorageDataSource
 from provider.seamless import SeamlessDataProvider
@@ -40,14 +42,13 @@ class QMTLFetcherAdapter:
 
     def __init__(self, fetcher: Any) -> None:
         self.fetcher = fetcher
-        self._normalize = ConformancePipeline([SchemaRollupStage(), TemporalRollupStage(check_ohlc=False)])
 
     async def fetch(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
+        """The fetcher's frame for ``[start, end)``, unchanged (the ingest conformance normalizes it)."""
         key = SeriesKey.parse(series)
         step = key.interval_ms
         lo, hi = snap_range(start, end, step)
-        raw = await self.fetcher.fetch(lo // 1000, hi // 1000, node_id=str(key), interval=step // 1000)
-        frame, _ = self._normalize.run(raw, ConformanceContext(str(key), step, lo, hi))
+        frame: pd.DataFrame = await self.fetcher.fetch(lo // 1000, hi // 1000, node_id=str(key), interval=step // 1000)
         return frame
 
     async def aclose(self) -> None:

@@ -9,7 +9,12 @@ Rules:
    PARTIAL_FILL returns what is stored now and starts one background backfill of the rest; SEAMLESS takes the
    live feed's zone (recent closed bars) from the live feed and backfills the rest like AUTO_BACKFILL.
 3. Every result runs through the conformance pipeline; blocking flags raise
-   :class:`ConformancePipelineError` unless ``partial_ok``. Reports go to the report sink.
+   :class:`ConformancePipelineError` unless ``partial_ok``. Reports go to the report sink. Every backfilled
+   window went through the ingest conformance first (:mod:`provider.backfill`): its report is published too,
+   its flags join this fetch's report, and a blocked window raises :class:`ConformancePipelineError` with it.
+7. Coverage of any source is trimmed inward to whole bars, never discarded (an off-grid cache range still
+   serves its whole bars). A failing cache is skipped (``seamless_source_errors_total{source}``, a log line,
+   ``last_fetch_metadata.skipped_sources``) and storage serves instead; it never fails a fetch.
 4. SLA phases cancel the work they time (:mod:`provider.sla`); PARTIAL_FILL downgrades instead of raising.
 5. A complete, conforming result of stored data is cached; a later fetch wholly inside it is answered from L1
    without touching storage or re-running conformance.
@@ -24,11 +29,13 @@ from typing import Any
 
 import pandas as pd
 
+from provider._reads import SourceReads
+from provider.backfill import BaseBackfiller
 from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceContext, ConformanceReport
-from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, snap_range, subtract_ranges
+from provider.core import BackfillConfig, SeriesKey, merge_ranges, snap_range, subtract_ranges
 from provider.core.obs import bind_request, get_logger
-from provider.datasources import assemble, covered_ranges, last_ts_ms, read_pieces, trim
+from provider.datasources import assemble, covered_ranges, last_ts_ms
 from provider.errors import (
     BackfillFailedError,
     ConformancePipelineError,
@@ -57,7 +64,7 @@ _log = get_logger("provider.seamless")
 _S = DataAvailabilityStrategy
 
 
-class SeamlessDataProvider:
+class SeamlessDataProvider(SourceReads):
     """Complete, checked bars for any range, as if every bar always existed (see the module rules)."""
 
     def __init__(
@@ -102,6 +109,9 @@ class SeamlessDataProvider:
         self.last_fetch_metadata: FetchMetadata | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        if isinstance(self.backfiller, BaseBackfiller):
+            self.backfiller.on_report = self._on_ingest_report
+            self.backfiller.partial_ok = self.backfiller.partial_ok or partial_ok
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> SeamlessDataProvider:
@@ -242,8 +252,8 @@ class SeamlessDataProvider:
         frame = assemble(ctx.pieces)
         frame = await self._conform(ctx, frame)
         self._check_sla(ctx, sla, frame)
-        if not missing and self.cache is not None and "live" not in ctx.meta.served and ctx.end_ms > ctx.start_ms:
-            await self.cache.put(ctx.node_id, ctx.start_ms, ctx.end_ms, frame, ctx.report)
+        if not missing and "live" not in ctx.meta.served and ctx.end_ms > ctx.start_ms:
+            await self._put_cache(ctx, frame)
         if missing:
             ctx.meta.outcome = "partial"
         return frame
@@ -253,50 +263,16 @@ class SeamlessDataProvider:
         remaining = [ctx.effective] if ctx.end_ms > ctx.start_ms else []
         try:
             async with sla.phase("storage"):
-                for source in (self.cache, self.storage):
-                    if source is None or not remaining:
-                        continue
-                    remaining = await self._read_source(ctx, source, remaining)
+                if self.cache is not None and remaining:
+                    remaining = await self._read_cache(ctx, remaining)
+                if self.storage is not None and remaining:
+                    remaining = await self._read_storage(ctx, remaining)
         except SeamlessSLAExceeded as exc:
             if self.strategy is not _S.PARTIAL_FILL:
                 raise
             self._downgrade(ctx, exc)
             remaining = subtract_ranges([ctx.effective], ctx.served_ranges())
         return remaining
-
-    async def _read_source(
-        self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]], origin: str | None = None
-    ) -> list[tuple[int, int]]:
-        name = getattr(source, "name", type(source).__name__)
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        if hasattr(source, "serve"):
-            pieces = await source.serve(remaining, node_id=ctx.node_id)
-        else:
-            covered = await covered_ranges(source, remaining, node_id=ctx.node_id)
-            covered = [(lo, hi) for lo, hi in covered if lo % ctx.interval_ms == 0 and hi % ctx.interval_ms == 0]
-            pieces = await read_pieces(source, covered, node_id=ctx.node_id)
-        self.metrics.observe_source(name, loop.time() - started)
-        ctx.add(origin or name, pieces)
-        return subtract_ranges(remaining, [r for r, _ in pieces])
-
-    async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """SEAMLESS: take missing bars inside the live zone from the live feed; the rest stays missing."""
-        if self.live_feed is None:
-            return missing
-        lookback_ms = int(getattr(self.live_feed, "lookback_bars", 0)) * ctx.interval_ms
-        wanted = intersect_ranges(missing, [(max(0, ctx.horizon_ms - lookback_ms), ctx.horizon_ms)])
-        if not wanted:
-            return missing
-        async with sla.phase("live"):
-            for lo, hi in wanted:
-                frame = trim(await self.live_feed.fetch(lo, hi, node_id=ctx.node_id), lo, hi)
-                if len(frame):
-                    # Served up to the newest bar received; a late bar after it is left for the backfill.
-                    served = (lo, last_ts_ms(frame) + ctx.interval_ms)
-                    ctx.add("live", [(served, frame)])
-                    missing = subtract_ranges(missing, [served])
-        return missing
 
     async def _backfill_and_read(
         self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]
@@ -319,8 +295,17 @@ class SeamlessDataProvider:
         except BackfillFailedError as exc:
             ctx.finish_coverage(missing)
             raise BackfillFailedError(ctx.node_id, missing, exc.reason) from exc
+        except ConformancePipelineError as exc:
+            ctx.finish_coverage(missing)
+            self.last_conformance_report = ctx.report = exc.report
+            raise
+        ctx.ingest = [f.report for f in ticket.flights if f.report is not None]
+        ctx.meta.backfill["served_by"] = [
+            {"start_ms": r.start_ms, "end_ms": r.end_ms, "source": r.source, "failed_sources": list(r.failed_sources)}
+            for r in ctx.ingest
+        ]
         async with sla.phase("storage"):
-            remaining = await self._read_source(ctx, self.storage, missing, origin="backfill")
+            remaining = await self._read_storage(ctx, missing, origin="backfill")
         if remaining:
             ctx.finish_coverage(remaining)
             raise BackfillFailedError(ctx.node_id, remaining, "the backfill ended but storage does not cover it")
@@ -353,6 +338,8 @@ class SeamlessDataProvider:
             request_id=ctx.meta.request_id,
         )
         frame, report = self.conformance.run(frame, context)
+        for ingest in ctx.ingest:
+            report.merge_ingest(ingest)
         self.last_conformance_report = ctx.report = report
         ctx.meta.conformance_flags = dict(report.flag_counts)
         ctx.meta.conformance_ok = report.ok
@@ -378,6 +365,13 @@ class SeamlessDataProvider:
         ctx.meta.downgrade_reason = f"sla_{exc.phase}"
         ctx.meta.sla_violation = SLARun.violation(exc)
         _log.warning("fetch.downgraded", phase=exc.phase, elapsed_ms=round(exc.elapsed_ms, 3), budget_ms=exc.budget_ms)
+
+    def _on_ingest_report(self, report: ConformanceReport) -> None:
+        """A backfilled window's ingest report: counted, logged and published like a fetch's."""
+        self.metrics.count_flags(report.flag_counts)
+        if report.flags:
+            _log.info("backfill.conformance", summary=report.summary(), source=report.source, ok=report.ok)
+        self._publish(report)
 
     def _publish(self, report: ConformanceReport) -> None:
         async def publish() -> None:

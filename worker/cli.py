@@ -56,6 +56,14 @@ def main() -> None:
     help="synthetic[:SEED], binance[:BASE_URL] or ccxt:EXCHANGE_ID (or a plug-in).",
 )
 @click.option(
+    "--fallback-source",
+    "fallback_sources",
+    multiple=True,
+    metavar="SOURCE",
+    help="Tried in order when --source fails a window after its retries (repeatable) "
+    "[default: worker.fallback_sources from --config].",
+)
+@click.option(
     "--storage",
     "storage_dsn",
     default=None,
@@ -133,7 +141,6 @@ def _note_retry(metrics: WorkerMetrics, event: Any) -> None:
 
 async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     from provider.client import CoordinatorClient
-    from provider.sources import SourceLimits, open_source
     from provider.storage import open_storage
     from worker.daemon import Worker, WorkerSettings
 
@@ -145,13 +152,7 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     settings = WorkerSettings.from_config(worker_id, worker_cfg, backfill)
     metrics = WorkerMetrics()
     storage = await open_storage(opts["storage_dsn"] or config.storage.dsn)
-    limits = SourceLimits.from_worker_config(worker_cfg)
-    source = open_source(
-        opts["source"],
-        limits=limits,
-        retry=backfill,
-        on_retry=lambda event: _note_retry(metrics, event),
-    )
+    source = _open_sources(opts, config, metrics)
     client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
     worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
     _stop_on_signals(worker.stop)
@@ -165,6 +166,25 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
         if runner is not None:
             await runner.cleanup()
     return 0
+
+
+def _open_sources(opts: dict[str, Any], config: AppConfig, metrics: WorkerMetrics) -> Any:
+    """``--source``, or a :class:`FallbackSource` of it and the fallbacks (flags win over the config file)."""
+    from provider.sources import FallbackSource, SourceLimits, open_source
+
+    specs = [opts["source"], *(opts["fallback_sources"] or config.worker.fallback_sources)]
+    sources = [
+        open_source(
+            spec,
+            limits=SourceLimits.from_worker_config(config.worker),
+            retry=config.seamless_data_provider.backfill_config,
+            on_retry=lambda event: _note_retry(metrics, event),
+        )
+        for spec in specs
+    ]
+    if len(sources) == 1:
+        return sources[0]
+    return FallbackSource(sources, names=specs)
 
 
 async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> web.AppRunner:
@@ -198,6 +218,8 @@ def _child_argv(opts: dict[str, Any], index: int) -> list[str]:
     ):
         if opts[key] is not None:
             argv += [flag, str(opts[key])]
+    for spec in opts["fallback_sources"] or ():
+        argv += ["--fallback-source", spec]
     if opts["metrics_port"]:
         argv += ["--metrics-port", str(opts["metrics_port"] + 1 + index)]
     return argv

@@ -1,7 +1,7 @@
 """The worker daemon: turn leases into stored bars.
 
-Loop (DESIGN.md section 5): claim -> renew every TTL/3 in the background -> fetch with retries -> check the frame
--> write the window -> complete with the token.
+Loop (DESIGN.md section 5): claim -> renew every TTL/3 in the background -> fetch with retries -> normalize the
+frame (ingest conformance) -> write the window -> complete with the token.
 
 Rules:
 1. At most ``concurrency`` windows are in progress; claims ask only for free slots and long-poll when idle.
@@ -14,6 +14,12 @@ Rules:
 4. ``stop()`` (SIGTERM) stops claiming; in-progress windows get ``shutdown_grace_ms`` to finish, then are
    cancelled and released so another worker takes them at once, attempt not counted.
 5. Writes are idempotent (the storage contract), so a window written twice holds the same bars.
+7. Every fetched frame goes through :func:`provider.conformance.normalize_bars` (the same ingest conformance as
+   the provider's backfill). Lossless reshapes are normalized, stored, and logged (``window conformance`` with the
+   report). A blocked window writes nothing and fails with ``retryable=False`` and the report's summary as the
+   reason (the report is logged as one structured line); with ``partial_ok`` the normalized rest is stored.
+8. With a fallback chain (:class:`provider.sources.FallbackSource`) the source that served the window is logged
+   on ``window done`` (``source``, ``failed_sources``) and named in a fail reason.
 6. Only closed bars are stored: a window that reaches past now is fetched and written up to the last closed bar,
    so coverage never claims bars that did not exist yet. The coordinator re-opens such a window when a later job
    needs the bars closed since (docs/coordinator.md).
@@ -30,10 +36,11 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from provider.conformance import ConformancePipelineError, ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
-from provider.frames import FrameContractError, check_frame, empty_frame
+from provider.frames import FrameContractError, empty_frame
 from provider.sources.errors import FatalSourceError
 from worker.metrics import WorkerMetrics
 
@@ -88,6 +95,14 @@ class WorkerSettings:
         )
 
 
+def _report_fields(report: ConformanceReport) -> dict[str, Any]:
+    """The report as a log field: everything but the (empty for ingest) regression part."""
+    fields = report.to_dict()
+    for key in ("regression", "ingest", "uri"):
+        fields.pop(key, None)
+    return fields
+
+
 class _LeaseLost(Exception):
     """Internal: the renew loop found the lease gone."""
 
@@ -105,7 +120,13 @@ class Worker:
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        partial_ok: bool = False,
+        ts_unit: str | None = None,
     ) -> None:
+        #: Store the normalized rest of a window the ingest conformance blocked (rule 7).
+        self.partial_ok = partial_ok
+        #: Unit of integer epoch ``ts`` from the source (None: decided by magnitude).
+        self.ts_unit = ts_unit
         self.settings = settings
         self._coordinator = coordinator
         self._source = source
@@ -249,8 +270,8 @@ class Worker:
             phases[phase] = round(time.perf_counter() - started - sum(phases.values()), 3)
 
         end = self._closed_end_ms(lease)
-        frame = await self._source.fetch(lease.series, lease.start, end) if end > lease.start else empty_frame()
-        check_frame(frame, start_ms=lease.start, end_ms=end)
+        frame, source, failed = await self._fetch(lease, end)
+        frame = self._conform(lease, end, frame, source, failed)
         lap("fetch_s")
         # Re-check ownership right before writing: a worker paused past its TTL must not write or complete.
         await self._coordinator.renew(lease.lease_id, lease.token)
@@ -265,7 +286,47 @@ class Worker:
         self.metrics.windows_done.inc()
         self.metrics.last_timestamp.set(time.time())
         took_s = round(time.perf_counter() - started, 3)
-        log.info("window done", rows=len(frame), attempt=lease.attempt, took_s=took_s, **phases)
+        log.info(
+            "window done",
+            rows=len(frame),
+            attempt=lease.attempt,
+            took_s=took_s,
+            source=source,
+            failed_sources=failed,
+            **phases,
+        )
+
+    async def _fetch(self, lease: Lease, end: int) -> tuple[pd.DataFrame, str, list[str]]:
+        if end <= lease.start:
+            return empty_frame(), "", []
+        served = getattr(self._source, "fetch_served", None)
+        if served is not None:
+            frame, name, failed = await served(lease.series, lease.start, end)
+            return frame, name, list(failed)
+        frame = await self._source.fetch(lease.series, lease.start, end)
+        return frame, str(getattr(self._source, "name", type(self._source).__name__)), []
+
+    def _conform(self, lease: Lease, end: int, raw: Any, source: str, failed: list[str]) -> pd.DataFrame:
+        """Rule 7: normalize, log the report, raise ConformancePipelineError when it blocks."""
+        if end <= lease.start:
+            return empty_frame()
+        frame, report = normalize_bars(
+            raw,
+            series=lease.series,
+            interval_ms=SeriesKey.parse(lease.series).interval_ms,
+            start_ms=lease.start,
+            end_ms=end,
+            ts_unit=self.ts_unit,
+            created_at_ms=self._wall_clock_ms(),
+        )
+        report.source, report.failed_sources = source, failed
+        if report.flags:
+            for flag, count in report.flag_counts.items():
+                self.metrics.conformance_flags.labels(flag=flag).inc(count)
+            log.info("window conformance", ok=report.ok, summary=report.summary(), report=_report_fields(report))
+        if report.blocking and not self.partial_ok:
+            raise ConformancePipelineError(report)
+        return frame
 
     async def _renew_loop(self, lease: Lease) -> None:
         """Renew every TTL/3; raise :class:`_LeaseLost` when the lease is gone or can no longer be proven ours."""
@@ -284,8 +345,11 @@ class Worker:
                 log.warning("renew failed; will retry", error=str(exc))
 
     async def _report_failure(self, lease: Lease, exc: Exception) -> None:
-        retryable = not isinstance(exc, (FatalSourceError, FrameContractError))
-        reason = f"{type(exc).__name__}: {exc}"[:500]
+        retryable = not isinstance(exc, (FatalSourceError, FrameContractError, ConformancePipelineError))
+        if isinstance(exc, ConformancePipelineError):
+            reason = f"conformance {exc.report.summary()}"[:500]
+        else:
+            reason = f"{type(exc).__name__}: {exc}"[:500]
         self.metrics.failures.labels(reason=type(exc).__name__).inc()
         log.warning("window failed", reason=reason, retryable=retryable, attempt=lease.attempt)
         try:

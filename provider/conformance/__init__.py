@@ -8,6 +8,7 @@ series). Flags are listed in :data:`FLAGS`; those in :data:`DEFAULT_BLOCKING_FLA
 ``partial_ok=True``.
 """
 
+from provider.conformance._ingest import INGEST_BLOCKING_FLAGS, epoch_unit, normalize_bars
 from provider.conformance._pipeline import ConformancePipeline, ConformanceStage, RegressionReportStage
 from provider.conformance._report import (
     DEFAULT_BLOCKING_FLAGS,
@@ -24,6 +25,7 @@ from provider.errors import ConformancePipelineError
 __all__ = [
     "DEFAULT_BLOCKING_FLAGS",
     "FLAGS",
+    "INGEST_BLOCKING_FLAGS",
     "OHLCV_SCHEMA",
     "ConformanceContext",
     "ConformanceFlag",
@@ -36,6 +38,8 @@ __all__ = [
     "SchemaRegistry",
     "SchemaRollupStage",
     "TemporalRollupStage",
+    "epoch_unit",
     "find_gaps",
+    "normalize_bars",
     "report_uri",
 ]

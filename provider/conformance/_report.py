@@ -35,6 +35,17 @@ FLAGS: dict[str, str] = {
     "ohlc_violation": "low/high do not bound open and close, or volume < 0 (row kept)",
     "gap": "bars absent inside a materialized range (exchange gap, not re-backfilled)",
     "regression": "a flag occurred more often than in the previous report of the series",
+    # Ingest (provider.conformance._ingest): lossless reshapes, normalized and flagged.
+    "ts_cast": "ts of another resolution, epoch ints or ISO text converted to datetime64[ns, UTC]",
+    "ts_timezone_normalized": "naive ts read as UTC, or ts in another zone converted to UTC",
+    "column_order": "columns in another order (reordered)",
+    # Ingest blocks: the window is not stored unless partial_ok (then the offending rows are dropped).
+    "dtype_mismatch": "a column is neither numeric nor a time (nothing stored)",
+    "invalid_timestamp": "ts is NaT or cannot be parsed (row dropped)",
+    "precision_loss": "an integer beyond 2**53 that float64 cannot hold exactly (row dropped)",
+    "conflicting_duplicate": "rows share a ts with different values (the last one kept)",
+    "out_of_range": "bar outside the requested window (row dropped)",
+    "high_below_low": "a bar with high < low (row dropped)",
 }
 
 #: Flags that block a fetch unless ``partial_ok=True``.
@@ -116,6 +127,11 @@ class ConformanceReport:
     #: Flags present that block (set by the pipeline).
     blocking: tuple[str, ...] = ()
     created_at_ms: int | None = None
+    #: Ingest reports: the source that served the window, and the sources that failed it before (fallback chain).
+    source: str = ""
+    failed_sources: list[str] = field(default_factory=list)
+    #: Read reports: the ingest reports of the windows backfilled for this fetch (``to_dict()`` of each).
+    ingest: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -135,6 +151,18 @@ class ConformanceReport:
             for f in self.flags
             if f.kind == "gap" and f.start_ms is not None and f.end_ms is not None
         ]
+
+    def summary(self, limit: int = 6) -> str:
+        """One line naming the blocking flags (or all flags) with counts and the first place each occurred."""
+        shown = [f for f in self.flags if not self.blocking or f.kind in self.blocking][:limit]
+        parts = []
+        for flag in shown:
+            where = f" at {flag.start_ms}" if flag.start_ms is not None else ""
+            detail = f" ({flag.detail})" if flag.detail else ""
+            parts.append(f"{flag.kind}={flag.count}{where}{detail}")
+        head = "blocked: " if self.blocking else "flags: "
+        origin = f" from {self.source}" if self.source else ""
+        return f"{self.node_id} [{self.start_ms}, {self.end_ms}){origin} {head}" + ("; ".join(parts) or "none")
 
     def add(
         self, kind: str, count: int, *, start_ms: int | None = None, end_ms: int | None = None, detail: str = ""
@@ -165,4 +193,16 @@ class ConformanceReport:
             "blocking": list(self.blocking),
             "ok": self.ok,
             "created_at_ms": self.created_at_ms,
+            "source": self.source,
+            "failed_sources": list(self.failed_sources),
+            "ingest": list(self.ingest),
         }
+
+    def merge_ingest(self, ingest: ConformanceReport) -> None:
+        """Record a backfilled window's ingest report: its flags join ``flag_counts`` (prefixed details) after
+        the blocking decision, so lossless ingest flags never block the read."""
+        self.ingest.append(ingest.to_dict())
+        for flag in ingest.flags:
+            where = f"ingest [{ingest.start_ms}, {ingest.end_ms}) from {ingest.source or 'source'}"
+            detail = f"{where}: {flag.detail}"
+            self.add(flag.kind, flag.count, start_ms=flag.start_ms, end_ms=flag.end_ms, detail=detail)

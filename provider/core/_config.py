@@ -128,6 +128,8 @@ class WorkerConfig:
     autoscale_windows_per_worker: int = _spec(8, lo=1, hi=100_000, doc="target backlog per worker")
     #: Autoscaler decision period.
     autoscale_interval_ms: int = _spec(2_000, lo=100, hi=600_000, doc="autoscaler period in ms")
+    #: Sources tried in order when ``--source`` fails a window after its retries (``--fallback-source``).
+    fallback_sources: tuple[str, ...] = _spec((), doc="ordered fallback source specs (a YAML list)")
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,12 @@ def _describe(meta: typing.Mapping[str, Any], kind: str) -> str:
     return kind
 
 
+def _string_list(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(path, value, "a list of non-empty strings")
+    return tuple(value)
+
+
 def _convert(value: Any, hint: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -188,6 +196,8 @@ def _convert(value: Any, hint: Any, path: str, meta: typing.Mapping[str, Any]) -
         if not isinstance(value, dict):
             raise ConfigError(path, value, "a mapping of settings")
         return _build(typing.cast(type, hint), value, path)
+    if typing.get_origin(hint) is tuple:
+        return _string_list(value, path)
     kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
     allowed = _describe(meta, kind)
     if hint is bool:
@@ -264,6 +274,8 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else None
             kind = getattr(hint, "__name__", str(hint))
             kind = kind.replace("float | None", "float or null").replace("int | None", "int or null")
+            if typing.get_origin(hint) is tuple:
+                kind = "list of str"
             allowed = _describe(f.metadata, kind)
             rows.append((path, kind, default, f"{f.metadata.get('doc', '')}; {allowed}"))
 

@@ -7,10 +7,12 @@ the provider's fetcher. Specs (docs/sources.md): ``synthetic[:SEED][?gaps=F]``, 
 
 Around any source: :class:`RetryingSource` (DESIGN.md section 3 retries, Retry-After aware) and, per process and
 source, :class:`SourceLimits` = a :class:`BanGate` (418 bans and 429 cooldowns pause every request) plus a
-:class:`RateBudget` (token buckets for requests and weight per minute).
+:class:`RateBudget` (token buckets for requests and weight per minute). :class:`FallbackSource` chains sources:
+each window is served by the first that answers after its retries, and names it.
 """
 
 from provider.sources._base import FetchRequest, Source, normalize_request
+from provider.sources._fallback import FallbackSource
 from provider.sources._limits import DEFAULT_MAX_WAIT_S, BanGate, RateBudget, SourceLimits
 from provider.sources._retry import RetryEvent, RetryingSource, retry_policy, retry_wait_s
 from provider.sources._spec import ENTRY_POINT_GROUP, SourceSpec, available_sources, open_source, parse_spec
@@ -30,6 +32,7 @@ __all__ = [
     "BadResponseError",
     "BanGate",
     "BannedError",
+    "FallbackSource",
     "FatalSourceError",
     "FetchRequest",
     "RateBudget",

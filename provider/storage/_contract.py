@@ -5,11 +5,17 @@ Rules:
    idempotently: afterwards the stored bars of the series inside the window are exactly the frame's bars (a
    re-write replaces, never duplicates), and the window is covered, even when the frame is empty.
 2. Everything is validated before any I/O: the series key, the bounds (ints of epoch ms or anything
-   :func:`provider.core.to_ms` accepts, on the series' bar grid, ``start <= end``) and the frame (the frame
-   contract, every ``ts`` on the grid and inside the window). A refused write changes nothing.
+   :func:`provider.core.to_ms` accepts, on the series' bar grid, ``start <= end``) and the frame. The frame goes
+   through :func:`provider.conformance.normalize_bars` in strict mode: every lossless shape is accepted and
+   normalized (``ts`` of any datetime64 resolution, naive = UTC or any zone; int/float32 values exactly
+   representable as float64; columns in any order; unsorted rows; exact duplicate rows), and what would lose or
+   invent data is refused with :class:`FrameRejectedError` whose ``problem`` is the first blocking flag
+   (``missing_column``, ``extra_column``, ``dtype_mismatch`` -- epoch ints included: they carry no unit --,
+   ``invalid_timestamp``, ``precision_loss``, ``conflicting_duplicate``, ``off_grid``, ``out_of_range``,
+   ``non_finite``). A refused write changes nothing.
 3. ``read(series, start, end)`` returns the stored bars whose open time lies in ``[start, end)`` as a contract
-   frame, every float bit for bit (a negative zero is stored as 0.0). Bounds are not snapped, so adjacent reads
-   never share a bar.
+   frame (``ts`` ``datetime64[ns, UTC]``, see docs/storage.md), every float bit for bit (a negative zero is
+   stored as 0.0). Bounds are not snapped, so adjacent reads never share a bar.
 4. ``coverage(series)`` is the merged union of the windows ever written, from the window ledger: it costs
    O(windows), never O(rows). Coverage means "materialized", not "has bars". ``coverage(series, start, end)``
    is the same clipped to ``[start, end)``; only the windows overlapping it are merged, so asking about recent
@@ -25,8 +31,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from provider.conformance._ingest import normalize_bars
 from provider.core import Range, SeriesKey, intersect_ranges, to_ms
-from provider.frames import PRICE_COLUMNS, FrameContractError, check_frame, empty_frame, frame_from_arrays, ts_ms
+from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
 from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
 
 __all__ = ["Storage", "StorageBase", "WindowWrite", "frame_from_columns", "parse_series", "prepare_write"]
@@ -114,10 +121,16 @@ def prepare_write(series: Any, start: Any, end: Any, frame: Any) -> WindowWrite:
             raise StorageRequestError(
                 name, value, f"window {name} {value} is not on the {key.interval} bar grid ({step} ms) of {key}"
             )
-    try:
-        check_frame(frame, interval_ms=step, start_ms=start_ms, end_ms=end_ms)
-    except FrameContractError as exc:
-        raise FrameRejectedError(exc.problem, str(exc), series=str(key), start_ms=start_ms, end_ms=end_ms) from None
+    if not isinstance(frame, pd.DataFrame):
+        message = f"expected a pandas DataFrame, got {type(frame).__name__}"
+        raise FrameRejectedError("type", message, series=str(key), start_ms=start_ms, end_ms=end_ms)
+    frame, report = normalize_bars(
+        frame, series=str(key), interval_ms=step, start_ms=start_ms, end_ms=end_ms, strict=True, check_ohlc=False
+    )
+    if report.blocking:
+        problem = next(f.kind for f in report.flags if f.kind in report.blocking)
+        message = f"{report.summary()}; nothing was stored"
+        raise FrameRejectedError(problem, message, series=str(key), start_ms=start_ms, end_ms=end_ms)
     # Adding 0.0 turns -0.0 into 0.0 and changes nothing else: SQLite cannot store a negative zero, and every
     # backend must return the same bits.
     columns = tuple(frame[name].to_numpy(dtype=np.float64, copy=True) + 0.0 for name in PRICE_COLUMNS)

@@ -69,8 +69,9 @@ class StorageRequestError(StorageError, ValueError):
 class FrameRejectedError(StorageError, FrameContractError):
     """A frame given to ``write_window`` breaks the frame contract; nothing was stored.
 
-    ``problem`` is the machine-readable tag of :class:`provider.frames.FrameContractError` (``columns``,
-    ``dtype``, ``unsorted``, ``duplicate_ts``, ``off_grid``, ``out_of_range``, ``non_finite``, ``type``).
+    ``problem`` is the first blocking ingest flag of :func:`provider.conformance.normalize_bars` (``missing_column``,
+    ``extra_column``, ``dtype_mismatch``, ``invalid_timestamp``, ``precision_loss``, ``conflicting_duplicate``,
+    ``off_grid``, ``out_of_range``, ``non_finite``) or ``type`` (not a DataFrame). Lossless shapes are not refused.
     """
 
     def __init__(self, problem: str, message: str, *, series: str, start_ms: int, end_ms: int) -> None:

@@ -136,3 +136,13 @@ def test_schema_description_lists_every_leaf():
     assert rows["seamless_data_provider.backfill_config.window_bars"] == 900
     assert rows["seamless_data_provider.cache_ttl"] == 3600
     assert len(rows) == len(describe_schema())
+
+
+def test_worker_fallback_sources_is_an_ordered_list_of_specs():
+    """``worker.fallback_sources`` keeps the YAML list's order; anything but a list of strings names the key."""
+    config = config_from_mapping({"worker": {"fallback_sources": ["ccxt:okx", "binance:http://127.0.0.1:1"]}})
+    assert config.worker.fallback_sources == ("ccxt:okx", "binance:http://127.0.0.1:1")
+    assert AppConfig().worker.fallback_sources == ()
+    for bad in ("ccxt:okx", [""], [3]):
+        with pytest.raises(ConfigError, match=r"worker\.fallback_sources.*a list of non-empty strings"):
+            config_from_mapping({"worker": {"fallback_sources": bad}})

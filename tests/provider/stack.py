@@ -47,7 +47,15 @@ class Stack:
     def urls(self) -> list[str]:
         return list(self.cluster.urls)
 
-    def start_worker(self, source: str, storage_dsn: str, *, concurrency: int = 4) -> None:
+    def start_worker(
+        self,
+        source: str,
+        storage_dsn: str,
+        *,
+        concurrency: int = 4,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         index = len(self.workers)
         args = [
             *worker_cmd(),
@@ -64,9 +72,13 @@ class Stack:
             str(concurrency),
             "--config",
             str(self.root / "coordinator.yaml"),
+            *extra_args,
         ]
+        environ = {**os.environ, **(env or {})}
         with (self.root / f"worker{index}.log").open("ab") as log:
-            self.workers.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            self.workers.append(
+                subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=environ)
+            )
 
     def logs(self) -> str:
         parts = [self.cluster.logs()]

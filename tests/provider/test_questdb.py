@@ -8,6 +8,7 @@ import secrets
 import pandas as pd
 import pytest
 
+from provider.conformance import normalize_bars
 from provider.core import window_ranges
 from provider.core.obs import new_registry
 from provider.frames import ts_ms
@@ -38,15 +39,46 @@ class QMTLStyleFetcher:
 
 
 async def test_qmtl_fetcher_adapter_converts_seconds():
-    """A QMTL fetcher gets epoch seconds and its int-seconds frame comes back as a contract frame."""
+    """A QMTL fetcher gets epoch seconds; its int-seconds frame passes unchanged to the ingest conformance, which
+    turns it into the contract frame with a ts_cast flag."""
     qmtl = QMTLStyleFetcher()
     adapted = adapt_fetcher(qmtl)
     assert isinstance(adapted, QMTLFetcherAdapter)
     source = open_source("synthetic:7")
     assert adapt_fetcher(source) is source
-    frame = await adapted.fetch(SERIES, at(0), at(10))
+    raw = await adapted.fetch(SERIES, at(0), at(10))
+    frame, report = normalize_bars(raw, series=SERIES, interval_ms=MIN, start_ms=at(0), end_ms=at(10))
     pd.testing.assert_frame_equal(frame, await bars(at(0), at(10)))
+    assert report.ok and "ts_cast" in report.flag_counts and "as s ->" in report.flags[0].detail
     assert qmtl.calls == [(at(0) // 1000, at(10) // 1000, 60)]
+
+
+class DuplicatingQMTLFetcher(QMTLStyleFetcher):
+    """A QMTL fetcher whose pages overlap: every bar of the answer's second half comes twice."""
+
+    async def fetch(self, start, end, *, node_id, interval):
+        frame = await super().fetch(start, end, node_id=node_id, interval=interval)
+        return pd.concat([frame, frame.iloc[len(frame) // 2 :]], ignore_index=True)
+
+
+@pytest.mark.questdb
+async def test_qmtl_fetcher_duplicates_are_flagged_not_dropped_silently(questdb):
+    """Overlapping pages of a QMTL-style fetcher are stored once and flagged duplicate_ts in the fetch's report."""
+    provider = EnhancedQuestDBProvider(
+        questdb.dsn,
+        fetcher=DuplicatingQMTLFetcher(),
+        table=_table(),
+        clock=ManualClock(NOW),
+        registry=new_registry(),
+        report_sink=MemoryReportSink(),
+    )
+    async with provider:
+        frame = await provider.fetch(at(0), at(100), node_id=SERIES)
+        pd.testing.assert_frame_equal(frame, await bars(at(0), at(100)))
+        report = provider.last_conformance_report
+        assert report is not None and report.ok
+        assert report.flag_counts["duplicate_ts"] > 0 and report.flag_counts["ts_cast"] > 0
+        assert [r["source"] for r in report.ingest] == ["qmtl"]
 
 
 def test_dsn_must_name_a_questdb():

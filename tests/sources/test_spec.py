@@ -168,6 +168,7 @@ def test_exported_names_are_guarded() -> None:
         "BadResponseError",
         "BanGate",
         "BannedError",
+        "FallbackSource",
         "FatalSourceError",
         "FetchRequest",
         "RateBudget",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from provider.core import SeriesKey, intersect_ranges
-from provider.frames import FRAME_COLUMNS, TS_DTYPE, empty_frame, frame_from_arrays
+from provider.frames import FRAME_COLUMNS, TS_DTYPE, empty_frame, frame_from_arrays, ts_ms
 from provider.storage import (
     FrameRejectedError,
     Storage,
@@ -196,44 +196,45 @@ async def test_empty_window_write_is_a_no_op_when_start_equals_end(store):
 
 def _bad_frames(make_bars: Any) -> dict[str, tuple[str, pd.DataFrame | Any]]:
     good = make_bars(T0, 10)
-    unsorted = good.iloc[::-1].reset_index(drop=True)
-    duplicate = pd.concat([good.iloc[:3], good.iloc[2:3]], ignore_index=True)
+    conflicting = pd.concat([good.iloc[:3], good.iloc[2:3].assign(close=-1.0)], ignore_index=True)
     off_grid = good.copy()
     off_grid.loc[4, "ts"] = off_grid.loc[4, "ts"] + pd.Timedelta(seconds=30)
     sub_ms = good.copy()
     sub_ms.loc[4, "ts"] = sub_ms.loc[4, "ts"] + pd.Timedelta(microseconds=1)
-    nan, inf = good.copy(), good.copy()
+    nan, inf, nat = good.copy(), good.copy(), good.copy()
     nan.loc[3, "high"] = np.nan
     inf.loc[3, "volume"] = -np.inf
+    nat.loc[3, "ts"] = pd.NaT
     outside = make_bars(T0 + 5 * M, 10)
     before = make_bars(T0 - M, 3)
+    huge = good.assign(volume=np.arange(10, dtype=np.int64) + 2**53 + 1)
     return {
-        "unsorted": ("unsorted", unsorted),
-        "duplicate": ("duplicate_ts", duplicate),
+        "conflicting-duplicate": ("conflicting_duplicate", conflicting),
         "off-grid": ("off_grid", off_grid),
         "sub-millisecond": ("off_grid", sub_ms),
         "nan": ("non_finite", nan),
         "inf": ("non_finite", inf),
+        "nat": ("invalid_timestamp", nat),
         "after-window": ("out_of_range", outside),
         "before-window": ("out_of_range", before),
-        "missing-column": ("columns", good.drop(columns=["volume"])),
-        "extra-column": ("columns", good.assign(trades=1.0)),
-        "reordered-columns": ("columns", good[["ts", "close", "open", "high", "low", "volume"]]),
-        "naive-ts": ("dtype", good.assign(ts=good["ts"].dt.tz_localize(None))),
-        "int-prices": ("dtype", good.assign(open=np.arange(10))),
+        "missing-column": ("missing_column", good.drop(columns=["volume"])),
+        "extra-column": ("extra_column", good.assign(trades=1.0)),
+        "epoch-int-ts": ("dtype_mismatch", good.assign(ts=ts_ms(good))),
+        "bool-prices": ("dtype_mismatch", good.assign(open=True)),
+        "int-beyond-2**53": ("precision_loss", huge),
         "not-a-frame": ("type", good.to_dict()),
     }
 
 
 BAD = [
-    "unsorted", "duplicate", "off-grid", "sub-millisecond", "nan", "inf", "after-window", "before-window",
-    "missing-column", "extra-column", "reordered-columns", "naive-ts", "int-prices", "not-a-frame",
+    "conflicting-duplicate", "off-grid", "sub-millisecond", "nan", "inf", "nat", "after-window", "before-window",
+    "missing-column", "extra-column", "epoch-int-ts", "bool-prices", "int-beyond-2**53", "not-a-frame",
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", BAD)
 async def test_bad_frames_are_refused_and_leave_the_store_unchanged(store, make_bars, case):
-    """A frame that breaks the contract raises FrameRejectedError naming the problem; nothing changes."""
+    """A frame that would lose or invent data raises FrameRejectedError naming the problem; nothing changes."""
     original = make_bars(T0, 10, seed=5)
     await store.write_window(SERIES, T0, T0 + 10 * M, original)
     before = await snapshot(store)
@@ -246,6 +247,47 @@ async def test_bad_frames_are_refused_and_leave_the_store_unchanged(store, make_
     after = await snapshot(store)
     assert_same_frame(after[0], before[0])
     assert after[1] == before[1]
+
+
+def _lossless_frames(make_bars: Any) -> dict[str, pd.DataFrame]:
+    """Frames equal to ``make_bars(T0, 10)`` in every bar, in shapes users build (prices integral where cast)."""
+    good = make_bars(T0, 10).assign(volume=np.arange(10, dtype=np.float64) * 3, open=np.arange(10) + 100.0)
+    naive = good["ts"].dt.tz_localize(None)
+    return {
+        "ts-us": good.assign(ts=good["ts"].dt.as_unit("us")),
+        "ts-ms": good.assign(ts=good["ts"].dt.as_unit("ms")),
+        "ts-s": good.assign(ts=good["ts"].dt.as_unit("s")),
+        "naive-ts": good.assign(ts=naive),
+        "naive-ts-ms": good.assign(ts=naive.dt.as_unit("ms")),
+        "tz-tokyo": good.assign(ts=good["ts"].dt.tz_convert("Asia/Tokyo")),
+        "tz-new-york-us": good.assign(ts=good["ts"].dt.tz_convert("America/New_York").dt.as_unit("us")),
+        "int-volume": good.assign(volume=(np.arange(10) * 3).astype(np.int64)),
+        "int32-open": good.assign(open=(np.arange(10) + 100).astype(np.int32)),
+        "float32-open": good.assign(open=(np.arange(10) + 100).astype(np.float32)),
+        "nullable-int-volume": good.assign(volume=pd.array(np.arange(10) * 3, dtype="Int64")),
+        "reordered-columns": good[["volume", "close", "ts", "open", "low", "high"]],
+        "unsorted": good.iloc[::-1],
+        "exact-duplicates": pd.concat([good, good.iloc[2:5]], ignore_index=True),
+        "non-default-index": good.set_index(pd.Index(np.arange(10) * 7)),
+    }
+
+
+LOSSLESS = [
+    "ts-us", "ts-ms", "ts-s", "naive-ts", "naive-ts-ms", "tz-tokyo", "tz-new-york-us", "int-volume", "int32-open",
+    "float32-open", "nullable-int-volume", "reordered-columns", "unsorted", "exact-duplicates", "non-default-index",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", LOSSLESS)
+async def test_lossless_shapes_are_stored_as_the_exact_bars(store, make_bars, case):
+    """Every lossless shape is accepted and reads back as the same bars in the contract dtypes (ts in ns, UTC)."""
+    expected = make_bars(T0, 10).assign(volume=np.arange(10, dtype=np.float64) * 3, open=np.arange(10) + 100.0)
+    frame = _lossless_frames(make_bars)[case]
+    assert await store.write_window(SERIES, T0, T0 + 10 * M, frame) == 10
+    stored = await store.read(SERIES, T0, T0 + 10 * M)
+    assert str(stored["ts"].dtype) == "datetime64[ns, UTC]"
+    assert_same_frame(stored, expected)
+    assert await store.coverage(SERIES) == [(T0, T0 + 10 * M)]
 
 
 @pytest.mark.parametrize(

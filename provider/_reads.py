@@ -1,0 +1,113 @@
+"""Reading the provider's sources for one fetch: cache, storage and the live zone (a mixin of the provider).
+
+Rules:
+1. Each source serves the part of what is still missing that its coverage holds; its coverage is trimmed inward
+   to whole bars first, never discarded: an off-grid range serves the whole bars inside it, and what it cannot
+   serve stays missing for the next source (a cache range [95, 100) ms of a 10 ms series serves nothing and
+   leaves the bar at 90 ms to storage).
+2. A cache that fails (any exception but cancellation) is skipped: counted in ``seamless_source_errors_total``,
+   logged as ``fetch.source_skipped`` and noted in ``last_fetch_metadata.skipped_sources``; storage serves instead.
+3. A storage error during a read surfaces as :class:`~provider.errors.StorageFailedError` (a provider error
+   naming the series and what to do next; the storage error is its ``__cause__``).
+4. The live feed serves missing bars inside its zone up to the newest bar it returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from provider.core import intersect_ranges, subtract_ranges
+from provider.core.obs import get_logger
+from provider.datasources import covered_ranges, grid_inward, last_ts_ms, read_pieces, trim
+from provider.errors import StorageFailedError
+from provider.fetchmeta import FetchContext
+from provider.metrics import ProviderMetrics
+from provider.sla import SLARun
+
+__all__ = ["SourceReads"]
+
+_log = get_logger("provider.seamless")
+
+
+class SourceReads:
+    """The source-reading half of :class:`~provider.seamless.SeamlessDataProvider`."""
+
+    cache: Any
+    storage: Any
+    live_feed: Any
+    metrics: ProviderMetrics
+
+    async def _read_cache(self, ctx: FetchContext, remaining: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The cache serves what it can; a cache that fails is skipped (rule 7), storage serves instead."""
+        try:
+            return await self._read_source(ctx, self.cache, remaining)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any failure of a cache is isolated: counted, logged, noted, skipped
+            self._skip_cache(ctx, exc)
+            return remaining
+
+    async def _put_cache(self, ctx: FetchContext, frame: Any) -> None:
+        """Keep a complete result in a cache that can (``put``); a failing put is isolated like a failing read."""
+        put = getattr(self.cache, "put", None)
+        if put is None:
+            return
+        try:
+            await put(ctx.node_id, ctx.start_ms, ctx.end_ms, frame, ctx.report)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a cache that cannot store must not fail a fetch that has its data
+            self._skip_cache(ctx, exc)
+
+    def _skip_cache(self, ctx: FetchContext, exc: BaseException) -> None:
+        name = str(getattr(self.cache, "name", type(self.cache).__name__))
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        self.metrics.count_source_error(name)
+        ctx.meta.skipped_sources.append({"source": name, "error": error})
+        _log.warning("fetch.source_skipped", source=name, error=error)
+
+    async def _read_storage(
+        self, ctx: FetchContext, remaining: list[tuple[int, int]], origin: str | None = None
+    ) -> list[tuple[int, int]]:
+        """Storage serves what its ledger covers (rule 3)."""
+        from provider.storage.errors import StorageError
+
+        try:
+            return await self._read_source(ctx, self.storage, remaining, origin)
+        except StorageError as exc:
+            raise StorageFailedError(ctx.node_id, "read", exc) from exc
+
+    async def _read_source(
+        self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]], origin: str | None = None
+    ) -> list[tuple[int, int]]:
+        name = getattr(source, "name", type(source).__name__)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        if hasattr(source, "serve"):
+            pieces = await source.serve(remaining, node_id=ctx.node_id)
+        else:
+            covered = await covered_ranges(source, remaining, node_id=ctx.node_id)
+            covered = grid_inward(covered, ctx.interval_ms)
+            pieces = await read_pieces(source, covered, node_id=ctx.node_id)
+        self.metrics.observe_source(name, loop.time() - started)
+        ctx.add(origin or name, pieces)
+        return subtract_ranges(remaining, [r for r, _ in pieces])
+
+    async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """SEAMLESS: take missing bars inside the live zone from the live feed; the rest stays missing."""
+        if self.live_feed is None:
+            return missing
+        lookback_ms = int(getattr(self.live_feed, "lookback_bars", 0)) * ctx.interval_ms
+        wanted = intersect_ranges(missing, [(max(0, ctx.horizon_ms - lookback_ms), ctx.horizon_ms)])
+        if not wanted:
+            return missing
+        async with sla.phase("live"):
+            for lo, hi in wanted:
+                frame = trim(await self.live_feed.fetch(lo, hi, node_id=ctx.node_id), lo, hi)
+                if len(frame):
+                    # Served up to the newest bar received; a late bar after it is left for the backfill.
+                    served = (lo, last_ts_ms(frame) + ctx.interval_ms)
+                    ctx.add("live", [(served, frame)])
+                    missing = subtract_ranges(missing, [served])
+        return missing

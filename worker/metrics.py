@@ -30,3 +30,9 @@ class WorkerMetrics:
         self.rows_written = Counter("worker_rows_written", "Bars written to storage by this worker.", registry=r)
         self.windows_done = Counter("worker_windows_completed", "Windows completed by this worker.", registry=r)
         self.leases_lost = Counter("worker_leases_lost", "Windows abandoned because their lease was lost.", registry=r)
+        self.wal_suspended = Gauge(
+            "seamless_storage_wal_suspended",
+            "1 when a QuestDB WAL table of this worker's storage is suspended (polled), else 0.",
+            ["table"],
+            registry=r,
+        )

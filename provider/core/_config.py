@@ -126,6 +126,8 @@ class WorkerConfig:
     autoscale_windows_per_worker: int = _spec(8, lo=1, hi=100_000, doc="target backlog per worker")
     #: Autoscaler decision period.
     autoscale_interval_ms: int = _spec(2_000, lo=100, hi=600_000, doc="autoscaler period in ms")
+    #: How often a worker polls its storage's WAL status (``seamless_storage_wal_suspended``).
+    storage_check_interval_ms: int = _spec(15_000, lo=100, hi=600_000, doc="WAL status poll period in ms")
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,7 @@ def test_dry_run_and_from_file(ops: Ops, capsys: pytest.CaptureFixture[str], tmp
 
 @pytest.mark.cluster
 def test_standalone_script_in_qmtl_form(ops: Ops) -> None:
-    """`python scripts/lease_recover.py --coordinator-url ... --action complete KEY:TOKEN` exits 0 and prints a table."""
+    """`lease_recover.py --coordinator-url ... --action complete KEY:TOKEN` as a script: exit 0 and a table."""
     key = "q4:60:0:60000:BTC/USDT:USDT"
     lease = claim_key(ops, key)
     done = subprocess.run(

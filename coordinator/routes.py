@@ -59,6 +59,16 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/v1/jobs/{job_id}", "get_job", "reader", "One job", answer="JobAnswer", errors=(*_AUTH, 404)),
     Route(
+        "GET",
+        "/v1/jobs/{job_id}/windows",
+        "job_windows",
+        "reader",
+        "The job's windows (state, attempts, rows, last_error), in start order; only those in state= when given",
+        answer="WindowList",
+        errors=(400, *_AUTH, 404),
+        query=(("state", "pending, leased, done or failed (default: all)"),),
+    ),
+    Route(
         "DELETE",
         "/v1/jobs/{job_id}",
         "cancel_job",

@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "coordinator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # e2e_kit: workers, the loopback exchange
 
 from coordinator_testkit import make_cluster
 from operator_kit import OPERATOR_CONFIG, OPERATOR_TOKEN, READER_TOKEN, WORKER_TOKEN, Ops

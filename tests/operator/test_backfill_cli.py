@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from click.testing import CliRunner
-from coordinator_testkit import Cluster, http_json, make_cluster, wait_for
+from coordinator_testkit import Cluster, http_json, wait_for
 from e2e_kit import Exchange, WorkerPool
 
 from ops.backfill import backfill
@@ -24,44 +20,6 @@ from provider.storage import open_storage
 
 COORDINATOR = Path(sys.executable).parent / "coordinator"
 HOUR_MS = 3_600_000
-CONFIG: dict[str, Any] = {
-    "seamless_data_provider": {
-        "backfill_config": {
-            "distributed_lease_ttl_ms": 3_000,
-            "window_bars": 15,
-            "max_attempts": 2,
-            "retry_backoff_ms": 100,
-        }
-    },
-    "coordinator": {"leader_grace_ms": 300, "reap_interval_ms": 100},
-    "worker": {"claim_wait_ms": 500, "shutdown_grace_ms": 2_000},
-}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A 3-node cluster of this module alone (its workers claim every window)."""
-    made = make_cluster(tmp_path_factory.mktemp("backfill-cluster"), 3, CONFIG)
-    for i in range(3):
-        made.start(i)
-    try:
-        made.wait_leader(30)
-        yield made
-    finally:
-        made.kill_all()
-        shutil.rmtree(made.root, ignore_errors=True)
-
-
-@pytest.fixture
-def pool(tmp_path: Path, cluster: Cluster) -> Iterator[WorkerPool]:
-    """A factory of workers on the module's cluster with storage ``tmp_path/bars.db``; all killed at teardown."""
-    config = tmp_path / "worker.yaml"
-    config.write_text(yaml.safe_dump(CONFIG), encoding="utf-8")
-    made = WorkerPool(tmp_path, cluster.urls, "synthetic", f"sqlite:///{tmp_path / 'bars.db'}", config)
-    try:
-        yield made
-    finally:
-        made.kill_all()
 
 
 def run_cli(cluster: Cluster, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -77,12 +35,12 @@ def run_cli(cluster: Cluster, *args: str, timeout_s: float = 120) -> subprocess.
 
 @pytest.mark.cluster
 async def test_wait_shows_progress_exits_0_and_every_bar_is_stored(
-    cluster: Cluster, pool: WorkerPool, tmp_path: Path
+    work_cluster: Cluster, pool: WorkerPool, tmp_path: Path
 ) -> None:
     """Two series with --wait: bars per series and in total on stderr, exit 0, all 2 x 120 bars in storage."""
     pool.start("w-synth")
     series = ["ohlcv:synthetic:BTC/USDT:USDT:1m", "ohlcv:synthetic:ETH/USDT:1m"]
-    done = run_cli(cluster, *series, "1970-01-01T00:00", str(2 * HOUR_MS), "--wait", "--poll-interval", "0.1")
+    done = run_cli(work_cluster, *series, "1970-01-01T00:00", str(2 * HOUR_MS), "--wait", "--poll-interval", "0.1")
     assert done.returncode == 0, done.stdout + done.stderr
     for name in (*series, "total", "bars_per_s", "win"):
         assert name in done.stderr, name
@@ -99,7 +57,7 @@ async def test_wait_shows_progress_exits_0_and_every_bar_is_stored(
 
 
 @pytest.mark.cluster
-def test_failed_windows_exit_1_with_the_list_and_the_retry_command(cluster: Cluster, pool: WorkerPool) -> None:
+def test_failed_windows_exit_1_with_the_list_and_the_retry_command(work_cluster: Cluster, pool: WorkerPool) -> None:
     """A symbol the exchange does not list fails its windows: exit 1, the windows listed, the retry command shown;
     --json says the same for scripts."""
     exchange = Exchange.start("--seed", "3")
@@ -107,7 +65,7 @@ def test_failed_windows_exit_1_with_the_list_and_the_retry_command(cluster: Clus
         pool.source = f"binance:{exchange.url}?timeout_s=5"
         pool.start("w-exchange")
         args = ["ohlcv:binance:BTC/USDT:1m", "ohlcv:binance:NOPE/USDT:1m", "0", str(HOUR_MS), "--wait"]
-        done = run_cli(cluster, *args)
+        done = run_cli(work_cluster, *args)
         assert done.returncode == 1, done.stdout + done.stderr
         out = done.stdout
         assert "ohlcv:binance:BTC/USDT:1m: done, 4 windows done, 0 failed" in out
@@ -121,10 +79,10 @@ def test_failed_windows_exit_1_with_the_list_and_the_retry_command(cluster: Clus
             "1970-01-01T00:45:00Z",
         ], out
         assert all(row[0].startswith("w_") for row in listed)
-        assert f"lease_recover.py --coordinator {','.join(cluster.urls)} retry {failed_job}" in out
+        assert f"lease_recover.py --coordinator {','.join(work_cluster.urls)} retry {failed_job}" in out
 
         # The same jobs again (identical: the cluster answers with them) as JSON.
-        again = run_cli(cluster, *args, "--json")
+        again = run_cli(work_cluster, *args, "--json")
         assert again.returncode == 1
         document = json.loads(again.stdout)
         by_series = {job["series"]: job for job in document["jobs"]}
@@ -138,14 +96,14 @@ def test_failed_windows_exit_1_with_the_list_and_the_retry_command(cluster: Clus
 
 
 @pytest.mark.cluster
-def test_ctrl_c_exits_130_and_leaves_the_job_running(cluster: Cluster) -> None:
+def test_ctrl_c_exits_130_and_leaves_the_job_running(work_cluster: Cluster) -> None:
     """SIGINT while waiting: exit 130, the message names the job, and the job is still running on the cluster."""
     proc = subprocess.Popen(
         [
             str(COORDINATOR),
             "backfill",
             "--coordinator",
-            ",".join(cluster.urls),
+            ",".join(work_cluster.urls),
             "ohlcv:synthetic:CTRL/C:1m",
             "0",
             str(1000 * HOUR_MS),
@@ -165,13 +123,13 @@ def test_ctrl_c_exits_130_and_leaves_the_job_running(cluster: Cluster) -> None:
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err
         assert f"interrupted: the jobs keep running on the cluster: {job_id}" in err
-        status, answer = http_json("GET", f"{cluster.urls[0]}/v1/jobs/{job_id}")
+        status, answer = http_json("GET", f"{work_cluster.urls[0]}/v1/jobs/{job_id}")
         assert status == 200 and answer["job"]["state"] == "running"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        wait_for(lambda: http_json("DELETE", f"{cluster.urls[0]}/v1/jobs/{job_id}")[0] == 200, 30, "cancel")
+        wait_for(lambda: http_json("DELETE", f"{work_cluster.urls[0]}/v1/jobs/{job_id}")[0] == 200, 30, "cancel")
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,12 @@ def test_verify_finds_tampering_and_repair_makes_it_clean(
     assert again.returncode == 0, again.stdout
     assert json.loads(again.stdout)["differing"] == 0
 
+    # Without SERIES START END: every job the cluster knows, each over its own range (here the backfill's and the
+    # repair's jobs of this module's cluster).
+    everything = cli("verify", "--storage", f"sqlite:///{db}", "--window-bars", "15", "--coordinator", urls, "--json")
+    assert everything.returncode == 0, everything.stdout + everything.stderr
+    assert json.loads(everything.stdout)["checked"] >= 8
+
 
 def _frame(ts_ms: list[int], close: list[float]) -> pd.DataFrame:
     n = len(ts_ms)

@@ -9,6 +9,8 @@ Rules:
    a source: ``missing_bar`` (the source has it, storage does not), ``extra_bar`` (the reverse), ``changed`` (same
    ``ts``, a price or volume differs by more than ``tolerance`` relative to the source's value).
 3. A window with findings is what ``--repair`` re-queues; its count is the number of rows concerned.
+4. A covered window without bars whose source has no bars either is an exchange gap, materialized on purpose:
+   once compared with the source it is not a finding.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def compare_to_source(check: WindowCheck, stored: pd.DataFrame, fetched: pd.Data
     theirs = fetched.assign(_ts=_ts_ms(fetched)).set_index("_ts")
     mine = mine[(mine.index >= check.start_ms) & (mine.index < check.end_ms)]
     theirs = theirs[(theirs.index >= check.start_ms) & (theirs.index < check.end_ms)]
+    if theirs.empty and mine.empty:
+        # The exchange has no bar there either: a materialized gap (DESIGN.md section 6), not a lost window.
+        check.findings = [f for f in check.findings if f.kind != "ledger_without_bars"]
     _add(check, "missing_bar", np.asarray(theirs.index.difference(mine.index), dtype=np.int64))
     _add(check, "extra_bar", np.asarray(mine.index.difference(theirs.index), dtype=np.int64))
     both = mine.index.intersection(theirs.index)

@@ -198,3 +198,27 @@ def test_verify_finds_a_duplicate_in_questdb(work_cluster: Cluster, pool: Worker
     assert [r["action"] for r in json.loads(repair.stdout)["repaired"]] == ["requeued"]
     again = cli(*common, "--source", "synthetic", "--json")
     assert findings(again.stdout) == {15: {"duplicate_ts"}}, "the rewrite now removes duplicates: update the runbook"
+
+
+def test_an_exchange_gap_is_not_a_finding_once_the_source_agrees() -> None:
+    """A covered window with no bars is `ledger_without_bars`; if the source has no bars there either it is an
+    exchange gap and the finding goes away, while lost bars stay `missing_bar`."""
+    empty = _frame([], [])
+    gap, lost = plan_windows(SERIES, 0, 4 * MIN_MS, MIN_MS, 2, [(0, 4 * MIN_MS)])
+    stored_findings([gap, lost], empty, [(0, 4 * MIN_MS)], MIN_MS)
+    assert [f.kind for f in gap.findings] == [f.kind for f in lost.findings] == ["ledger_without_bars"]
+    compare_to_source(gap, empty, empty, tolerance=1e-9)
+    compare_to_source(lost, empty, _frame([2 * MIN_MS, 3 * MIN_MS], [1.0, 1.0]), tolerance=1e-9)
+    assert gap.findings == []
+    assert sorted(f.kind for f in lost.findings) == ["ledger_without_bars", "missing_bar"]
+
+
+def test_sample_spreads_over_the_covered_windows() -> None:
+    """--sample N picks N covered windows spread over the range, never an uncovered one."""
+    from ops.verify import _sample
+
+    checks = plan_windows(SERIES, 0, 20 * MIN_MS, MIN_MS, 1, [(0, 10 * MIN_MS), (12 * MIN_MS, 20 * MIN_MS)])
+    picked = _sample(checks, 4)
+    assert len(picked) == 4 and all(c.covered for c in picked)
+    assert [c.start_ms // MIN_MS for c in picked] == [0, 4, 9, 15]
+    assert len(_sample(checks, 100)) == 18

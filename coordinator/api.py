@@ -5,14 +5,18 @@ Rules:
    models; a bad field is a 400 naming it. Bodies above ``max_body_bytes`` are refused with 413.
 2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 answers
    carry Retry-After; 421 ``not_leader`` answers carry the leader's URL in ``error.leader``.
-3. Any node accepts any request: reads are served from the node's own replica, writes run on the leader and a
-   follower forwards them (``forward.py``), falling back to the 421 hint.
+3. Any node accepts any request. Writes run on the leader and a follower forwards them (``forward.py``). Reads
+   (``Route.read``) are linearizable by default: the leader commits a read barrier first, a follower forwards the
+   read; ``?consistency=stale`` reads the node's own replica. When the leader dies or loses leadership under a
+   forwarded request, the follower forwards it again (same ids: applied once) to the next leader until
+   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint).
 4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
    first answer); ``X-Request-Id`` is echoed and bound to every log line of the request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -58,6 +62,9 @@ STATUS: dict[str, int] = {
     "timeout": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
+#: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
+#: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
+_FORWARD_RETRY_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -156,15 +163,39 @@ class _Server:
                 client_id = f"anon-{self.new_id()}"
                 extra = {"X-Client-Id": client_id, "X-Request-Id": request_id}
             call = Call(request, body, principal, f"c:{client_id}", f"{route.name}|{request_id}")
+            forwardable = (route.write or route.read) and FORWARDED_HEADER not in request.headers
+            return await self.serve_or_forward(call, fn, raw, extra if forwardable else None)
+
+        return handler
+
+    async def serve_or_forward(
+        self,
+        call: Call,
+        fn: Callable[[Call], Awaitable[web.StreamResponse]],
+        raw: bytes,
+        extra: dict[str, str] | None,
+    ) -> web.StreamResponse:
+        """Serve ``call`` here, or (``extra`` not None) forward it to the leader; a forward that finds the leader
+        dead or demoted is tried again against the next leader until ``leader_wait_ms`` has passed (rule 3)."""
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.node.cfg.leader_wait_ms / 1000
+        while True:
             try:
                 return await fn(call)
             except NotLeaderError as exc:
-                if not route.write or FORWARDED_HEADER in request.headers or exc.leader is None:
+                if extra is None or exc.leader is None:
                     raise
                 self.node.metrics.forwarded.inc()
-                return await self.forwarder.forward(request, raw, exc.leader, extra)
-
-        return handler
+                try:
+                    answer = await self.forwarder.forward(call.request, raw, exc.leader, extra)
+                except UnavailableError:
+                    if loop.time() >= deadline_s:
+                        raise
+                else:
+                    if answer.status != STATUS["not_leader"] or loop.time() >= deadline_s:
+                        return answer
+                log.debug("forward_retry", leader=exc.leader)
+                await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
 
 
 def _route_key(request: web.Request) -> str:

@@ -6,7 +6,10 @@ Rules:
    lost leadership meanwhile).
 2. The forwarded request keeps the caller's Authorization, X-Client-Id and X-Request-Id, so the leader
    authenticates the caller and de-duplicates retries exactly as if the caller had come directly.
-3. When the leader cannot be reached the caller gets 503 with Retry-After, and its client tries elsewhere.
+3. When the leader cannot be reached this raises ``UnavailableError``; the API waits for the next leader and
+   forwards again until ``coordinator.leader_wait_ms`` has passed, then the caller gets 503 with Retry-After.
+4. Reads are forwarded too (linearizable reads are served by the leader); the answer's consistency headers are
+   relayed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ __all__ = ["FORWARDED_HEADER", "Forwarder"]
 
 FORWARDED_HEADER = "X-Coordinator-Forwarded-By"
 _PASSED = ("Authorization", "Content-Type", "X-Client-Id", "X-Request-Id")
+_RELAYED = ("Retry-After", "X-Consistency", "X-Raft-Applied-Index")
 
 
 class Forwarder:
@@ -47,8 +51,7 @@ class Forwarder:
             async with self._session.request(request.method, url, data=body, headers=sent) as answer:
                 data = await answer.read()
                 relayed = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
-                if "Retry-After" in answer.headers:
-                    relayed["Retry-After"] = answer.headers["Retry-After"]
+                relayed.update({name: answer.headers[name] for name in _RELAYED if name in answer.headers})
                 return web.Response(status=answer.status, body=data, headers=relayed)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UnavailableError(

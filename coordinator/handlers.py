@@ -2,7 +2,10 @@
 
 Rules:
 1. Handlers never touch pysyncobj: reads go through ``node.raft.read``, writes through ``node.execute`` /
-   ``node.claim`` (which raise ``NotLeaderError`` on followers; the API wrapper then forwards).
+   ``node.claim`` (which raise ``NotLeaderError`` on followers; the API wrapper then forwards). Table reads first
+   pass :meth:`Handlers._consistency`: a read barrier on the leader (``NotLeaderError`` on a follower, which
+   forwards), or nothing with ``?consistency=stale``; the answer says which in ``X-Consistency`` and carries the
+   applied Raft index the data is at least as new as (``X-Raft-Applied-Index``).
 2. The leader stamps the policy into commands here: TTL, max_attempts, retry backoff and window_bars come from
    this node's config, so replicas never depend on their own config files.
 3. Lease events are logged with ``lease_id``, ``window_id``, ``token`` and ``worker_id``: grants, renewals and
@@ -60,6 +63,18 @@ class Handlers:
     async def _run(self, call: Call, op: str, args: dict[str, Any]) -> Any:
         return await self.node.execute(op, args, call.client_id, call.request_id)
 
+    async def _consistency(self, call: Call) -> dict[str, str]:
+        """Make the coming table read linearizable unless ``?consistency=stale``; return the answer's headers."""
+        mode = call.request.query.get("consistency", "linearizable")
+        if mode not in ("linearizable", "stale"):
+            raise BadRequestError(
+                f"query parameter consistency={mode!r} must be linearizable (default) or stale", field="consistency"
+            )
+        if mode == "linearizable":
+            await self.node.read_barrier()
+        # Read before the table: the data served next is at least as new as this index.
+        return {"X-Consistency": mode, "X-Raft-Applied-Index": str(self.node.raft.last_applied)}
+
     # -- jobs ---------------------------------------------------------------------------------------------------
 
     async def create_job(self, call: Call) -> web.Response:
@@ -87,14 +102,16 @@ class Handlers:
         return web.json_response({"job": job}, status=201 if value["created"] else 200)
 
     async def list_jobs(self, call: Call) -> web.Response:
-        return web.json_response({"jobs": self.node.raft.read(lambda t: t.jobs())})
+        headers = await self._consistency(call)
+        return web.json_response({"jobs": self.node.raft.read(lambda t: t.jobs())}, headers=headers)
 
     async def get_job(self, call: Call) -> web.Response:
         job_id = call.param("job_id")
+        headers = await self._consistency(call)
         job = self.node.raft.read(lambda t: t.job(job_id))
         if job is None:
             raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
-        return web.json_response({"job": job})
+        return web.json_response({"job": job}, headers=headers)
 
     async def job_windows(self, call: Call) -> web.Response:
         job_id = call.param("job_id")
@@ -102,10 +119,11 @@ class Handlers:
         if state is not None and state not in WINDOW_STATES:
             allowed = ", ".join(WINDOW_STATES)
             raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
+        headers = await self._consistency(call)
         windows = self.node.raft.read(lambda t: t.job_windows(job_id, state))
         if windows is None:
             raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
-        return web.json_response({"windows": windows})
+        return web.json_response({"windows": windows}, headers=headers)
 
     async def cancel_job(self, call: Call) -> web.Response:
         value = await self._run(call, "cancel_job", {"job_id": call.param("job_id")})
@@ -177,9 +195,10 @@ class Handlers:
         stale = call.request.query.get("stale", "false").lower()
         if stale not in ("true", "false", "1", "0"):
             raise BadRequestError(f"query parameter stale={stale!r} must be true or false", field="stale")
+        headers = await self._consistency(call)
         now = wall_ms()
         leases = self.node.raft.read(lambda t: t.lease_infos(now, stale_only=stale in ("true", "1")))
-        return web.json_response({"leases": leases})
+        return web.json_response({"leases": leases}, headers=headers)
 
     # -- operator actions ---------------------------------------------------------------------------------------
 
@@ -255,21 +274,28 @@ class Handlers:
             }
         )
 
-    async def healthz(self, call: Call) -> web.Response:
-        leader = self.node.leader_http()
+    def _health(self, ok: bool, bad_status: str) -> web.Response:
         body = {
-            "status": "ok" if leader else "no_leader",
+            "status": "ok" if ok else bad_status,
             "role": self.node.role(),
-            "leader": leader,
+            "leader": self.node.leader_http(),
             "node_id": self.node.settings.node_id,
         }
-        response = web.json_response(body, status=200 if leader else 503)
-        if not leader:
+        response = web.json_response(body, status=200 if ok else 503)
+        if not ok:
             response.headers["Retry-After"] = "1"
         return response
 
+    async def healthz(self, call: Call) -> web.Response:
+        """Liveness and quorum: ok while this node knows a Raft leader, even before it learnt its HTTP address."""
+        return self._health(self.node.raft.leader_addr is not None, "no_leader")
+
     async def health(self, call: Call) -> web.Response:
         return await self.healthz(call)
+
+    async def readyz(self, call: Call) -> web.Response:
+        """Readiness: ok when this node can serve every route now (it leads, or can forward to the leader)."""
+        return self._health(self.node.ready(), "not_ready")
 
     async def metrics(self, call: Call) -> web.Response:
         response = web.Response(body=metrics_text(self.node.metrics.registry))

@@ -10,7 +10,12 @@ Rules:
    first result for a duplicate, so a retry never applies twice.
 4. The reaper runs on the leader only, every ``reap_interval_ms``; a new leader first waits ``leader_grace_ms``
    (0 = one lease TTL) so that workers can renew leases that look expired only because of the election gap.
-5. Each node announces its HTTP address through the log (``announce``), so followers know where to forward.
+5. Each node announces its HTTP address through the log (``announce``), so followers know where to forward; it
+   checks every ``_ANNOUNCE_POLL_S`` and re-sends at most every ``_ANNOUNCE_RESEND_S`` (or at once when the leader
+   changed), so a fresh cluster knows every address a few heartbeats after its first election.
+6. Elections are absorbed: a request that finds no known leader (or a leader whose HTTP address is not yet known)
+   waits up to ``coordinator.leader_wait_ms`` for one (:meth:`CoordinatorNode.await_leader`), and only then fails
+   with 503. Linearizable reads commit a ``barrier`` no-op first (:meth:`CoordinatorNode.read_barrier`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ log = get_logger("coordinator.node")
 #: Commands after which pending work may exist: they wake long-polling claims.
 _WAKE_OPS = frozenset({"submit_job", "retry_job", "fail", "expire", "release", "requeue"})
 _CLAIM_POLL_S = 0.25
+#: How often a request waiting for a leader looks again (pysyncobj has no leader-change event for followers).
+_LEADER_POLL_S = 0.01
+_ANNOUNCE_POLL_S = 0.05
+_ANNOUNCE_RESEND_S = 0.5
 
 
 def wall_ms() -> int:
@@ -142,11 +151,45 @@ class CoordinatorNode:
         stats = self.raft.read(lambda t: t.stats())
         return ClusterFigures(self.raft.is_leader, self.raft.term, self.raft.commit_index, stats)
 
+    def ready(self) -> bool:
+        """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""
+        return self.raft.is_leader or self.leader_http() is not None
+
     def not_leader(self) -> CoordinatorError:
         leader = self.leader_http()
         if leader is None:
-            return UnavailableError("no Raft leader is known; retry shortly", retry_after_s=1)
+            return UnavailableError(
+                f"no Raft leader became known within coordinator.leader_wait_ms={self.cfg.leader_wait_ms} ms "
+                "(an election without a majority?); retry shortly or check /v1/cluster on every node",
+                retry_after_s=1,
+            )
         return NotLeaderError(f"node {self.settings.node_id} is not the leader", leader=leader)
+
+    async def await_leader(self, deadline_s: float | None = None) -> None:
+        """Return when this node is the leader; raise ``NotLeaderError`` naming the leader when another node is
+        (the API forwards to it); while neither is known, wait until ``deadline_s`` (loop time; default
+        ``leader_wait_ms`` from now) and then raise ``UnavailableError``."""
+        loop = asyncio.get_running_loop()
+        if deadline_s is None:
+            deadline_s = loop.time() + self.cfg.leader_wait_ms / 1000
+        while not self.raft.is_leader:
+            if self.leader_http() is not None or loop.time() >= deadline_s:
+                raise self.not_leader()
+            await asyncio.sleep(_LEADER_POLL_S)
+
+    async def leader_changed(self, old_leader: str, until_s: float) -> None:
+        """Wait until a leader other than ``old_leader`` (an HTTP URL) is known, or until ``until_s`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until_s:
+            if self.raft.is_leader or self.leader_http() not in (None, old_leader):
+                return
+            await asyncio.sleep(_LEADER_POLL_S)
+
+    async def read_barrier(self) -> None:
+        """Commit a no-op on the leader: once it is applied here, this replica holds every write acknowledged
+        before the call, so a read served from it now is linearizable. Raises like :meth:`execute`. The request id
+        only tells ``execute`` that a "maybe applied" barrier may be sent again: it is a no-op, never de-duplicated."""
+        await self.execute("barrier", {}, "", "barrier")
 
     # -- the write path -----------------------------------------------------------------------------------------
 
@@ -155,8 +198,7 @@ class CoordinatorNode:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
         while True:
-            if not self.raft.is_leader:
-                raise self.not_leader()
+            await self.await_leader()
             args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": request_id}
             try:
                 result = await self.raft.submit(op, args, max(deadline - loop.time(), 0.01))
@@ -190,8 +232,7 @@ class CoordinatorNode:
         deadline = loop.time() + min(wait_ms, self.cfg.max_claim_wait_ms) / 1000
         attempt = 0
         while True:
-            if not self.raft.is_leader:
-                raise self.not_leader()
+            await self.await_leader()
             work = self._work
             if self.raft.read(lambda t: t.pending_count()) > 0:
                 args = {"worker_id": worker_id, "max_windows": max_windows, "ttl_ms": self.lease_ttl_ms}
@@ -237,12 +278,18 @@ class CoordinatorNode:
     async def _announce_loop(self) -> None:
         me = {"node_id": self.settings.node_id, "http": self.settings.http_url}
         args = {**me, "raft": self.settings.raft}
+        loop = asyncio.get_running_loop()
+        sent_to: str | None = None
+        sent_at_s = 0.0
         while True:
             have = self.raft.read(lambda t: t.nodes().get(self.settings.raft))
-            if have != me and self.raft.leader_addr is not None:
+            leader = self.raft.leader_addr
+            due = leader != sent_to or loop.time() - sent_at_s >= _ANNOUNCE_RESEND_S
+            if have != me and leader is not None and due:
+                sent_to, sent_at_s = leader, loop.time()
                 if self.raft.is_leader:
                     with contextlib.suppress(CommitError):
                         await self.raft.submit("announce", args, self.cfg.commit_timeout_ms / 1000)
                 else:
                     self.raft.submit_nowait("announce", args)
-            await asyncio.sleep(0.5 if have != me else 5.0)
+            await asyncio.sleep(_ANNOUNCE_POLL_S if have != me else 5.0)

@@ -175,7 +175,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "Health": _obj(
         ("status", "role", "leader"),
-        status={"enum": ["ok", "no_leader"]},
+        status={"enum": ["ok", "no_leader", "not_ready"]},
         role=_STR,
         leader={"type": ["string", "null"]},
         node_id=_STR,

@@ -25,6 +25,11 @@ Rules:
    loaded and after a job's windows are added, ``gc.freeze()`` moves everything alive into the permanent
    generation, which collections skip (objects there are still freed by reference counting). The forked dump
    writer then also touches fewer pages, so copy-on-write stays small.
+9. Every node sends a ``keepalive`` message to each peer every ``KEEPALIVE_S``. pysyncobj drops a connection on
+   which nothing was read for ``connectionTimeout`` (3.5 s), but checks that only when it sends on it. Followers
+   never talk to each other, so after the leader died the first RequestVote went out on a long-idle
+   follower-follower connection, which pysyncobj dropped together with the vote: a whole extra election timeout
+   (the 1.5-1.7 s first failover of a fresh cluster, docs/benchmarks.md). pysyncobj ignores unknown message types.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ T = TypeVar("T")
 COMMANDS = frozenset(
     {
         "announce",
+        "barrier",
         "submit_job",
         "cancel_job",
         "retry_job",
@@ -77,6 +83,9 @@ MAX_IN_FLIGHT = 2
 #: Outcomes after which the command may still be applied (FACTS.md): retry with the same request id.
 _MAYBE_APPLIED = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME, FAIL_REASON.NOT_LEADER}
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
+#: Interval of the peer keepalive (rule 9); well under pysyncobj's connectionTimeout.
+KEEPALIVE_S = 1.0
+_KEEPALIVE = {"type": "keepalive"}
 
 
 class CommitError(Exception):
@@ -140,7 +149,7 @@ class RaftSettings:
     data_dir: Path
     password: str | None = None
     raft_min_timeout_s: float = 0.4
-    raft_max_timeout_s: float = 1.0
+    raft_max_timeout_s: float = 0.7
     log_compaction_min_entries: int = 50_000
 
     def conf(self, on_state_changed: Callable[[int, int], None]) -> SyncObjConf:
@@ -191,6 +200,7 @@ class RaftNode:
         self._lock = threading.Lock()
         self._consumer = TableConsumer(table, self._lock, on_applied)
         self._sync: SyncObj | None = None
+        self._keepalive_at_s = 0.0
         self._leader_since_s: float | None = None
         self._pending: list[tuple[str, dict[str, Any], asyncio.Future[Result]]] = []
         self._flush_scheduled = False
@@ -205,6 +215,20 @@ class RaftNode:
         self._sync = SyncObj(
             self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
         )
+        self._sync.addOnTickCallback(self._keepalive)
+
+    def _keepalive(self) -> None:
+        """On pysyncobj's tick: keep every peer connection read from (rule 9). Never raises into the tick loop."""
+        now_s = time.monotonic()
+        if self._sync is None or now_s - self._keepalive_at_s < KEEPALIVE_S:
+            return
+        self._keepalive_at_s = now_s
+        try:
+            transport = self._sync._SyncObj__transport
+            for node in self._sync.otherNodes:
+                transport.send(node, _KEEPALIVE)
+        except Exception as exc:  # a private pysyncobj attribute: never let a change of it stop the tick loop
+            log.error("keepalive_failed", error=repr(exc))
 
     def stop(self) -> None:
         if self._sync is not None:

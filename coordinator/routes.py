@@ -4,6 +4,8 @@ Rules:
 1. Every route is listed here once: method, path, handler name (also the OpenAPI operationId), the role it needs
    (None = public), its request and answer schemas and the error statuses it can return.
 2. ``write`` routes change the table: they run on the leader; a follower forwards them (see docs/http-api.md).
+   ``read`` routes answer from the table: linearizable by default (a read barrier on the leader; a follower
+   forwards them), from the node's own replica with ``?consistency=stale``.
 3. ``GET /`` is the HTML status page (``status_page.py``); it holds no data, so it is public.
 """
 
@@ -15,6 +17,8 @@ __all__ = ["ROUTES", "Route"]
 
 _AUTH = (401, 403)
 _WRITE = (400, 401, 403, 413, 421, 503)
+_READ = (400, 401, 403, 421, 503)
+_CONSISTENCY = ("consistency", "linearizable (default: as new as every acknowledged write) or stale (this replica)")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Route:
     write: bool = False
     query: tuple[tuple[str, str], ...] = ()
     media: str = "application/json"
+    read: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -55,9 +60,21 @@ ROUTES: tuple[Route, ...] = (
         "reader",
         "Every job with window counts and completion ratio",
         answer="JobList",
-        errors=_AUTH,
+        errors=_READ,
+        query=(_CONSISTENCY,),
+        read=True,
     ),
-    Route("GET", "/v1/jobs/{job_id}", "get_job", "reader", "One job", answer="JobAnswer", errors=(*_AUTH, 404)),
+    Route(
+        "GET",
+        "/v1/jobs/{job_id}",
+        "get_job",
+        "reader",
+        "One job",
+        answer="JobAnswer",
+        errors=(*_READ, 404),
+        query=(_CONSISTENCY,),
+        read=True,
+    ),
     Route(
         "GET",
         "/v1/jobs/{job_id}/windows",
@@ -65,8 +82,9 @@ ROUTES: tuple[Route, ...] = (
         "reader",
         "The job's windows (state, attempts, rows, last_error), in start order; only those in state= when given",
         answer="WindowList",
-        errors=(400, *_AUTH, 404),
-        query=(("state", "pending, leased, done or failed (default: all)"),),
+        errors=(*_READ, 404),
+        query=(("state", "pending, leased, done or failed (default: all)"), _CONSISTENCY),
+        read=True,
     ),
     Route(
         "DELETE",
@@ -139,8 +157,9 @@ ROUTES: tuple[Route, ...] = (
         "reader",
         "Live leases, oldest first; only stale ones with stale=true",
         answer="LeaseInfoList",
-        errors=(400, *_AUTH),
-        query=(("stale", "true or false (default false)"),),
+        errors=_READ,
+        query=(("stale", "true or false (default false)"), _CONSISTENCY),
+        read=True,
     ),
     Route(
         "POST",
@@ -223,11 +242,20 @@ ROUTES: tuple[Route, ...] = (
         "/healthz",
         "healthz",
         None,
-        "Liveness and leadership; 503 when no leader is known",
+        "Liveness and quorum: 503 when this node knows no Raft leader",
         answer="Health",
         errors=(503,),
     ),
     Route("GET", "/health", "health", None, "Same as /healthz", answer="Health", errors=(503,)),
+    Route(
+        "GET",
+        "/readyz",
+        "readyz",
+        None,
+        "Readiness: 200 when this node can serve (it leads, or knows the leader's HTTP address), else 503",
+        answer="Health",
+        errors=(503,),
+    ),
     Route("GET", "/metrics", "metrics", None, "Prometheus metrics of this node", answer="Metrics", media="text/plain"),
     Route("GET", "/openapi.json", "openapi", None, "This OpenAPI 3 document", answer="OpenAPI"),
     Route(

@@ -483,3 +483,8 @@ class Table(KeyedCommands):
             return invalid("node_id", "node_id, raft and http must be non-empty strings")
         self._nodes[raft] = {"node_id": node_id, "http": http}
         return Result.success({"raft": raft})
+
+    def barrier(self, **_: Any) -> Result:
+        """The read barrier: a no-op whose commit proves that this leader's applied state holds every write
+        acknowledged before it (linearizable reads, docs/coordinator.md). It changes nothing, not even the clock."""
+        return Result.success({})

@@ -104,9 +104,11 @@ class CoordinatorConfig:
     max_windows_per_job: int = _spec(100_000, lo=1, hi=100_000_000, doc="windows one job may create")
     #: Raft election timeout bounds (pysyncobj raftMinTimeout / raftMaxTimeout).
     raft_min_timeout_ms: int = _spec(400, lo=50, hi=60_000, doc="Raft election timeout lower bound")
-    raft_max_timeout_ms: int = _spec(1_000, lo=100, hi=120_000, doc="Raft election timeout upper bound")
+    raft_max_timeout_ms: int = _spec(700, lo=100, hi=120_000, doc="Raft election timeout upper bound")
     #: Log entries between snapshots (pysyncobj logCompactionMinEntries).
     log_compaction_min_entries: int = _spec(50_000, lo=100, hi=100_000_000, doc="entries between snapshots")
+    #: How long a request waits for a known leader (an election, a fresh start) before it is answered 503.
+    leader_wait_ms: int = _spec(5_000, lo=0, hi=120_000, doc="wait for a leader before answering 503, in ms")
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,14 @@
 
 Rules:
 1. One ``flush`` per table per window: an ILP/HTTP flush is one WAL transaction, applied all at once.
-2. ``questdb.Sender`` blocks and is not thread-safe: each flush runs in a worker thread on a sender taken from a
-   small idle pool; a sender that failed is closed without flushing and never reused. The client retries a
-   failed flush for ``retry_timeout_ms`` (deduplication makes a repeated window harmless).
+2. ``questdb.Sender`` blocks and is not thread-safe: each flush runs in a worker thread on a sender borrowed
+   from the :class:`SenderPool` of its ILP configuration. Senders are reused for the life of the process: the
+   client warns ("burst of reconnections") when senders are created and destroyed often, and a program that opens
+   and closes storages repeatedly (a provider per request, a test per table) would otherwise create one each
+   time. Storages of one server and configuration share one pool, which keeps at most ``_IDLE_SENDERS`` (enough
+   for a worker's windows in flight, two flushes each); a sender is closed only when a call on it failed (its
+   buffer or connection is suspect) or its buffer grew past ``_KEEP_BUF_BYTES``. The client retries a failed
+   flush for ``retry_timeout_ms`` (deduplication makes a repeated window harmless).
 3. After a flush, :meth:`WalMonitor.wait_applied` polls ``wal_tables()`` until the tables' writers have applied
    every transaction the sequencer had at that moment, bounded by ``wal_apply_timeout_ms``. Concurrent waiters
    of one storage share each status query. A suspended table
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -26,13 +31,14 @@ from provider.frames import PRICE_COLUMNS
 from provider.storage._pgpool import PgPool
 from provider.storage.errors import StorageError, StorageUnavailableError, WalApplyTimeoutError, WalSuspendedError
 
-__all__ = ["IlpWriter", "WalMonitor", "ilp_frame"]
+__all__ = ["IlpWriter", "SenderPool", "WalMonitor", "ilp_frame"]
 
 #: Largest ILP buffer one window may need (~100 bytes per bar); larger windows are refused by the client.
 _MAX_BUF_BYTES = 1 << 30
 #: A sender whose buffer grew beyond this is closed after use instead of keeping the memory.
 _KEEP_BUF_BYTES = 64 << 20
-_IDLE_SENDERS = 4
+#: Idle senders kept per ILP configuration: 8 windows in flight flush bars and ledger together.
+_IDLE_SENDERS = 16
 _UNAVAILABLE_CODES = frozenset(
     getattr(QuestDBErrorCode, name)
     for name in ("SocketError", "CouldNotResolveAddr", "ConnectTimeout", "ServerFlushError", "FailoverRetry")
@@ -54,33 +60,58 @@ def ilp_frame(series: str, ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-class IlpWriter:
-    """Flushes frames and ledger rows to QuestDB over ILP/HTTP, one flush per call."""
+class SenderPool:
+    """Idle ILP/HTTP senders of one configuration string, shared by every storage of this process that uses it."""
 
-    def __init__(self, conf: str, *, target: str, retry_timeout_ms: int) -> None:
-        self._conf = f"{conf}auto_flush=off;max_buf_size={_MAX_BUF_BYTES};retry_timeout={retry_timeout_ms};"
-        self._target = target
+    _pools: ClassVar[dict[str, SenderPool]] = {}
+    _pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, conf: str) -> None:
+        self._conf = conf
         self._idle: list[Sender] = []
         self._lock = threading.Lock()
+        self.created = 0  #: senders established by this pool (a test checks reuse with it)
 
-    def _take(self) -> Sender:
+    @classmethod
+    def for_conf(cls, conf: str) -> SenderPool:
+        """The process's pool for ``conf`` (created on first use)."""
+        with cls._pools_lock:
+            pool = cls._pools.get(conf)
+            if pool is None:
+                pool = cls._pools[conf] = cls(conf)
+            return pool
+
+    def take(self) -> Sender:
+        """An idle sender, or a new one when none is idle."""
         with self._lock:
             if self._idle:
                 return self._idle.pop()
+            self.created += 1
         sender = Sender.from_conf(self._conf)
         sender.establish()  # type: ignore[no-untyped-call]
         return sender
 
-    def _give_back(self, sender: Sender, sent_bytes: int) -> None:
+    def give_back(self, sender: Sender, sent_bytes: int) -> None:
+        """Keep a sender that flushed cleanly for the next caller (bounded), else close it."""
         with self._lock:
             if sent_bytes <= _KEEP_BUF_BYTES and len(self._idle) < _IDLE_SENDERS:
                 self._idle.append(sender)
                 return
         sender.close(flush=False)
 
+
+class IlpWriter:
+    """Flushes frames and ledger rows to QuestDB over ILP/HTTP, one flush per call."""
+
+    def __init__(self, conf: str, *, target: str, retry_timeout_ms: int) -> None:
+        self._senders = SenderPool.for_conf(
+            f"{conf}auto_flush=off;max_buf_size={_MAX_BUF_BYTES};retry_timeout={retry_timeout_ms};"
+        )
+        self._target = target
+
     def _flush(self, fill: Any) -> None:
         try:
-            sender = self._take()
+            sender = self._senders.take()
         except QuestDBError as exc:
             raise self._error(exc) from exc
         try:
@@ -93,7 +124,7 @@ class IlpWriter:
         except BaseException:
             sender.close(flush=False)
             raise
-        self._give_back(sender, sent_bytes)
+        self._senders.give_back(sender, sent_bytes)
 
     def _error(self, exc: QuestDBError) -> StorageError:
         if exc.code in _UNAVAILABLE_CODES:
@@ -123,11 +154,7 @@ class IlpWriter:
         await asyncio.to_thread(self._flush, fill)
 
     def close(self) -> None:
-        """Close idle senders (nothing is pending: every call flushed)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for sender in idle:
-            sender.close(flush=False)
+        """Nothing to release: every call flushed and gave its sender back to the shared pool."""
 
 
 class WalMonitor:

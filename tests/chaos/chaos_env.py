@@ -6,7 +6,8 @@ Rules:
    ``127.0.0.x-x+2`` on loopback. They always run with a token file and a cluster secret (required off loopback,
    and the production setting anyway); workers use a ``worker`` token, the driver an ``operator`` token.
 2. Workers reach the cluster only through the recording proxy, so every lease operation is in the history.
-   The driver talks to nodes directly (its reads are not part of the history).
+   The driver's own calls (job submissions, job and lease reads, operator actions) go through the proxy too,
+   to each live node in turn, so its reads through followers are checked for linearizability (issue 15).
 3. QuestDB is started here, not taken from the session fixture: the chaos run kills and restarts it.
 4. Everything started is stopped in ``stop()``, stopped processes are continued first, the namespaces removed.
 """
@@ -76,6 +77,7 @@ class ChaosEnv:
     workers: list[WorkerProc] = field(default_factory=list)
     stopped: set[int] = field(default_factory=set)
     worker_count: int = 0
+    turn: int = 0
 
     @property
     def ttl_ms(self) -> int:
@@ -195,14 +197,16 @@ class ChaosEnv:
     def api(
         self, method: str, path: str, body: Any = None, *, node: int | None = None, timeout_s: float = 3.0
     ) -> tuple[int, Any]:
-        """One call to ``node`` (default: the first live node that answers) with the operator token."""
-        candidates = [node] if node is not None else [n.index for n in self.nodes if n.alive]
+        """One call to ``node`` (default: each live node in turn, the next one when it does not answer) with the
+        operator token, through the recording proxy once it runs (rule 2)."""
+        live = [n.index for n in self.nodes if n.alive]
+        self.turn += 1
+        candidates = [node] if node is not None else live[self.turn % len(live) :] + live[: self.turn % len(live)]
+        urls = self.proxy.urls if self.proxy is not None and self.proxy.urls else [n.url for n in self.nodes]
         last: tuple[int, Any] = (0, "no live node")
         for index in candidates:
             try:
-                last = http_json(
-                    method, self.nodes[index].url + path, body, token=self.operator_token, timeout_s=timeout_s
-                )
+                last = http_json(method, urls[index] + path, body, token=self.operator_token, timeout_s=timeout_s)
             except OSError as exc:
                 last = (0, repr(exc))
                 continue

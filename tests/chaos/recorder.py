@@ -2,7 +2,9 @@
 
 Rules:
 1. One proxy port per coordinator node, all served by one aiohttp app on its own thread and event loop in the
-   test process. Workers are given the proxy URLs instead of the nodes', so every client operation passes here.
+   test process. Workers are given the proxy URLs instead of the nodes', so every client operation passes here;
+   the harness's own job submissions and reads (job state, lease listings) go through it too, spread over the
+   nodes, so reads served through followers are checked as well.
 2. Each HTTP attempt is recorded with its invoke time (request received) and return time (upstream answer
    received), both from ``time.monotonic_ns`` of this one process, plus the wall clock (epoch ms) at return. The
    coordinator decided the operation somewhere inside that interval, so the recorded interval is a sound bound
@@ -20,12 +22,14 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import socket
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,13 +39,17 @@ from aiohttp import web
 
 __all__ = ["Attempt", "LogicalOp", "RecordingProxy", "merge_history", "write_history"]
 
-#: Lease operations worth recording: everything the lease-table model speaks about.
+#: Operations worth recording: everything the lease-table model speaks about, reads included (issue 15).
 _RECORDED = (
-    ("claim", re.compile(r"^/v1/windows/claim$")),
-    ("renew", re.compile(r"^/v1/windows/renew$")),
-    ("complete", re.compile(r"^/v1/windows/complete$")),
-    ("fail", re.compile(r"^/v1/windows/fail$")),
-    ("release", re.compile(r"^/v1/leases/(?P<lease_id>[^/]+)/release$")),
+    ("POST", "claim", re.compile(r"^/v1/windows/claim$")),
+    ("POST", "renew", re.compile(r"^/v1/windows/renew$")),
+    ("POST", "complete", re.compile(r"^/v1/windows/complete$")),
+    ("POST", "fail", re.compile(r"^/v1/windows/fail$")),
+    ("POST", "release", re.compile(r"^/v1/leases/(?P<lease_id>[^/]+)/release$")),
+    ("POST", "submit", re.compile(r"^/v1/jobs$")),
+    ("GET", "list_jobs", re.compile(r"^/v1/jobs$")),
+    ("GET", "read_job", re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)$")),
+    ("GET", "list_leases", re.compile(r"^/v1/leases$")),
 )
 _PASSED_HEADERS = ("Authorization", "Content-Type", "X-Client-Id", "X-Request-Id")
 _RETURNED_HEADERS = ("Content-Type", "Retry-After", "X-Request-Id")
@@ -114,10 +122,8 @@ class LogicalOp:
 
 
 def _kind_of(method: str, path: str) -> tuple[str, dict[str, Any]] | None:
-    if method != "POST":
-        return None
-    for kind, pattern in _RECORDED:
-        match = pattern.match(path)
+    for wanted, kind, pattern in _RECORDED:
+        match = pattern.match(path) if method == wanted else None
         if match:
             return kind, match.groupdict()
     return None
@@ -133,6 +139,7 @@ class RecordingProxy:
     annotations: list[dict[str, Any]] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
     _port_map: dict[int, int] = field(default_factory=dict)
+    _unnamed: Iterator[int] = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -227,7 +234,8 @@ class RecordingProxy:
             attempt = Attempt(
                 recorded[0],
                 request.headers.get("X-Client-Id", ""),
-                request.headers.get("X-Request-Id", ""),
+                # Without an id (reads, the harness's own calls) every attempt is its own operation.
+                request.headers.get("X-Request-Id", "") or f"unnamed-{next(self._unnamed)}",
                 node,
                 {**(body if isinstance(body, dict) else {"_body": body}), **recorded[1]},
                 call_ns,

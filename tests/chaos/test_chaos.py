@@ -1,8 +1,9 @@
 """Chaos runs: 3 coordinators in network namespaces, workers, QuestDB and the loopback exchange under faults.
 
 One test per seed runs every scenario of scenarios.py in a seeded order, checks the invariants after each, then
-checks the whole recorded history for linearizability with porcupine (tools/porcupine) and shows that the same
-checker rejects the history once a violation is planted in it. `make chaos` runs the long version.
+checks the whole recorded history (lease operations, and the driver's job and lease reads through every node) for
+linearizability with porcupine (tools/porcupine) and shows that the same checker rejects the history once a
+violation, or a stale read, is planted in it. `make chaos` runs the long version.
 """
 
 from __future__ import annotations
@@ -29,6 +30,25 @@ def plant_violation(ops: list[LogicalOp]) -> list[LogicalOp]:
     intruder.id, intruder.client = len(ops) + 1, "intruder"
     intruder.call_ns, intruder.return_ns = end + 1_000, end + 2_000
     return [*ops, intruder]
+
+
+def plant_stale_read(ops: list[LogicalOp]) -> list[LogicalOp]:
+    """The history plus a read, after the whole run, that answers 404 for a job whose submit was acknowledged."""
+    submit = next(op for op in ops if op.kind == "submit" and op.ok)
+    end = max((op.return_ns or op.call_ns) for op in ops)
+    job_id = submit.response["job"]["job_id"]
+    stale = LogicalOp(
+        len(ops) + 1,
+        "read_job",
+        "stale-reader",
+        {"job_id": job_id},
+        end + 1_000,
+        end + 2_000,
+        0,
+        404,
+        {"error": {"code": "not_found"}},
+    )
+    return [*ops, stale]
 
 
 @pytest.mark.timeout(1800 if LONG else 480)
@@ -60,6 +80,11 @@ def test_chaos_run_keeps_every_invariant(seed: int, tmp_path) -> None:
         planted = write_history(tmp_path / "planted.jsonl", plant_violation(ops), [])
         caught = check_history(planted, ttl_ms=env.ttl_ms, visualization=tmp_path / "planted.html")
         assert caught.code == 1 and caught.visualization.exists(), caught.summary
+        reads = sum(op.kind in ("read_job", "list_jobs", "list_leases") and op.ok for op in ops)
+        assert reads > 0, "the driver's reads were not recorded"
+        stale = write_history(tmp_path / "stale-read.jsonl", plant_stale_read(ops), [])
+        caught = check_history(stale, ttl_ms=env.ttl_ms, visualization=tmp_path / "stale-read.html")
+        assert caught.code == 1, caught.summary
     except BaseException:
         _keep_evidence(env, tmp_path, rows)
         raise

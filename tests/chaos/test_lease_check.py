@@ -74,6 +74,38 @@ def lease_op(
     }
 
 
+def read_op(
+    kind: str, call: int, ret: int | None, status: int | None, response: Any = None, *, job_id: str = ""
+) -> dict[str, Any]:
+    """A submit, job read or listing as the recorder writes it; ``ret``/``status`` None = outcome unknown."""
+    return {
+        "type": "op",
+        "client": "reader",
+        "kind": kind,
+        "call_ns": call,
+        "return_ns": ret,
+        "at_ms": 0 if ret is not None else None,
+        "status": status,
+        "request": {"job_id": job_id} if job_id else {},
+        "response": response,
+    }
+
+
+def listing(call: int, ret: int, *leases: tuple[str, int]) -> dict[str, Any]:
+    """GET /v1/leases answered with these (window, token) leases."""
+    shown = [{"kind": "window", "window_id": w, "token": t, "lease_id": f"lease-{t}"} for w, t in leases]
+    return read_op("list_leases", call, ret, 200, {"leases": shown})
+
+
+def submitted(call: int, ret: int, job_id: str) -> dict[str, Any]:
+    return read_op("submit", call, ret, 201, {"job": {"job_id": job_id}})
+
+
+def job_read(call: int, ret: int | None, job_id: str, status: int | None) -> dict[str, Any]:
+    found = {"job": {"job_id": job_id}} if status == 200 else {"error": {"code": "not_found"}} if status else None
+    return read_op("read_job", call, ret, status, found, job_id=job_id)
+
+
 def run(tmp_path: Path, lines: list[dict[str, Any]]) -> Any:
     history = tmp_path / "history.jsonl"
     history.write_text("".join(json.dumps({"id": i, **line}) + "\n" for i, line in enumerate(lines, 1)))
@@ -112,7 +144,42 @@ REOPENED = [
     lease_op("complete", 60, 70, 2, 200, at=67_100, client="b"),
 ]
 
+#: Reads through followers that see every acknowledged write (issue 15): listings show only live leases, a
+#: listing concurrent with a completion may still show the lease, a job read concurrent with its submit may
+#: miss it, and reads of unknown outcome change nothing.
+READS = [
+    claim(0, 10, (W1, 1, 4000), (W2, 2, 4000), client="a"),
+    listing(20, 30, (W1, 1), (W2, 2)),
+    lease_op("complete", 40, 60, 1, 200, at=1600, client="a"),
+    listing(50, 70, (W1, 1), (W2, 2)),  # concurrent with the complete of t1
+    listing(80, 90, (W2, 2)),
+    job_read(95, 120, "job-1", 404),  # concurrent with the submit
+    submitted(100, 110, "job-1"),
+    job_read(130, 140, "job-1", 200),
+    read_op("list_jobs", 150, 160, 200, {"jobs": [{"job_id": "job-1"}]}),
+    job_read(170, None, "job-1", None),
+    read_op("list_leases", 180, None, None),
+]
+
 VIOLATIONS = {
+    "a stale lease listing shows a lease after its completion was acknowledged": [
+        claim(0, 10, (W1, 1, 4000), client="a"),
+        lease_op("complete", 20, 30, 1, 200, at=1100, client="a"),
+        listing(40, 50, (W1, 1)),
+    ],
+    "a stale lease listing shows a superseded lease": [
+        claim(0, 10, (W1, 1, 4000), client="a"),
+        claim(20, 30, (W1, 2, 7100), client="b"),
+        listing(40, 50, (W1, 1)),
+    ],
+    "a stale job read answers 404 after the submit was acknowledged": [
+        submitted(0, 10, "job-1"),
+        job_read(20, 30, "job-1", 404),
+    ],
+    "a job read answers 404 after a listing showed the job": [
+        read_op("list_jobs", 0, 10, 200, {"jobs": [{"job_id": "job-1"}]}),
+        job_read(20, 30, "job-1", 404),
+    ],
     "two live leases on one window": [
         claim(0, 10, (W1, 1, 4000), client="a"),
         claim(20, 30, (W1, 2, 5000), client="b"),  # granted at 2000 while t1 lives until 4000
@@ -158,10 +225,13 @@ VIOLATIONS = {
 
 
 @pytest.mark.parametrize(
-    "lines", [LEGAL, MAYBE_FAIL, REOPENED], ids=["zombie-and-repeats", "maybe-applied-fail", "reopened-window"]
+    "lines",
+    [LEGAL, MAYBE_FAIL, REOPENED, READS],
+    ids=["zombie-and-repeats", "maybe-applied-fail", "reopened-window", "reads"],
 )
 def test_legal_histories_pass(tmp_path: Path, lines: list[dict[str, Any]]) -> None:
-    """Legal histories, including expiry, zombies, idempotent completes and maybe-applied operations, pass."""
+    """Legal histories, including expiry, zombies, idempotent completes, maybe-applied operations and reads
+    concurrent with writes, pass."""
     result = run(tmp_path, lines)
     assert result.code == 0, (result.summary, result.stderr)
     assert result.summary["result"] == "Ok" and result.summary["illegal_partitions"] == []

@@ -429,3 +429,15 @@ def test_job_windows_lists_a_jobs_windows_in_order_and_filters_by_state() -> Non
     ]
     assert t.job_windows(job, "done") == []
     assert t.job_windows("job-404") is None
+
+
+def test_the_read_barrier_changes_nothing_not_even_the_clock() -> None:
+    """``barrier`` (the no-op a linearizable read commits) succeeds with any stamped arguments and leaves the whole
+    replicated state, the table clock included, exactly as it was."""
+    t = Table()
+    submit(t)
+    claim(t)
+    before = pickle.dumps(t.export_state())
+    result = t.barrier(now_ms=10**12, client_id="", request_id="barrier")
+    assert result.ok and result.value == {}
+    assert pickle.dumps(t.export_state()) == before

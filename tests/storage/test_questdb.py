@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -52,6 +53,44 @@ async def test_postgresql_dsn_with_kind_questdb_reads_and_writes(questdb, fresh_
         frame = make_bars(T0, 5)
         await storage.write_window(SERIES, T0, T0 + 5 * M, frame)
         assert len(await storage.read(SERIES, T0, T0 + 5 * M)) == 5
+    finally:
+        await storage.aclose()
+
+
+async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_table, make_bars):
+    """Thirty storages opened, written and closed in a row (a provider per request, a test per table) share the
+    process's senders: far fewer than 25 are established, so the client's reconnection-burst warning (an error
+    under this suite's filterwarnings) cannot fire; and eight windows in flight reuse what they created."""
+    from provider.storage._questdb_ingest import SenderPool
+
+    first = await open_storage(dsn_for(questdb, fresh_table))
+    await first.aclose()
+    pool = next(pool for conf, pool in SenderPool._pools.items() if f":{questdb.http_port};" in conf)
+    before = pool.created
+    for index in range(30):
+        storage = await open_storage(dsn_for(questdb, f"{fresh_table}_{index}"))
+        try:
+            await storage.write_window(
+                SERIES, T0 + index * 5 * M, T0 + (index + 1) * 5 * M, make_bars(T0 + index * 5 * M, 5)
+            )
+        finally:
+            await storage.aclose()
+    assert pool.created - before <= 2  # bars and ledger flushed together need two senders at most
+    storage = await open_storage(dsn_for(questdb, f"{fresh_table}_many"))
+    try:
+        for round_ in range(3):
+            start = T0 + round_ * 40 * M
+            await asyncio.gather(
+                *(
+                    storage.write_window(
+                        SERIES, start + k * 5 * M, start + (k + 1) * 5 * M, make_bars(start + k * 5 * M, 5)
+                    )
+                    for k in range(8)
+                )
+            )
+            if round_ == 0:
+                after_first_round = pool.created
+        assert pool.created == after_first_round  # later rounds reuse the senders of the first
     finally:
         await storage.aclose()
 

@@ -10,6 +10,12 @@ package main
 //	 "request": {...body, "lease_id" for release...}, "response": {...body} or null}
 //	{"type": "annotation", "tag": "fault", "start_ns": 1, "end_ns": 2, "description": "kill -9 leader n1"}
 //
+// Reads and submits use the same op shape with kind "submit" (POST /v1/jobs: response {"job": {"job_id"}}),
+// "read_job" (GET /v1/jobs/{id}: request {"job_id"}), "list_jobs" (GET /v1/jobs: every listed job was found) and
+// "list_leases" (GET /v1/leases: response {"leases": [{"kind", "window_id", "token"}]}). A listing becomes one "read" per window lease whose grant some claim
+// answer showed (a lease granted by a claim of unknown outcome cannot be judged); reads of unknown outcome and
+// submits of unknown outcome (no job id) are left out: they change nothing a later operation could contradict.
+//
 // A claim whose outcome is unknown names no window, so it is left out: an unseen grant is indistinguishable from
 // a grant that expired unseen, which the model allows anyway. Other operations of unknown outcome get an
 // infinite return time (porcupine's way of saying "maybe applied, at any time after the call").
@@ -49,9 +55,20 @@ type leaseBody struct {
 	Token   json.Number `json:"token"`
 }
 
+type listedLease struct {
+	Kind     string `json:"kind"`
+	WindowID string `json:"window_id"`
+	Token    int64  `json:"token"`
+}
+
+type jobBody struct {
+	JobID string `json:"job_id"`
+}
+
 type answerBody struct {
-	ExpiresAtMs int64  `json:"expires_at_ms"`
-	State       string `json:"state"`
+	ExpiresAtMs int64    `json:"expires_at_ms"`
+	State       string   `json:"state"`
+	Job         *jobBody `json:"job"`
 	Leases      []struct {
 		WindowID    string `json:"window_id"`
 		Token       int64  `json:"token"`
@@ -184,6 +201,8 @@ func convert(line rawLine, windowOf map[int64]string, ttlMs int64) ([]porcupine.
 		return ops, nil
 	}
 	switch line.Kind {
+	case "submit", "read_job", "list_jobs", "list_leases":
+		return convertRead(line, outcome, windowOf, op)
 	case "renew", "complete", "fail", "release":
 	default:
 		return nil, fmt.Errorf("unknown kind %q", line.Kind)
@@ -202,4 +221,46 @@ func convert(line rawLine, windowOf map[int64]string, ttlMs int64) ([]porcupine.
 	}
 	out := output{Outcome: outcome, ExpMs: answer.ExpiresAtMs, AtMs: atMs, State: answer.State}
 	return []porcupine.Operation{op(input{Key: key, Kind: line.Kind, Token: token, TTLMs: ttlMs}, out)}, nil
+}
+
+// convertRead turns a submit, a job read or a lease listing into operations of the job and window partitions.
+func convertRead(line rawLine, outcome string, windowOf map[int64]string,
+	op func(input, output) porcupine.Operation) ([]porcupine.Operation, error) {
+	if outcome != outcomeOK && !(outcome == outcomeNotFound && line.Kind == "read_job") {
+		return nil, nil
+	}
+	switch line.Kind {
+	case "submit":
+		var answer answerBody
+		if err := json.Unmarshal(line.Response, &answer); err != nil || answer.Job == nil || answer.Job.JobID == "" {
+			return nil, fmt.Errorf("submit answer names no job: %s", line.Response)
+		}
+		return []porcupine.Operation{op(input{Key: jobKeyPrefix + answer.Job.JobID, Kind: "submit"},
+			output{Outcome: outcome})}, nil
+	case "read_job":
+		var request jobBody
+		if err := json.Unmarshal(line.Request, &request); err != nil || request.JobID == "" {
+			return nil, fmt.Errorf("read_job request names no job_id: %s", line.Request)
+		}
+		return []porcupine.Operation{op(input{Key: jobKeyPrefix + request.JobID, Kind: "read_job"},
+			output{Outcome: outcome})}, nil
+	}
+	var listing struct {
+		Leases []listedLease `json:"leases"`
+		Jobs   []jobBody     `json:"jobs"`
+	}
+	if err := json.Unmarshal(line.Response, &listing); err != nil {
+		return nil, fmt.Errorf("listing: %v", err)
+	}
+	var ops []porcupine.Operation
+	for _, job := range listing.Jobs {
+		ops = append(ops, op(input{Key: jobKeyPrefix + job.JobID, Kind: "read_job"}, output{Outcome: outcome}))
+	}
+	for _, lease := range listing.Leases {
+		if lease.Kind != "window" || windowOf[lease.Token] != lease.WindowID {
+			continue
+		}
+		ops = append(ops, op(input{Key: lease.WindowID, Kind: "read", Token: lease.Token}, output{Outcome: outcome}))
+	}
+	return ops, nil
 }

@@ -18,6 +18,11 @@ package main
 //     have expired by the time the operation returned (wall clock at return >= the lease's last known expiry).
 //  6. Operations whose outcome is unknown (timeouts, 5xx, connection errors) may or may not have taken effect:
 //     their step returns both states, and porcupine gives them an infinite return time.
+//  7. Reads (issue 15: linearizable by default on every node). A lease listing that shows token t for a window
+//     is legal only while t is that window's live lease in the model: a listing that still shows a lease after
+//     its completion, failure or release was acknowledged, or after a newer grant, is a stale read. A job has
+//     its own partition ("#job:<id>"): once a submit was acknowledged or a read found the job, a read answering
+//     404 is a stale read (jobs are never deleted).
 
 import (
 	"fmt"
@@ -38,6 +43,9 @@ const (
 
 // tokensKey is the partition of the fencing counter.
 const tokensKey = "#tokens"
+
+// jobKeyPrefix starts the partition key of one job.
+const jobKeyPrefix = "#job:"
 
 // input is what a client asked (one partition's view of it).
 type input struct {
@@ -69,6 +77,29 @@ type leaseState struct {
 	CurAt  int64 // when the live lease was granted (table ms)
 	Reopen bool  // done, but possibly before the window closed: a later job may re-open it
 	EndMs  int64 // the window's end, from its grants
+	Exists bool  // job partitions: the job is known to exist
+}
+
+// stepRead: a lease listing showed in.Token as the window's lease (rule 7).
+func stepRead(s leaseState, in input) []interface{} {
+	if s.Cur != in.Token {
+		return nil
+	}
+	return []interface{}{s}
+}
+
+// stepJob: a job was submitted (ok) or read (found: ok, or notfound) (rule 7).
+func stepJob(s leaseState, in input, out output) []interface{} {
+	switch out.Outcome {
+	case outcomeOK:
+		s.Exists = true
+		return []interface{}{s}
+	case outcomeNotFound:
+		if in.Kind == "read_job" && !s.Exists {
+			return []interface{}{s}
+		}
+	}
+	return nil
 }
 
 func stepTokens(s leaseState, out output) []interface{} {
@@ -190,6 +221,10 @@ func step(state, in, out interface{}) []interface{} {
 		return stepComplete(s, i, o)
 	case "fail", "release":
 		return stepEnd(s, i, o)
+	case "read":
+		return stepRead(s, i)
+	case "submit", "read_job":
+		return stepJob(s, i, o)
 	}
 	return nil
 }
@@ -251,6 +286,10 @@ func describeOperation(in, out interface{}) string {
 		if o.Outcome == outcomeOK {
 			return fmt.Sprintf("fail t%d -> %s", i.Token, o.State)
 		}
+	case "read":
+		return fmt.Sprintf("listing shows t%d", i.Token)
+	case "submit", "read_job":
+		return fmt.Sprintf("%s %s -> %s", i.Kind, strings.TrimPrefix(i.Key, jobKeyPrefix), o.Outcome)
 	}
 	return fmt.Sprintf("%s t%d -> %s", i.Kind, i.Token, o.Outcome)
 }
@@ -266,6 +305,9 @@ func describeState(state interface{}) string {
 	}
 	if s.Failed {
 		parts = append(parts, "failed")
+	}
+	if s.Exists {
+		return "job exists"
 	}
 	parts = append(parts, fmt.Sprintf("max token %d", s.MaxTok))
 	return strings.Join(parts, ", ")

@@ -27,6 +27,16 @@ func leaseOp(call, ret int64, window, kind string, token int64, outcome string, 
 		Output: output{Outcome: outcome, AtMs: atMs, State: "pending"}}
 }
 
+func read(call, ret int64, window string, token int64) porcupine.Operation {
+	return porcupine.Operation{Call: call, Return: ret,
+		Input: input{Key: window, Kind: "read", Token: token}, Output: output{Outcome: outcomeOK}}
+}
+
+func job(call, ret int64, kind, outcome string) porcupine.Operation {
+	return porcupine.Operation{Call: call, Return: ret,
+		Input: input{Key: jobKeyPrefix + "job-1", Kind: kind}, Output: output{Outcome: outcome}}
+}
+
 func TestModel(t *testing.T) {
 	cases := []struct {
 		name  string
@@ -55,6 +65,22 @@ func TestModel(t *testing.T) {
 			grantEnding(4, 5, "w", 2, 70000, 60000), leaseOp(6, 7, "w", "complete", 2, outcomeOK, 67100)}, true},
 		{"lost after expiry", []porcupine.Operation{
 			grant(0, 1, "w", 1, 4000), leaseOp(2, 3, "w", "renew", 1, outcomeLost, 4000)}, true},
+		{"listing shows the live lease", []porcupine.Operation{
+			grant(0, 1, "w", 1, 4000), read(2, 3, "w", 1)}, true},
+		{"listing concurrent with the completion may show the lease", []porcupine.Operation{
+			grant(0, 1, "w", 1, 4000), leaseOp(2, 5, "w", "complete", 1, outcomeOK, 1100), read(3, 6, "w", 1)}, true},
+		{"stale listing after an acknowledged completion", []porcupine.Operation{
+			grant(0, 1, "w", 1, 4000), leaseOp(2, 3, "w", "complete", 1, outcomeOK, 1100), read(4, 5, "w", 1)}, false},
+		{"stale listing after a newer grant", []porcupine.Operation{
+			grant(0, 1, "w", 1, 4000), grant(2, 3, "w", 2, 7000), read(4, 5, "w", 1)}, false},
+		{"job read after its submit", []porcupine.Operation{
+			job(0, 1, "submit", outcomeOK), job(2, 3, "read_job", outcomeOK)}, true},
+		{"job read concurrent with its submit may miss it", []porcupine.Operation{
+			job(0, 3, "submit", outcomeOK), job(1, 2, "read_job", outcomeNotFound)}, true},
+		{"job read 404 after an acknowledged submit", []porcupine.Operation{
+			job(0, 1, "submit", outcomeOK), job(2, 3, "read_job", outcomeNotFound)}, false},
+		{"job read 404 after another read found it", []porcupine.Operation{
+			job(0, 1, "read_job", outcomeOK), job(2, 3, "read_job", outcomeNotFound)}, false},
 	}
 	model := leaseModel()
 	for _, c := range cases {

@@ -198,6 +198,18 @@ class TableState:
         job = self._jobs.get(job_id)
         return job.public() if job is not None else None
 
+    def job_windows(self, job_id: str, state: str | None = None) -> list[dict[str, Any]] | None:
+        """The windows of a job (in ``state`` when given) in start order, or None for an unknown job."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        found = [
+            self.window_info(series, start)
+            for (series, start), window in self._windows.items()
+            if series == job.series and job_id in window.jobs and (state is None or window.state == state)
+        ]
+        return sorted((w for w in found if w is not None), key=lambda w: int(w["start"]))
+
     def jobs(self) -> list[dict[str, Any]]:
         return [job.public() for job in self._jobs.values()]
 

@@ -18,6 +18,7 @@ import json
 import signal
 import socket
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +81,34 @@ def _read_secret(path: Path | None) -> str | None:
     return secret
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Entry point group through which other packages add operator commands (``ops`` adds ``backfill`` and ``verify``).
+#: A command is loaded only when it is named or listed, so ``coordinator serve`` never imports them, and this
+#: package never imports theirs (DESIGN.md section 1: coordinator/ may import only provider.core).
+COMMAND_GROUP = "seamless.coordinator_commands"
+
+
+class _PluginGroup(click.Group):
+    """A click group that also offers the commands registered under :data:`COMMAND_GROUP`."""
+
+    @staticmethod
+    def _plugins() -> dict[str, EntryPoint]:
+        return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._plugins()})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        plugin = self._plugins().get(cmd_name) if command is None else None
+        if plugin is not None:
+            loaded = plugin.load()
+            command = loaded if isinstance(loaded, click.Command) else None
+        return command
+
+
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Backfill coordinator: a Raft-replicated lease table behind an HTTP API."""
+    """Backfill coordinator: a Raft-replicated lease table behind an HTTP API, and operator commands."""
 
 
 @main.command()

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Handlers"]
 
+#: Window states a ``state=`` filter accepts.
+WINDOW_STATES = ("pending", "leased", "done", "failed")
+
 log = get_logger("coordinator.api")
 M = TypeVar("M")
 
@@ -109,6 +112,18 @@ class Handlers:
         if job is None:
             raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
         return web.json_response({"job": job}, headers=headers)
+
+    async def job_windows(self, call: Call) -> web.Response:
+        job_id = call.param("job_id")
+        state = call.request.query.get("state") or None
+        if state is not None and state not in WINDOW_STATES:
+            allowed = ", ".join(WINDOW_STATES)
+            raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
+        headers = await self._consistency(call)
+        windows = self.node.raft.read(lambda t: t.job_windows(job_id, state))
+        if windows is None:
+            raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
+        return web.json_response({"windows": windows}, headers=headers)
 
     async def cancel_job(self, call: Call) -> web.Response:
         value = await self._run(call, "cancel_job", {"job_id": call.param("job_id")})

@@ -76,6 +76,17 @@ ROUTES: tuple[Route, ...] = (
         read=True,
     ),
     Route(
+        "GET",
+        "/v1/jobs/{job_id}/windows",
+        "job_windows",
+        "reader",
+        "The job's windows (state, attempts, rows, last_error), in start order; only those in state= when given",
+        answer="WindowList",
+        errors=(*_READ, 404),
+        query=(("state", "pending, leased, done or failed (default: all)"), _CONSISTENCY),
+        read=True,
+    ),
+    Route(
         "DELETE",
         "/v1/jobs/{job_id}",
         "cancel_job",

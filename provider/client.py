@@ -241,6 +241,12 @@ class CoordinatorClient:
         answer = await self.request("GET", "/v1/jobs")
         return [Job.from_dict(item) for item in answer["jobs"]]
 
+    async def job_windows(self, job_id: str, state: str | None = None) -> list[dict[str, Any]]:
+        """The job's windows (``window_id``, ``start``, ``end``, ``state``, ``attempts``, ``rows``, ``last_error``)."""
+        query = f"?state={quote(state, safe='')}" if state else ""
+        answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}/windows{query}")
+        return list(answer["windows"])
+
     async def cancel_job(self, job_id: str) -> Any:
         """Cancel a job (its windows shared with other jobs keep going)."""
         return await self.request("DELETE", f"/v1/jobs/{quote(job_id, safe='')}")

@@ -112,6 +112,7 @@ class SeamlessDataProvider(SourceReads):
         if isinstance(self.backfiller, BaseBackfiller):
             self.backfiller.on_report = self._on_ingest_report
             self.backfiller.partial_ok = self.backfiller.partial_ok or partial_ok
+        self._metrics_servers: list[Any] = []
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> SeamlessDataProvider:
@@ -194,11 +195,24 @@ class SeamlessDataProvider(SourceReads):
                 break
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+    async def serve_metrics(self, port: int = 0, *, host: str = "127.0.0.1") -> Any:
+        """Opt in to scraping: serve this provider's metrics at ``http://HOST:PORT/metrics`` until ``aclose()``.
+
+        Returns a :class:`provider.metrics_http.MetricsServer` (``.port``, ``.url``); ``port=0`` picks a free port.
+        """
+        from provider.metrics_http import serve_metrics
+
+        server = await serve_metrics(self.metrics.registry, port=port, host=host)
+        self._metrics_servers.append(server)
+        return server
+
     async def aclose(self) -> None:
         """Cancel background work and close what this provider opened."""
         if self._closed:
             return
         self._closed = True
+        for server in self._metrics_servers:
+            await server.aclose()
         if self.backfiller is not None:
             await self.backfiller.aclose()
         tasks = list(self._tasks)

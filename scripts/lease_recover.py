@@ -9,7 +9,10 @@ Rules:
    3 the coordinator could not be reached or refused the token (the remaining items are not attempted).
 3. ``--dry-run`` changes nothing: it reads ``GET /v1/leases`` (and the jobs) and says what each action would do;
    an item that does not exist there is ``failed``.
-4. QMTL keys are exact strings, one per line of ``--keys-file``, never split on ``:``; blank lines and lines
+4. QMTL's form (``--coordinator-url URL --action fail|complete [--reason R] [--dry-run] [--from-file F]
+   KEY:TOKEN...``) is accepted too: a command line with ``--coordinator-url`` or ``--action`` goes to
+   ``lease_recover_qmtl.py`` (KEY:TOKEN split at the last colon; same exit codes).
+5. QMTL keys are exact strings, one per line of ``--keys-file``, never split on ``:``; blank lines and lines
    starting with ``#`` are skipped. A keyed lease has a ``lease_id`` like a window lease (``kind=key`` in the
    listing), and ``POST /v1/leases/{lease_id}/release`` frees it; a key with no live lease is ``not found``.
 """
@@ -46,6 +49,8 @@ examples:
   %(prog)s --dry-run requeue w_b2hsY3Y6... --reason "worker stuck on a slow source"
   %(prog)s retry job-3
   %(prog)s release-keys --keys-file keys.txt
+  %(prog)s --coordinator-url http://10.0.0.1:8701 --action fail --reason R 'n7:60:0:60000:BTC/USDT:USDT:42'
+    (QMTL's form: KEY:TOKEN split at the last colon; --action fail|complete, --from-file F, --dry-run)
 
 exit codes: 0 all ok, 1 an item failed, 2 usage error, 3 coordinator unreachable or token refused.
 --coordinator defaults to ${URL_ENV}.
@@ -119,7 +124,7 @@ class Recovery:
     def _label(self, action: str) -> str:
         return f"{action} (dry run)" if self.dry_run else action
 
-    async def _each(
+    async def each(
         self, items: Sequence[str], action: str, fn: Callable[[str], Awaitable[tuple[str, str]]]
     ) -> list[Outcome]:
         label = self._label(action)
@@ -153,7 +158,7 @@ class Recovery:
                 return OK, f"key {answer['key']} freed"
             return OK, f"window {answer.get('window_id')} back to {answer.get('state', 'pending')}"
 
-        return await self._each(lease_ids, "release", one)
+        return await self.each(lease_ids, "release", one)
 
     async def release_keys(self, keys: Sequence[str]) -> list[Outcome]:
         by_key = {lease.key: lease for lease in await self.client.leases() if lease.kind == "key"}
@@ -167,7 +172,7 @@ class Recovery:
             await self.client.release(lease.lease_id)
             return OK, f"released {lease.lease_id} (held by {lease.worker_id}, token {lease.token})"
 
-        return await self._each(keys, "release-key", one)
+        return await self.each(keys, "release-key", one)
 
     async def operate(self, window_ids: Sequence[str], action: str, reason: str) -> list[Outcome]:
         """``requeue`` or ``mark-done`` each window."""
@@ -194,7 +199,7 @@ class Recovery:
             revoked = f"{answer['lease_id']} of {answer.get('worker_id')}" if answer.get("lease_id") else ""
             return OK, f"{text} is {answer.get('state')}" + (f"; revoked {revoked}" if revoked else "")
 
-        return await self._each(window_ids, action, one)
+        return await self.each(window_ids, action, one)
 
     async def retry(self, job_ids: Sequence[str]) -> list[Outcome]:
         async def one(job_id: str) -> tuple[str, str]:
@@ -206,7 +211,7 @@ class Recovery:
             answer = await self.client.retry_job(job_id)
             return OK, f"{answer.get('requeued', 0)} failed window(s) back to pending"
 
-        return await self._each(job_ids, "retry", one)
+        return await self.each(job_ids, "retry", one)
 
 
 # -- output ---------------------------------------------------------------------------------------------------
@@ -379,12 +384,12 @@ async def run(args: argparse.Namespace, token: str | None) -> int:
             return await execute(args, client)
         except StoppedError as stopped:
             emit_outcomes(stopped.outcomes, args)
-            return _fatal(stopped.cause)
+            return fatal(stopped.cause)
         except (CoordinatorAuthError, CoordinatorUnavailableError) as exc:
-            return _fatal(exc)
+            return fatal(exc)
 
 
-def _fatal(exc: CoordinatorError) -> int:
+def fatal(exc: CoordinatorError) -> int:
     if isinstance(exc, CoordinatorAuthError):
         print(
             f"error: the coordinator refused the token ({exc}); pass --token-file with a token of the needed "
@@ -420,6 +425,11 @@ def _validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg.split("=")[0] in ("--coordinator-url", "--action") for arg in argv):
+        import lease_recover_qmtl  # it imports this module: loaded only for QMTL's form
+
+        return lease_recover_qmtl.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     token = _validate(parser, args)

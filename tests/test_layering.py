@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = [
     ("coordinator", ("worker", "provider.storage", "provider.sources", "provider.client", "pandas")),
     ("worker", ("coordinator",)),
+    ("ops", ("coordinator", "worker")),
     ("provider", ("coordinator", "worker")),
     ("provider/core", ("pandas", "asyncpg", "aiohttp", "questdb", "pysyncobj", "provider.storage")),
 ]

@@ -31,6 +31,7 @@ from provider.core.obs import (
 )
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
 from worker.metrics import WorkerMetrics
+from worker.storage_watch import watch_storage
 
 log = get_logger("worker.cli")
 
@@ -157,9 +158,15 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
     _stop_on_signals(worker.stop)
     runner = await _serve_metrics(opts, metrics.registry) if opts["metrics_port"] is not None else None
+    watch = asyncio.create_task(
+        watch_storage(storage, metrics, interval_s=worker_cfg.storage_check_interval_ms / 1000), name="storage-watch"
+    )
     try:
         await worker.run()
     finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
         for closer in (client.aclose, source.aclose, storage.aclose):
             with contextlib.suppress(Exception):
                 await closer()

@@ -36,3 +36,9 @@ class WorkerMetrics:
             ["flag"],
             registry=r,
         )
+        self.wal_suspended = Gauge(
+            "seamless_storage_wal_suspended",
+            "1 when a QuestDB WAL table of this worker's storage is suspended (polled), else 0.",
+            ["table"],
+            registry=r,
+        )

@@ -130,6 +130,8 @@ class WorkerConfig:
     autoscale_interval_ms: int = _spec(2_000, lo=100, hi=600_000, doc="autoscaler period in ms")
     #: Sources tried in order when ``--source`` fails a window after its retries (``--fallback-source``).
     fallback_sources: tuple[str, ...] = _spec((), doc="ordered fallback source specs (a YAML list)")
+    #: How often a worker polls its storage's WAL status (``seamless_storage_wal_suspended``).
+    storage_check_interval_ms: int = _spec(15_000, lo=100, hi=600_000, doc="WAL status poll period in ms")
 
 
 @dataclass(frozen=True)

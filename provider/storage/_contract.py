@@ -189,6 +189,11 @@ class StorageBase:
             return []
         return intersect_ranges(await self._coverage(key, (start_ms, end_ms)), [(start_ms, end_ms)])
 
+    async def wal_status(self) -> dict[str, bool]:
+        """The storage's WAL tables and whether each is suspended; empty for backends without a WAL."""
+        self._check_open()
+        return {}
+
     async def aclose(self) -> None:
         """Release connections and threads; calling it again does nothing."""
         if not self._closed:

@@ -163,6 +163,11 @@ class QuestDBStorage(StorageBase):
         _, rows = await _all(self._wal.check(self._ledger), self._pool.fetch(sql, str(series), *extra, what="coverage"))
         return ranges_from_boundaries(rows)
 
+    async def wal_status(self) -> dict[str, bool]:
+        """Whether the bars and the ledger table are suspended (read from ``wal_tables()`` now)."""
+        self._check_open()
+        return await self._wal.suspended()
+
     async def _close(self) -> None:
         self._ilp.close()
         await self._pool.close()

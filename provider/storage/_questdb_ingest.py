@@ -199,6 +199,11 @@ class WalMonitor:
             raise WalSuspendedError(table, reason)
         return row
 
+    async def suspended(self) -> dict[str, bool]:
+        """Each table of the storage and whether its WAL is suspended, from a status query started now."""
+        _, statuses = await self._statuses(asyncio.get_running_loop().time())
+        return {table: bool(statuses[table]["suspended"]) for table in self._tables if table in statuses}
+
     async def check(self, *tables: str) -> None:
         """Raise :class:`WalSuspendedError` when one of ``tables`` is suspended."""
         _, statuses = await self._statuses(asyncio.get_running_loop().time())

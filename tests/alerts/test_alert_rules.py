@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import prom_kit  # tests/alerts/conftest.py puts this directory on sys.path
 import pytest
 import yaml
 
@@ -59,3 +60,32 @@ def test_runbook_anchors_exist():
         for rule in group["rules"]:
             anchor = rule["annotations"]["runbook"].split("#")[1]
             assert anchor in anchors, f"{rule['alert']}: docs/runbook.md has no section #{anchor}"
+
+
+def test_the_live_test_rules_are_the_real_rules_on_a_short_clock(tmp_path: Path) -> None:
+    """prom_kit's override keeps every rule (names, labels, shape), scales each duration by TIME_SCALE and still
+    passes `promtool check rules`, so the live test exercises alert_rules.yml itself."""
+    real = yaml.safe_load(RULES.read_text())
+    scaled = prom_kit.scaled_rules()
+    path = tmp_path / "scaled.yml"
+    path.write_text(yaml.safe_dump(scaled))
+    out = subprocess.run([_promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    pairs = [
+        (r, s)
+        for g, h in zip(real["groups"], scaled["groups"], strict=True)
+        for r, s in zip(g["rules"], h["rules"], strict=True)
+    ]
+    assert pairs
+    for rule, short in pairs:
+        assert (rule["alert"], rule["labels"], rule["annotations"]) == (
+            short["alert"],
+            short["labels"],
+            short["annotations"],
+        )
+        if "for" in rule:
+            assert short["for"] == prom_kit.scale_duration(rule["for"]) != rule["for"]
+        assert "m]" not in short["expr"] and re.sub(r"\[[0-9a-z]+\]|\d+(\.\d+)?", "", rule["expr"]) == re.sub(
+            r"\[[0-9a-z]+\]|\d+(\.\d+)?", "", short["expr"]
+        )
+    assert prom_kit.scale_duration("15m") == "30000ms" and prom_kit.scale_duration("1m") == "2000ms"

@@ -410,6 +410,27 @@ def test_two_replicas_applying_the_same_commands_agree() -> None:
     assert tables[0].snapshot() == tables[1].snapshot()
 
 
+def test_job_windows_lists_a_jobs_windows_in_order_and_filters_by_state() -> None:
+    """job_windows: the job's own windows in start order (not another job's), with state, attempts and last
+    error; a state filter keeps only those; an unknown job is None."""
+    t = Table()
+    job = submit(t, S1, 0, 60 * MIN).value["job"]["job_id"]
+    submit(t, S2, 0, 30 * MIN)
+    lease = claim(t)[0]
+    assert fail(t, lease, retryable=False).ok
+    windows = t.job_windows(job)
+    assert windows is not None
+    assert [w["start"] for w in windows] == [0, 15 * MIN, 30 * MIN, 45 * MIN]
+    assert {w["series"] for w in windows} == {S1}
+    failed = t.job_windows(job, "failed")
+    assert failed is not None
+    assert [(w["window_id"], w["state"], w["attempts"], w["last_error"]) for w in failed] == [
+        (window_id(S1, 0), "failed", 1, "boom")
+    ]
+    assert t.job_windows(job, "done") == []
+    assert t.job_windows("job-404") is None
+
+
 def test_the_read_barrier_changes_nothing_not_even_the_clock() -> None:
     """``barrier`` (the no-op a linearizable read commits) succeeds with any stamped arguments and leaves the whole
     replicated state, the table clock included, exactly as it was."""

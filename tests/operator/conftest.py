@@ -12,13 +12,17 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "coordinator"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # e2e_kit: workers, the loopback exchange
 
-from coordinator_testkit import make_cluster
+import yaml
+from coordinator_testkit import Cluster, make_cluster
+from e2e_kit import WorkerPool
 from operator_kit import OPERATOR_CONFIG, OPERATOR_TOKEN, READER_TOKEN, WORKER_TOKEN, Ops
 
 
@@ -45,3 +49,45 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ops]:
     finally:
         cluster.kill_all()
         shutil.rmtree(root, ignore_errors=True)
+
+
+#: Short leases and few attempts: the worker tests finish in seconds.
+WORK_CONFIG: dict[str, Any] = {
+    "seamless_data_provider": {
+        "backfill_config": {
+            "distributed_lease_ttl_ms": 3_000,
+            "window_bars": 15,
+            "max_attempts": 2,
+            "retry_backoff_ms": 100,
+        }
+    },
+    "coordinator": {"leader_grace_ms": 300, "reap_interval_ms": 100},
+    "worker": {"claim_wait_ms": 500, "shutdown_grace_ms": 2_000},
+}
+
+
+@pytest.fixture(scope="module")
+def work_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-node cluster without auth for the tests that run `worker run` (backfill, verify): one per module,
+    because its workers claim every window."""
+    made = make_cluster(tmp_path_factory.mktemp("backfill-cluster"), 3, WORK_CONFIG)
+    for i in range(3):
+        made.start(i)
+    try:
+        made.wait_leader(30)
+        yield made
+    finally:
+        made.kill_all()
+        shutil.rmtree(made.root, ignore_errors=True)
+
+
+@pytest.fixture
+def pool(tmp_path: Path, work_cluster: Cluster) -> Iterator[WorkerPool]:
+    """A factory of workers on the module's cluster with storage ``tmp_path/bars.db``; all killed at teardown."""
+    config = tmp_path / "worker.yaml"
+    config.write_text(yaml.safe_dump(WORK_CONFIG), encoding="utf-8")
+    made = WorkerPool(tmp_path, work_cluster.urls, "synthetic", f"sqlite:///{tmp_path / 'bars.db'}", config)
+    try:
+        yield made
+    finally:
+        made.kill_all()

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import lease_recover  # tests/conftest.py puts scripts/ on sys.path
+import lease_recover_qmtl
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PACKAGE_NOTES = [
@@ -70,5 +71,7 @@ def test_the_runbook_uses_only_commands_the_tool_has() -> None:
     options = {o for action in parser._actions for o in action.option_strings}
     for sub in subcommands.values():
         options |= {o for action in sub._actions for o in action.option_strings}
+    # QMTL's form (--coordinator-url --action ...) has its own parser.
+    options |= {o for action in lease_recover_qmtl.build_parser()._actions for o in action.option_strings}
     section = text.split("## Lease recovery tool", 1)[1]
     assert set(re.findall(r"(--[a-z-]+)", section)) <= options

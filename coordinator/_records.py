@@ -125,8 +125,10 @@ class JobRec:
         "cancelled",
         "counts",
         "end",
+        "finished_at_ms",
         "job_id",
         "priority",
+        "retired_at_ms",
         "seq",
         "series",
         "start",
@@ -149,6 +151,11 @@ class JobRec:
         self.submitted_at_ms = now_ms
         self.cancelled = False
         self.counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        #: Leader time the retention sweep first saw the job finished (done, failed or cancelled); 0 while running.
+        self.finished_at_ms = 0
+        #: Leader time the job's windows left the table; 0 while they are in it. A retired job is a summary: its
+        #: counts are frozen.
+        self.retired_at_ms = 0
 
     @property
     def state(self) -> str:
@@ -165,7 +172,7 @@ class JobRec:
     def public(self) -> dict[str, Any]:
         """The wire shape of :class:`provider.core.Job`."""
         total = self.total
-        return {
+        value: dict[str, Any] = {
             "job_id": self.job_id,
             "series": self.series,
             "start": self.start,
@@ -175,6 +182,14 @@ class JobRec:
             "completion_ratio": self.counts[DONE] / total if total else 0.0,
             "priority": self.priority,
         }
+        if self.retired_at_ms:  # only then, so that clients older than retention parse every running job
+            value.update(
+                retired=True,
+                submitted_at_ms=self.submitted_at_ms,
+                finished_at_ms=self.finished_at_ms,
+                retired_at_ms=self.retired_at_ms,
+            )
+        return value
 
 
 class LeaseRec:

@@ -266,6 +266,7 @@ class TableState:
             "stale_claims_total": self._stale_claims,
             "token": self._token,
             "jobs_running": running,
+            "jobs_retired": sum(1 for j in self._jobs.values() if j.retired_at_ms),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -299,4 +300,7 @@ class TableState:
         if set(data["state"]) != set(fresh):
             return False
         self.__dict__.update(data["state"])
+        for job in self._jobs.values():  # dumps written before retention (December 2026) lack these slots
+            if not hasattr(job, "retired_at_ms"):
+                job.finished_at_ms = job.retired_at_ms = 0
         return True

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._retention import retention_loop
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
@@ -96,6 +97,7 @@ class CoordinatorNode:
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
+            asyncio.create_task(retention_loop(self, wall_ms), name="retention"),
         ]
 
     async def stop(self) -> None:

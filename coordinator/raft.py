@@ -61,6 +61,7 @@ COMMANDS = frozenset(
         "complete",
         "fail",
         "expire",
+        "retire",
         "release",
         "requeue",
         "mark_done",

@@ -19,7 +19,9 @@ Rules (DESIGN.md section 4):
    that grid even if the configured ``window_bars`` changed. A job's ratio is its done windows / its windows.
    Failed windows of a job can be retried; a job can be cancelled (its windows stay, but are no longer offered
    unless another live job covers them).
-7. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
+7. Finished jobs retire after the retention period (``_retire.py``): their windows leave the table, a summary
+   stays.
+8. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
    ``lease_lost``) and leave the state unchanged.
 """
 
@@ -42,6 +44,7 @@ from coordinator._records import (
     lease_id_of,
     token_of_lease_id,
 )
+from coordinator._retire import RetireCommands
 from coordinator._state import (
     DONE_TOKENS_MAX,
     MAX_TTL_MS,
@@ -91,7 +94,7 @@ def _window_value(window: WindowRec) -> dict[str, Any]:
     }
 
 
-class Table(KeyedCommands):
+class Table(KeyedCommands, RetireCommands):
     """The lease table. Commands take keyword arguments, ``now_ms`` and an optional (client_id, request_id)."""
 
     # -- jobs ---------------------------------------------------------------------------------------------------
@@ -200,6 +203,8 @@ class Table(KeyedCommands):
             return Result.success({"job": job.public()})
         if job.state == "done":
             return Result.error("conflict", f"job {job_id} is already done", "job_id")
+        if job.retired_at_ms:
+            return Result.error("conflict", f"job {job_id} is retired", "job_id")
         job.cancelled = True
         self._job_index.pop((job.series, job.start, job.end, job.priority), None)
         for window in self._job_windows(job):
@@ -218,6 +223,8 @@ class Table(KeyedCommands):
             return not_found("job_id", job_id)
         if job.cancelled:
             return Result.error("conflict", f"job {job_id} is cancelled", "job_id")
+        if job.retired_at_ms:
+            return Result.error("conflict", f"job {job_id} is retired: submit its range again", "job_id")
         requeued = 0
         for window in self._job_windows(job):
             if window.state == FAILED:

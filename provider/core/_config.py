@@ -107,6 +107,8 @@ class CoordinatorConfig:
     raft_max_timeout_ms: int = _spec(1_000, lo=100, hi=120_000, doc="Raft election timeout upper bound")
     #: Log entries between snapshots (pysyncobj logCompactionMinEntries).
     log_compaction_min_entries: int = _spec(50_000, lo=100, hi=100_000_000, doc="entries between snapshots")
+    #: A job done, failed or cancelled this long leaves the lease table (its windows go; a summary stays).
+    job_retention_s: int = _spec(604_800, lo=1, hi=315_360_000, doc="finished jobs' windows kept this long, in s")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,59 @@
+"""The leader's retention sweep: submits the replicated ``retire`` command when a finished job is due.
+
+Rules:
+1. Only the leader sweeps, and it stamps ``now_ms`` through ``CoordinatorNode.execute`` like the reaper does;
+   the table decides (``_retire.py``), every replica applies the same command.
+2. The sweep asks the local replica first (``retire_due``) and submits nothing when nothing would change, so an
+   idle cluster writes no log entries for retention.
+3. It runs every quarter of the retention period, at least every ``reap_interval_ms`` and at most every 60 s:
+   a job retires between ``job_retention_s`` and ``job_retention_s`` + one period after the sweep saw it finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from coordinator.errors import CoordinatorError
+from provider.core.obs import get_logger
+
+if TYPE_CHECKING:
+    from coordinator.node import CoordinatorNode
+    from coordinator.table import Table
+
+__all__ = ["retention_loop", "sweep_interval_s"]
+
+log = get_logger("coordinator.retention")
+
+_MAX_SWEEP_INTERVAL_S = 60.0
+
+
+def sweep_interval_s(retention_s: int, reap_interval_ms: int) -> float:
+    return min(_MAX_SWEEP_INTERVAL_S, max(reap_interval_ms / 1000, retention_s / 4))
+
+
+def _due(table: Table, *, now_ms: int, retention_ms: int) -> bool:
+    return table.retire_due(now_ms, retention_ms)
+
+
+async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> None:
+    """Forever: on the leader, retire the finished jobs that are due."""
+    retention_ms = node.cfg.job_retention_s * 1000
+    interval_s = sweep_interval_s(node.cfg.job_retention_s, node.cfg.reap_interval_ms)
+    while True:
+        await asyncio.sleep(interval_s)
+        if not node.raft.is_leader:
+            continue
+        if not node.raft.read(partial(_due, now_ms=now_ms(), retention_ms=retention_ms)):
+            continue
+        try:
+            value = await node.execute("retire", {"retention_ms": retention_ms}, "", "")
+        except CoordinatorError as exc:
+            log.warning("retire_failed", error=exc.message)
+            continue
+        for job_id in value["retired"]:
+            log.info("job_retired", job_id=job_id)
+        if value["retired"]:
+            log.info("retention_sweep", retired=len(value["retired"]), windows_dropped=value["windows_dropped"])

@@ -1,8 +1,9 @@
 """Records of the lease table: results, windows, jobs, leases, keyed leases.
 
 Rules:
-1. Plain data only: ints, strings, tuples and these slotted classes. They are pickled into pysyncobj's full-dump
-   file, so renaming a class or a field breaks old data dirs (bump ``STATE_FORMAT`` and migrate instead).
+1. Plain data only: ints, strings, tuples and these slotted classes. Dumps are written in the compact format of
+   ``_snapshot.py``; dumps of format 1 (before December 2026) pickled these classes, so renaming a class or a
+   field breaks loading those (``_snapshot.py`` migrates them once).
 2. Nothing here reads the clock, draws random numbers or does I/O.
 3. A :class:`Result` is what every table command returns: ``ok`` with a JSON-ready ``value``, or an error
    ``code`` (see ``ERROR_CODES``), a message and the field it concerns.
@@ -30,7 +31,7 @@ __all__ = [
     "token_of_lease_id",
 ]
 
-#: Version of the pickled table state inside the Raft dump.
+#: Version of the pickled table state of the first release's Raft dumps (format 2 lives in ``_snapshot.py``).
 STATE_FORMAT = 1
 
 PENDING, LEASED, DONE, FAILED = "pending", "leased", "done", "failed"

@@ -72,6 +72,7 @@ class RetireCommands(TableState):
             if job.job_id in window.jobs:
                 window.jobs.remove(job.job_id)
             if window.jobs or window.state == LEASED:
+                self._rerank(window, now)  # the rank is always the best live job's (snapshots rebuild it so)
                 continue
             del self._windows[(job.series, start)]
             self._window_counts[window.state] -= 1

@@ -121,7 +121,7 @@ class TableConsumer(SyncObjConsumer):
             log.error("on_applied_failed", op=op, error=repr(exc))
         return result
 
-    def _serialize(self) -> dict[str, Any]:
+    def _serialize(self) -> Any:
         with self._lock:
             return self._table.export_state()
 

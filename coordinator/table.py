@@ -28,6 +28,8 @@ Rules (DESIGN.md section 4):
 from __future__ import annotations
 
 import heapq
+import struct
+import zlib
 from typing import Any
 
 from coordinator._keyed import KeyedCommands
@@ -45,6 +47,7 @@ from coordinator._records import (
     token_of_lease_id,
 )
 from coordinator._retire import RetireCommands
+from coordinator._snapshot import SnapshotBlob, decode
 from coordinator._state import (
     DONE_TOKENS_MAX,
     MAX_TTL_MS,
@@ -490,3 +493,22 @@ class Table(KeyedCommands, RetireCommands):
             return invalid("node_id", "node_id, raft and http must be non-empty strings")
         self._nodes[raft] = {"node_id": node_id, "http": http}
         return Result.success({"raft": raft})
+
+    # -- persistence (pysyncobj full dump) ---------------------------------------------------------------------
+
+    def export_state(self) -> SnapshotBlob:
+        """The state for the Raft dump: pickled as compact format-2 bytes (``_snapshot.py``) by the forked writer,
+        so the node pays nothing here."""
+        return SnapshotBlob(self)
+
+    def import_state(self, data: Any) -> bool:
+        """Replace the state with a dump's (format 2 bytes, or a format-1 dict once, for migration); returns False
+        (and keeps the state) when the dump is not ours."""
+        try:
+            loaded = decode(data)
+        except (ValueError, KeyError, TypeError, IndexError, struct.error, zlib.error):
+            return False
+        if loaded is None:
+            return False
+        self.__dict__.update(loaded.__dict__)
+        return True

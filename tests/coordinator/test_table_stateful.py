@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,6 +265,14 @@ class LeaseTableMachine(RuleBasedStateMachine):
                 if not w.jobs and w.state != "leased":
                     del self.windows[cell]
         assert result.value["retired"] == expected
+
+    @rule()
+    def restart(self) -> None:
+        """A node restarting from a format-2 dump (pickled as pysyncobj does) goes on exactly like the original."""
+        restored = Table()
+        assert restored.import_state(pickle.loads(pickle.dumps(self.t.export_state(), protocol=2)))
+        assert restored.snapshot() == self.t.snapshot() and restored.stats() == self.t.stats()
+        self.t = restored
 
     @rule(k=st.integers(0, 3), dt=st.integers(0, 600))
     def key_claim(self, k: int, dt: int) -> None:

@@ -7,15 +7,20 @@ Rules:
    idle cluster writes no log entries for retention.
 3. It runs every quarter of the retention period, at least every ``reap_interval_ms`` and at most every 60 s:
    a job retires between ``job_retention_s`` and ``job_retention_s`` + one period after the sweep saw it finish.
+4. After a retire that dropped many windows every replica (``raft.py`` calls ``trim_after_retire``) returns the
+   freed heap to the OS with ``malloc_trim``, so the node's RSS falls back (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from coordinator._records import Result
 from coordinator.errors import CoordinatorError
 from provider.core.obs import get_logger
 
@@ -28,6 +33,22 @@ __all__ = ["retention_loop", "sweep_interval_s"]
 log = get_logger("coordinator.retention")
 
 _MAX_SWEEP_INTERVAL_S = 60.0
+#: A sweep dropping this many windows or more returns the freed memory to the OS.
+_TRIM_MIN_DROPPED = 10_000
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise); a no-op where there is no glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def trim_after_retire(commands: list[tuple[str, dict[str, Any]]], results: list[Result]) -> None:
+    """Called by every replica after applying a batch (rule 4): trims when a retire dropped many windows."""
+    for (op, _), result in zip(commands, results, strict=False):
+        if op == "retire" and result.ok and result.value["windows_dropped"] >= _TRIM_MIN_DROPPED:
+            release_free_memory()
+            return
 
 
 def sweep_interval_s(retention_s: int, reap_interval_ms: int) -> float:

@@ -13,11 +13,13 @@ Rules:
 4. The series grid (``window_bars``) stays, so a later job over the same range uses the same window ids; its
    windows are created afresh as pending. Coverage truth is the storage ledger: the provider submits only what
    storage lacks, and workers store idempotently.
-5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself.
+5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself, and the
+   remembered tokens of completes on dropped windows are forgotten.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from coordinator._records import LEASED, JobRec, Result
@@ -54,6 +56,12 @@ class RetireCommands(TableState):
             if now - job.finished_at_ms >= retention_ms:
                 dropped += self._retire_job(job, now)
                 retired.append(job.job_id)
+        if dropped:
+            # Tokens of completes on dropped windows can only answer lease_lost now; keeping them would also pin
+            # the memory of the windows around them (freed objects between live ones are not returned).
+            self._done_tokens = OrderedDict(
+                (tok, key) for tok, key in self._done_tokens.items() if key in self._windows
+            )
         if dropped >= _REBUILD_MIN_DROPPED:
             self._windows = dict(self._windows)
         return Result.success({"stamped": stamped, "retired": retired, "windows_dropped": dropped})

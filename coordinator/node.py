@@ -79,6 +79,8 @@ class CoordinatorNode:
                 raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
                 raft_max_timeout_s=self.cfg.raft_max_timeout_ms / 1000,
                 log_compaction_min_entries=self.cfg.log_compaction_min_entries,
+                fsync=self.cfg.fsync,
+                fsync_interval_ms=self.cfg.fsync_interval_ms,
             ),
             self.table,
             self._on_applied,

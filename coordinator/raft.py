@@ -41,6 +41,8 @@ from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from coordinator._fsync import journal_factory
+from coordinator._retention import trim_after_retire
 from coordinator.table import Result, Table
 from provider.core.obs import get_logger
 
@@ -103,6 +105,7 @@ class TableConsumer(SyncObjConsumer):
         results = [self._apply(op, kwargs) for op, kwargs in commands]
         if any(op == "submit_job" for op, _ in commands):
             gc.freeze()  # see rule 8: the new windows join the long-lived objects the collector skips
+        trim_after_retire(commands, results)  # coordinator/_retention.py rule 4
         return results
 
     def _apply(self, op: Any, kwargs: Any) -> Result:
@@ -143,6 +146,8 @@ class RaftSettings:
     raft_min_timeout_s: float = 0.4
     raft_max_timeout_s: float = 1.0
     log_compaction_min_entries: int = 50_000
+    fsync: str = "never"
+    fsync_interval_ms: int = 10
 
     def conf(self, on_state_changed: Callable[[int, int], None]) -> SyncObjConf:
         heartbeat_s = min(0.1, self.raft_min_timeout_s / 4)
@@ -203,9 +208,10 @@ class RaftNode:
         """Open the journal and dump, bind the Raft port and start pysyncobj's thread."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         peers = [p for p in self.settings.peers if p != self.settings.self_addr]
-        self._sync = SyncObj(
-            self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
-        )
+        with journal_factory(self.settings.fsync, self.settings.fsync_interval_ms):  # coordinator/_fsync.py
+            self._sync = SyncObj(
+                self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
+            )
 
     def stop(self) -> None:
         if self._sync is not None:

@@ -165,3 +165,4 @@ def test_the_window_dict_shrinks_after_a_large_retirement() -> None:
         finish_all(t, 100)
     retire(t, 100, 0)
     assert len(t._windows) == 0 and sys.getsizeof(t._windows) == fresh_size
+    assert not t._done_tokens  # their windows are gone: nothing to answer idempotently, memory to release

@@ -109,8 +109,9 @@ class WindowRec:
         self.done_at_ms = 0
         self.rows = -1
         self.last_error = ""
-        #: Ids of the live (not cancelled) jobs that cover this window.
-        self.jobs: list[str] = []
+        #: Ids of the live (not cancelled) jobs that cover this window. A tuple, replaced on change, so the windows
+        #: of one job share one object (a list per window cost about 100 bytes).
+        self.jobs: tuple[str, ...] = ()
         #: Claim order key: (-priority, job seq) of the best live job, or None when no live job covers it.
         self.rank: tuple[int, int] | None = None
 

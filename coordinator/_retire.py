@@ -73,12 +73,14 @@ class RetireCommands(TableState):
             del self._job_index[(job.series, job.start, job.end, job.priority)]
         span = self._series[job.series].span_ms
         dropped = 0
+        left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared job-id tuples stay shared (table.py rule 9)
         for start in range(job.w_lo, job.w_hi, span):
             window = self._windows.get((job.series, start))
             if window is None:
                 continue
             if job.job_id in window.jobs:
-                window.jobs.remove(job.job_id)
+                jobs = window.jobs
+                window.jobs = left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id))
             if window.jobs or window.state == LEASED:
                 self._rerank(window, now)  # the rank is always the best live job's (snapshots rebuild it so)
                 continue

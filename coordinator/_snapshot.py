@@ -192,6 +192,7 @@ def _load_windows(t: TableState, h: dict[str, Any], cols: dict[str, list[Any]]) 
     jobs_flat = cols["jobs"]
     pos = 0
     windows = t._windows
+    shared: dict[tuple[int, ...], tuple[str, ...]] = {}  # one tuple per distinct job set, as the table has them
     new = WindowRec.__new__
     fields = zip(
         cols["series"],
@@ -212,7 +213,8 @@ def _load_windows(t: TableState, h: dict[str, Any], cols: dict[str, list[Any]]) 
         w.series, w.start, w.end, w.state, w.attempts = series[s], start, end, _STATES[state], attempts
         w.not_before_ms, w.lease, w.done_token, w.done_at_ms, w.rows = not_before, lease, done_token, done_at, rows
         w.last_error = errors.get(i, "")
-        w.jobs = [job_ids[j] for j in jobs_flat[pos : pos + n]]
+        ixs = tuple(jobs_flat[pos : pos + n])
+        w.jobs = shared.get(ixs) or shared.setdefault(ixs, tuple(job_ids[j] for j in ixs))
         w.rank = None
         pos += n
         windows[(w.series, start)] = w
@@ -252,4 +254,8 @@ def _decode_format1(data: dict[str, Any]) -> TableState | None:
     for job in fresh._jobs.values():  # written before retention: these slots did not exist
         if not hasattr(job, "retired_at_ms"):
             job.finished_at_ms = job.retired_at_ms = 0
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for window in fresh._windows.values():  # lists then, shared tuples now
+        ids = tuple(window.jobs)
+        window.jobs = shared.setdefault(ids, ids)
     return fresh

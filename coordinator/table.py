@@ -23,6 +23,7 @@ Rules (DESIGN.md section 4):
    stays.
 8. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
    ``lease_lost``) and leave the state unchanged.
+9. Memory: a window's job ids are a tuple shared by the windows of one job; a change replaces the tuple.
 """
 
 from __future__ import annotations
@@ -175,16 +176,18 @@ class Table(KeyedCommands, RetireCommands):
     def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
         """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
         rank = (-job.priority, job.seq)
+        only_this_job = (job.job_id,)  # one tuple shared by every window this job creates (memory, rule 9)
+        joined: dict[tuple[str, ...], tuple[str, ...]] = {}  # and one per job set it joins
         fresh: list[tuple[int, int, int, str]] = []
         for w_start, w_end in window_ranges(job.start, job.end, step, bars):
             window = self._windows.get((name, w_start))
             if window is None:  # the common case, kept cheap: big jobs are applied in one Raft entry
                 window = self._windows[(name, w_start)] = WindowRec(name, w_start, w_end)
-                window.jobs.append(job.job_id)
+                window.jobs = only_this_job
                 window.rank = rank
                 fresh.append((rank[0], rank[1], w_start, name))
                 continue
-            window.jobs.append(job.job_id)
+            window.jobs = joined.get(window.jobs) or joined.setdefault(window.jobs, (*window.jobs, job.job_id))
             job.counts[window.state] += 1
             if window.state == DONE and _reopens(window, job.end, now, step):
                 self._reset(window, PENDING, now)  # completed before it closed: fetch the bars closed since
@@ -210,9 +213,11 @@ class Table(KeyedCommands, RetireCommands):
             return Result.error("conflict", f"job {job_id} is retired", "job_id")
         job.cancelled = True
         self._job_index.pop((job.series, job.start, job.end, job.priority), None)
+        left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared tuples stay shared (rule 9)
         for window in self._job_windows(job):
             if job.job_id in window.jobs:
-                window.jobs.remove(job.job_id)
+                jobs = window.jobs
+                window.jobs = left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id))
             self._rerank(window, now)
         return Result.success({"job": job.public()})
 

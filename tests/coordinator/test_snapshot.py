@@ -130,3 +130,16 @@ def test_decode_rejects_another_format_number() -> None:
     blob = encode(rich_table())
     assert decode(blob) is not None
     assert decode(blob.replace(MAGIC, b"SDPTBL\x00\x09", 1)) is None
+
+
+def test_windows_of_one_job_share_one_job_id_tuple_before_and_after_a_restart() -> None:
+    """Memory: the job ids of a window are one tuple per job set, not a list per window (docs/benchmarks.md)."""
+    t = Table()
+    t.submit_job(series=S1, start=0, end=600 * MIN, window_bars=15, max_windows=100, now_ms=1)
+    t.submit_job(series=S1, start=300 * MIN, end=900 * MIN, window_bars=15, max_windows=100, now_ms=2)
+    for table in (t, dump_and_load(t)):
+        windows = table._windows
+        only_first, shared = windows[(S1, 0)].jobs, windows[(S1, 300 * MIN)].jobs
+        assert only_first == ("job-1",) and shared == ("job-1", "job-2")
+        assert all(windows[(S1, k * 15 * MIN)].jobs is only_first for k in range(20))
+        assert all(windows[(S1, k * 15 * MIN)].jobs is shared for k in range(20, 40))

@@ -46,7 +46,8 @@ def release_free_memory() -> None:
 def trim_after_retire(commands: list[tuple[str, dict[str, Any]]], results: list[Result]) -> None:
     """Called by every replica after applying a batch (rule 4): trims when a retire dropped many windows."""
     for (op, _), result in zip(commands, results, strict=False):
-        if op == "retire" and result.ok and result.value["windows_dropped"] >= _TRIM_MIN_DROPPED:
+        value = result.value if op == "retire" and result.ok else None
+        if isinstance(value, dict) and value.get("windows_dropped", 0) >= _TRIM_MIN_DROPPED:
             release_free_memory()
             return
 

@@ -64,8 +64,11 @@ async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> No
     """Forever: on the leader, retire the finished jobs that are due."""
     retention_ms = node.cfg.job_retention_s * 1000
     interval_s = sweep_interval_s(node.cfg.job_retention_s, node.cfg.reap_interval_ms)
+    more = False
     while True:
-        await asyncio.sleep(interval_s)
+        if not more:
+            await asyncio.sleep(interval_s)
+        more = False
         if not node.raft.is_leader:
             continue
         if not node.raft.read(partial(_due, now_ms=now_ms(), retention_ms=retention_ms)):
@@ -75,6 +78,7 @@ async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> No
         except CoordinatorError as exc:
             log.warning("retire_failed", error=exc.message)
             continue
+        more = bool(value["more"])  # a bounded command left work: go on at once (_retire.py rule 6)
         for job_id in value["retired"]:
             log.info("job_retired", job_id=job_id)
         if value["retired"]:

@@ -15,6 +15,9 @@ Rules:
    storage lacks, and workers store idempotently.
 5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself, and the
    remembered tokens of completes on dropped windows are forgotten.
+6. One command drops about ``MAX_DROPPED_PER_COMMAND`` windows at most (it stops before the next job once it
+   dropped that many, answering ``more: true``): the apply holds every node like a job submission of that size
+   does (0.35 s for 100,000 windows, below the election timeout). The leader sweeps again at once.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ __all__ = ["RetireCommands"]
 
 #: Rebuild the window dict when a sweep drops at least this many windows (rule 5).
 _REBUILD_MIN_DROPPED = 10_000
+#: A command stops retiring further jobs once it dropped this many windows (rule 6).
+MAX_DROPPED_PER_COMMAND = 100_000
 
 
 class RetireCommands(TableState):
@@ -44,9 +49,13 @@ class RetireCommands(TableState):
         stamped = 0
         retired: list[str] = []
         dropped = 0
+        more = False
         for job in self._jobs.values():
             if job.retired_at_ms:
                 continue
+            if dropped >= MAX_DROPPED_PER_COMMAND:
+                more = True
+                break
             if job.state == "running":
                 job.finished_at_ms = 0
                 continue
@@ -64,7 +73,7 @@ class RetireCommands(TableState):
             )
         if dropped >= _REBUILD_MIN_DROPPED:
             self._windows = dict(self._windows)
-        return Result.success({"stamped": stamped, "retired": retired, "windows_dropped": dropped})
+        return Result.success({"stamped": stamped, "retired": retired, "windows_dropped": dropped, "more": more})
 
     def _retire_job(self, job: JobRec, now: int) -> int:
         """Retire one finished job; returns how many windows left the table."""

@@ -51,12 +51,12 @@ def test_a_finished_job_retires_after_the_retention_and_keeps_its_summary(finish
     else:
         finish_all(t, 100, failed=finish == "failed")
     counts = t.job(job_id)["windows"]  # type: ignore[index]
-    assert retire(t, 200).value == {"stamped": 1, "retired": [], "windows_dropped": 0}
+    assert retire(t, 200).value == {"stamped": 1, "retired": [], "windows_dropped": 0, "more": False}
     assert not t.retire_due(200 + RET - 1, RET) and t.retire_due(200 + RET, RET)
     assert t.window_info(S1, 0) is not None
     assert retire(t, 200 + RET - 1).value["retired"] == []
     value = retire(t, 200 + RET).value
-    assert value == {"stamped": 0, "retired": [job_id], "windows_dropped": 4}
+    assert value == {"stamped": 0, "retired": [job_id], "windows_dropped": 4, "more": False}
     assert t.window_info(S1, 0) is None
     assert t.stats()["windows"] == {"pending": 0, "leased": 0, "done": 0, "failed": 0}
     assert t.stats()["jobs_retired"] == 1
@@ -110,7 +110,7 @@ def test_a_leased_window_of_a_cancelled_job_stays_until_its_lease_ends() -> None
     job_id = submit(t, 0, 15 * MIN)
     lease = t.claim(worker_id="w", max_windows=1, ttl_ms=TTL, now_ms=10).value["leases"][0]
     assert t.cancel_job(job_id=job_id, now_ms=20).ok
-    assert retire(t, 30, 0).value == {"stamped": 1, "retired": [job_id], "windows_dropped": 0}
+    assert retire(t, 30, 0).value == {"stamped": 1, "retired": [job_id], "windows_dropped": 0, "more": False}
     assert t.complete(lease_id=lease["lease_id"], token=lease["token"], rows=1, now_ms=40).ok
     assert t.stats()["windows"]["done"] == 1
 
@@ -166,3 +166,20 @@ def test_the_window_dict_shrinks_after_a_large_retirement() -> None:
     retire(t, 100, 0)
     assert len(t._windows) == 0 and sys.getsizeof(t._windows) == fresh_size
     assert not t._done_tokens  # their windows are gone: nothing to answer idempotently, memory to release
+
+
+def test_one_command_drops_a_bounded_number_of_windows_and_says_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large backlog retires over several commands (each apply holds every node), each answering more: true
+    until the last."""
+    monkeypatch.setattr("coordinator._retire.MAX_DROPPED_PER_COMMAND", 4)
+    t = Table()
+    ids = [submit(t, k * 60 * MIN, (k + 1) * 60 * MIN) for k in range(3)]  # 4 windows each
+    for job_id in ids:
+        assert t.cancel_job(job_id=job_id, now_ms=10).ok
+    answers = [retire(t, 20 + k, 0).value for k in range(3)]
+    assert [(a["retired"], a["windows_dropped"], a["more"]) for a in answers] == [
+        ([ids[0]], 4, True),
+        ([ids[1]], 4, True),
+        ([ids[2]], 4, False),
+    ]
+    assert t.stats()["windows"]["pending"] == 0 and not t.retire_due(10**6, 0)

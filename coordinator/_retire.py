@@ -13,8 +13,8 @@ Rules:
 4. The series grid (``window_bars``) stays, so a later job over the same range uses the same window ids; its
    windows are created afresh as pending. Coverage truth is the storage ledger: the provider submits only what
    storage lacks, and workers store idempotently.
-5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself, and the
-   remembered tokens of completes on dropped windows are forgotten.
+5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself; claim
+   heap entries and remembered tokens of completes that point at dropped windows are forgotten.
 6. One command drops about ``MAX_DROPPED_PER_COMMAND`` windows at most (it stops before the next job once it
    dropped that many, answering ``more: true``): the apply holds every node like a job submission of that size
    does (0.35 s for 100,000 windows, below the election timeout). The leader sweeps again at once.
@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
 from typing import Any
 
@@ -66,14 +67,21 @@ class RetireCommands(TableState):
                 dropped += self._retire_job(job, now)
                 retired.append(job.job_id)
         if dropped:
-            # Tokens of completes on dropped windows can only answer lease_lost now; keeping them would also pin
-            # the memory of the windows around them (freed objects between live ones are not returned).
-            self._done_tokens = OrderedDict(
-                (tok, key) for tok, key in self._done_tokens.items() if key in self._windows
-            )
+            self._forget_dropped()
         if dropped >= _REBUILD_MIN_DROPPED:
             self._windows = dict(self._windows)
         return Result.success({"stamped": stamped, "retired": retired, "windows_dropped": dropped, "more": more})
+
+    def _forget_dropped(self) -> None:
+        """Entries that point at dropped windows: claim-heap entries of windows never claimed (cancelled jobs) and
+        tokens of completes, which can only answer lease_lost now. Kept, they would also pin the memory of the
+        windows around them (the allocator returns a page only when nothing on it is alive)."""
+        windows = self._windows
+        self._ready = [e for e in self._ready if (e[3], e[2]) in windows]
+        heapq.heapify(self._ready)
+        self._delayed = [e for e in self._delayed if (e[4], e[3]) in windows]
+        heapq.heapify(self._delayed)
+        self._done_tokens = OrderedDict((tok, key) for tok, key in self._done_tokens.items() if key in windows)
 
     def _retire_job(self, job: JobRec, now: int) -> int:
         """Retire one finished job; returns how many windows left the table."""

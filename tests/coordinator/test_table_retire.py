@@ -183,3 +183,17 @@ def test_one_command_drops_a_bounded_number_of_windows_and_says_more(monkeypatch
         ([ids[2]], 4, False),
     ]
     assert t.stats()["windows"]["pending"] == 0 and not t.retire_due(10**6, 0)
+
+
+def test_claim_heap_entries_of_dropped_windows_are_forgotten() -> None:
+    """A cancelled job's never-claimed windows leave the claim heap with them (they pinned memory otherwise); a
+    live job's entries stay and its windows are still granted."""
+    t = Table()
+    gone = submit(t, 0, 60 * MIN)
+    live = submit(t, 120 * MIN, 150 * MIN)
+    assert t.cancel_job(job_id=gone, now_ms=5).ok
+    assert retire(t, 6, 0).value["windows_dropped"] == 4
+    assert sorted(entry[2] for entry in t._ready) == [120 * MIN, 135 * MIN]
+    leases = t.claim(worker_id="w", max_windows=10, ttl_ms=TTL, now_ms=7).value["leases"]
+    assert [lease["start"] for lease in leases] == [120 * MIN, 135 * MIN]
+    assert t.job(live)["windows"]["leased"] == 2  # type: ignore[index]

@@ -330,7 +330,10 @@ async def bench_etcd(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.fsync is not None:
+        CONFIG["coordinator"]["fsync"] = args.fsync  # type: ignore[index]
     results: dict[str, Any] = {
+        "fsync": args.fsync,
         "clients": args.clients,
         "duration_s": args.duration,
         "max_windows": args.max_windows,
@@ -423,6 +426,9 @@ def main() -> None:
     )
     parser.add_argument("--log-level", default="INFO", help="coordinator log level")
     parser.add_argument("--no-etcd", action="store_true", help="skip the etcd baseline")
+    parser.add_argument(
+        "--fsync", choices=("always", "batch", "never"), default=None, help="coordinator.fsync of our cluster"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

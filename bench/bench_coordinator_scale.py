@@ -153,8 +153,36 @@ async def first_claim_s(session: aiohttp.ClientSession, cluster: Cluster, since:
         await asyncio.sleep(0.02)
 
 
-async def restart_all(cluster: Cluster, root: Path, compaction_entries: int | None) -> float:
-    """kill -9 every node, restart all with the given compaction setting; seconds until a claim is acknowledged."""
+async def job_counts(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """Every job of one node (a local read) with its window counts, or None while the node does not answer."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        status, body = await get_json(session, "GET", url + "/v1/jobs", None, timeout_s=2.0)
+        if status == 200:
+            return {job["job_id"]: job["windows"] for job in body["jobs"]}
+    return None
+
+
+async def served_everywhere_s(
+    session: aiohttp.ClientSession, cluster: Cluster, expected: dict[str, Any], since: float
+) -> float:
+    """Seconds from ``since`` until every node serves every job with the counts it had before the kill."""
+    while True:
+        answers = await asyncio.gather(*(job_counts(session, url) for url in cluster.urls))
+        if all(answer == expected for answer in answers):
+            return time.perf_counter() - since
+        await asyncio.sleep(0.02)
+
+
+#: Restart figures beside each "first claim" time: until every node served every job with its counts.
+SERVED_S: dict[str, float] = {}
+
+
+async def restart_all(cluster: Cluster, root: Path, compaction_entries: int | None, label: str = "") -> float:
+    """kill -9 every node, restart all with the given compaction setting; seconds until a claim is acknowledged.
+    Before the claim, the time until every node serves every job with its pre-kill counts goes to SERVED_S."""
+    async with aiohttp.ClientSession() as session:
+        leader = await coordinator_leader(session, cluster, timeout_s=300)
+        expected = await job_counts(session, leader)
     for i in range(len(cluster.procs)):
         cluster.kill(i)
     write_config(root, compaction_entries)
@@ -162,6 +190,8 @@ async def restart_all(cluster: Cluster, root: Path, compaction_entries: int | No
     for i in range(len(cluster.procs)):
         cluster.start(i)
     async with aiohttp.ClientSession() as session:
+        if expected is not None and label:
+            SERVED_S[label] = await asyncio.wait_for(served_everywhere_s(session, cluster, expected, started), 300)
         took = await asyncio.wait_for(first_claim_s(session, cluster, started), 300)
         await coordinator_leader(session, cluster, timeout_s=300)
     return took
@@ -252,12 +282,13 @@ async def compaction(
         await grower.top_up(session)
     watch = CompactionWatch(root, len(cluster.procs))
     watch.start()
+    SERVED_S.clear()
     try:
         baseline = await light_load(cluster, args.light_s)
         baseline["dumps"] = len(watch.between(baseline["started"], baseline["ended"]))
         baseline["gc_ms"] = gc.longest_ms(*baseline["wall"])
         out: dict[str, Any] = {"baseline": baseline}
-        out["restart_journal_s"] = await restart_all(cluster, root, COMPACT_EVERY_MIN)
+        out["restart_journal_s"] = await restart_all(cluster, root, COMPACT_EVERY_MIN, "journal")
         gc.remember(cluster)
         async with aiohttp.ClientSession() as session:
             term_before = await max_term(session, cluster)
@@ -276,7 +307,8 @@ async def compaction(
         loaded["unfinished_dump_s"] = watch.running_s()
         loaded["gc_ms"] = gc.longest_ms(*loaded["wall"])
         out["compacting"] = loaded
-        out["restart_dump_s"] = await restart_all(cluster, root, None)
+        out["restart_dump_s"] = await restart_all(cluster, root, None, "dump")
+        out["served_s"] = dict(SERVED_S)
         gc.remember(cluster)
         return out
     finally:
@@ -421,6 +453,9 @@ def report_recovery(points: list[dict[str, Any]]) -> None:
     heads = ["windows", "restart, replaying the journal (s)", "vs smallest", "restart, from the last dump (s)",
              "failover median (s)", "vs smallest", "failover max (s)", "kills"]  # fmt: skip
     print(table(heads, rows))
+    print("\nkill -9 of all 3 -> every node serves GET /v1/jobs with every job's pre-kill counts (s):")
+    for p in points:
+        print(f"  {p['size']:,} windows: {p['compaction'].get('served_s')}")
     print("\nrestarts are single runs (each kills the whole cluster); a dump unfinished at the kill is lost, so")
     print("'from the last dump' replays the journal since the last dump that did finish.")
 

@@ -1,8 +1,9 @@
 """Records of the lease table: results, windows, jobs, leases, keyed leases.
 
 Rules:
-1. Plain data only: ints, strings, tuples and these slotted classes. They are pickled into pysyncobj's full-dump
-   file, so renaming a class or a field breaks old data dirs (bump ``STATE_FORMAT`` and migrate instead).
+1. Plain data only: ints, strings, tuples and these slotted classes. Dumps are written in the compact format of
+   ``_snapshot.py``; dumps of format 1 (before December 2026) pickled these classes, so renaming a class or a
+   field breaks loading those (``_snapshot.py`` migrates them once).
 2. Nothing here reads the clock, draws random numbers or does I/O.
 3. A :class:`Result` is what every table command returns: ``ok`` with a JSON-ready ``value``, or an error
    ``code`` (see ``ERROR_CODES``), a message and the field it concerns.
@@ -30,7 +31,7 @@ __all__ = [
     "token_of_lease_id",
 ]
 
-#: Version of the pickled table state inside the Raft dump.
+#: Version of the pickled table state of the first release's Raft dumps (format 2 lives in ``_snapshot.py``).
 STATE_FORMAT = 1
 
 PENDING, LEASED, DONE, FAILED = "pending", "leased", "done", "failed"
@@ -108,8 +109,9 @@ class WindowRec:
         self.done_at_ms = 0
         self.rows = -1
         self.last_error = ""
-        #: Ids of the live (not cancelled) jobs that cover this window.
-        self.jobs: list[str] = []
+        #: Ids of the live (not cancelled) jobs that cover this window. A tuple, replaced on change, so the windows
+        #: of one job share one object (a list per window cost about 100 bytes).
+        self.jobs: tuple[str, ...] = ()
         #: Claim order key: (-priority, job seq) of the best live job, or None when no live job covers it.
         self.rank: tuple[int, int] | None = None
 
@@ -125,8 +127,10 @@ class JobRec:
         "cancelled",
         "counts",
         "end",
+        "finished_at_ms",
         "job_id",
         "priority",
+        "retired_at_ms",
         "seq",
         "series",
         "start",
@@ -149,6 +153,11 @@ class JobRec:
         self.submitted_at_ms = now_ms
         self.cancelled = False
         self.counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        #: Leader time the retention sweep first saw the job finished (done, failed or cancelled); 0 while running.
+        self.finished_at_ms = 0
+        #: Leader time the job's windows left the table; 0 while they are in it. A retired job is a summary: its
+        #: counts are frozen.
+        self.retired_at_ms = 0
 
     @property
     def state(self) -> str:
@@ -165,7 +174,7 @@ class JobRec:
     def public(self) -> dict[str, Any]:
         """The wire shape of :class:`provider.core.Job`."""
         total = self.total
-        return {
+        value: dict[str, Any] = {
             "job_id": self.job_id,
             "series": self.series,
             "start": self.start,
@@ -175,6 +184,14 @@ class JobRec:
             "completion_ratio": self.counts[DONE] / total if total else 0.0,
             "priority": self.priority,
         }
+        if self.retired_at_ms:  # only then, so that clients older than retention parse every running job
+            value.update(
+                retired=True,
+                submitted_at_ms=self.submitted_at_ms,
+                finished_at_ms=self.finished_at_ms,
+                retired_at_ms=self.retired_at_ms,
+            )
+        return value
 
 
 class LeaseRec:

@@ -26,7 +26,6 @@ from coordinator._records import (
     FAILED,
     LEASED,
     PENDING,
-    STATE_FORMAT,
     JobRec,
     KeyRec,
     LeaseRec,
@@ -278,6 +277,7 @@ class TableState:
             "stale_claims_total": self._stale_claims,
             "token": self._token,
             "jobs_running": running,
+            "jobs_retired": sum(1 for j in self._jobs.values() if j.retired_at_ms),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -296,19 +296,3 @@ class TableState:
             "keys": {k: (r.state, r.token) for k, r in self._keys.items()},
             "nodes": self.nodes(),
         }
-
-    # -- persistence (pysyncobj full dump) ---------------------------------------------------------------------
-
-    def export_state(self) -> dict[str, Any]:
-        """Everything, for the Raft dump; the dump is written by a forked child, so no copy is needed."""
-        return {"format": STATE_FORMAT, "state": self.__dict__}
-
-    def import_state(self, data: Any) -> bool:
-        """Replace the state with a dump's; returns False (and keeps the state) when the dump is not ours."""
-        if not isinstance(data, dict) or data.get("format") != STATE_FORMAT or not isinstance(data.get("state"), dict):
-            return False
-        fresh = TableState().__dict__
-        if set(data["state"]) != set(fresh):
-            return False
-        self.__dict__.update(data["state"])
-        return True

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import signal
 import socket
 import sys
@@ -69,7 +70,18 @@ def _claim_data_dir(data_dir: Path, node_id: str, raft: str) -> None:
         if theirs != mine:
             raise click.UsageError(f"--data-dir {data_dir} belongs to {theirs}, not to {mine}; use another dir")
         return
-    identity.write_text(json.dumps(mine) + "\n", encoding="utf-8")
+    # Synced before the node starts: after a power loss an empty node.json would make the dir refuse its own node.
+    tmp = identity.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps(mine) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, identity)
+    dir_fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _read_secret(path: Path | None) -> str | None:

@@ -51,6 +51,11 @@ class _TableCollector(Collector):
             windows.add_metric([state], count)
         yield windows
         yield GaugeMetricFamily(
+            "backfill_jobs_retired",
+            "Jobs whose windows left the table after coordinator.job_retention_s (summaries kept)",
+            value=stats.get("jobs_retired", 0),
+        )
+        yield GaugeMetricFamily(
             "backfill_leases_active", "Live leases (windows and keys)", value=stats["leases_active"]
         )
         yield CounterMetricFamily(

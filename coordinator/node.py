@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._retention import retention_loop
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
@@ -87,6 +88,8 @@ class CoordinatorNode:
                 raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
                 raft_max_timeout_s=self.cfg.raft_max_timeout_ms / 1000,
                 log_compaction_min_entries=self.cfg.log_compaction_min_entries,
+                fsync=self.cfg.fsync,
+                fsync_interval_ms=self.cfg.fsync_interval_ms,
             ),
             self.table,
             self._on_applied,
@@ -105,6 +108,7 @@ class CoordinatorNode:
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
+            asyncio.create_task(retention_loop(self, wall_ms), name="retention"),
         ]
 
     async def stop(self) -> None:

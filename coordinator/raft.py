@@ -46,6 +46,8 @@ from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from coordinator._fsync import journal_factory
+from coordinator._retention import trim_after_retire
 from coordinator.table import Result, Table
 from provider.core.obs import get_logger
 
@@ -67,6 +69,7 @@ COMMANDS = frozenset(
         "complete",
         "fail",
         "expire",
+        "retire",
         "release",
         "requeue",
         "mark_done",
@@ -111,6 +114,7 @@ class TableConsumer(SyncObjConsumer):
         results = [self._apply(op, kwargs) for op, kwargs in commands]
         if any(op == "submit_job" for op, _ in commands):
             gc.freeze()  # see rule 8: the new windows join the long-lived objects the collector skips
+        trim_after_retire(commands, results)  # coordinator/_retention.py rule 4
         return results
 
     def _apply(self, op: Any, kwargs: Any) -> Result:
@@ -129,7 +133,7 @@ class TableConsumer(SyncObjConsumer):
             log.error("on_applied_failed", op=op, error=repr(exc))
         return result
 
-    def _serialize(self) -> dict[str, Any]:
+    def _serialize(self) -> Any:
         with self._lock:
             return self._table.export_state()
 
@@ -151,6 +155,8 @@ class RaftSettings:
     raft_min_timeout_s: float = 0.4
     raft_max_timeout_s: float = 0.7
     log_compaction_min_entries: int = 50_000
+    fsync: str = "never"
+    fsync_interval_ms: int = 10
 
     def conf(self, on_state_changed: Callable[[int, int], None]) -> SyncObjConf:
         heartbeat_s = min(0.1, self.raft_min_timeout_s / 4)
@@ -212,9 +218,10 @@ class RaftNode:
         """Open the journal and dump, bind the Raft port and start pysyncobj's thread."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         peers = [p for p in self.settings.peers if p != self.settings.self_addr]
-        self._sync = SyncObj(
-            self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
-        )
+        with journal_factory(self.settings.fsync, self.settings.fsync_interval_ms):  # coordinator/_fsync.py
+            self._sync = SyncObj(
+                self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
+            )
         self._sync.addOnTickCallback(self._keepalive)
 
     def _keepalive(self) -> None:

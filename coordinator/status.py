@@ -108,7 +108,7 @@ def render_status(report: StatusReport) -> str:
             [
                 job["job_id"],
                 job["series"],
-                job["state"],
+                job["state"] + (" (retired)" if job.get("retired") else ""),
                 _bar(job["completion_ratio"]),
                 f"{w['done']}/{total}",
                 str(w["pending"]),

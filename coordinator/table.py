@@ -19,13 +19,18 @@ Rules (DESIGN.md section 4):
    that grid even if the configured ``window_bars`` changed. A job's ratio is its done windows / its windows.
    Failed windows of a job can be retried; a job can be cancelled (its windows stay, but are no longer offered
    unless another live job covers them).
-7. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
+7. Finished jobs retire after the retention period (``_retire.py``): their windows leave the table, a summary
+   stays.
+8. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
    ``lease_lost``) and leave the state unchanged.
+9. Memory: a window's job ids are a tuple shared by the windows of one job; a change replaces the tuple.
 """
 
 from __future__ import annotations
 
 import heapq
+import struct
+import zlib
 from typing import Any
 
 from coordinator._keyed import KeyedCommands
@@ -42,6 +47,8 @@ from coordinator._records import (
     lease_id_of,
     token_of_lease_id,
 )
+from coordinator._retire import RetireCommands
+from coordinator._snapshot import SnapshotBlob, decode
 from coordinator._state import (
     DONE_TOKENS_MAX,
     MAX_TTL_MS,
@@ -91,7 +98,7 @@ def _window_value(window: WindowRec) -> dict[str, Any]:
     }
 
 
-class Table(KeyedCommands):
+class Table(KeyedCommands, RetireCommands):
     """The lease table. Commands take keyword arguments, ``now_ms`` and an optional (client_id, request_id)."""
 
     # -- jobs ---------------------------------------------------------------------------------------------------
@@ -169,16 +176,18 @@ class Table(KeyedCommands):
     def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
         """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
         rank = (-job.priority, job.seq)
+        only_this_job = (job.job_id,)  # one tuple shared by every window this job creates (memory, rule 9)
+        joined: dict[tuple[str, ...], tuple[str, ...]] = {}  # and one per job set it joins
         fresh: list[tuple[int, int, int, str]] = []
         for w_start, w_end in window_ranges(job.start, job.end, step, bars):
             window = self._windows.get((name, w_start))
             if window is None:  # the common case, kept cheap: big jobs are applied in one Raft entry
                 window = self._windows[(name, w_start)] = WindowRec(name, w_start, w_end)
-                window.jobs.append(job.job_id)
+                window.jobs = only_this_job
                 window.rank = rank
                 fresh.append((rank[0], rank[1], w_start, name))
                 continue
-            window.jobs.append(job.job_id)
+            window.jobs = joined.get(window.jobs) or joined.setdefault(window.jobs, (*window.jobs, job.job_id))
             job.counts[window.state] += 1
             if window.state == DONE and _reopens(window, job.end, now, step):
                 self._reset(window, PENDING, now)  # completed before it closed: fetch the bars closed since
@@ -200,11 +209,15 @@ class Table(KeyedCommands):
             return Result.success({"job": job.public()})
         if job.state == "done":
             return Result.error("conflict", f"job {job_id} is already done", "job_id")
+        if job.retired_at_ms:
+            return Result.error("conflict", f"job {job_id} is retired", "job_id")
         job.cancelled = True
         self._job_index.pop((job.series, job.start, job.end, job.priority), None)
+        left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared tuples stay shared (rule 9)
         for window in self._job_windows(job):
             if job.job_id in window.jobs:
-                window.jobs.remove(job.job_id)
+                jobs = window.jobs
+                window.jobs = left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id))
             self._rerank(window, now)
         return Result.success({"job": job.public()})
 
@@ -218,6 +231,8 @@ class Table(KeyedCommands):
             return not_found("job_id", job_id)
         if job.cancelled:
             return Result.error("conflict", f"job {job_id} is cancelled", "job_id")
+        if job.retired_at_ms:
+            return Result.error("conflict", f"job {job_id} is retired: submit its range again", "job_id")
         requeued = 0
         for window in self._job_windows(job):
             if window.state == FAILED:
@@ -488,3 +503,22 @@ class Table(KeyedCommands):
         """The read barrier: a no-op whose commit proves that this leader's applied state holds every write
         acknowledged before it (linearizable reads, docs/coordinator.md). It changes nothing, not even the clock."""
         return Result.success({})
+
+    # -- persistence (pysyncobj full dump) ---------------------------------------------------------------------
+
+    def export_state(self) -> SnapshotBlob:
+        """The state for the Raft dump: pickled as compact format-2 bytes (``_snapshot.py``) by the forked writer,
+        so the node pays nothing here."""
+        return SnapshotBlob(self)
+
+    def import_state(self, data: Any) -> bool:
+        """Replace the state with a dump's (format 2 bytes, or a format-1 dict once, for migration); returns False
+        (and keeps the state) when the dump is not ours."""
+        try:
+            loaded = decode(data)
+        except (ValueError, KeyError, TypeError, IndexError, struct.error, zlib.error):
+            return False
+        if loaded is None:
+            return False
+        self.__dict__.update(loaded.__dict__)
+        return True

@@ -6,6 +6,7 @@
 #   java and mvn (QuestDB server jar from Maven Central)                    <- default-jdk-headless, maven
 #   python3 (runs scripts/devservices.py)                                   <- python3
 #   headless Chromium and chromedriver (status page browser tests)          <- chromium, chromium-driver
+#   fusermount3 and libfuse3 (the power-loss filesystem of the fsync tests)  <- fuse3
 # then the QuestDB jar into .cache/questdb (scripts/devservices.py fetch-questdb).
 #
 # Rules: idempotent and quick when everything is there (no apt-get at all); `apt-get update` runs once, and only
@@ -29,6 +30,7 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v python3 >/dev/null || missing+=(python3)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v fusermount3 >/dev/null || missing+=(fuse3)
 
 if ((${#missing[@]} > 0)); then
     as_root=()

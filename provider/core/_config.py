@@ -109,6 +109,12 @@ class CoordinatorConfig:
     log_compaction_min_entries: int = _spec(50_000, lo=100, hi=100_000_000, doc="entries between snapshots")
     #: How long a request waits for a known leader (an election, a fresh start) before it is answered 503.
     leader_wait_ms: int = _spec(5_000, lo=0, hi=120_000, doc="wait for a leader before answering 503, in ms")
+    #: A job done, failed or cancelled this long leaves the lease table (its windows go; a summary stays).
+    job_retention_s: int = _spec(604_800, lo=1, hi=315_360_000, doc="finished jobs' windows kept this long, in s")
+    #: When the Raft journal reaches the disk: before each acknowledgement, every interval, or when the OS likes.
+    fsync: str = _spec("batch", choices=("always", "batch", "never"), doc="journal durability policy")
+    #: Longest time between two journal syncs under ``fsync: batch`` while writes arrive.
+    fsync_interval_ms: int = _spec(10, lo=1, hi=10_000, doc="journal sync interval in ms (fsync: batch)")
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,20 @@ class Job(_Model):
     windows: WindowCounts
     completion_ratio: float
     priority: int = 0
+    #: True once the job's windows left the coordinator's table (``coordinator.job_retention_s``); its counts are
+    #: then frozen. The three times below are sent only for retired jobs (0 otherwise).
+    retired: bool = False
+    submitted_at_ms: int = 0
+    finished_at_ms: int = 0
+    retired_at_ms: int = 0
 
-    _optional: ClassVar[dict[str, Any]] = {"priority": 0}
+    _optional: ClassVar[dict[str, Any]] = {
+        "priority": 0,
+        "retired": False,
+        "submitted_at_ms": 0,
+        "finished_at_ms": 0,
+        "retired_at_ms": 0,
+    }
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> Job:
@@ -202,6 +214,10 @@ class Job(_Model):
             WindowCounts.from_dict(_require(data, "windows")),
             float(ratio),
             _int("priority", data["priority"]),
+            _bool("retired", data["retired"]),
+            _int("submitted_at_ms", data["submitted_at_ms"], lo=0),
+            _int("finished_at_ms", data["finished_at_ms"], lo=0),
+            _int("retired_at_ms", data["retired_at_ms"], lo=0),
         )
 
 

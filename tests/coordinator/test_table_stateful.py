@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class MJob:
     key: tuple[str, int, int, int]
     windows: list[tuple[str, int]]
     cancelled: bool = False
+    retired: dict[str, int] | None = None  # the frozen counts once retired
 
 
 class LeaseTableMachine(RuleBasedStateMachine):
@@ -67,8 +69,12 @@ class LeaseTableMachine(RuleBasedStateMachine):
         assert self.t.snapshot() == before
 
     def current(self, token: int, key: tuple[str, int]) -> bool:
-        w = self.windows[key]
-        return w.state == "leased" and w.token == token
+        w = self.windows.get(key)  # a retired job's windows leave the table
+        return w is not None and w.state == "leased" and w.token == token
+
+    def counts(self, job: MJob) -> dict[str, int]:
+        states = [self.windows[c].state for c in job.windows]
+        return {s: states.count(s) for s in ("pending", "leased", "done", "failed")}
 
     # -- rules -----------------------------------------------------------------------------------------------------
 
@@ -81,7 +87,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
         )
         assert result.ok
         key = (series, start, end, priority)
-        live = [j for j in self.jobs if j.key == key and not j.cancelled]
+        live = [j for j in self.jobs if j.key == key and not j.cancelled and j.retired is None]
         if live:
             assert not result.value["created"] and result.value["job"]["job_id"] == live[0].job_id
             return
@@ -131,13 +137,13 @@ class LeaseTableMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 10_000))
     def complete(self, i: int) -> None:
         lease_id, token, key = self.issued[i % len(self.issued)]
-        w = self.windows[key]
+        w = self.windows.get(key)
         before = self.t.snapshot()
         result = self.t.complete(lease_id=lease_id, token=token, rows=1, now_ms=self.now)
-        if self.current(token, key):
+        if w is not None and self.current(token, key):
             assert result.ok
             w.state, w.token, w.done_token = "done", 0, token
-        elif w.state == "done" and w.done_token == token:
+        elif w is not None and w.state == "done" and w.done_token == token:
             assert result.ok and self.t.snapshot() == before
         else:
             self.expect_unchanged(result, "lease_lost", before)
@@ -146,7 +152,6 @@ class LeaseTableMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 10_000), retryable=st.booleans())
     def fail(self, i: int, retryable: bool) -> None:
         lease_id, token, key = self.issued[i % len(self.issued)]
-        w = self.windows[key]
         before = self.t.snapshot()
         result = self.t.fail(
             lease_id=lease_id,
@@ -161,6 +166,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
             self.expect_unchanged(result, "lease_lost", before)
             return
         assert result.ok
+        w = self.windows[key]
         w.token = 0
         if retryable and w.attempts < MAX_ATTEMPTS:
             w.state, w.not_before = "pending", self.now + BACKOFF * 2 ** (w.attempts - 1)
@@ -186,7 +192,10 @@ class LeaseTableMachine(RuleBasedStateMachine):
     def cancel(self, i: int) -> None:
         job = self.jobs[i % len(self.jobs)]
         result = self.t.cancel_job(job_id=job.job_id, now_ms=self.now)
-        states = [self.windows[c].state for c in job.windows]
+        if job.retired is not None and not job.cancelled:
+            assert result.code == "conflict"
+            return
+        states = [] if job.cancelled else [self.windows[c].state for c in job.windows]
         if not job.cancelled and all(s == "done" for s in states):
             assert result.code == "conflict"
             return
@@ -201,7 +210,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
     def retry(self, i: int) -> None:
         job = self.jobs[i % len(self.jobs)]
         result = self.t.retry_job(job_id=job.job_id, now_ms=self.now)
-        if job.cancelled:
+        if job.cancelled or job.retired is not None:
             assert result.code == "conflict"
             return
         failed = [self.windows[c] for c in job.windows if self.windows[c].state == "failed"]
@@ -213,12 +222,12 @@ class LeaseTableMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 10_000))
     def release(self, i: int) -> None:
         lease_id, token, key = self.issued[i % len(self.issued)]
-        w = self.windows[key]
         before = self.t.snapshot()
         result = self.t.release(lease_id=lease_id, now_ms=self.now)
         if not self.current(token, key):
             self.expect_unchanged(result, "lease_lost", before)
             return
+        w = self.windows[key]
         assert result.ok and result.value["state"] == "pending"
         w.state, w.token, w.not_before, w.attempts = "pending", 0, 0, w.attempts - 1
 
@@ -231,6 +240,39 @@ class LeaseTableMachine(RuleBasedStateMachine):
         result = op(window_id=window_id(*key), reason="model", now_ms=self.now)
         assert result.ok
         w.state, w.token, w.attempts, w.not_before, w.done_token = ("done" if done else "pending"), 0, 0, 0, 0
+
+    @rule(dt=st.integers(0, 600))
+    def retire(self, dt: int) -> None:
+        """Retention 0: every finished job retires; windows no live job covers and no lease holds leave."""
+        self.now += dt
+        result = self.t.retire(retention_ms=0, now_ms=self.now)
+        assert result.ok
+        expected: list[str] = []
+        for job in self.jobs:
+            if job.retired is not None:
+                continue
+            counts = {} if job.cancelled else self.counts(job)
+            if not job.cancelled and (counts["pending"] or counts["leased"]):
+                continue
+            expected.append(job.job_id)
+            job.retired = counts
+            for cell in job.windows:
+                w = self.windows.get(cell)
+                if w is None:
+                    continue
+                if job.job_id in w.jobs:
+                    w.jobs.remove(job.job_id)
+                if not w.jobs and w.state != "leased":
+                    del self.windows[cell]
+        assert result.value["retired"] == expected
+
+    @rule()
+    def restart(self) -> None:
+        """A node restarting from a format-2 dump (pickled as pysyncobj does) goes on exactly like the original."""
+        restored = Table()
+        assert restored.import_state(pickle.loads(pickle.dumps(self.t.export_state(), protocol=2)))
+        assert restored.snapshot() == self.t.snapshot() and restored.stats() == self.t.stats()
+        self.t = restored
 
     @rule(k=st.integers(0, 3), dt=st.integers(0, 600))
     def key_claim(self, k: int, dt: int) -> None:
@@ -303,6 +345,10 @@ class LeaseTableMachine(RuleBasedStateMachine):
             if job.cancelled:
                 assert public["state"] == "cancelled"
                 continue
+            if job.retired is not None:
+                assert public["retired"] is True and public["windows"] == job.retired
+                continue
+            assert "retired" not in public
             states = [self.windows[c].state for c in job.windows]
             assert public["windows"] == {s: states.count(s) for s in ("pending", "leased", "done", "failed")}
             assert public["completion_ratio"] == states.count("done") / len(states)

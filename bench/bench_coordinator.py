@@ -13,7 +13,8 @@ What is measured:
 - Elections during the throughput runs (Raft terms started): with a healthy leader there should be none.
 - Failover: median and max over ``--kills`` (default 20) kill -9 of the coordinator leader, from the kill to the
   first claim acknowledged by a survivor, while 8 clients keep claiming through all nodes, and the terms each
-  election took (``_failover.py``; each kill waits until every node caught up, so it is a single fault).
+  election took (``_failover.py``; each kill waits until every node caught up, so it is a single fault); terms
+  started outside those windows (the killed node's restart and catch-up) are counted as elections between kills.
 - Read path: GET /v1/jobs/{id} on the leader and on a follower, linearizable (the default: a read barrier on the
   leader, forwarded by a follower) against ``?consistency=stale`` (the node's own replica): sequential p50 and
   the rate of ``--read-clients`` concurrent readers.
@@ -314,10 +315,14 @@ async def bench_coordinator(args: argparse.Namespace, root: Path) -> dict[str, A
             load["elections_under_load"] = await terms(session, cluster) - term_before
             if args.only != "failover":
                 load["reads"] = await read_cost(session, cluster, job_id, args.read_clients, args.read_duration)
+            terms_before_kills = await terms(session, cluster)
             for _ in range(args.kills):
                 kills.append(await failover_once(cluster, session))
+            terms_after_kills = await terms(session, cluster)
         load["failover_s"] = [seconds for seconds, _ in kills]
         load["failover_terms"] = [elections for _, elections in kills]
+        # Terms started outside the kill-to-first-claim windows (restarts, catch-up): spurious elections.
+        load["elections_between_kills"] = terms_after_kills - terms_before_kills - sum(load["failover_terms"])
         return load
     finally:
         cluster.stop()
@@ -417,7 +422,8 @@ def report_failover(results: dict[str, Any], ours: dict[str, Any]) -> None:
     print(
         f"\nfailover over {len(ours['failover_s'])} kills (kill -9 leader -> first acknowledged claim): median "
         f"{median_failover:.2f} s, max {max_failover:.2f} s  [{kills}]; terms per election "
-        f"{ours['failover_terms']}; 1-minute load average {results['load_avg_1m_at_start']:.1f} at start, "
+        f"{ours['failover_terms']}; elections between kills {ours['elections_between_kills']}; "
+        f"1-minute load average {results['load_avg_1m_at_start']:.1f} at start, "
         f"{results['load_avg_1m_at_end']:.1f} at end"
     )
 

@@ -37,10 +37,11 @@ Rules:
     unit ``3 r`` and two slices are two units apart (400-700 ms, 3 nodes: 400-443, 529-571, 657-700 ms; 86 ms
     gaps). pysyncobj draws a fresh timeout from the node's (min, max) on every heartbeat, vote granted and
     candidacy, and has no pre-vote: two followers whose timeouts fell within a vote's delivery of each other both
-    stood and split the vote, and each then waited a whole new timeout (a 2-term, 1.17 s failover). With the
-    slices, the survivor ranked lower stands at least a gap before the other, whose own timeout pysyncobj resets
-    when it grants the vote. The gap must exceed pysyncobj's tick (``AUTO_TICK_S``: a deadline is noticed at the
-    next tick) plus a vote's delivery under load. A lower-ranked survivor whose log is behind is refused; the
+    stood and split the vote, and each then waited a whole new timeout (2-3 terms, 1.2-1.6 s failovers). With the
+    slices, the deadline of the survivor ranked lower comes at least a gap before the other's (both run from the
+    same heartbeat); the other grants the vote, and pysyncobj resets the granter's own deadline. The gap must
+    exceed pysyncobj's tick (``AUTO_TICK_S``: a deadline is noticed at the next tick) plus a vote's delivery
+    under load. A lower-ranked survivor whose log is behind is refused; the
     other then stands at its own timeout, within the range (2 terms, no extra timeout).
 """
 

@@ -30,6 +30,19 @@ Rules:
    never talk to each other, so after the leader died the first RequestVote went out on a long-idle
    follower-follower connection, which pysyncobj dropped together with the vote: a whole extra election timeout
    (the 1.5-1.7 s first failover of a fresh cluster, docs/benchmarks.md). pysyncobj ignores unknown message types.
+10. Staggered election timeouts: ``raft_min_timeout_s``/``raft_max_timeout_s`` are the cluster's range. Each node
+    takes its own slice of it by its rank in the sorted Raft addresses of the cluster (itself and its peers, as
+    spelled in ``--raft``/``--peers``, which pysyncobj already needs identical on every node):
+    :func:`election_timeout_range` cuts [min, max] into ``3 * nodes - 2`` equal units, rank r times out within
+    unit ``3 r`` and two slices are two units apart (400-700 ms, 3 nodes: 400-443, 529-571, 657-700 ms; 86 ms
+    gaps). pysyncobj draws a fresh timeout from the node's (min, max) on every heartbeat, vote granted and
+    candidacy, and has no pre-vote: two followers whose timeouts fell within a vote's delivery of each other both
+    stood and split the vote, and each then waited a whole new timeout (2-3 terms, 1.2-1.6 s failovers). With the
+    slices, the deadline of the survivor ranked lower comes at least a gap before the other's (both run from the
+    same heartbeat); the other grants the vote, and pysyncobj resets the granter's own deadline. The gap must
+    exceed pysyncobj's tick (``AUTO_TICK_S``: a deadline is noticed at the next tick) plus a vote's delivery
+    under load. A lower-ranked survivor whose log is behind is refused; the
+    other then stands at its own timeout, within the range (2 terms, no extra timeout).
 """
 
 from __future__ import annotations
@@ -51,7 +64,15 @@ from coordinator._retention import trim_after_retire
 from coordinator.table import Result, Table
 from provider.core.obs import get_logger
 
-__all__ = ["COMMANDS", "MAX_BATCH", "CommitError", "RaftNode", "RaftSettings", "TableConsumer"]
+__all__ = [
+    "COMMANDS",
+    "MAX_BATCH",
+    "CommitError",
+    "RaftNode",
+    "RaftSettings",
+    "TableConsumer",
+    "election_timeout_range",
+]
 
 log = get_logger("coordinator.raft")
 T = TypeVar("T")
@@ -89,6 +110,23 @@ _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER
 #: Interval of the peer keepalive (rule 9); well under pysyncobj's connectionTimeout.
 KEEPALIVE_S = 1.0
 _KEEPALIVE = {"type": "keepalive"}
+#: pysyncobj's tick when idle (its default is 50 ms): an expired election deadline is noticed at the next tick, so
+#: the tick eats into the gap between two nodes' timeout slices (rule 10).
+AUTO_TICK_S = 0.02
+
+
+def election_timeout_range(rank: int, nodes: int, min_s: float, max_s: float) -> tuple[float, float]:
+    """Rule 10: the election timeout range of the node ranked ``rank`` (0-based) of ``nodes``: [min_s, max_s] cut
+    into ``3 * nodes - 2`` units; rank r gets unit ``3 r``, so slices are one unit wide and two units apart."""
+    if not max_s > min_s:
+        raise ValueError(f"the election timeout range [{min_s}, {max_s}] is empty")
+    if not 0 <= rank < nodes:
+        raise ValueError(f"rank {rank} is not one of {nodes} nodes")
+    if nodes == 1:
+        return min_s, max_s
+    unit = (max_s - min_s) / (3 * nodes - 2)
+    lo = min_s + 3 * rank * unit
+    return lo, (max_s if rank == nodes - 1 else lo + unit)
 
 
 class CommitError(Exception):
@@ -158,17 +196,33 @@ class RaftSettings:
     fsync: str = "never"
     fsync_interval_ms: int = 10
 
+    @property
+    def members(self) -> list[str]:
+        """The cluster's Raft addresses, sorted (this node included once)."""
+        return sorted({self.self_addr, *self.peers})
+
+    @property
+    def rank(self) -> int:
+        return self.members.index(self.self_addr)
+
+    @property
+    def election_timeout_s(self) -> tuple[float, float]:
+        """This node's slice of the cluster's election timeout range (rule 10)."""
+        return election_timeout_range(self.rank, len(self.members), self.raft_min_timeout_s, self.raft_max_timeout_s)
+
     def conf(self, on_state_changed: Callable[[int, int], None]) -> SyncObjConf:
         heartbeat_s = min(0.1, self.raft_min_timeout_s / 4)
+        min_timeout_s, max_timeout_s = self.election_timeout_s
         return SyncObjConf(
+            autoTickPeriod=AUTO_TICK_S,
             appendEntriesUseBatch=False,
             journalFile=str(self.data_dir / "raft.journal"),
             fullDumpFile=str(self.data_dir / "raft.dump"),
             bindAddress=self.self_addr,
             password=self.password,
             dynamicMembershipChange=False,
-            raftMinTimeout=self.raft_min_timeout_s,
-            raftMaxTimeout=self.raft_max_timeout_s,
+            raftMinTimeout=min_timeout_s,
+            raftMaxTimeout=max_timeout_s,
             appendEntriesPeriod=heartbeat_s,
             # A cut-off leader steps down soon after its followers would have elected another one; all decisions
             # need a commit anyway, so this only bounds how long it keeps answering reads as "leader".
@@ -218,6 +272,14 @@ class RaftNode:
         """Open the journal and dump, bind the Raft port and start pysyncobj's thread."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         peers = [p for p in self.settings.peers if p != self.settings.self_addr]
+        min_timeout_s, max_timeout_s = self.settings.election_timeout_s
+        log.info(
+            "election_timeout",
+            rank=self.settings.rank,
+            nodes=len(self.settings.members),
+            min_ms=round(min_timeout_s * 1000),
+            max_ms=round(max_timeout_s * 1000),
+        )
         with journal_factory(self.settings.fsync, self.settings.fsync_interval_ms):  # coordinator/_fsync.py
             self._sync = SyncObj(
                 self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]

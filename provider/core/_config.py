@@ -102,9 +102,14 @@ class CoordinatorConfig:
     max_claim_wait_ms: int = _spec(30_000, lo=0, hi=300_000, doc="longest claim long-poll in ms")
     #: Most windows a single job may create.
     max_windows_per_job: int = _spec(100_000, lo=1, hi=100_000_000, doc="windows one job may create")
-    #: Raft election timeout bounds (pysyncobj raftMinTimeout / raftMaxTimeout).
-    raft_min_timeout_ms: int = _spec(400, lo=50, hi=60_000, doc="Raft election timeout lower bound")
-    raft_max_timeout_ms: int = _spec(700, lo=100, hi=120_000, doc="Raft election timeout upper bound")
+    #: The cluster's Raft election timeout range; each node times out within its own slice of it, by its rank in
+    #: the sorted Raft addresses (coordinator/raft.py rule 10: pysyncobj raftMinTimeout / raftMaxTimeout).
+    raft_min_timeout_ms: int = _spec(
+        400, lo=50, hi=60_000, doc="lower bound of the cluster's Raft election timeout range (each node: a slice)"
+    )
+    raft_max_timeout_ms: int = _spec(
+        700, lo=100, hi=120_000, doc="upper bound of the cluster's Raft election timeout range (each node: a slice)"
+    )
     #: Log entries between snapshots (pysyncobj logCompactionMinEntries).
     log_compaction_min_entries: int = _spec(50_000, lo=100, hi=100_000_000, doc="entries between snapshots")
     #: How long a request waits for a known leader (an election, a fresh start) before it is answered 503.

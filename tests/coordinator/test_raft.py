@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import pickle
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from pysyncobj import FAIL_REASON
 
-from coordinator.raft import CommitError, RaftNode, RaftSettings, TableConsumer
+from coordinator.raft import CommitError, RaftNode, RaftSettings, TableConsumer, election_timeout_range
 from coordinator.table import Result, Table
 
 
@@ -156,3 +157,45 @@ async def test_a_lost_callback_times_out_and_frees_its_slot(tmp_path: Path) -> N
     assert len(fake.calls) == 3 and fake.calls[2][0] == [("announce", {"n": 9})]
     fake.calls[2][1]([Result.success("ok")], FAIL_REASON.SUCCESS)
     assert (await late).value == "ok"
+
+
+@pytest.mark.parametrize(("min_s", "max_s"), [(0.4, 0.7), (0.05, 0.1), (1.0, 2.5)])
+@pytest.mark.parametrize("nodes", [2, 3, 5, 7])
+def test_election_timeouts_are_disjoint_slices_of_the_cluster_range(nodes: int, min_s: float, max_s: float) -> None:
+    """Each rank gets its own slice of [min, max], in rank order, the first at min and the last at max, and two
+    slices are always at least twice a slice's width apart (the room for a vote to arrive before the next node
+    stands)."""
+    slices = [election_timeout_range(rank, nodes, min_s, max_s) for rank in range(nodes)]
+    width = (max_s - min_s) / (3 * nodes - 2)
+    assert slices[0][0] == min_s and slices[-1][1] == max_s
+    for lo, hi in slices:
+        assert min_s <= lo < hi <= max_s
+        assert hi - lo == pytest.approx(width)
+    for (_, hi), (lo, _) in itertools.pairwise(slices):
+        assert lo - hi == pytest.approx(2 * width)
+
+
+def test_election_timeout_of_one_node_is_the_whole_range_and_ranks_are_checked() -> None:
+    assert election_timeout_range(0, 1, 0.4, 0.7) == (0.4, 0.7)
+    with pytest.raises(ValueError, match="rank"):
+        election_timeout_range(3, 3, 0.4, 0.7)
+    with pytest.raises(ValueError, match="range"):
+        election_timeout_range(0, 3, 0.7, 0.7)
+
+
+def test_settings_rank_the_node_among_the_sorted_raft_addresses(tmp_path: Path) -> None:
+    """Every node derives the same ranks (sorted addresses, itself included), so no two share a slice; the
+    cluster-wide bounds (leader fallback, connection timeout) still follow the configured range."""
+    addrs = ["10.0.0.3:7000", "10.0.0.1:7000", "10.0.0.2:7000"]
+    seen = []
+    for addr in addrs:
+        settings = RaftSettings(addr, tuple(a for a in addrs if a != addr), tmp_path, None, 0.4, 0.7)
+        conf = settings.conf(lambda old, new: None)
+        seen.append((settings.rank, (conf.raftMinTimeout, conf.raftMaxTimeout)))
+        assert settings.election_timeout_s == (conf.raftMinTimeout, conf.raftMaxTimeout)
+        assert conf.leaderFallbackTimeout == pytest.approx(1.5 * 0.7)
+        assert conf.connectionTimeout >= 0.7
+    assert [rank for rank, _ in seen] == [2, 0, 1]
+    assert sorted(timeouts for _, timeouts in seen) == [election_timeout_range(r, 3, 0.4, 0.7) for r in range(3)]
+    # A peer list that repeats the node's own address (as the CLI may pass it) ranks the same.
+    assert RaftSettings(addrs[0], tuple(addrs), tmp_path).rank == 2

@@ -17,18 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from provider.core import AppConfig, ConfigError, load_config
-from provider.core.obs import (
-    METRICS_CONTENT_TYPE,
-    configure_logging,
-    get_logger,
-    metrics_text,
-    new_registry,
-    run_service,
-)
+from provider.core.obs import configure_logging, get_logger, new_registry, run_service
+from provider.metrics_http import MetricsServer, serve_metrics
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
 from worker.metrics import WorkerMetrics
 from worker.storage_watch import watch_storage
@@ -171,7 +164,7 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
             with contextlib.suppress(Exception):
                 await closer()
         if runner is not None:
-            await runner.cleanup()
+            await runner.aclose()
     return 0
 
 
@@ -194,23 +187,10 @@ def _open_sources(opts: dict[str, Any], config: AppConfig, metrics: WorkerMetric
     return FallbackSource(sources, names=specs)
 
 
-async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> web.AppRunner:
-    async def metrics_route(_: web.Request) -> web.Response:
-        return web.Response(body=metrics_text(registry), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
-    async def health_route(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_route)
-    app.router.add_get("/healthz", health_route)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, opts["metrics_host"], opts["metrics_port"])
-    await site.start()
-    addresses = runner.addresses
-    log.info("metrics listening", address=f"http://{addresses[0][0]}:{addresses[0][1]}/metrics")
-    return runner
+async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> MetricsServer:
+    server = await serve_metrics(registry, port=opts["metrics_port"], host=opts["metrics_host"])
+    log.info("metrics listening", address=server.url)
+    return server
 
 
 def _child_argv(opts: dict[str, Any], index: int) -> list[str]:
@@ -264,7 +244,7 @@ async def _supervise(opts: dict[str, Any], config: AppConfig, bounds: tuple[int,
     finally:
         await client.aclose()
         if runner is not None:
-            await runner.cleanup()
+            await runner.aclose()
     return 0
 
 

@@ -15,7 +15,8 @@ Rules:
    blocks writes nothing, is not covered, and fails with its report (``partial_ok`` stores the normalized rest).
    Every window's report (flags, the source that served it) goes to ``on_report``. A source with
    ``fetch_served`` (:class:`provider.sources.FallbackSource`) retries inside, per member, and names the member
-   that served each window. :class:`DelegatingBackfiller`
+   that served each window; the window's storage ledger row records that name (or the plain source's name), see
+   ``Storage.windows``. :class:`DelegatingBackfiller`
    calls any third-party AutoBackfiller once per window.
 5. :class:`CoordinatorBackfiller` turns each contiguous run of new windows into one coordinator job (the cluster
    shares windows across jobs and processes) and polls it every ``poll_interval_s`` until it ends; its
@@ -42,6 +43,7 @@ from provider.core.obs import get_logger
 from provider.datasources import StorageDataSource, trim
 from provider.flights import BackfillTicket, Flight, WindowFlights
 from provider.metrics import ProviderMetrics
+from provider.storage._contract import write_window_from
 from provider.strategies import ProgressCallback
 
 __all__ = ["BaseBackfiller", "CoordinatorBackfiller", "DelegatingBackfiller", "InProcessBackfiller", "plan_windows"]
@@ -271,7 +273,7 @@ class InProcessBackfiller(BaseBackfiller):
                 _log.warning("backfill.window_blocked", node_id=str(series), source=source, summary=report.summary())
                 self.flights.fail(flight, report.summary(), report=report)
                 return
-            await self.storage.write_window(series, flight.start_ms, flight.end_ms, frame)
+            await write_window_from(self.storage, series, flight.start_ms, flight.end_ms, frame, source=source)
         except asyncio.CancelledError:
             self.flights.fail(flight, "cancelled")
             raise

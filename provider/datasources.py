@@ -178,9 +178,17 @@ class StorageDataSource:
             raw = await storage.coverage(key)
         return intersect_ranges([(start, end)], grid_inward([(int(a), int(b)) for a, b in raw], key.interval_ms))
 
-    async def write_window(self, series: SeriesKey | str, start: int, end: int, frame: pd.DataFrame) -> None:
-        """Materialize one window (bars and coverage) in the storage."""
-        await (await self.storage()).write_window(series, start, end, frame)
+    #: ``write_window`` takes ``source`` (passed on when the storage records it).
+    records_source = True
+
+    async def write_window(
+        self, series: SeriesKey | str, start: int, end: int, frame: pd.DataFrame, *, source: str | None = None
+    ) -> None:
+        """Materialize one window (bars and coverage) in the storage; its ledger row names ``source`` when the
+        storage records sources (every backend of :mod:`provider.storage` does)."""
+        from provider.storage._contract import write_window_from
+
+        await write_window_from(await self.storage(), series, start, end, frame, source=source)
 
     async def aclose(self) -> None:
         """Close the storage when this source opened it (or was told it owns it)."""

@@ -18,8 +18,9 @@ Rules:
    the provider's backfill). Lossless reshapes are normalized, stored, and logged (``window conformance`` with the
    report). A blocked window writes nothing and fails with ``retryable=False`` and the report's summary as the
    reason (the report is logged as one structured line); with ``partial_ok`` the normalized rest is stored.
-8. With a fallback chain (:class:`provider.sources.FallbackSource`) the source that served the window is logged
-   on ``window done`` (``source``, ``failed_sources``) and named in a fail reason.
+8. The source that served the window (with a fallback chain, :class:`provider.sources.FallbackSource`, the
+   member that served it) is logged on ``window done`` (``source``, ``failed_sources``), named in a fail reason,
+   and recorded in the window's storage ledger row (``Storage.windows``).
 6. Only closed bars are stored: a window that reaches past now is fetched and written up to the last closed bar,
    so coverage never claims bars that did not exist yet. The coordinator re-opens such a window when a later job
    needs the bars closed since (docs/coordinator.md).
@@ -42,6 +43,7 @@ from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
 from provider.frames import FrameContractError, empty_frame
 from provider.sources.errors import FatalSourceError
+from provider.storage._contract import write_window_from
 from worker.metrics import WorkerMetrics
 
 __all__ = ["Worker", "WorkerSettings"]
@@ -69,7 +71,8 @@ class Fetcher(Protocol):
 
 
 class Store(Protocol):
-    """A storage backend: write one window atomically and idempotently."""
+    """A storage backend: write one window atomically and idempotently (with ``records_source``, it also takes
+    ``source=`` and records it in the window's ledger row)."""
 
     async def write_window(self, series: Any, start: Any, end: Any, frame: pd.DataFrame) -> Any: ...
 
@@ -277,7 +280,7 @@ class Worker:
         await self._coordinator.renew(lease.lease_id, lease.token)
         lap("renew_s")
         if end > lease.start:
-            await self._storage.write_window(lease.series, lease.start, end, frame)
+            await write_window_from(self._storage, lease.series, lease.start, end, frame, source=source)
         lap("write_s")
         completing.set()
         await self._coordinator.complete(lease.lease_id, lease.token, len(frame))

@@ -2,9 +2,10 @@
 
 ``storage = await open_storage(dsn)`` returns a :class:`Storage`::
 
-    await storage.write_window(series, start, end, frame)   # atomic, idempotent; marks the window covered
-    frame = await storage.read(series, start, end)          # bars with ts in [start, end), contract frame
-    ranges = await storage.coverage(series)                 # merged [start, end) ranges of written windows
+    await storage.write_window(series, start, end, frame, source="binance")  # atomic, idempotent
+    frame = await storage.read(series, start, end)    # bars with ts in [start, end), contract frame
+    ranges = await storage.coverage(series)           # merged [start, end) ranges of written windows
+    rows = await storage.windows(series, start, end)  # the ledger: a LedgerWindow per window, with its source
     await storage.aclose()
 
 DSNs: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000``, ``postgresql://...``, ``sqlite:///path.db`` (the
@@ -12,7 +13,7 @@ embedded default) and ``memory://``. See docs/storage.md for schemas and guarant
 :mod:`provider.storage._contract` for the rules every backend follows.
 """
 
-from provider.storage._contract import Storage, StorageBase
+from provider.storage._contract import LedgerWindow, Storage, StorageBase
 from provider.storage._dsn import KINDS, StorageDsn, open_storage, parse_dsn
 from provider.storage._memory import MemoryStorage
 from provider.storage.errors import (
@@ -30,6 +31,7 @@ from provider.storage.errors import (
 __all__ = [
     "KINDS",
     "FrameRejectedError",
+    "LedgerWindow",
     "MemoryStorage",
     "SchemaMismatchError",
     "Storage",

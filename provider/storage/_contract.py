@@ -1,9 +1,11 @@
 """The storage contract every backend implements, and the checks they share.
 
 Rules:
-1. ``write_window(series, start, end, frame)`` stores the bars of one window ``[start, end)`` atomically and
-   idempotently: afterwards the stored bars of the series inside the window are exactly the frame's bars (a
-   re-write replaces, never duplicates), and the window is covered, even when the frame is empty.
+1. ``write_window(series, start, end, frame, *, source=None)`` stores the bars of one window ``[start, end)``
+   atomically and idempotently: afterwards the stored bars of the series inside the window are exactly the
+   frame's bars (a re-write replaces, never duplicates), and the window is covered, even when the frame is empty.
+   The window's ledger row records ``source`` (the name of what served the bars; None, as is an empty name,
+   when the caller does not say), its bar count and when it was written; a re-write replaces the row.
 2. Everything is validated before any I/O: the series key, the bounds (ints of epoch ms or anything
    :func:`provider.core.to_ms` accepts, on the series' bar grid, ``start <= end``) and the frame. The frame goes
    through :func:`provider.conformance.normalize_bars` in strict mode: every lossless shape is accepted and
@@ -20,7 +22,10 @@ Rules:
    O(windows), never O(rows). Coverage means "materialized", not "has bars". ``coverage(series, start, end)``
    is the same clipped to ``[start, end)``; only the windows overlapping it are merged, so asking about recent
    bars does not cost the whole history of the series.
-5. When ``write_window`` returns, a following ``read`` or ``coverage`` from any process sees the write.
+5. ``windows(series, start=None, end=None)`` reads the ledger itself: one :class:`LedgerWindow` per window
+   written (as written, not clipped), ordered by start; with ``start`` and/or ``end``, only the windows
+   overlapping ``[start, end)``.
+6. When ``write_window`` returns, a following ``read`` or ``coverage`` from any process sees the write.
 """
 
 from __future__ import annotations
@@ -36,7 +41,34 @@ from provider.core import Range, SeriesKey, intersect_ranges, to_ms
 from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
 from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
 
-__all__ = ["Storage", "StorageBase", "WindowWrite", "frame_from_columns", "parse_series", "prepare_write"]
+__all__ = [
+    "LedgerWindow",
+    "Storage",
+    "StorageBase",
+    "WindowWrite",
+    "frame_from_columns",
+    "parse_series",
+    "prepare_write",
+    "write_window_from",
+]
+
+#: Bounds of ``windows()`` when the caller gives none: beyond any epoch-ms stamp (and clear of QuestDB's LONG
+#: NULL, which is the smallest long).
+_NO_START = -(1 << 62)
+_NO_END = 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerWindow:
+    """One row of the window ledger: a window ``[start_ms, end_ms)`` written with ``rows`` bars."""
+
+    start_ms: int
+    end_ms: int
+    rows: int
+    #: What served the bars (e.g. ``binance`` or ``ccxt:okx``); None when the writer did not say.
+    source: str | None
+    #: When the window was last written, epoch ms (the storage server's clock for PostgreSQL).
+    written_at_ms: int
 
 
 @runtime_checkable
@@ -48,8 +80,11 @@ class Storage(Protocol):
         """``memory``, ``sqlite``, ``postgres`` or ``questdb``."""
         ...
 
-    async def write_window(self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame) -> int:
-        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered; return the bar count."""
+    async def write_window(
+        self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame, *, source: str | None = None
+    ) -> int:
+        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered (recording ``source``
+        in its ledger row); return the bar count."""
         ...
 
     async def read(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
@@ -58,6 +93,10 @@ class Storage(Protocol):
 
     async def coverage(self, series: SeriesKey | str, start: Any = None, end: Any = None) -> list[tuple[int, int]]:
         """The merged half-open ranges of every window written for ``series`` (clipped to ``[start, end)``)."""
+        ...
+
+    async def windows(self, series: SeriesKey | str, start: Any = None, end: Any = None) -> list[LedgerWindow]:
+        """The ledger rows of ``series`` overlapping ``[start, end)`` (all without bounds), ordered by start."""
         ...
 
     async def aclose(self) -> None:
@@ -74,6 +113,8 @@ class WindowWrite:
     end_ms: int
     ts_ms: np.ndarray
     columns: tuple[np.ndarray, ...]
+    #: Recorded in the window's ledger row.
+    source: str | None = None
 
     @property
     def rows(self) -> int:
@@ -112,9 +153,11 @@ def prepare_range(series: Any, start: Any, end: Any) -> tuple[SeriesKey, int, in
     return key, start_ms, end_ms
 
 
-def prepare_write(series: Any, start: Any, end: Any, frame: Any) -> WindowWrite:
+def prepare_write(series: Any, start: Any, end: Any, frame: Any, source: Any = None) -> WindowWrite:
     """Validate a window write before any I/O; see the module rules."""
     key, start_ms, end_ms = prepare_range(series, start, end)
+    if source is not None and not isinstance(source, str):
+        raise StorageRequestError("source", source, f"source must be a str or None, got {type(source).__name__}")
     step = key.interval_ms
     for name, value in (("start", start_ms), ("end", end_ms)):
         if value % step:
@@ -134,7 +177,7 @@ def prepare_write(series: Any, start: Any, end: Any, frame: Any) -> WindowWrite:
     # Adding 0.0 turns -0.0 into 0.0 and changes nothing else: SQLite cannot store a negative zero, and every
     # backend must return the same bits.
     columns = tuple(frame[name].to_numpy(dtype=np.float64, copy=True) + 0.0 for name in PRICE_COLUMNS)
-    return WindowWrite(key, start_ms, end_ms, ts_ms(frame), columns)
+    return WindowWrite(key, start_ms, end_ms, ts_ms(frame), columns, source or None)
 
 
 def frame_from_columns(ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
@@ -147,19 +190,26 @@ def frame_from_columns(ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
 class StorageBase:
     """Shared front half of every backend: validation, closed-state and ``async with`` support.
 
-    Subclasses implement ``_write``, ``_read``, ``_coverage`` and ``_close`` and receive validated arguments.
+    Subclasses implement ``_write``, ``_read``, ``_coverage``, ``_windows`` and ``_close`` and receive validated
+    arguments.
     """
 
     kind: ClassVar[str] = "base"
     #: ``coverage`` takes ``start`` and ``end`` (storage objects of other origins may not).
     bounded_coverage: ClassVar[bool] = True
 
+    #: ``write_window`` takes ``source`` (storage objects of other origins may not).
+    records_source: ClassVar[bool] = True
+
     def __init__(self) -> None:
         self._closed = False
 
-    async def write_window(self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame) -> int:
-        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered; return the bar count."""
-        request = prepare_write(series, start, end, frame)
+    async def write_window(
+        self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame, *, source: str | None = None
+    ) -> int:
+        """Replace the bars of ``[start, end)`` with ``frame`` and mark the window covered (recording ``source``
+        in its ledger row); return the bar count."""
+        request = prepare_write(series, start, end, frame, source)
         self._check_open()
         if request.start_ms < request.end_ms:
             await self._write(request)
@@ -194,6 +244,21 @@ class StorageBase:
         self._check_open()
         return {}
 
+    async def windows(self, series: SeriesKey | str, start: Any = None, end: Any = None) -> list[LedgerWindow]:
+        """The ledger rows of ``series`` ordered by start: every window written, or (with ``start`` and/or
+        ``end``) those overlapping ``[start, end)``. Rows are as written, not clipped to the bounds."""
+        key = parse_series(series)
+        start_ms = _NO_START if start is None else _bound("start", start)
+        end_ms = _NO_END if end is None else _bound("end", end)
+        if start_ms > end_ms:
+            raise StorageRequestError(
+                "start", start, f"start {start_ms} is after end {end_ms}; ranges are half-open [start, end)"
+            )
+        self._check_open()
+        if start_ms == end_ms:
+            return []
+        return await self._windows(key, start_ms, end_ms)
+
     async def aclose(self) -> None:
         """Release connections and threads; calling it again does nothing."""
         if not self._closed:
@@ -220,5 +285,19 @@ class StorageBase:
         """The merged coverage, or (with ``bounds``) the merged runs of the windows overlapping them."""
         raise NotImplementedError
 
+    async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
+        """The ledger rows overlapping ``[start_ms, end_ms)``, ordered by start."""
+        raise NotImplementedError
+
     async def _close(self) -> None:
         raise NotImplementedError
+
+
+async def write_window_from(
+    storage: Any, series: Any, start: Any, end: Any, frame: pd.DataFrame, *, source: str | None
+) -> Any:
+    """``storage.write_window``, passing ``source`` when the storage records it (``records_source``): a
+    storage object of another origin keeps its four-argument ``write_window``."""
+    if source is not None and getattr(storage, "records_source", False):
+        return await storage.write_window(series, start, end, frame, source=source)
+    return await storage.write_window(series, start, end, frame)

@@ -10,6 +10,7 @@ Rules:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import pandas as pd
 
 from provider.core import Range, SeriesKey, merge_ranges
 from provider.frames import PRICE_COLUMNS
-from provider.storage._contract import StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 
 __all__ = ["MemoryStorage"]
 
@@ -29,8 +30,8 @@ class _Series:
     ts_ms: np.ndarray = field(default_factory=lambda: _EMPTY_TS)
     #: shape (5, n): open, high, low, close, volume
     values: np.ndarray = field(default_factory=lambda: np.empty((len(PRICE_COLUMNS), 0)))
-    #: window start -> (end, rows)
-    windows: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: window start -> its ledger row
+    windows: dict[int, LedgerWindow] = field(default_factory=dict)
 
 
 class MemoryStorage(StorageBase):
@@ -49,7 +50,10 @@ class MemoryStorage(StorageBase):
         values = np.concatenate((state.values[:, keep], np.vstack(request.columns)), axis=1)
         order = np.argsort(ts_ms, kind="stable")
         state.ts_ms, state.values = ts_ms[order], values[:, order]
-        state.windows[request.start_ms] = (request.end_ms, request.rows)
+        written_at_ms = time.time_ns() // 1_000_000
+        state.windows[request.start_ms] = LedgerWindow(
+            request.start_ms, request.end_ms, request.rows, request.source, written_at_ms
+        )
 
     async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
         state = self._series.get(str(series))
@@ -64,10 +68,17 @@ class MemoryStorage(StorageBase):
             return []
         lo, hi = bounds if bounds is not None else (None, None)
         return merge_ranges(
-            (start, end)
-            for start, (end, _rows) in state.windows.items()
-            if lo is None or hi is None or (end > lo and start < hi)
+            (w.start_ms, w.end_ms)
+            for w in state.windows.values()
+            if lo is None or hi is None or (w.end_ms > lo and w.start_ms < hi)
         )
+
+    async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
+        state = self._series.get(str(series))
+        if state is None:
+            return []
+        found = [w for w in state.windows.values() if w.end_ms > start_ms and w.start_ms < end_ms]
+        return sorted(found, key=lambda w: w.start_ms)
 
     async def _close(self) -> None:
         self._series.clear()

@@ -5,8 +5,11 @@ Rules:
 
        T_series (id integer identity PK, series text UNIQUE, source, symbol, interval text)
        T        (series_id int, ts timestamptz, open .. volume float8 NOT NULL; PK (series_id, ts))
-       T_windows(series_id int, start_ms bigint, end_ms bigint, row_count int, written_at timestamptz;
-                 PK (series_id, start_ms))
+       T_windows(series_id int, start_ms bigint, end_ms bigint, row_count int, written_at timestamptz,
+                 source text NULL; PK (series_id, start_ms))
+
+   A ``T_windows`` of an earlier version (without ``source``) gets the column at open (``ADD COLUMN IF NOT
+   EXISTS``, under the same advisory lock); its windows keep a NULL source.
 
 2. A window write is one transaction: upsert the ledger row first (its row lock serializes writers of the same
    window), delete the window's bars, then binary ``COPY`` the new bars in. A conflicting concurrent write of
@@ -26,7 +29,7 @@ import pandas as pd
 
 from provider.core import Range, SeriesKey
 from provider.frames import PRICE_COLUMNS, empty_frame
-from provider.storage._contract import StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 from provider.storage._dsn import StorageDsn
 from provider.storage._pgpool import PgPool
 from provider.storage._sql import coverage_sql, ms_to_aware, ranges_from_boundaries
@@ -106,7 +109,7 @@ def _schema(table: str) -> list[str]:
         + ", PRIMARY KEY (series_id, ts))",
         f'CREATE TABLE IF NOT EXISTS "{table}_windows" (series_id integer NOT NULL REFERENCES "{table}_series" (id), '
         "start_ms bigint NOT NULL, end_ms bigint NOT NULL, row_count integer NOT NULL, "
-        "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (series_id, start_ms), "
+        "written_at timestamptz NOT NULL DEFAULT now(), source text, PRIMARY KEY (series_id, start_ms), "
         "CHECK (end_ms > start_ms))",
     ]
 
@@ -132,13 +135,17 @@ class PostgresStorage(StorageBase):
             "series_id": f'SELECT id FROM "{table}_series" WHERE series = $1',
             "add_series": f'INSERT INTO "{table}_series" (series, source, symbol, interval) '
             "VALUES ($1, $2, $3, $4) ON CONFLICT (series) DO NOTHING",
-            "ledger": f'INSERT INTO "{table}_windows" (series_id, start_ms, end_ms, row_count) '
-            "VALUES ($1, $2, $3, $4) ON CONFLICT (series_id, start_ms) DO UPDATE SET end_ms = EXCLUDED.end_ms, "
-            "row_count = EXCLUDED.row_count, written_at = now()",
+            "ledger": f'INSERT INTO "{table}_windows" (series_id, start_ms, end_ms, row_count, source) '
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (series_id, start_ms) DO UPDATE SET end_ms = EXCLUDED.end_ms, "
+            "row_count = EXCLUDED.row_count, source = EXCLUDED.source, written_at = now()",
             "delete": f'DELETE FROM "{table}" WHERE series_id = $1 AND ts >= $2 AND ts < $3',
             "read": f'SELECT ts, {_PRICES} FROM "{table}" WHERE series_id = $1 AND ts >= $2 AND ts < $3 ORDER BY ts',
             "coverage": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "$1"),
             "coverage_within": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "$1", ("$2", "$3")),
+            "windows": "SELECT start_ms, end_ms, row_count, source, "
+            "floor(extract(epoch FROM written_at) * 1000)::bigint AS written_at_ms "
+            f'FROM "{table}_windows" WHERE series_id = $1 AND end_ms > $2 AND start_ms < $3 ORDER BY start_ms',
+            "add_source": f'ALTER TABLE "{table}_windows" ADD COLUMN IF NOT EXISTS source text',
             "columns": "SELECT column_name FROM information_schema.columns "
             "WHERE table_schema = current_schema() AND table_name = $1",
         }
@@ -159,7 +166,13 @@ class PostgresStorage(StorageBase):
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"provider.storage:{self._table}")
             for statement in _schema(self._table):
                 await conn.execute(statement)
-        needed = {"": ("series_id", "ts", *PRICE_COLUMNS), "_windows": ("series_id", "start_ms", "end_ms")}
+            ledger = {row[0] for row in await conn.fetch(self._sql["columns"], f"{self._table}_windows")}
+            if "source" not in ledger and {"series_id", "start_ms", "end_ms"} <= ledger:
+                await conn.execute(self._sql["add_source"])  # a ledger of an earlier version (rule 1)
+        needed = {
+            "": ("series_id", "ts", *PRICE_COLUMNS),
+            "_windows": ("series_id", "start_ms", "end_ms", "row_count", "written_at", "source"),
+        }
         for suffix, columns in needed.items():
             name = f"{self._table}{suffix}"
             have = {row[0] for row in await conn.fetch(self._sql["columns"], name)}
@@ -191,7 +204,9 @@ class PostgresStorage(StorageBase):
 
         async def transaction(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
-                await conn.execute(self._sql["ledger"], series_id, request.start_ms, request.end_ms, request.rows)
+                await conn.execute(
+                    self._sql["ledger"], series_id, request.start_ms, request.end_ms, request.rows, request.source
+                )
                 await conn.execute(self._sql["delete"], series_id, lo, hi)
                 if payload:
                     await conn.copy_to_table(
@@ -245,6 +260,13 @@ class PostgresStorage(StorageBase):
             return ranges_from_boundaries(await self._pool.fetch(self._sql["coverage"], series_id, what="coverage"))
         rows = await self._pool.fetch(self._sql["coverage_within"], series_id, *bounds, what="coverage")
         return ranges_from_boundaries(rows)
+
+    async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
+        series_id = await self._series_id(series, create=False)
+        if series_id is None:
+            return []
+        rows = await self._pool.fetch(self._sql["windows"], series_id, start_ms, end_ms, what="windows")
+        return [LedgerWindow(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4])) for r in rows]
 
     async def _close(self) -> None:
         await self._pool.close()

@@ -6,7 +6,12 @@ Rules:
        T         (series SYMBOL, ts TIMESTAMP, open high low close volume DOUBLE)
                  TIMESTAMP(ts) PARTITION BY DAY, DEDUP UPSERT KEYS(ts, series)
        T_windows (series SYMBOL, ts TIMESTAMP = window start, start_ms LONG, end_ms LONG, row_count LONG,
-                  written_at TIMESTAMP) TIMESTAMP(ts) PARTITION BY YEAR, DEDUP UPSERT KEYS(ts, series)
+                  written_at TIMESTAMP, source SYMBOL NULL) TIMESTAMP(ts) PARTITION BY YEAR,
+                 DEDUP UPSERT KEYS(ts, series)
+
+   A ``T_windows`` of an earlier version (without ``source``) gets the column at open. QuestDB 9.3 refuses
+   ``ADD COLUMN IF NOT EXISTS`` on a WAL table that has the column (or has it pending) instead of doing nothing,
+   so a refused ``ALTER`` is followed by a wait for the WAL and a second look: a concurrent opener added it.
 
    ``series`` holds the canonical key text (``ohlcv:binance:BTC/USDT:1m``): one symbol column is markedly faster
    to write and filter than three (measured), and the key round-trips exactly.
@@ -26,12 +31,13 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pandas as pd
 
 from provider.core import Range, SeriesKey
 from provider.frames import PRICE_COLUMNS
-from provider.storage._contract import StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 from provider.storage._dsn import StorageDsn
 from provider.storage._pgpool import PgPool
 from provider.storage._questdb_ingest import IlpWriter, WalMonitor, ilp_frame
@@ -50,7 +56,7 @@ def _schema(table: str) -> list[str]:
         + ", ".join(f"{name} DOUBLE" for name in PRICE_COLUMNS)
         + ") TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, series)",
         f'CREATE TABLE IF NOT EXISTS "{table}_windows" (series {_SYMBOL}, ts TIMESTAMP, start_ms LONG, '
-        "end_ms LONG, row_count LONG, written_at TIMESTAMP) "
+        f"end_ms LONG, row_count LONG, written_at TIMESTAMP, source {_SYMBOL}) "
         "TIMESTAMP(ts) PARTITION BY YEAR WAL DEDUP UPSERT KEYS(ts, series)",
     ]
 
@@ -90,6 +96,9 @@ class QuestDBStorage(StorageBase):
             "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL",
             "coverage": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1"),
             "coverage_within": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1", ("$2", "$3")),
+            "windows": "SELECT start_ms, end_ms, row_count, source, cast(written_at AS LONG) "
+            f'FROM "{self._ledger}" WHERE series = $1 AND end_ms > $2 AND start_ms < $3 ORDER BY ts',
+            "add_source": f'ALTER TABLE "{self._ledger}" ADD COLUMN IF NOT EXISTS source {_SYMBOL}',
         }
 
     @classmethod
@@ -103,16 +112,37 @@ class QuestDBStorage(StorageBase):
             raise
         return storage
 
+    async def _columns(self, table: str) -> dict[str, bool]:
+        """Column name -> whether it is an upsert key."""
+        # The name is a validated identifier, and table_columns() takes no bind parameters.
+        rows = await self._pool.fetch(
+            f"SELECT \"column\", upsertKey FROM table_columns('{table}')", what="inspect tables"
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def _add_source_column(self) -> None:
+        """Rule 1: give a ledger of an earlier version its ``source`` column."""
+        ledger = await self._columns(self._ledger)
+        if "source" in ledger or not {"series", "ts", "start_ms", "end_ms"} <= ledger.keys():
+            return
+        try:
+            await self._pool.fetch(self._sql["add_source"], what="add the ledger's source column")
+        except asyncpg.PostgresError:
+            await self._wal.wait_applied(self._ledger)
+            if "source" not in await self._columns(self._ledger):
+                raise
+        await self._wal.wait_applied(self._ledger)
+
     async def _create_schema(self) -> None:
         for statement in _schema(self._bars):
             await self._pool.fetch(statement, what="create tables")
-        needed = {self._bars: ("series", "ts", *PRICE_COLUMNS), self._ledger: ("series", "ts", "start_ms", "end_ms")}
+        await self._add_source_column()
+        needed = {
+            self._bars: ("series", "ts", *PRICE_COLUMNS),
+            self._ledger: ("series", "ts", "start_ms", "end_ms", "row_count", "written_at", "source"),
+        }
         for table, columns_needed in needed.items():
-            # The name is a validated identifier, and table_columns() takes no bind parameters.
-            rows = await self._pool.fetch(
-                f"SELECT \"column\", upsertKey FROM table_columns('{table}')", what="inspect tables"
-            )
-            upsert_key = {row[0]: row[1] for row in rows}
+            upsert_key = await self._columns(table)
             missing = [name for name in columns_needed if name not in upsert_key]
             missing += [f"{key} (as DEDUP UPSERT KEY)" for key in ("ts", "series") if upsert_key.get(key) is False]
             if missing:
@@ -132,7 +162,9 @@ class QuestDBStorage(StorageBase):
             await self._ilp.send_frame(self._bars, ilp_frame(series, ts_ms, columns))
         # The ledger row is committed after the bars, and _read waits for the bars table to apply what was
         # committed before it starts: a reader that saw the ledger row sees the bars, even mid-apply.
-        await self._ilp.send_ledger_row(self._ledger, series, request.start_ms, request.end_ms, request.rows)
+        await self._ilp.send_ledger_row(
+            self._ledger, series, request.start_ms, request.end_ms, request.rows, request.source
+        )
         committed_at = asyncio.get_running_loop().time()
         await self._wal.wait_applied(self._bars, self._ledger, committed_at=committed_at)
 
@@ -167,6 +199,11 @@ class QuestDBStorage(StorageBase):
         """Whether the bars and the ledger table are suspended (read from ``wal_tables()`` now)."""
         self._check_open()
         return await self._wal.suspended()
+
+    async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
+        fetch = self._pool.fetch(self._sql["windows"], str(series), start_ms, end_ms, what="windows")
+        _, rows = await _all(self._wal.check(self._ledger), fetch)
+        return [LedgerWindow(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]) // 1000) for r in rows]
 
     async def _close(self) -> None:
         self._ilp.close()

@@ -139,14 +139,18 @@ class IlpWriter:
 
         await asyncio.to_thread(self._flush, fill)
 
-    async def send_ledger_row(self, table: str, series: str, start_ms: int, end_ms: int, rows: int) -> None:
-        """Record the window ``[start_ms, end_ms)`` of ``series`` in the ledger ``table`` in one flush."""
+    async def send_ledger_row(
+        self, table: str, series: str, start_ms: int, end_ms: int, rows: int, source: str | None = None
+    ) -> None:
+        """Record the window ``[start_ms, end_ms)`` of ``series`` (served by ``source``) in the ledger ``table``
+        in one flush. Without a source the column is left out, so the replaced row's source becomes NULL."""
         written_at = dt.datetime.now(dt.UTC)
+        symbols: dict[str, str | None] = {"series": series, "source": source}  # the client leaves None out
 
         def fill(sender: Sender) -> None:
             sender.row(
                 table,
-                symbols={"series": series},
+                symbols=symbols,
                 columns={"start_ms": start_ms, "end_ms": end_ms, "row_count": rows, "written_at": written_at},
                 at=TimestampNanos(start_ms * 1_000_000),
             )

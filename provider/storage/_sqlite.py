@@ -5,7 +5,11 @@ Rules:
 
        T_series (id INTEGER PRIMARY KEY, series TEXT UNIQUE, source, symbol, interval)
        T        (series_id, ts INTEGER epoch ms, open, high, low, close, volume REAL; PK (series_id, ts))
-       T_windows(series_id, start_ms, end_ms, row_count, written_at epoch ms; PK (series_id, start_ms))
+       T_windows(series_id, start_ms, end_ms, row_count, written_at epoch ms, source TEXT NULL;
+                 PK (series_id, start_ms))
+
+   A ``T_windows`` of an earlier version (without ``source``) gets the column at open (``ALTER TABLE ... ADD
+   COLUMN``, in the schema transaction, so concurrent openers add it once); its windows keep a NULL source.
 
 2. Several processes on one machine may share a file: WAL journal, ``busy_timeout``, and every write is one
    ``BEGIN IMMEDIATE`` transaction (delete the window's bars, insert the new ones, upsert the ledger row), so a
@@ -29,7 +33,7 @@ import pandas as pd
 
 from provider.core import Range, SeriesKey
 from provider.frames import PRICE_COLUMNS
-from provider.storage._contract import StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 from provider.storage._dsn import StorageDsn
 from provider.storage._sql import coverage_sql, ranges_from_boundaries, rows_to_matrix
 from provider.storage.errors import SchemaMismatchError, StorageUnavailableError
@@ -48,9 +52,13 @@ def _schema(table: str) -> list[str]:
         + ", ".join(f"{name} REAL NOT NULL" for name in PRICE_COLUMNS)
         + ", PRIMARY KEY (series_id, ts)) WITHOUT ROWID",
         f'CREATE TABLE IF NOT EXISTS "{table}_windows" (series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, '
-        "end_ms INTEGER NOT NULL, row_count INTEGER NOT NULL, written_at INTEGER NOT NULL, "
+        "end_ms INTEGER NOT NULL, row_count INTEGER NOT NULL, written_at INTEGER NOT NULL, source TEXT, "
         "PRIMARY KEY (series_id, start_ms)) WITHOUT ROWID",
     ]
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
 
 
 class SQLiteStorage(StorageBase):
@@ -72,12 +80,15 @@ class SQLiteStorage(StorageBase):
             "ON CONFLICT (series) DO NOTHING",
             "delete": f'DELETE FROM "{table}" WHERE series_id = ? AND ts >= ? AND ts < ?',
             "insert": f'INSERT INTO "{table}" (series_id, ts, {_PRICES}) VALUES (?, ?, ?, ?, ?, ?, ?)',
-            "ledger": f'INSERT INTO "{table}_windows" (series_id, start_ms, end_ms, row_count, written_at) '
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (series_id, start_ms) DO UPDATE SET end_ms = excluded.end_ms, "
-            "row_count = excluded.row_count, written_at = excluded.written_at",
+            "ledger": f'INSERT INTO "{table}_windows" (series_id, start_ms, end_ms, row_count, written_at, source) '
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (series_id, start_ms) DO UPDATE SET end_ms = excluded.end_ms, "
+            "row_count = excluded.row_count, written_at = excluded.written_at, source = excluded.source",
             "read": f'SELECT ts, {_PRICES} FROM "{table}" WHERE series_id = ? AND ts >= ? AND ts < ? ORDER BY ts',
             "coverage": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "?"),
             "coverage_within": coverage_sql(f'"{table}_windows"', "series_id", "start_ms", "?", ("?", "?")),
+            "windows": f'SELECT start_ms, end_ms, row_count, source, written_at FROM "{table}_windows" '
+            "WHERE series_id = ? AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
+            "add_source": f'ALTER TABLE "{table}_windows" ADD COLUMN source TEXT',
         }
         self._table = table
         self._local = threading.local()
@@ -126,14 +137,20 @@ class SQLiteStorage(StorageBase):
         try:
             for statement in _schema(self._table):
                 conn.execute(statement)
+            ledger = _columns(conn, f"{self._table}_windows")
+            if "source" not in ledger and {"series_id", "start_ms", "end_ms"} <= ledger:
+                conn.execute(self._sql["add_source"])  # a ledger of an earlier version (rule 1)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        needed = {"": ("series_id", "ts", *PRICE_COLUMNS), "_windows": ("series_id", "start_ms", "end_ms")}
+        needed = {
+            "": ("series_id", "ts", *PRICE_COLUMNS),
+            "_windows": ("series_id", "start_ms", "end_ms", "row_count", "written_at", "source"),
+        }
         for suffix, columns in needed.items():
             name = f"{self._table}{suffix}"
-            have = {row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')}
+            have = _columns(conn, name)
             missing = [column for column in columns if column not in have]
             if missing:
                 raise SchemaMismatchError(name, missing)
@@ -153,7 +170,8 @@ class SQLiteStorage(StorageBase):
             rows = zip(itertools.repeat(series_id), request.ts_ms.tolist(), *(c.tolist() for c in request.columns))
             conn.executemany(self._sql["insert"], rows)
             written_at = time.time_ns() // 1_000_000
-            conn.execute(self._sql["ledger"], (series_id, request.start_ms, request.end_ms, request.rows, written_at))
+            ledger_row = (series_id, request.start_ms, request.end_ms, request.rows, written_at, request.source)
+            conn.execute(self._sql["ledger"], ledger_row)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -173,6 +191,12 @@ class SQLiteStorage(StorageBase):
             return ranges_from_boundaries(conn.execute(self._sql["coverage"], (series_id,)))
         return ranges_from_boundaries(conn.execute(self._sql["coverage_within"], (series_id, *bounds)))
 
+    def _windows_sync(self, conn: sqlite3.Connection, series: SeriesKey, start_ms: int, end_ms: int) -> Any:
+        series_id = self._series_id(conn, series, create=False)
+        if series_id is None:
+            return []
+        return conn.execute(self._sql["windows"], (series_id, start_ms, end_ms)).fetchall()
+
     async def _write(self, request: WindowWrite) -> None:
         await self._run(self._write_sync, request)
 
@@ -184,6 +208,10 @@ class SQLiteStorage(StorageBase):
     async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
         result: list[Range] = await self._run(self._coverage_sync, series, bounds)
         return result
+
+    async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
+        rows = await self._run(self._windows_sync, series, start_ms, end_ms)
+        return [LedgerWindow(int(a), int(b), int(n), source, int(at)) for a, b, n, source, at in rows]
 
     async def _close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)

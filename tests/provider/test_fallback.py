@@ -41,7 +41,8 @@ def _starts(exchange: Any) -> dict[int, int]:
 
 
 async def test_fallback_serves_the_window_the_first_source_fails(fake_exchange_cls, make_provider, storage):
-    """Every bar is stored; the report names the second source for the broken window only; it is fetched once."""
+    """Every bar is stored; the report and the storage ledger name the second source for the broken window only;
+    it is fetched once."""
     retry = BackfillConfig(max_attempts=ATTEMPTS, retry_backoff_ms=0, jitter_ratio=0.0)
     async with _failing_exchange(fake_exchange_cls, BROKEN)(seed=7) as first, fake_exchange_cls(seed=7) as second:
         names = ["binance", "ccxt:binance"]
@@ -66,6 +67,12 @@ async def test_fallback_serves_the_window_the_first_source_fails(fake_exchange_c
         assert _starts(second).get(BROKEN) == 1
         assert {s for s in _starts(second) if s is not None} == {BROKEN}
         assert await storage.coverage(SERIES) == [(at(0), at(300))]
+        ledger = await storage.windows(SERIES)
+        assert [(w.start_ms, w.end_ms, w.source) for w in ledger] == [
+            (at(0), at(100), "binance"),
+            (BROKEN, at(200), "ccxt:binance"),
+            (at(200), at(300), "binance"),
+        ]
         await chain.aclose()
         reference = open_source(f"binance:{second.url}")
         try:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,10 +18,12 @@ from provider.core import SeriesKey, intersect_ranges
 from provider.frames import FRAME_COLUMNS, TS_DTYPE, empty_frame, frame_from_arrays, ts_ms
 from provider.storage import (
     FrameRejectedError,
+    LedgerWindow,
     Storage,
     StorageClosedError,
     StorageRequestError,
     open_storage,
+    parse_dsn,
 )
 
 M = 60_000  # one 1m bar
@@ -415,3 +420,136 @@ async def test_storage_is_an_async_context_manager(storage_dsn, make_bars):
         await storage.write_window(SERIES, T0, T0 + 2 * M, make_bars(T0, 2))
     with pytest.raises(StorageClosedError):
         await storage.coverage(SERIES)
+
+
+def _rows(windows: list[LedgerWindow]) -> list[tuple[int, int, int, str | None]]:
+    return [(w.start_ms - T0, w.end_ms - T0, w.rows, w.source) for w in windows]
+
+
+async def test_the_ledger_names_the_source_of_each_window(store, make_bars):
+    """windows() returns the ledger rows in start order (bounds, bar count, source, when written); a rewrite
+    replaces the row, source included, and a write that names no source records None."""
+    before_ms = time.time_ns() // 1_000_000
+    await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, make_bars(T0 + 10 * M, 10), source="binance")
+    await store.write_window(SERIES, T0, T0 + 10 * M, make_bars(T0, 10, skip=(3,)), source="binance")
+    await store.write_window(SERIES, T0 + 30 * M, T0 + 40 * M, empty_frame())
+    replacement = make_bars(T0 + 10 * M, 10, seed=1, skip=(0, 4))
+    await store.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, replacement, source="ccxt:okx")
+    after_ms = time.time_ns() // 1_000_000
+    windows = await store.windows(SERIES)
+    assert _rows(windows) == [(0, 10 * M, 9, "binance"), (10 * M, 20 * M, 8, "ccxt:okx"), (30 * M, 40 * M, 0, None)]
+    assert all(isinstance(w, LedgerWindow) for w in windows)
+    # the servers run on this machine: one clock, give or take a second of rounding
+    assert all(before_ms - 1000 <= w.written_at_ms <= after_ms + 1000 for w in windows)
+    assert_same_frame(await store.read(SERIES, T0 + 10 * M, T0 + 20 * M), replacement)
+    assert await store.coverage(SERIES) == [(T0, T0 + 20 * M), (T0 + 30 * M, T0 + 40 * M)]
+
+    await store.write_window(SERIES, T0, T0 + 10 * M, make_bars(T0, 10, skip=(3,)))
+    assert _rows(await store.windows(SERIES))[0] == (0, 10 * M, 9, None)
+
+
+async def test_ledger_windows_within_bounds_are_those_overlapping_them(store):
+    """windows(series, start, end) keeps the windows overlapping [start, end), unclipped; either bound may be
+    left out; an empty range has none; start after end is refused."""
+    for lo, hi, source in [(0, 10, "a"), (10, 20, "b"), (25, 30, "c")]:
+        await store.write_window(SERIES, T0 + lo * M, T0 + hi * M, empty_frame(), source=source)
+
+    async def sources(start: Any = None, end: Any = None) -> list[str | None]:
+        return [w.source for w in await store.windows(SERIES, start, end)]
+
+    assert await sources(T0 + 5 * M, T0 + 26 * M) == ["a", "b", "c"]
+    assert await sources(T0 + 10 * M, T0 + 20 * M) == ["b"]
+    assert await sources(T0 + 20 * M, T0 + 25 * M) == []
+    assert await sources(T0 + 10 * M) == ["b", "c"]
+    assert await sources(end=T0 + 10 * M) == ["a"]
+    assert await sources(T0 + 5 * M, T0 + 5 * M) == []
+    assert _rows(await store.windows(SERIES, T0 + 12 * M, T0 + 13 * M)) == [(10 * M, 20 * M, 0, "b")]
+    assert await store.windows("ohlcv:binance:BTC/USDT:5m") == []
+    with pytest.raises(StorageRequestError, match="start"):
+        await store.windows(SERIES, T0 + M, T0)
+    with pytest.raises(StorageRequestError, match="source"):
+        await store.write_window(SERIES, T0, T0 + M, empty_frame(), source=7)
+
+
+# The CREATE statements of the version before the ledger had a source column.
+_OLD_SCHEMA = {
+    "sqlite": [
+        'CREATE TABLE "{t}_series" (id INTEGER PRIMARY KEY, series TEXT NOT NULL UNIQUE, '
+        "source TEXT NOT NULL, symbol TEXT NOT NULL, interval TEXT NOT NULL)",
+        'CREATE TABLE "{t}" (series_id INTEGER NOT NULL, ts INTEGER NOT NULL, open REAL NOT NULL, '
+        "high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL, volume REAL NOT NULL, "
+        "PRIMARY KEY (series_id, ts)) WITHOUT ROWID",
+        'CREATE TABLE "{t}_windows" (series_id INTEGER NOT NULL, start_ms INTEGER NOT NULL, '
+        "end_ms INTEGER NOT NULL, row_count INTEGER NOT NULL, written_at INTEGER NOT NULL, "
+        "PRIMARY KEY (series_id, start_ms)) WITHOUT ROWID",
+        """INSERT INTO "{t}_series" VALUES (1, '{s}', 'binance', 'BTC/USDT', '1m')""",
+        'INSERT INTO "{t}" VALUES (1, {t0}, 1, 2, 0.5, 1.5, 10)',
+        'INSERT INTO "{t}_windows" VALUES (1, {t0}, {t1}, 1, 0)',
+    ],
+    "postgres": [
+        'CREATE TABLE "{t}_series" (id integer GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, '
+        "series text NOT NULL UNIQUE, source text NOT NULL, symbol text NOT NULL, interval text NOT NULL)",
+        'CREATE TABLE "{t}" (series_id integer NOT NULL REFERENCES "{t}_series" (id), ts timestamptz NOT NULL, '
+        "open double precision NOT NULL, high double precision NOT NULL, low double precision NOT NULL, "
+        "close double precision NOT NULL, volume double precision NOT NULL, PRIMARY KEY (series_id, ts))",
+        'CREATE TABLE "{t}_windows" (series_id integer NOT NULL REFERENCES "{t}_series" (id), '
+        "start_ms bigint NOT NULL, end_ms bigint NOT NULL, row_count integer NOT NULL, "
+        "written_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (series_id, start_ms), "
+        "CHECK (end_ms > start_ms))",
+        """INSERT INTO "{t}_series" (id, series, source, symbol, interval) """
+        """VALUES (1, '{s}', 'binance', 'BTC/USDT', '1m')""",
+        """INSERT INTO "{t}" VALUES (1, to_timestamp({t0} / 1000.0), 1, 2, 0.5, 1.5, 10)""",
+        'INSERT INTO "{t}_windows" (series_id, start_ms, end_ms, row_count) VALUES (1, {t0}, {t1}, 1)',
+    ],
+    "questdb": [
+        'CREATE TABLE "{t}" (series SYMBOL CAPACITY 4096 CACHE, ts TIMESTAMP, open DOUBLE, high DOUBLE, '
+        "low DOUBLE, close DOUBLE, volume DOUBLE) TIMESTAMP(ts) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts, series)",
+        'CREATE TABLE "{t}_windows" (series SYMBOL CAPACITY 4096 CACHE, ts TIMESTAMP, start_ms LONG, '
+        "end_ms LONG, row_count LONG, written_at TIMESTAMP) "
+        "TIMESTAMP(ts) PARTITION BY YEAR WAL DEDUP UPSERT KEYS(ts, series)",
+        """INSERT INTO "{t}" VALUES ('{s}', {t0}000, 1, 2, 0.5, 1.5, 10)""",
+        """INSERT INTO "{t}_windows" VALUES ('{s}', {t0}000, {t0}, {t1}, 1, 0)""",
+    ],
+}
+
+
+async def _create_old_schema(dsn: str) -> None:
+    """The tables of the previous version, holding one bar and its window, made through the backend's driver."""
+    parsed = parse_dsn(dsn)
+    statements = [sql.format(t=parsed.table, s=SERIES, t0=T0, t1=T0 + 10 * M) for sql in _OLD_SCHEMA[parsed.kind]]
+    if parsed.kind == "sqlite":
+        with sqlite3.connect(parsed.path or "") as conn:
+            for sql in statements:
+                conn.execute(sql)
+        return
+    conn = await asyncpg.connect(parsed.pg_dsn())
+    try:
+        for sql in statements:
+            await conn.execute(sql)
+        if parsed.kind == "questdb":  # WAL tables apply asynchronously: wait until both rows are visible
+            async with asyncio.timeout(60):
+                for table in (parsed.table, f"{parsed.table}_windows"):
+                    while not await conn.fetchval(f'SELECT count() FROM "{table}"'):
+                        await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def test_a_ledger_of_the_previous_version_gets_its_source_column_at_open(shared_dsn):
+    """Tables made by the version without ``source`` are upgraded on open, also by several openers at once (one
+    adds the column, the others find it): the old window stays covered with source None, and new writes record
+    theirs."""
+    await _create_old_schema(shared_dsn)
+    storages = await asyncio.gather(*(open_storage(shared_dsn) for _ in range(3)))
+    try:
+        for storage in storages:
+            assert await storage.coverage(SERIES) == [(T0, T0 + 10 * M)]
+            assert len(await storage.read(SERIES, T0, T0 + 10 * M)) == 1
+            assert _rows(await storage.windows(SERIES, T0, T0 + 10 * M)) == [(0, 10 * M, 1, None)]
+    finally:
+        for storage in storages:
+            await storage.aclose()
+    async with await open_storage(shared_dsn) as storage:
+        await storage.write_window(SERIES, T0 + 10 * M, T0 + 20 * M, empty_frame(), source="ccxt:okx")
+        assert _rows(await storage.windows(SERIES)) == [(0, 10 * M, 1, None), (10 * M, 20 * M, 0, "ccxt:okx")]
+        assert await storage.coverage(SERIES) == [(T0, T0 + 20 * M)]

@@ -6,7 +6,7 @@ from provider import storage
 from provider.storage import errors
 
 EXPECTED = {
-    "KINDS", "FrameRejectedError", "MemoryStorage", "SchemaMismatchError", "Storage", "StorageBase",
+    "KINDS", "FrameRejectedError", "LedgerWindow", "MemoryStorage", "SchemaMismatchError", "Storage", "StorageBase",
     "StorageClosedError", "StorageConfigError", "StorageDsn", "StorageError", "StorageRequestError",
     "StorageUnavailableError", "WalApplyTimeoutError", "WalSuspendedError", "open_storage", "parse_dsn",
 }  # fmt: skip

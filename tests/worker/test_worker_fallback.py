@@ -43,7 +43,8 @@ def _load(name: str, path: Path) -> Any:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path):
-    """Every bar is stored; the worker's log names the fallback for the broken window; B is asked for it once."""
+    """Every bar is stored; the worker's log and the storage ledger name the fallback for the broken window and
+    the first source for the others; B is asked for it once."""
     kit = _load("provider_stack_for_worker_fallback", ROOT / "tests" / "provider" / "stack.py")
     fake = _load("fake_exchange", ROOT / "scripts" / "fake_exchange.py")
 
@@ -90,6 +91,7 @@ async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path)
         storage = await open_storage(dsn)
         try:
             pd.testing.assert_frame_equal(await storage.read(SERIES, T0, T0 + 3 * SPAN), expected)
+            ledger = [(w.start_ms, w.end_ms, w.source) for w in await storage.windows(SERIES)]
         finally:
             await storage.aclose()
         events = []
@@ -102,6 +104,12 @@ async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path)
         by_source = sorted(e["source"] for e in done_lines)
         assert by_source == sorted([primary, primary, fallback]), done_lines
         fell_back = next(e for e in done_lines if e["source"] == fallback)
+        # the ledger names the source of each window: the fallback for the broken one, the first source elsewhere
+        assert ledger == [
+            (T0, BROKEN, primary),
+            (BROKEN, BROKEN + SPAN, fallback),
+            (BROKEN + SPAN, BROKEN + 2 * SPAN, primary),
+        ]
         assert len(fell_back["failed_sources"]) == 1 and fell_back["failed_sources"][0].startswith(primary)
     finally:
         await asyncio.to_thread(stack.close)

@@ -77,8 +77,8 @@ async def test_a_refused_complete_still_counts_as_lost():
     original = storage.write_window
     reaped: list[Any] = []
 
-    async def write_then_reap_once(*args: Any) -> Any:
-        result = await original(*args)
+    async def write_then_reap_once(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
         if not reaped:  # the first lease expires and is reaped before its complete arrives
             coord.now_ms += 10_000
             reaped.extend(coord.expire())

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,10 @@ def execute(opts: dict[str, Any]) -> int:
     from provider.errors import CoordinatorAuthError, CoordinatorBadRequestError, CoordinatorError
 
     progress = Progress()
+    if threading.current_thread() is threading.main_thread():
+        # A process started in the background of a non-interactive shell (CI, `cmd &`) inherits SIGINT ignored;
+        # asyncio only turns Ctrl-C into KeyboardInterrupt when SIGINT has Python's default handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = asyncio.run(_run(opts, progress))
     except KeyboardInterrupt:

@@ -48,6 +48,7 @@ __all__ = [
     "POSTGRES_SETTINGS",
     "QUESTDB_JVM_OPTIONS",
     "QUESTDB_LIGHT_CONF",
+    "QUESTDB_TEST_CONF",
     "QUESTDB_TEST_JVM_OPTIONS",
     "PortInUseError",
     "PostgresEndpoint",
@@ -100,6 +101,17 @@ QUESTDB_LIGHT_CONF: Mapping[str, str] = {
     "export.worker.count": "0",
     "http.min.worker.count": "0",
     "log.sql.query.progress.exe": "false",  # one log line per query, not two
+}
+#: For test sessions, which create hundreds of small tables: QuestDB reserves disk for each column file in append
+#: pages of 16 MB by default (fallocate, so it counts as used): ~290 MB per bars+ledger pair of tables, 9 GB for a
+#: test opening thirty tables, a full disk for three suites side by side. 128 KB pages (QuestDB's "many tables"
+#: recipe) make a table cost a few MB. Keep the default for benchmarks and for the CLI: big tables want big pages.
+QUESTDB_TEST_CONF: Mapping[str, str] = {
+    "cairo.o3.column.memory.size": "128K",
+    "cairo.system.writer.data.append.page.size": "128K",
+    "cairo.writer.data.append.page.size": "128K",
+    "cairo.writer.data.index.key.append.page.size": "128K",
+    "cairo.writer.data.index.value.append.page.size": "128K",
 }
 _QUESTDB_BIND_KEYS = {
     "http": "http.net.bind.to",

@@ -37,7 +37,9 @@ def questdb() -> Iterator[QuestDB]:
     if dsn:
         yield devservices.QuestDBEndpoint.from_dsn(dsn)
         return
-    with devservices.QuestDBServer(jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS) as server:
+    with devservices.QuestDBServer(
+        jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS, extra_conf=devservices.QUESTDB_TEST_CONF
+    ) as server:
         yield server
 
 

@@ -111,7 +111,9 @@ def _process_gone(pid: int) -> bool:
 @pytest.fixture
 def private_questdb() -> Iterator[devservices.QuestDBServer]:
     """A QuestDB of the test's own, so restarting it disturbs no other test."""
-    with devservices.QuestDBServer(jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS) as server:
+    with devservices.QuestDBServer(
+        jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS, extra_conf=devservices.QUESTDB_TEST_CONF
+    ) as server:
         yield server
 
 

@@ -68,7 +68,7 @@ async def until(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def dev_questdb() -> Iterator[Any]:
     """A QuestDB of this module in dev mode, where ``ALTER TABLE t SUSPEND WAL`` is allowed."""
-    with devservices.QuestDBServer(extra_conf={"dev.mode.enabled": "true"}) as server:
+    with devservices.QuestDBServer(extra_conf={**devservices.QUESTDB_TEST_CONF, "dev.mode.enabled": "true"}) as server:
         yield server
 
 

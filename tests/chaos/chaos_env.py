@@ -102,7 +102,9 @@ class ChaosEnv:
                 use_netns = NetLab.available() and os.environ.get("SEAMLESS_CHAOS_NETNS", "1") != "0"
             env._start_cluster(use_netns)
             env.questdb = devservices.QuestDBServer(
-                root / "questdb", jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS
+                root / "questdb",
+                jvm_options=devservices.QUESTDB_TEST_JVM_OPTIONS,
+                extra_conf=devservices.QUESTDB_TEST_CONF,
             ).start()
             env.exchange = Exchange.start(
                 "--seed", str(env.exchange_seed), "--gaps", str(GAPS), "--ban-s", "1.5", "--tolerance", "1000"

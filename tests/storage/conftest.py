@@ -30,7 +30,7 @@ _TABLE_NUMBERS = itertools.count(1)
 @pytest.fixture(scope="module")
 def private_questdb() -> Iterator[Any]:
     """A QuestDB of this module alone, in dev mode (``ALTER TABLE t SUSPEND WAL`` allowed); tests may restart it."""
-    server = devservices.QuestDBServer(extra_conf={"dev.mode.enabled": "true"})
+    server = devservices.QuestDBServer(extra_conf={**devservices.QUESTDB_TEST_CONF, "dev.mode.enabled": "true"})
     server.start()
     try:
         yield server

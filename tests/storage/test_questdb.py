@@ -58,9 +58,10 @@ async def test_postgresql_dsn_with_kind_questdb_reads_and_writes(questdb, fresh_
 
 
 async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_table, make_bars):
-    """Thirty storages opened, written and closed in a row (a provider per request, a test per table) share the
-    process's senders: far fewer than 25 are established, so the client's reconnection-burst warning (an error
-    under this suite's filterwarnings) cannot fire; and eight windows in flight reuse what they created."""
+    """Thirty storages opened, written and closed in a row (a provider per request) share the process's senders:
+    far fewer than 25 are established, so the client's reconnection-burst warning (an error under this suite's
+    filterwarnings) cannot fire; and eight windows in flight reuse what they created. One table throughout: the
+    pool is per server, not per table, and every new table reserves disk on the server."""
     from provider.storage._questdb_ingest import SenderPool
 
     first = await open_storage(dsn_for(questdb, fresh_table))
@@ -68,7 +69,7 @@ async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_ta
     pool = next(pool for conf, pool in SenderPool._pools.items() if f":{questdb.http_port};" in conf)
     before = pool.created
     for index in range(30):
-        storage = await open_storage(dsn_for(questdb, f"{fresh_table}_{index}"))
+        storage = await open_storage(dsn_for(questdb, fresh_table))
         try:
             await storage.write_window(
                 SERIES, T0 + index * 5 * M, T0 + (index + 1) * 5 * M, make_bars(T0 + index * 5 * M, 5)
@@ -76,10 +77,10 @@ async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_ta
         finally:
             await storage.aclose()
     assert pool.created - before <= 2  # bars and ledger flushed together need two senders at most
-    storage = await open_storage(dsn_for(questdb, f"{fresh_table}_many"))
+    storage = await open_storage(dsn_for(questdb, fresh_table))
     try:
         for round_ in range(3):
-            start = T0 + round_ * 40 * M
+            start = T0 + (30 + round_ * 8) * 5 * M
             await asyncio.gather(
                 *(
                     storage.write_window(
@@ -157,3 +158,22 @@ async def test_suspended_wal_table_is_reported_with_the_fix(private_questdb, fre
     finally:
         await conn.close()
         await storage.aclose()
+
+
+def _allocated_bytes(root: Any) -> int:
+    """Bytes the files under ``root`` hold on disk (allocated blocks, not apparent sizes)."""
+    return sum(path.stat().st_blocks * 512 for path in root.rglob("*") if path.is_file())
+
+
+async def test_a_new_table_reserves_little_disk_on_the_test_server(private_questdb, fresh_table, make_bars):
+    """The suite's QuestDB uses small append pages (devservices.QUESTDB_TEST_CONF): a bars+ledger pair of tables
+    with one window costs a few MB, not the ~290 MB of the default 16 MB pages, so suites side by side on one
+    machine cannot fill its disk (three did, with the defaults)."""
+    before = _allocated_bytes(private_questdb.root)
+    storage = await open_storage(dsn_for(private_questdb, fresh_table))
+    try:
+        await storage.write_window(SERIES, T0, T0 + 5 * M, make_bars(T0, 5))
+    finally:
+        await storage.aclose()
+    grown = _allocated_bytes(private_questdb.root) - before
+    assert grown < 32 * 2**20, f"one table pair reserved {grown / 2**20:.0f} MB"

@@ -13,7 +13,8 @@ Rules:
 1. ``encode`` reads the table and nothing else; it runs in pysyncobj's forked dump writer (``SnapshotBlob``
    defers it there), so the node never stalls on it.
 2. Derived state is rebuilt, not stored: the claim heaps, the expiry heap, window counts, the identical-job index
-   and every window's claim rank (the best live job among its jobs). Rebuilt heaps hold no stale entries; the
+   every window's claim rank (the best live job among its jobs) and the idle keys (in ``_keys`` order, which is
+   the order they became idle: ``_keyed.py`` rule 4). Rebuilt heaps hold no stale entries; the
    observable order is the same (DESIGN.md rule 1).
 3. ``decode`` accepts format 2 bytes and, once, for migration, the format-1 dict pysyncobj unpickles from dumps
    written before December 2026 (``{"format": 1, "state": TableState.__dict__}``).
@@ -160,6 +161,10 @@ def decode(data: Any) -> TableState | None:
     return t
 
 
+#: Attributes of TableState added after format 1 that are derived from the others (rebuilt, never stored).
+_DERIVED_SINCE_FORMAT1 = frozenset({"_idle_keys"})
+
+
 def _load_header(t: TableState, h: dict[str, Any]) -> None:
     t._clock_ms, t._token, t._job_seq, t._stale_claims = h["clock_ms"], h["token"], h["job_seq"], h["stale_claims"]
     t._series = {name: SeriesRec(interval, bars) for name, interval, bars in h["series"]}
@@ -221,7 +226,7 @@ def _load_windows(t: TableState, h: dict[str, Any], cols: dict[str, list[Any]]) 
 
 
 def _rebuild(t: TableState) -> None:
-    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap."""
+    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap, idle keys."""
     ranks = {job.job_id: (-job.priority, job.seq) for job in t._jobs.values()}
     for w in t._windows.values():
         t._window_counts[w.state] += 1
@@ -237,9 +242,14 @@ def _rebuild(t: TableState) -> None:
     heapq.heapify(t._delayed)
     t._expiry = [(r.expires_at_ms, r.token) for r in t._leases.values()]
     heapq.heapify(t._expiry)
+    _derive_idle_keys(t)
     for job in t._jobs.values():
         if not job.cancelled and not job.retired_at_ms:
             t._job_index[(job.series, job.start, job.end, job.priority)] = job.job_id
+
+
+def _derive_idle_keys(t: TableState) -> None:
+    t._idle_keys = OrderedDict((key, None) for key, rec in t._keys.items() if rec.state != "leased")
 
 
 def _decode_format1(data: dict[str, Any]) -> TableState | None:
@@ -248,9 +258,10 @@ def _decode_format1(data: dict[str, Any]) -> TableState | None:
     if data.get("format") != 1 or not isinstance(state, dict):
         return None
     fresh = TableState()
-    if set(state) != set(fresh.__dict__):
+    if set(state) | _DERIVED_SINCE_FORMAT1 != set(fresh.__dict__):
         return None
     fresh.__dict__.update(state)
+    _derive_idle_keys(fresh)
     for job in fresh._jobs.values():  # written before retention: these slots did not exist
         if not hasattr(job, "retired_at_ms"):
             job.finished_at_ms = job.retired_at_ms = 0

@@ -88,6 +88,8 @@ class TableState:
         self._job_index: dict[tuple[str, int, int, int], str] = {}
         self._leases: dict[int, LeaseRec] = {}
         self._keys: OrderedDict[str, KeyRec] = OrderedDict()
+        #: Keys without a live lease, in ``_keys`` order (derived; ``_keyed.py`` rule 4).
+        self._idle_keys: OrderedDict[str, None] = OrderedDict()
         self._groups: dict[str, list[int]] = {}
         self._window_counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
         self._nodes: dict[str, dict[str, str]] = {}

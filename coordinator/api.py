@@ -3,8 +3,9 @@
 Rules:
 1. Routes come from ``routes.ROUTES`` only. Bodies are JSON objects validated by the ``provider.core`` wire
    models; a bad field is a 400 naming it. Bodies above ``max_body_bytes`` are refused with 413.
-2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 answers
-   carry Retry-After; 421 ``not_leader`` answers carry the leader's URL in ``error.leader``.
+2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 and 429
+   (``capacity``: a limit refused the command, nothing changed) answers carry Retry-After; 421 ``not_leader``
+   answers carry the leader's URL in ``error.leader``.
 3. Any node accepts any request. Writes run on the leader and a follower forwards them (``forward.py``). Reads
    (``Route.read``) are linearizable by default: the leader commits a read barrier first, a follower forwards the
    read; ``?consistency=stale`` reads the node's own replica. When the leader dies or loses leadership under a
@@ -56,6 +57,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "lease_lost": 409,
     "too_large": 413,
+    "capacity": 429,
     "not_leader": 421,
     "internal": 500,
     "no_leader": 503,

@@ -225,7 +225,14 @@ class Handlers:
     async def claim_key(self, call: Call) -> web.Response:
         req = parse(KeyClaimRequest, call.body)
         value = await self._run(
-            call, "key_claim", {"key": req.key, "lease_ms": req.lease_ms, "worker_id": call.principal.name}
+            call,
+            "key_claim",
+            {
+                "key": req.key,
+                "lease_ms": req.lease_ms,
+                "worker_id": call.principal.name,
+                "max_keys": self.node.cfg.max_keys,
+            },
         )
         log.debug("key_lease_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
         return web.json_response(value)

@@ -228,7 +228,7 @@ class CoordinatorNode:
                     token=kwargs.get("token"),
                     key=kwargs.get("key"),
                 )
-            raise from_result(result.code, result.message, result.field)
+            raise from_result(result.code, result.message, result.field, result.value)
 
     async def claim(self, worker_id: str, max_windows: int, wait_ms: int, client_id: str, request_id: str) -> Any:
         """Claim windows; with ``wait_ms`` wait (long-poll) for work when none is pending."""

@@ -203,7 +203,7 @@ ROUTES: tuple[Route, ...] = (
         "QMTL: lease an opaque key for lease_ms; 409 while someone else holds it",
         "KeyClaimRequest",
         "KeyClaimAnswer",
-        errors=(*_WRITE, 409),
+        errors=(*_WRITE, 409, 429),
         write=True,
     ),
     Route(

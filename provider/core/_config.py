@@ -102,6 +102,14 @@ class CoordinatorConfig:
     max_claim_wait_ms: int = _spec(30_000, lo=0, hi=300_000, doc="longest claim long-poll in ms")
     #: Most windows a single job may create.
     max_windows_per_job: int = _spec(100_000, lo=1, hi=100_000_000, doc="windows one job may create")
+    #: Most QMTL keys the table remembers (coordinator/_keyed.py rule 3).
+    max_keys: int = _spec(
+        100_000,
+        lo=1,
+        hi=10_000_000,
+        doc="QMTL keys remembered; finished keys are forgotten oldest first, and at the cap with every key leased "
+        "a claim of a new key is refused (429)",
+    )
     #: The cluster's Raft election timeout range; each node times out within its own slice of it, by its rank in
     #: the sorted Raft addresses (coordinator/raft.py rule 10: pysyncobj raftMinTimeout / raftMaxTimeout).
     raft_min_timeout_ms: int = _spec(

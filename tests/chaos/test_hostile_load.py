@@ -1,0 +1,123 @@
+"""Hostile load against a real 3-node cluster with tokens: every limit refuses with a named answer and Retry-After,
+nothing live is forgotten, and the answers a naive client gets stay right (issue 21).
+
+The short version runs in ``make test``; ``SEAMLESS_CHAOS_LONG=1`` (``make chaos``) runs the issue's figures
+(100,000 live QMTL keys, the default cap)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from coordinator_testkit import Cluster, call, make_cluster
+from scenarios import LONG
+
+pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
+
+MAX_KEYS = 100_000 if LONG else 200
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, str]]]:
+    """A 3-node cluster with tokens and a small key cap (the 100,000 default in `make chaos`)."""
+    tokens = {role: secrets.token_hex(16) for role in ("reader", "worker", "operator")}
+    config: dict[str, Any] = {"coordinator": {"max_keys": MAX_KEYS, "leader_grace_ms": 500}}
+    cluster = make_cluster(
+        tmp_path_factory.mktemp("hostile"),
+        3,
+        config,
+        token_lines=[f"{token} {role} hostile-{role}" for role, token in tokens.items()],
+        secret=secrets.token_urlsafe(32),
+    )
+    cluster.token = tokens["operator"]
+    for i in range(3):
+        cluster.start(i)
+    try:
+        cluster.wait_leader(30)
+        yield cluster, tokens
+    finally:
+        cluster.kill_all()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+async def _claim_many(http: aiohttp.ClientSession, url: str, token: str, keys: list[str]) -> list[tuple[int, Any]]:
+    gate = asyncio.Semaphore(32)
+
+    async def one(key: str) -> tuple[int, Any]:
+        async with gate:
+            return await call(http, "POST", f"{url}/v1/leases/claim", {"key": key, "lease_ms": 600_000}, token=token)
+
+    return await asyncio.gather(*(one(key) for key in keys))
+
+
+@pytest.mark.timeout(1800 if LONG else 120)
+async def test_a_full_key_table_refuses_a_new_key_and_never_grants_it_twice(
+    hostile: tuple[Cluster, dict[str, str]],
+) -> None:
+    """The 2026-12-04 attack: fill the key table with live leases, then claim a new key twice. The first claim
+    takes the last slot, the second is a 409 (one live lease per key, as `/v1/leases` shows); any further new key
+    is a 429 `capacity` with Retry-After, through the leader and through a follower alike, and completing a key
+    makes room for exactly one more."""
+    cluster, tokens = hostile
+    leader = cluster.wait_leader(30)
+    follower = next(i for i in range(3) if i != leader)
+    worker, reader = tokens["worker"], tokens["reader"]
+    base = f"qmtl-{secrets.token_hex(3)}"
+    async with aiohttp.ClientSession() as http:
+        url = cluster.urls[leader]
+        filled = await _claim_many(http, url, worker, [f"{base}:60:{k}" for k in range(MAX_KEYS - 1)])
+        assert [status for status, _ in filled] == [200] * (MAX_KEYS - 1)
+        first = await call(
+            http, "POST", f"{url}/v1/leases/claim", {"key": f"{base}:60:new", "lease_ms": 600_000}, token=worker
+        )
+        second = await call(
+            http,
+            "POST",
+            f"{cluster.urls[follower]}/v1/leases/claim",
+            {"key": f"{base}:60:new", "lease_ms": 600_000},
+            token=worker,
+        )
+        assert first[0] == 200 and second[0] == 409, (first, second)
+        status, leases = await call(http, "GET", f"{url}/v1/leases", token=reader)
+        assert status == 200
+        assert [lease["token"] for lease in leases["leases"] if lease["key"] == f"{base}:60:new"] == [
+            first[1]["lease"]["token"]
+        ]
+
+        for node in (leader, follower):
+            async with http.post(
+                f"{cluster.urls[node]}/v1/leases/claim",
+                json={"key": f"{base}:60:more", "lease_ms": 600_000},
+                headers={"Authorization": f"Bearer {worker}"},
+            ) as answer:
+                body = await answer.json()
+                assert answer.status == 429 and body["error"]["code"] == "capacity", body
+                assert 1 <= int(answer.headers["Retry-After"]) <= 60
+                assert "coordinator.max_keys" in body["error"]["message"]
+
+        done = await call(
+            http,
+            "POST",
+            f"{url}/v1/leases/complete",
+            {"key": f"{base}:60:0", "token": filled[0][1]["lease"]["token"]},
+            token=worker,
+        )
+        assert done[0] == 200, done
+        again = await call(
+            http, "POST", f"{url}/v1/leases/claim", {"key": f"{base}:60:more", "lease_ms": 600_000}, token=worker
+        )
+        assert again[0] == 200, again
+        for k in (1, MAX_KEYS - 2):  # nothing live was forgotten: the oldest and the newest still complete
+            answer = await call(
+                http,
+                "POST",
+                f"{url}/v1/leases/complete",
+                {"key": f"{base}:60:{k}", "token": filled[k][1]["lease"]["token"]},
+                token=worker,
+            )
+            assert answer[0] == 200, answer

@@ -8,6 +8,9 @@ Rules:
 3. Request de-duplication: a command carrying ``(client_id, request_id)`` is remembered with its successful
    result; a duplicate returns that result without running again. Entries are evicted oldest first, beyond
    ``DEDUP_MAX_ENTRIES`` or ``DEDUP_TTL_MS`` of table time, so eviction is deterministic on every replica.
+   The leader appends ``FINGERPRINT_SEP`` and :func:`fingerprint` of the command's arguments to the request id
+   (``node.py``); a request id replayed with another body, or for another command, is a ``conflict`` and never
+   returns the first caller's answer. Ids without a fingerprint (older journals) are matched by id alone.
 4. Claim order lives in a heap of ``(-priority, job seq, start, series)`` entries with lazy deletion: an entry
    is valid only while its window is pending and still has that rank. Windows in retry backoff wait in a second
    heap ordered by ``not_before_ms``. Lease expiries live in a third heap, also lazily cleaned.
@@ -16,7 +19,9 @@ Rules:
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +41,7 @@ from coordinator._records import (
 )
 from provider.core import window_id
 
-__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "TableState"]
+__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "FINGERPRINT_SEP", "TableState", "fingerprint"]
 
 #: Remembered (client, request) results; enough for every retry of a commit timeout at thousands of commits/s.
 DEDUP_MAX_ENTRIES = 50_000
@@ -49,6 +54,15 @@ MAX_TTL_MS = 86_400_000
 MAX_TEXT_CHARS = 1000
 
 Command = Callable[[int], Result]
+#: Separates a request id from the fingerprint of its command's arguments (rule 3); not printable, so no client
+#: id can contain it (the API accepts printable ids only).
+FINGERPRINT_SEP = "\x1f"
+
+
+def fingerprint(op: str, kwargs: dict[str, Any]) -> str:
+    """A short digest of a command and its arguments (rule 3)."""
+    data = json.dumps([op, kwargs], sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
 
 
 def is_int(value: Any) -> bool:
@@ -107,19 +121,29 @@ class TableState:
             return invalid("now_ms", "must be an integer >= 0")
         if not isinstance(client_id, str) or not isinstance(request_id, str):
             return invalid("request_id", "client_id and request_id must be strings")
+        request_id, _, body = request_id.partition(FINGERPRINT_SEP)
         key = (client_id, request_id) if client_id and request_id else None
+        tag = f"{op}{FINGERPRINT_SEP}{body}" if body else op
         if key is not None:
             seen = self._dedup.get(key)
             if seen is not None:
-                if seen[0] != op:
-                    return Result.error("conflict", f"request id {request_id!r} was used for {seen[0]}", "request_id")
+                seen_op, _, seen_body = seen[0].partition(FINGERPRINT_SEP)
+                if seen_op != op:
+                    return Result.error("conflict", f"request id {request_id!r} was used for {seen_op}", "request_id")
+                if body and seen_body and body != seen_body:
+                    return Result.error(
+                        "conflict",
+                        f"request id {request_id!r} was already used for another {op} body: use a new "
+                        "X-Request-Id for a new request, the same one only to retry the same request",
+                        "request_id",
+                    )
                 return seen[2]
         now = max(self._clock_ms, now_ms)
         result = run(now)
         if result.ok:
             self._clock_ms = now
             if key is not None:
-                self._remember(key, op, now, result)
+                self._remember(key, tag, now, result)
         return result
 
     def _remember(self, key: tuple[str, str], op: str, now: int, result: Result) -> None:

@@ -12,7 +12,9 @@ Rules:
    forwarded request, the follower forwards it again (same ids: applied once) to the next leader until
    ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint).
 4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
-   first answer); ``X-Request-Id`` is echoed and bound to every log line of the request.
+   first answer); ``X-Request-Id`` is echoed and bound to every log line of the request. With tokens on, the
+   client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
+   with another body is a 409 ``conflict`` (``_state.py`` rule 3).
 """
 
 from __future__ import annotations
@@ -164,7 +166,9 @@ class _Server:
             if not client_id:
                 client_id = f"anon-{self.new_id()}"
                 extra = {"X-Client-Id": client_id, "X-Request-Id": request_id}
-            call = Call(request, body, principal, f"c:{client_id}", f"{route.name}|{request_id}")
+            # Rule 4: a client id is the caller's own; with tokens on, another token cannot replay it.
+            scope = f"t:{principal.name}:" if principal is not ANONYMOUS else "c:"
+            call = Call(request, body, principal, f"{scope}{client_id}", f"{route.name}|{request_id}")
             forwardable = (route.write or route.read) and FORWARDED_HEADER not in request.headers
             return await self.serve_or_forward(call, fn, raw, extra if forwardable else None)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator._retention import retention_loop
+from coordinator._state import FINGERPRINT_SEP, fingerprint
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
@@ -201,9 +202,10 @@ class CoordinatorNode:
         """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
+        tagged = f"{request_id}{FINGERPRINT_SEP}{fingerprint(op, kwargs)}" if client_id and request_id else request_id
         while True:
             await self.await_leader()
-            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": request_id}
+            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": tagged}
             try:
                 result = await self.raft.submit(op, args, max(deadline - loop.time(), 0.01))
             except CommitError as exc:

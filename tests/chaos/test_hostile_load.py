@@ -25,13 +25,13 @@ MAX_KEYS = 100_000 if LONG else 200
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, str]]]:
     """A 3-node cluster with tokens and a small key cap (the 100,000 default in `make chaos`)."""
-    tokens = {role: secrets.token_hex(16) for role in ("reader", "worker", "operator")}
+    tokens = {role: secrets.token_hex(16) for role in ("reader", "worker", "operator", "worker2")}
     config: dict[str, Any] = {"coordinator": {"max_keys": MAX_KEYS, "leader_grace_ms": 500}}
     cluster = make_cluster(
         tmp_path_factory.mktemp("hostile"),
         3,
         config,
-        token_lines=[f"{token} {role} hostile-{role}" for role, token in tokens.items()],
+        token_lines=[f"{token} {role.rstrip('2')} hostile-{role}" for role, token in tokens.items()],
         secret=secrets.token_urlsafe(32),
     )
     cluster.token = tokens["operator"]
@@ -121,3 +121,28 @@ async def test_a_full_key_table_refuses_a_new_key_and_never_grants_it_twice(
                 token=worker,
             )
             assert answer[0] == 200, answer
+
+
+async def test_an_idempotency_key_is_the_callers_own_and_bound_to_its_body(
+    hostile: tuple[Cluster, dict[str, str]],
+) -> None:
+    """Another token replaying a caller's X-Client-Id/X-Request-Id gets its own answer, never the first caller's
+    lease token; the same caller replaying the pair with another body gets 409 and nothing changes; the same body
+    is the first answer (a retry)."""
+    cluster, tokens = hostile
+    ids = {"X-Client-Id": "shared-client", "X-Request-Id": secrets.token_hex(8)}
+    key = f"replay-{secrets.token_hex(3)}:60:0"
+    async with aiohttp.ClientSession() as http:
+        url = cluster.urls[cluster.wait_leader(30)]
+        claim = f"{url}/v1/leases/claim"
+        first = await call(http, "POST", claim, {"key": key, "lease_ms": 60_000}, token=tokens["worker"], headers=ids)
+        assert first[0] == 200, first
+        retry = await call(http, "POST", claim, {"key": key, "lease_ms": 60_000}, token=tokens["worker"], headers=ids)
+        assert retry == first
+        other = await call(http, "POST", claim, {"key": key, "lease_ms": 60_000}, token=tokens["worker2"], headers=ids)
+        assert other[0] == 409 and other[1]["error"]["code"] == "conflict", other  # the key is held: a new command
+        body = {"key": f"{key}:x", "lease_ms": 60_000}
+        changed = await call(http, "POST", claim, body, token=tokens["worker"], headers=ids)
+        assert changed[0] == 409 and "another key_claim body" in changed[1]["error"]["message"], changed
+        status, leases = await call(http, "GET", f"{url}/v1/leases", token=tokens["reader"])
+        assert status == 200 and not [lease for lease in leases["leases"] if lease["key"] == f"{key}:x"]

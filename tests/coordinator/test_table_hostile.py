@@ -175,3 +175,33 @@ def test_a_small_submission_does_not_reorder_the_whole_queue(monkeypatch) -> Non
     assert late.ok and heapified == []
     claimed = t.claim(worker_id="w", max_windows=2, ttl_ms=TTL, now_ms=3).value["leases"]
     assert [parse_window_id(lease["window_id"])[1] for lease in claimed] == [5000 * 60_000, 0]
+
+
+def test_a_request_id_replayed_with_another_body_is_a_conflict() -> None:
+    """The leader tags each request id with its arguments' fingerprint: the same id and body gets the first answer,
+    another body (or command) is a conflict that changes nothing, and an id without a tag (an older journal) is
+    matched by id alone."""
+    from coordinator._state import FINGERPRINT_SEP, fingerprint
+
+    t = Table()
+
+    def claim(key: str, request_id: str, now: int, tag: bool = True) -> object:
+        args = {"key": key, "lease_ms": TTL}
+        rid = f"{request_id}{FINGERPRINT_SEP}{fingerprint('key_claim', args)}" if tag else request_id
+        return t.key_claim(**args, now_ms=now, client_id="c", request_id=rid)
+
+    first = claim("k:1:a", "r1", 10)
+    assert claim("k:1:a", "r1", 11) == first
+    before = t.snapshot()
+    other = claim("k:1:b", "r1", 12)
+    assert other.code == "conflict" and "another key_claim body" in other.message and t.snapshot() == before
+    complete = t.key_complete(key="k:1:a", token=1, now_ms=13, client_id="c", request_id=f"r1{FINGERPRINT_SEP}x")
+    assert complete.code == "conflict" and "was used for key_claim" in complete.message
+    legacy = claim("k:1:c", "r2", 14, tag=False)
+    assert legacy.ok and claim("k:1:d", "r2", 15, tag=False) == legacy
+    assert (
+        restored(t)
+        .key_claim(key="k:1:b", lease_ms=TTL, now_ms=16, client_id="c", request_id=f"r1{FINGERPRINT_SEP}other")
+        .code
+        == "conflict"
+    )  # the tag survives a dump

@@ -15,6 +15,7 @@ Rules:
    first answer); ``X-Request-Id`` is echoed and bound to every log line of the request. With tokens on, the
    client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
    with another body is a 409 ``conflict`` (``_state.py`` rule 3).
+5. Without tokens, requests a browser could forge are refused first (``_browser.py``: Host, Origin, JSON bodies).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator._browser import browser_refusal
 from coordinator.auth import ANONYMOUS, Principal, TokenTable
 from coordinator.errors import (
     BadRequestError,
@@ -59,6 +61,7 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "lease_lost": 409,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "capacity": 429,
     "not_leader": 421,
     "internal": 500,
@@ -154,6 +157,15 @@ class _Server:
     def wrap(self, route: Route, fn: Callable[[Call], Awaitable[web.StreamResponse]]) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = ANONYMOUS
+            if self.tokens is None:
+                refusal = browser_refusal(
+                    request,
+                    bound_host=self.node.settings.http_host,
+                    allowed_hosts=self.node.cfg.allowed_hosts,
+                    allowed_origins=self.node.cfg.allowed_origins,
+                )
+                if refusal is not None:
+                    raise refusal
             if route.role is not None and self.tokens is not None:
                 principal = self.tokens.authenticate(request.headers.get("Authorization"), route.role)
             raw: bytes = b""

@@ -196,6 +196,7 @@ _ERROR_TEXT = {
     404: "unknown id",
     409: "conflict, or lease_lost (stale token)",
     413: "body too large",
+    415: "without tokens: a body that is not application/json",
     429: "a limit refused the command and nothing changed (error.code capacity); see Retry-After and error.message",
     421: "not the leader and forwarding is not possible; error.leader is the leader's URL",
     503: "no leader or commit timeout; see Retry-After",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 __all__ = ["ROUTES", "Route"]
 
 _AUTH = (401, 403)
-_WRITE = (400, 401, 403, 413, 421, 503)
+_WRITE = (400, 401, 403, 413, 415, 421, 503)
 _READ = (400, 401, 403, 421, 503)
 _CONSISTENCY = ("consistency", "linearizable (default: as new as every acknowledged write) or stale (this replica)")
 

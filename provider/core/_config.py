@@ -128,6 +128,11 @@ class CoordinatorConfig:
     fsync: str = _spec("batch", choices=("always", "batch", "never"), doc="journal durability policy")
     #: Longest time between two journal syncs under ``fsync: batch`` while writes arrive.
     fsync_interval_ms: int = _spec(10, lo=1, hi=10_000, doc="journal sync interval in ms (fsync: batch)")
+    #: Without tokens, the ``Host`` names a request may carry besides IP addresses, ``localhost`` and the ``--http``
+    #: host (coordinator/_browser.py: a DNS-rebinding page cannot reach the API under its own name).
+    allowed_hosts: tuple[str, ...] = _spec((), doc="extra Host names accepted without tokens (a YAML list)")
+    #: Without tokens, the foreign origins (``scheme://host:port``) a browser may send writes from.
+    allowed_origins: tuple[str, ...] = _spec((), doc="origins allowed to send writes without tokens (a YAML list)")
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,8 @@ async def call(
     if token:
         sent["Authorization"] = f"Bearer {token}"
     kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body} if body is not None else {}
+    if raw is not None:
+        sent.setdefault("Content-Type", "application/json")  # what a JSON client sends (a bare POST is refused)
     deadline = time.monotonic() + retry_s
     while True:
         try:

@@ -69,6 +69,8 @@ STATUS: dict[str, int] = {
     "timeout": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
+#: Refusals of malformed requests, logged at WARNING with the message cut short (other 4xx are normal flow).
+_LOGGED_REFUSALS = frozenset({400, 413, 415})
 #: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
 #: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
 _FORWARD_RETRY_S = 0.25
@@ -233,6 +235,15 @@ def _middleware(server: _Server) -> Any:
                 response: web.StreamResponse = await handler(request)
             except CoordinatorError as exc:
                 response = error_response(exc)
+                if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
+                    log.warning(
+                        "request_refused",
+                        method=request.method,
+                        path=request.path[:200],
+                        status=response.status,
+                        field=exc.field,
+                        message=exc.message[:300],
+                    )
             except web.HTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
                 response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}", code=code))

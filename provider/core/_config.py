@@ -26,6 +26,7 @@ __all__ = [
     "CoordinatorConfig",
     "SLAConfig",
     "SeamlessConfig",
+    "STORAGE_DSN_ENV",
     "StorageConfig",
     "WorkerConfig",
     "config_from_mapping",
@@ -156,6 +157,10 @@ class WorkerConfig:
     fallback_sources: tuple[str, ...] = _spec((), doc="ordered fallback source specs (a YAML list)")
     #: How often a worker polls its storage's WAL status (``seamless_storage_wal_suspended``).
     storage_check_interval_ms: int = _spec(15_000, lo=100, hi=600_000, doc="WAL status poll period in ms")
+
+
+#: The environment variable the CLIs read a storage DSN from, so that its password stays out of ``ps``.
+STORAGE_DSN_ENV = "SEAMLESS_STORAGE_DSN"
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,24 @@ class TableState:
     def jobs(self) -> list[dict[str, Any]]:
         return [job.public() for job in self._jobs.values()]
 
+    def jobs_page(
+        self, limit: int, after_seq: int = 0, state: str | None = None, series: str | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` jobs with a submission number above ``after_seq`` (in submission order), filtered by
+        ``state`` and ``series``, and the cursor of the next page (None on the last page)."""
+        page: list[dict[str, Any]] = []
+        last_seq = after_seq
+        for job in self._jobs.values():
+            if job.seq <= after_seq or (series is not None and job.series != series):
+                continue
+            if state is not None and job.state != state:
+                continue
+            if len(page) == limit:
+                return page, last_seq
+            page.append(job.public())
+            last_seq = job.seq
+        return page, None
+
     def pending_count(self) -> int:
         return self._window_counts[PENDING]
 

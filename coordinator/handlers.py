@@ -21,7 +21,7 @@ from aiohttp import web
 
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
-from provider.core import ClaimRequest, JobRequest, WireFormatError
+from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError
 from provider.core._models import (
     CompleteRequest,
     FailRequest,
@@ -42,6 +42,19 @@ WINDOW_STATES = ("pending", "leased", "done", "failed")
 
 log = get_logger("coordinator.api")
 M = TypeVar("M")
+
+
+#: ``GET /v1/jobs`` pages: the default and the largest ``limit``.
+JOBS_PAGE_DEFAULT, JOBS_PAGE_MAX = 500, 5000
+
+
+def _query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
+        raise BadRequestError(f"query parameter {name}={text[:40]!r} must be an integer from {lo} to {hi}", field=name)
+    return int(text)
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
@@ -102,8 +115,20 @@ class Handlers:
         return web.json_response({"job": job}, status=201 if value["created"] else 200)
 
     async def list_jobs(self, call: Call) -> web.Response:
+        """A page of jobs in submission order: ``limit`` (default 500, at most 5000), ``cursor`` (the previous
+        page's ``next_cursor``), ``state`` and ``series`` filters. ``next_cursor`` is null on the last page."""
+        query = call.request.query
+        limit = _query_int(query, "limit", JOBS_PAGE_DEFAULT, 1, JOBS_PAGE_MAX)
+        after = _query_int(query, "cursor", 0, 0, 2**62)
+        state = query.get("state") or None
+        if state is not None and state not in JOB_STATES:
+            allowed = ", ".join(JOB_STATES)
+            raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
+        series = query.get("series") or None
         headers = await self._consistency(call)
-        return web.json_response({"jobs": self.node.raft.read(lambda t: t.jobs())}, headers=headers)
+        jobs, next_seq = self.node.raft.read(lambda t: t.jobs_page(limit, after, state, series))
+        cursor = None if next_seq is None else str(next_seq)
+        return web.json_response({"jobs": jobs, "next_cursor": cursor}, headers=headers)
 
     async def get_job(self, call: Call) -> web.Response:
         job_id = call.param("job_id")

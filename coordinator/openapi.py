@@ -70,7 +70,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         retired_at_ms=_MS,
     ),
     "JobAnswer": _obj(("job",), job=_ref("Job")),
-    "JobList": _obj(("jobs",), jobs={"type": "array", "items": _ref("Job")}),
+    "JobList": _obj(
+        ("jobs", "next_cursor"),
+        jobs={"type": "array", "items": _ref("Job")},
+        next_cursor={"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
+    ),
     "RetryAnswer": _obj(("job", "requeued"), job=_ref("Job"), requeued=_INT),
     "ClaimRequest": _obj(
         ("worker_id",),

@@ -58,10 +58,16 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs",
         "list_jobs",
         "reader",
-        "Every job with window counts and completion ratio",
+        "A page of jobs (submission order) with window counts and completion ratio; follow next_cursor",
         answer="JobList",
         errors=_READ,
-        query=(_CONSISTENCY,),
+        query=(
+            ("limit", "jobs per page, 1-5000 (default 500)"),
+            ("cursor", "next_cursor of the previous page (default: the first page)"),
+            ("state", "running, done, failed or cancelled (default: all)"),
+            ("series", "one series key (default: all)"),
+            _CONSISTENCY,
+        ),
         read=True,
     ),
     Route(

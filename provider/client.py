@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -236,10 +236,19 @@ class CoordinatorClient:
         answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}")
         return Job.from_dict(answer.get("job", answer))
 
-    async def list_jobs(self) -> list[Job]:
-        """Every job the cluster knows."""
-        answer = await self.request("GET", "/v1/jobs")
-        return [Job.from_dict(item) for item in answer["jobs"]]
+    async def list_jobs(self, *, state: str | None = None, series: str | None = None) -> list[Job]:
+        """Every job the cluster knows (in ``state``, of ``series`` when given), following the pages of
+        ``GET /v1/jobs``."""
+        jobs: list[Job] = []
+        query: dict[str, str] = {"limit": "5000"}
+        query.update({k: v for k, v in (("state", state), ("series", series)) if v is not None})
+        while True:
+            answer = await self.request("GET", "/v1/jobs?" + urlencode(query))
+            jobs += [Job.from_dict(item) for item in answer["jobs"]]
+            cursor = answer.get("next_cursor")  # absent from nodes older than paging: one page holds every job
+            if not cursor:
+                return jobs
+            query["cursor"] = str(cursor)
 
     async def job_windows(self, job_id: str, state: str | None = None) -> list[dict[str, Any]]:
         """The job's windows (``window_id``, ``start``, ``end``, ``state``, ``attempts``, ``rows``, ``last_error``)."""

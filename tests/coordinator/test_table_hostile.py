@@ -205,3 +205,29 @@ def test_a_request_id_replayed_with_another_body_is_a_conflict() -> None:
         .code
         == "conflict"
     )  # the tag survives a dump
+
+
+def test_jobs_come_in_pages_that_cover_every_job_once() -> None:
+    """Following next-page cursors yields every job once in submission order, with the state and series filters
+    applied inside the page (a page is never padded with other jobs)."""
+    t = Table()
+    names = ("ohlcv:ex:AAA/USD:1m", "ohlcv:ex:BBB/USD:1m")
+    for k in range(25):
+        assert t.submit_job(
+            series=names[k % 2], start=k * 60_000, end=(k + 1) * 60_000, window_bars=1, max_windows=1, now_ms=1
+        ).ok
+    t.cancel_job(job_id="job-4", now_ms=2)
+    seen: list[str] = []
+    cursor = 0
+    while True:
+        page, cursor_next = t.jobs_page(10, cursor)
+        assert len(page) <= 10
+        seen += [job["job_id"] for job in page]
+        if cursor_next is None:
+            break
+        cursor = cursor_next
+    assert seen == [f"job-{k}" for k in range(1, 26)]
+    page, more = t.jobs_page(100, 0, series=names[1])
+    assert [job["job_id"] for job in page] == [f"job-{k}" for k in range(2, 26, 2)] and more is None
+    page, more = t.jobs_page(100, 0, state="cancelled")
+    assert [job["job_id"] for job in page] == ["job-4"] and more is None

@@ -23,17 +23,17 @@ Rules:
    readiness event reads at most :data:`READ_BUDGET_BYTES` and stops once a whole frame is buffered, so a frame's
    limit is always the one in force after the frames before it were handled.
 4. An incoming connection must finish its handshake within pysyncobj's ``connectionTimeout``; at most
-   :data:`MAX_PENDING_CONNECTIONS` may be unidentified at once (the oldest is closed first). A failed
-   ``accept`` (out of file descriptors) is counted and the server keeps listening (pysyncobj stopped listening
-   for good).
+   :data:`MAX_PENDING_CONNECTIONS` may be unidentified at once (the oldest is closed first). The listen backlog
+   is :data:`LISTEN_BACKLOG`, not 5. A failed ``accept`` (out of file descriptors) is counted and the server
+   keeps listening (pysyncobj stopped listening for good).
 5. Every rejection closes the connection, counts ``coordinator_raft_rejections_total{reason}`` and logs
    ``raft_peer_rejected`` (WARNING) naming the peer's address, at most once per :data:`LOG_INTERVAL_S` per
    (reason, host), the next line carrying how many were suppressed. Nothing a peer sends is logged.
 6. The frame limit is a constant, not configuration: the largest legitimate message follows from the code
    (``MAX_BATCH`` commands of capped wire fields in one log entry after up to ``appendEntriesBatchSizeBytes`` of
-   others: ~4.5 MiB encrypted, worst case; full-dump chunks are 64 KiB), every node must accept what any node
-   sends, and a node configured below it would stall replication. ``tests/coordinator/test_raft_transport.py``
-   builds that worst case and checks it fits with room to spare.
+   others: 6.0 MiB encrypted and 8.2 MiB inflated at worst; full-dump chunks are 64 KiB), every node must accept
+   what any node sends, and a node configured below it would stall replication.
+   ``tests/coordinator/test_raft_transport.py`` builds that worst case and checks it fits 3 times over.
 7. It overrides name-mangled pysyncobj methods (``_TcpConnection__tryReadBuffer`` and friends):
    :func:`check_pysyncobj` refuses to start on a pysyncobj without them rather than run unguarded.
 """
@@ -74,7 +74,7 @@ __all__ = [
 
 log = get_logger("coordinator.raft")
 
-#: Largest frame, and largest decompressed message, of an authenticated peer (rule 6: ~7x the worst legitimate).
+#: Largest frame, and largest decompressed message, of an authenticated peer (rule 6: 4x the worst legitimate).
 MAX_FRAME_BYTES = 32 * 2**20
 #: Largest frame, and decompressed message, before the peer is authenticated and identified (rule 2).
 HANDSHAKE_FRAME_BYTES = 16 * 2**10
@@ -82,6 +82,9 @@ HANDSHAKE_FRAME_BYTES = 16 * 2**10
 READ_BUDGET_BYTES = 2**20
 #: Most incoming connections that have not finished their handshake at once.
 MAX_PENDING_CONNECTIONS = 64
+#: Listen backlog. pysyncobj's is 5: a burst of a few connections filled it, and the next connect (a member's
+#: reconnect, say) waited for a SYN retransmit, 1 s and more.
+LISTEN_BACKLOG = 128
 #: At most one log line per (reason, peer host) per this many seconds.
 LOG_INTERVAL_S = 10.0
 #: Why a peer or frame was refused (the values of the metric's ``reason`` label).
@@ -332,6 +335,10 @@ class _GuardedServer(TcpServer):
         self._accepted = accepted
         self._guard = guard
         super().__init__(*args, **kwargs)
+
+    def bind(self) -> None:
+        super().bind()
+        self._TcpServer__socket.listen(LISTEN_BACKLOG)
 
     def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:
         if event & POLL_EVENT_TYPE.READ:

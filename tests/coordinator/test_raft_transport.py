@@ -344,6 +344,27 @@ def _free_addr() -> str:
         return f"127.0.0.1:{probe.getsockname()[1]}"
 
 
+def one_node(tmp_path: Path, password: str | None = None) -> tuple[RaftNode, tuple[str, int]]:
+    """A started one-node RaftNode (the guarded transport) that leads, and its Raft address; stop it when done."""
+    addr = _free_addr()
+    node = RaftNode(RaftSettings(addr, (), tmp_path, password=password), Table(), lambda op, result: None)
+    node.start()
+    wait_for(lambda: node.is_leader, 10, "the node to lead")
+    host, port = addr.rsplit(":", 1)
+    return node, (host, int(port))
+
+
+def closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether the other end closes ``sock`` within ``timeout_s`` (end of stream or reset)."""
+    sock.settimeout(timeout_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
 @pytest.mark.parametrize("password", [None, SECRET], ids=["open", "secret"])
 def test_a_pysyncobj_peer_replicates_through_the_guarded_port_and_junk_does_not_stop_it(
     tmp_path: Path, password: str | None
@@ -351,15 +372,11 @@ def test_a_pysyncobj_peer_replicates_through_the_guarded_port_and_junk_does_not_
     """A one-node RaftNode with the guarded transport: junk with a huge length is cut off and counted, the node
     stays leader, and a stock pysyncobj read-only peer (with the secret when one is set) still handshakes and
     replicates a command committed after the junk."""
-    addr = _free_addr()
-    node = RaftNode(RaftSettings(addr, (), tmp_path, password=password), Table(), lambda op, result: None)
-    node.start()
+    node, addr = one_node(tmp_path, password)
     peer_table = Table()
     peer: SyncObj | None = None
     try:
-        wait_for(lambda: node.is_leader, 10, "the node to lead")
-        host, port = addr.rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as junk:
+        with socket.create_connection(addr, timeout=5) as junk:
             junk.sendall(struct.pack("i", 2**31 - 1))
             with pytest.raises(OSError):
                 for _ in range(1000):
@@ -367,15 +384,39 @@ def test_a_pysyncobj_peer_replicates_through_the_guarded_port_and_junk_does_not_
         assert node.transport_rejections()["frame_too_large"] >= 1
         assert node.is_leader
         done = threading.Event()
+        raft = node.settings.self_addr
         node._consumer.apply_batch(
-            [("announce", {"node_id": "n0", "raft": addr, "http": "http://x:1"})],
+            [("announce", {"node_id": "n0", "raft": raft, "http": "http://x:1"})],
             callback=lambda result, error: done.set(),
         )
         assert done.wait(5)
         consumer = TableConsumer(peer_table, threading.Lock(), lambda op, result: None)
-        peer = SyncObj(None, [addr], SyncObjConf(password=password, connectionRetryTime=0.2), consumers=[consumer])
-        wait_for(lambda: addr in peer_table.nodes(), 10, "the read-only peer to replicate the command")
+        peer = SyncObj(None, [raft], SyncObjConf(password=password, connectionRetryTime=0.2), consumers=[consumer])
+        wait_for(lambda: raft in peer_table.nodes(), 10, "the read-only peer to replicate the command")
     finally:
         if peer is not None:
             peer.destroy()
+        node.stop()
+
+
+def test_silent_and_surplus_handshakes_are_closed(tmp_path: Path) -> None:
+    """A connection that never completes its handshake is closed after connectionTimeout (3.5 s), not before 3 s;
+    the 65th open handshake closes the oldest one at once (65 connects queue in the listen backlog, which was 5).
+    Both are counted."""
+    node, addr = one_node(tmp_path)
+    try:
+        with socket.create_connection(addr, timeout=5) as silent:
+            opened = time.monotonic()
+            assert closed_by_peer(silent, 10)
+            assert 3.0 <= time.monotonic() - opened < 8.0
+        assert node.transport_rejections()["handshake_timeout"] == 1
+        with contextlib.ExitStack() as stack:
+            crowd = [
+                stack.enter_context(socket.create_connection(addr, timeout=5))
+                for _ in range(transport.MAX_PENDING_CONNECTIONS + 1)
+            ]
+            assert closed_by_peer(crowd[0], 2)
+            assert not closed_by_peer(crowd[-1], 0.2)
+            assert node.transport_rejections()["too_many_pending"] == 1
+    finally:
         node.stop()

@@ -8,12 +8,14 @@ Rules:
 3. Replicated counters (``backfill_stale_claims_total``) have the same value on every replica: aggregate across
    nodes with ``max()``, or select the leader with ``coordinator_is_leader == 1``.
 4. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
+5. ``coordinator_raft_rejections_total{reason}`` counts peers and frames this node's Raft port refused
+   (``coordinator/_raft_transport.py``); every reason is present from the start, at 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -31,6 +33,7 @@ class ClusterFigures:
     term: int
     commit_index: int
     table: dict[str, Any]  # Table.stats()
+    raft_rejections: dict[str, int] = field(default_factory=dict)  # RaftNode.transport_rejections()
 
 
 class _TableCollector(Collector):
@@ -67,6 +70,12 @@ class _TableCollector(Collector):
         yield GaugeMetricFamily("coordinator_is_leader", "1 on the Raft leader", value=1 if f.is_leader else 0)
         yield GaugeMetricFamily("coordinator_raft_term", "Current Raft term", value=f.term)
         yield GaugeMetricFamily("coordinator_raft_commit_index", "Raft commit index", value=f.commit_index)
+        rejections = CounterMetricFamily(
+            "coordinator_raft_rejections", "Peers and frames the Raft port refused, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(f.raft_rejections.items()):
+            rejections.add_metric([reason], count)
+        yield rejections
 
 
 class CoordinatorMetrics:

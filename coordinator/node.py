@@ -154,7 +154,8 @@ class CoordinatorNode:
 
     def figures(self) -> ClusterFigures:
         stats = self.raft.read(lambda t: t.stats())
-        return ClusterFigures(self.raft.is_leader, self.raft.term, self.raft.commit_index, stats)
+        raft = self.raft
+        return ClusterFigures(raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections())
 
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""

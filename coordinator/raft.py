@@ -43,12 +43,16 @@ Rules:
     exceed pysyncobj's tick (``AUTO_TICK_S``: a deadline is noticed at the next tick) plus a vote's delivery
     under load. A lower-ranked survivor whose log is behind is refused; the
     other then stands at its own timeout, within the range (2 terms, no extra timeout).
+11. The Raft port is guarded: pysyncobj runs with :class:`coordinator._raft_transport.GuardedTransport` (bounded
+    frames checked before buffering, linear buffers, handshake limits and deadlines, rate-limited rejection logs;
+    rules in that module). Its rejection counts are :meth:`RaftNode.transport_rejections`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import threading
 import time
@@ -60,6 +64,7 @@ from typing import Any, TypeVar
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from coordinator._fsync import journal_factory
+from coordinator._raft_transport import GuardedTransport, TransportGuard
 from coordinator._retention import trim_after_retire
 from coordinator.table import Result, Table
 from provider.core.obs import get_logger
@@ -259,6 +264,7 @@ class RaftNode:
         self.table = table
         self._lock = threading.Lock()
         self._consumer = TableConsumer(table, self._lock, on_applied)
+        self._guard = TransportGuard()
         self._sync: SyncObj | None = None
         self._keepalive_at_s = 0.0
         self._leader_since_s: float | None = None
@@ -282,7 +288,11 @@ class RaftNode:
         )
         with journal_factory(self.settings.fsync, self.settings.fsync_interval_ms):  # coordinator/_fsync.py
             self._sync = SyncObj(
-                self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
+                self.settings.self_addr,
+                peers,
+                self.settings.conf(self._state_changed),
+                consumers=[self._consumer],
+                transportClass=functools.partial(GuardedTransport, guard=self._guard),  # rule 11
             )
         self._sync.addOnTickCallback(self._keepalive)
 
@@ -335,6 +345,10 @@ class RaftNode:
     @property
     def last_applied(self) -> int:
         return int(self._sync.raftLastApplied) if self._sync is not None else 0
+
+    def transport_rejections(self) -> dict[str, int]:
+        """Peers and frames the Raft port refused since start, by reason (rule 11)."""
+        return self._guard.rejections()
 
     def connected(self, addr: str) -> bool:
         if self._sync is None:

@@ -8,6 +8,8 @@ Rules:
 3. Replicated counters (``backfill_stale_claims_total``) have the same value on every replica: aggregate across
    nodes with ``max()``, or select the leader with ``coordinator_is_leader == 1``.
 4. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
+5. HTTP connection figures (``coordinator_http_connections*``) are read from the node's connection guard at scrape
+   time (``coordinator/_connections.py``); they are this node's own.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ClusterFigures", "CoordinatorMetrics"]
+__all__ = ["ClusterFigures", "ConnectionFigures", "CoordinatorMetrics"]
+
+#: Connection guard events that close a connection (``reason`` of ``coordinator_http_connections_closed_total``).
+CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "evicted", "refused_per_peer", "refused_total")
+#: Events that mean the node could not accept (``kind`` of ``coordinator_http_accept_problems_total``).
+ACCEPT_PROBLEMS = ("accept_error", "fd_low")
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,43 @@ class ClusterFigures:
     term: int
     commit_index: int
     table: dict[str, Any]  # Table.stats()
+
+
+@dataclass(frozen=True)
+class ConnectionFigures:
+    """The connection guard's figures at scrape time."""
+
+    open: int
+    max_total: int
+    events: dict[str, int]  # totals since start, by event (CLOSE_REASONS and ACCEPT_PROBLEMS)
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, figures: Callable[[], ConnectionFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        yield GaugeMetricFamily("coordinator_http_connections", "Open HTTP connections of this node", value=f.open)
+        yield GaugeMetricFamily(
+            "coordinator_http_connections_max", "Cap on open HTTP connections (below the fd limit)", value=f.max_total
+        )
+        closed = CounterMetricFamily(
+            "coordinator_http_connections_closed",
+            "HTTP connections closed by the connection guard: timeouts, evictions at the cap, refusals",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], f.events.get(reason, 0))
+        yield closed
+        problems = CounterMetricFamily(
+            "coordinator_http_accept_problems",
+            "Times this node could not accept: accept() failed for lack of resources, or free fds ran low",
+            labels=["kind"],
+        )
+        for kind in ACCEPT_PROBLEMS:
+            problems.add_metric([kind], f.events.get(kind, 0))
+        yield problems
 
 
 class _TableCollector(Collector):
@@ -72,9 +116,16 @@ class _TableCollector(Collector):
 class CoordinatorMetrics:
     """The node's metrics on its own registry."""
 
-    def __init__(self, registry: CollectorRegistry, figures: Callable[[], ClusterFigures]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        figures: Callable[[], ClusterFigures],
+        connections: Callable[[], ConnectionFigures] | None = None,
+    ) -> None:
         self.registry = registry
         registry.register(_TableCollector(figures))
+        if connections is not None:
+            registry.register(_ConnectionCollector(connections))
         self.fenced_rejections = Counter(
             "backfill_fenced_rejections",
             "Requests rejected with 409 lease_lost (stale fencing token)",

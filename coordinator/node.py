@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
-from coordinator.metrics import ClusterFigures, CoordinatorMetrics
+from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
 from coordinator.table import Result, Table
 from provider.core import AppConfig
@@ -94,7 +95,9 @@ class CoordinatorNode:
             self.table,
             self._on_applied,
         )
-        self.metrics = CoordinatorMetrics(new_registry(), self.figures)
+        #: The HTTP server's connection guard (timeouts, caps, fd headroom); ``cli.py`` serves through it.
+        self.connections = ConnectionGuard(connection_limits(self.cfg, fd_limit()))
+        self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,6 +108,7 @@ class CoordinatorNode:
         self._loop = asyncio.get_running_loop()
         self._work = asyncio.Event()
         await self._loop.run_in_executor(None, self.raft.start)
+        self.connections.start()
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
@@ -117,6 +121,7 @@ class CoordinatorNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.connections.stop()
         self.raft.stop()
 
     def _on_applied(self, op: str, result: Result) -> None:
@@ -154,6 +159,10 @@ class CoordinatorNode:
     def figures(self) -> ClusterFigures:
         stats = self.raft.read(lambda t: t.stats())
         return ClusterFigures(self.raft.is_leader, self.raft.term, self.raft.commit_index, stats)
+
+    def connection_figures(self) -> ConnectionFigures:
+        guard = self.connections
+        return ConnectionFigures(guard.open, guard.limits.max_total, dict(guard.counts))
 
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -143,6 +143,12 @@ class CoordinatorMetrics:
         )
         self.forwarded = Counter(
             "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry
+        )
+        self.forward_long_polls = Gauge(
+            "coordinator_forward_long_polls",
+            "Long-poll claims this follower forwards: holding a long-poll connection, or queued for one",
+            ["state"],
+            registry=registry,
         )
         self.commit_retries = Counter(
             "coordinator_commit_retries",

@@ -114,8 +114,7 @@ class _Server:
         self.node = node
         self.tokens = tokens
         self.max_body = node.cfg.max_body_bytes
-        wait_s = node.cfg.max_claim_wait_ms / 1000
-        self.forwarder = Forwarder(node.settings.node_id, node.cfg.commit_timeout_ms / 1000 + wait_s + 2.0)
+        self.forwarder = Forwarder(node.settings.node_id, node.cfg, node.metrics)
         # Ids for requests that bring none: unique per process start, cheap (no syscall per request).
         self._id_prefix = new_request_id()[:8]
         self._id_counter = itertools.count(1)

@@ -307,11 +307,17 @@ class Handlers:
         )
 
     def _health(self, ok: bool, bad_status: str) -> web.Response:
+        """The probe answer; a node that could not accept connections lately is ``not_accepting`` (503) whatever
+        else holds, so that a leader out of descriptors is noticed (and restarted) instead of looking healthy."""
+        connections = self.node.connections.health()
+        if ok and connections["state"] == "not_accepting":
+            ok, bad_status = False, "not_accepting"
         body = {
             "status": "ok" if ok else bad_status,
             "role": self.node.role(),
             "leader": self.node.leader_http(),
             "node_id": self.node.settings.node_id,
+            "http": connections,
         }
         response = web.json_response(body, status=200 if ok else 503)
         if not ok:

@@ -10,6 +10,8 @@ Rules:
 4. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
 5. ``coordinator_raft_rejections_total{reason}`` counts peers and frames this node's Raft port refused
    (``coordinator/_raft_transport.py``); every reason is present from the start, at 0.
+6. HTTP connection figures (``coordinator_http_connections*``) are read from the node's connection guard at scrape
+   time (``coordinator/_connections.py``); they are this node's own.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ClusterFigures", "CoordinatorMetrics"]
+__all__ = ["ClusterFigures", "ConnectionFigures", "CoordinatorMetrics"]
+
+#: Connection guard events that close a connection (``reason`` of ``coordinator_http_connections_closed_total``).
+CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "evicted", "refused_per_peer", "refused_total")
+#: Events that mean the node could not accept (``kind`` of ``coordinator_http_accept_problems_total``).
+ACCEPT_PROBLEMS = ("accept_error", "fd_low")
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,43 @@ class ClusterFigures:
     commit_index: int
     table: dict[str, Any]  # Table.stats()
     raft_rejections: dict[str, int] = field(default_factory=dict)  # RaftNode.transport_rejections()
+
+
+@dataclass(frozen=True)
+class ConnectionFigures:
+    """The connection guard's figures at scrape time."""
+
+    open: int
+    max_total: int
+    events: dict[str, int]  # totals since start, by event (CLOSE_REASONS and ACCEPT_PROBLEMS)
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, figures: Callable[[], ConnectionFigures]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        yield GaugeMetricFamily("coordinator_http_connections", "Open HTTP connections of this node", value=f.open)
+        yield GaugeMetricFamily(
+            "coordinator_http_connections_max", "Cap on open HTTP connections (below the fd limit)", value=f.max_total
+        )
+        closed = CounterMetricFamily(
+            "coordinator_http_connections_closed",
+            "HTTP connections closed by the connection guard: timeouts, evictions at the cap, refusals",
+            labels=["reason"],
+        )
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], f.events.get(reason, 0))
+        yield closed
+        problems = CounterMetricFamily(
+            "coordinator_http_accept_problems",
+            "Times this node could not accept: accept() failed for lack of resources, or free fds ran low",
+            labels=["kind"],
+        )
+        for kind in ACCEPT_PROBLEMS:
+            problems.add_metric([kind], f.events.get(kind, 0))
+        yield problems
 
 
 class _TableCollector(Collector):
@@ -81,9 +125,16 @@ class _TableCollector(Collector):
 class CoordinatorMetrics:
     """The node's metrics on its own registry."""
 
-    def __init__(self, registry: CollectorRegistry, figures: Callable[[], ClusterFigures]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        figures: Callable[[], ClusterFigures],
+        connections: Callable[[], ConnectionFigures] | None = None,
+    ) -> None:
         self.registry = registry
         registry.register(_TableCollector(figures))
+        if connections is not None:
+            registry.register(_ConnectionCollector(connections))
         self.fenced_rejections = Counter(
             "backfill_fenced_rejections",
             "Requests rejected with 409 lease_lost (stale fencing token)",
@@ -101,6 +152,12 @@ class CoordinatorMetrics:
         )
         self.forwarded = Counter(
             "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry
+        )
+        self.forward_long_polls = Gauge(
+            "coordinator_forward_long_polls",
+            "Long-poll claims this follower forwards: holding a long-poll connection, or queued for one",
+            ["state"],
+            registry=registry,
         )
         self.commit_retries = Counter(
             "coordinator_commit_retries",

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
-from coordinator.metrics import ClusterFigures, CoordinatorMetrics
+from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
 from coordinator.table import Result, Table
 from provider.core import AppConfig
@@ -95,7 +96,9 @@ class CoordinatorNode:
             self.table,
             self._on_applied,
         )
-        self.metrics = CoordinatorMetrics(new_registry(), self.figures)
+        #: The HTTP server's connection guard (timeouts, caps, fd headroom); ``cli.py`` serves through it.
+        self.connections = ConnectionGuard(connection_limits(self.cfg, fd_limit()))
+        self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -106,6 +109,7 @@ class CoordinatorNode:
         self._loop = asyncio.get_running_loop()
         self._work = asyncio.Event()
         await self._loop.run_in_executor(None, self.raft.start)
+        self.connections.start()
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
@@ -118,6 +122,7 @@ class CoordinatorNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.connections.stop()
         self.raft.stop()
 
     def _on_applied(self, op: str, result: Result) -> None:
@@ -156,6 +161,10 @@ class CoordinatorNode:
         stats = self.raft.read(lambda t: t.stats())
         raft = self.raft
         return ClusterFigures(raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections())
+
+    def connection_figures(self) -> ConnectionFigures:
+        guard = self.connections
+        return ConnectionFigures(guard.open, guard.limits.max_total, dict(guard.counts))
 
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""

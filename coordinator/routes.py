@@ -248,7 +248,7 @@ ROUTES: tuple[Route, ...] = (
         "/healthz",
         "healthz",
         None,
-        "Liveness and quorum: 503 when this node knows no Raft leader",
+        "Liveness and quorum: 503 when this node knows no Raft leader or could not accept connections lately",
         answer="Health",
         errors=(503,),
     ),

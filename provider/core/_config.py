@@ -134,6 +134,37 @@ class CoordinatorConfig:
     allowed_hosts: tuple[str, ...] = _spec((), doc="extra Host names accepted without tokens (a YAML list)")
     #: Without tokens, the foreign origins (``scheme://host:port``) a browser may send writes from.
     allowed_origins: tuple[str, ...] = _spec((), doc="origins allowed to send writes without tokens (a YAML list)")
+    #: Longest time to receive a request's headers, from the connection's accept or from the first byte after a
+    #: keep-alive pause; a slower client is disconnected (coordinator/_connections.py).
+    http_header_timeout_ms: int = _spec(
+        10_000, lo=100, hi=600_000, doc="time to receive a request's headers before the connection is closed, in ms"
+    )
+    #: Longest time to receive a request's body once its headers are in.
+    http_body_timeout_ms: int = _spec(
+        30_000, lo=100, hi=3_600_000, doc="time to receive a request's body before the connection is closed, in ms"
+    )
+    #: Longest keep-alive pause between two requests on one connection (clients keep theirs shorter: aiohttp 15 s).
+    http_idle_timeout_ms: int = _spec(
+        60_000, lo=100, hi=3_600_000, doc="keep-alive pause before an idle connection is closed, in ms"
+    )
+    #: Open HTTP connections in all; lowered at start to fit the file-descriptor limit (raised to the hard limit)
+    #: minus the forwarding pools and a reserve. At the cap a new connection evicts the oldest stalled one.
+    http_max_connections: int = _spec(
+        8_192, lo=16, hi=1_000_000, doc="open HTTP connections in all (lowered to fit the fd limit at start)"
+    )
+    #: Open HTTP connections from one peer address; one more is answered 503 and closed.
+    http_max_connections_per_peer: int = _spec(
+        1_024, lo=1, hi=1_000_000, doc="open HTTP connections from one peer address"
+    )
+    #: Follower -> leader connections for forwarded requests other than long polls.
+    forward_max_connections: int = _spec(
+        128, lo=1, hi=4_096, doc="follower-to-leader connections for forwarded requests other than long polls"
+    )
+    #: Follower -> leader connections that may hold a forwarded long-poll claim; further long polls queue for one
+    #: (within their own wait), so long polls never take the connections writes need.
+    forward_long_poll_connections: int = _spec(
+        64, lo=1, hi=4_096, doc="follower-to-leader connections that hold forwarded long-poll claims"
+    )
 
 
 @dataclass(frozen=True)

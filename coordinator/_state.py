@@ -15,6 +15,9 @@ Rules:
    is valid only while its window is pending and still has that rank. Windows in retry backoff wait in a second
    heap ordered by ``not_before_ms``. Lease expiries live in a third heap, also lazily cleaned.
 5. Pure: no I/O, clock, randomness, logging, asyncio or pysyncobj (DESIGN.md section 1).
+6. Per-client load: ``_owners[owner] = [live jobs, outstanding windows]`` over the owner's running jobs (outstanding
+   = pending + leased windows of each job, counted per job), kept in step wherever a job's counts change, so the
+   admission limits of ``submit_job`` cost O(1). Derived: rebuilt from the jobs when a snapshot is loaded.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ MAX_TTL_MS = 86_400_000
 MAX_TEXT_CHARS = 1000
 
 Command = Callable[[int], Result]
+_OUTSTANDING = frozenset({PENDING, LEASED})
 #: Separates a request id from the fingerprint of its command's arguments (rule 3); not printable, so no client
 #: id can contain it (the API accepts printable ids only).
 FINGERPRINT_SEP = "\x1f"
@@ -106,6 +110,8 @@ class TableState:
         self._idle_keys: OrderedDict[str, None] = OrderedDict()
         self._groups: dict[str, list[int]] = {}
         self._window_counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        #: owner -> [live jobs, outstanding windows] (derived; rule 6).
+        self._owners: dict[str, list[int]] = {}
         self._nodes: dict[str, dict[str, str]] = {}
         self._ready: list[tuple[int, int, int, str]] = []
         self._delayed: list[tuple[int, int, int, int, str]] = []
@@ -173,10 +179,25 @@ class TableState:
         window.state = state
         self._window_counts[old] -= 1
         self._window_counts[state] += 1
+        load_change = (state in _OUTSTANDING) - (old in _OUTSTANDING)
         for job_id in window.jobs:
-            counts = self._jobs[job_id].counts
+            job = self._jobs[job_id]
+            counts = job.counts
+            if load_change and job.owner and not job.cancelled:
+                before = counts[PENDING] + counts[LEASED]
+                self._charge(job.owner, before, before + load_change)
             counts[old] -= 1
             counts[state] += 1
+
+    def _charge(self, owner: str, before: int, after: int) -> None:
+        """Rule 6: one of ``owner``'s jobs went from ``before`` to ``after`` outstanding windows."""
+        load = self._owners.get(owner)
+        if load is None:
+            load = self._owners[owner] = [0, 0]
+        load[0] += (after > 0) - (before > 0)
+        load[1] += after - before
+        if load == [0, 0]:
+            del self._owners[owner]
 
     def _enqueue(self, window: WindowRec, now: int) -> None:
         """Offer a pending window to claims (again); stale heap entries are skipped when popped."""

@@ -92,6 +92,14 @@ class Handlers:
 
     async def create_job(self, call: Call) -> web.Response:
         req = parse(JobRequest, call.body)
+        owner = call.principal.name
+        if self.node.raft.is_leader:  # a follower forwards: the leader admits (``_admission.py`` rule 3)
+            self.node.admission.admit_job(owner, self.node.raft.backlog)
+        cfg = self.node.cfg
+        limits = {
+            "live_jobs": cfg.max_live_jobs_per_client,
+            "outstanding_windows": cfg.max_outstanding_windows_per_client,
+        }
         value = await self._run(
             call,
             "submit_job",
@@ -101,7 +109,9 @@ class Handlers:
                 "end": req.end,
                 "priority": req.priority,
                 "window_bars": self.node.backfill.window_bars,
-                "max_windows": self.node.cfg.max_windows_per_job,
+                "max_windows": cfg.max_windows_per_job,
+                "owner": owner,
+                "limits": limits,
             },
         )
         job = value["job"]

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._admission import Admission
 from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
@@ -99,6 +100,8 @@ class CoordinatorNode:
         #: The HTTP server's connection guard (timeouts, caps, fd headroom); ``cli.py`` serves through it.
         self.connections = ConnectionGuard(connection_limits(self.cfg, fd_limit()))
         self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
+        #: Leader-side admission of new jobs: submission rate per client, shedding while Raft is backed up.
+        self.admission = Admission(self.cfg.max_submits_per_s_per_client, self.cfg.shed_backlog_commands)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

@@ -343,6 +343,11 @@ class RaftNode:
         return int(self._sync.raftCommitIndex) if self._sync is not None else 0
 
     @property
+    def backlog(self) -> int:
+        """Commands of this node waiting to go into a log entry (group commit, rule 2)."""
+        return len(self._pending)
+
+    @property
     def last_applied(self) -> int:
         return int(self._sync.raftLastApplied) if self._sync is not None else 0
 

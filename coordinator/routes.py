@@ -50,7 +50,7 @@ ROUTES: tuple[Route, ...] = (
         "JobRequest",
         "JobAnswer",
         201,
-        _WRITE,
+        (*_WRITE, 429),
         write=True,
     ),
     Route(

@@ -129,6 +129,21 @@ class CoordinatorConfig:
     fsync: str = _spec("batch", choices=("always", "batch", "never"), doc="journal durability policy")
     #: Longest time between two journal syncs under ``fsync: batch`` while writes arrive.
     fsync_interval_ms: int = _spec(10, lo=1, hi=10_000, doc="journal sync interval in ms (fsync: batch)")
+    #: Admission control per client (the token's name; every caller is ``anonymous`` without tokens): running jobs,
+    #: outstanding (pending + leased) windows of its running jobs, and job submissions per second (coordinator/
+    #: table.py rule 11, handlers.py). Over a limit a submission is answered 429 with Retry-After.
+    max_live_jobs_per_client: int = _spec(10_000, lo=1, hi=10_000_000, doc="running jobs one client may have")
+    max_outstanding_windows_per_client: int = _spec(
+        1_000_000, lo=1, hi=1_000_000_000, doc="pending + leased windows of one client's running jobs"
+    )
+    max_submits_per_s_per_client: float = _spec(
+        500.0, lo=0, hi=1_000_000, doc="job submissions per second and client (bursts of 2 s); 0 = unlimited"
+    )
+    #: The leader refuses new jobs (429) while this many commands wait to be replicated, so that its apply loop
+    #: keeps up with heartbeats; claims, renewals and completions are never shed.
+    shed_backlog_commands: int = _spec(
+        2_048, lo=1, hi=1_000_000, doc="commands waiting for replication above which new jobs are refused"
+    )
     #: Without tokens, the ``Host`` names a request may carry besides IP addresses, ``localhost`` and the ``--http``
     #: host (coordinator/_browser.py: a DNS-rebinding page cannot reach the API under its own name).
     allowed_hosts: tuple[str, ...] = _spec((), doc="extra Host names accepted without tokens (a YAML list)")

@@ -20,13 +20,17 @@ from scenarios import LONG
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
 MAX_KEYS = 100_000 if LONG else 200
+LIVE_JOBS = 400  # above the 300 concurrent submissions below
+PENDING = 500_000 if LONG else 100_000
 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, dict[str, str]]]:
     """A 3-node cluster with tokens and a small key cap (the 100,000 default in `make chaos`)."""
     tokens = {role: secrets.token_hex(16) for role in ("reader", "worker", "operator", "worker2")}
-    config: dict[str, Any] = {"coordinator": {"max_keys": MAX_KEYS, "leader_grace_ms": 500}}
+    config: dict[str, Any] = {
+        "coordinator": {"max_keys": MAX_KEYS, "leader_grace_ms": 500, "max_live_jobs_per_client": LIVE_JOBS}
+    }
     cluster = make_cluster(
         tmp_path_factory.mktemp("hostile"),
         3,
@@ -146,3 +150,58 @@ async def test_an_idempotency_key_is_the_callers_own_and_bound_to_its_body(
         assert changed[0] == 409 and "another key_claim body" in changed[1]["error"]["message"], changed
         status, leases = await call(http, "GET", f"{url}/v1/leases", token=tokens["reader"])
         assert status == 200 and not [lease for lease in leases["leases"] if lease["key"] == f"{key}:x"]
+
+
+async def _term(http: aiohttp.ClientSession, cluster: Cluster, token: str) -> tuple[int, ...]:
+    terms = []
+    for url in cluster.urls:
+        status, view = await call(http, "GET", f"{url}/v1/cluster", token=token)
+        assert status == 200, view
+        terms.append(view["term"])
+    return tuple(terms)
+
+
+@pytest.mark.timeout(1800 if LONG else 300)
+async def test_ordinary_submissions_beside_a_huge_backlog_cause_no_election(
+    hostile: tuple[Cluster, dict[str, str]],
+) -> None:
+    """The 2026-12-04 storm: with 100,000 (`make chaos`: 500,000) windows pending, 300 one-window jobs submitted at
+    once through every node by a client that never retries are each answered 201 or 429 (never 503), and no
+    election happens. Then a client at its live-jobs limit gets 429 with Retry-After while another is served."""
+    cluster, tokens = hostile
+    series = f"ohlcv:test:BIG{secrets.token_hex(2).upper()}/USD:1m"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        leader_url = cluster.urls[cluster.wait_leader(30)]
+        for k in range(PENDING // 100_000):  # 100,000 one-bar windows per job (the per-job cap)
+            body = {"series": series, "start": k * 100_000 * 60_000, "end": (k + 1) * 100_000 * 60_000}
+            status, answer = await call(http, "POST", f"{leader_url}/v1/jobs", body, token=tokens["operator"])
+            assert status == 201, answer
+        before = await _term(http, cluster, tokens["reader"])
+
+        async def submit(k: int) -> int:
+            body = {"series": series, "start": (10**7 + k) * 60_000, "end": (10**7 + k + 1) * 60_000}
+            url = cluster.urls[k % 3]
+            headers = {"Authorization": f"Bearer {tokens['worker']}"}
+            async with http.post(f"{url}/v1/jobs", json=body, headers=headers) as answer:  # no retry
+                return answer.status
+
+        statuses = await asyncio.gather(*(submit(k) for k in range(300)))
+        assert set(statuses) <= {201, 429}, sorted(set(statuses))
+        assert statuses.count(201) >= 1
+        assert await _term(http, cluster, tokens["reader"]) == before
+
+        # the live-jobs limit: worker now holds min(LIVE_JOBS, accepted) running jobs; fill up to the limit
+        k = 1000
+        while True:
+            k += 1
+            body = {"series": series, "start": (10**7 + k) * 60_000, "end": (10**7 + k + 1) * 60_000}
+            async with http.post(
+                f"{leader_url}/v1/jobs", json=body, headers={"Authorization": f"Bearer {tokens['worker']}"}
+            ) as answer:
+                if answer.status == 429 and (await answer.json())["error"]["message"].find("max_live_jobs") >= 0:
+                    assert 1 <= int(answer.headers["Retry-After"]) <= 60
+                    break
+                assert answer.status in (201, 429), await answer.text()
+            assert k < 1000 + LIVE_JOBS + 50, "the live-jobs limit never refused"
+        other = await call(http, "POST", f"{leader_url}/v1/jobs", body, token=tokens["worker2"])
+        assert other[0] == 201, other

@@ -231,3 +231,59 @@ def test_jobs_come_in_pages_that_cover_every_job_once() -> None:
     assert [job["job_id"] for job in page] == [f"job-{k}" for k in range(2, 26, 2)] and more is None
     page, more = t.jobs_page(100, 0, state="cancelled")
     assert [job["job_id"] for job in page] == ["job-4"] and more is None
+
+
+def _job(t: Table, k: int, owner: str, limits: dict[str, int], windows: int = 1, now: int = 10) -> object:
+    return t.submit_job(
+        series="ohlcv:ex:ADM/USD:1m",
+        start=k * 60_000,
+        end=(k + windows) * 60_000,
+        window_bars=1,
+        max_windows=1000,
+        owner=owner,
+        limits=limits,
+        now_ms=now,
+    )
+
+
+def test_a_client_at_its_limits_is_refused_and_others_are_not() -> None:
+    """A client with `live_jobs` running jobs, or whose outstanding windows would pass the limit, gets capacity
+    with a retry hint and nothing changes; an identical resubmission still answers; another client is unaffected;
+    finishing work makes room again."""
+    t = Table()
+    limits = {"live_jobs": 2, "outstanding_windows": 10}
+    assert _job(t, 0, "alice", limits).ok and _job(t, 1, "alice", limits, windows=3).ok
+    before = t.snapshot()
+    third = _job(t, 10, "alice", limits)
+    assert third.code == "capacity" and third.value["retry_after_ms"] > 0
+    assert "coordinator.max_live_jobs_per_client" in third.message and t.snapshot() == before
+    again = _job(t, 1, "alice", limits, windows=3)
+    assert again.ok and again.value["created"] is False
+    assert _job(t, 20, "bob", limits, windows=10).ok
+    assert _job(t, 40, "bob", {"live_jobs": 5, "outstanding_windows": 10}).code == "capacity"  # 10 + 1 > 10
+    assert t._owners == {"alice": [2, 4], "bob": [1, 10]}
+    leases = t.claim(worker_id="w", max_windows=1, ttl_ms=TTL, now_ms=20).value["leases"]  # alice's first window
+    assert t._owners["alice"] == [2, 4]  # leased is still outstanding
+    t.complete(lease_id=leases[0]["lease_id"], token=leases[0]["token"], rows=1, now_ms=21)
+    assert t._owners["alice"] == [1, 3] and _job(t, 10, "alice", limits).ok
+    t.cancel_job(job_id="job-3", now_ms=22)
+    assert "bob" not in t._owners
+
+
+def test_a_format_2_dump_loads_with_jobs_that_count_against_no_one() -> None:
+    """Dumps written before owners were recorded (format 2, a fixture written by that code) load unchanged."""
+    from pathlib import Path
+
+    from coordinator._snapshot import decode
+
+    old = decode((Path(__file__).parent / "fixtures" / "table-format2.dump").read_bytes())
+    assert old is not None
+    t = Table()
+    s = "ohlcv:ex:AAA/USD:1m"
+    t.submit_job(series=s, start=0, end=60 * 60_000, window_bars=15, max_windows=100, now_ms=1)
+    t.submit_job(series=s, start=30 * 60_000, end=120 * 60_000, window_bars=15, max_windows=100, priority=3, now_ms=2)
+    leases = t.claim(worker_id="w", max_windows=3, ttl_ms=10_000, now_ms=3).value["leases"]
+    t.complete(lease_id=leases[0]["lease_id"], token=leases[0]["token"], rows=15, now_ms=4)
+    t.key_claim(key="n:60:0", lease_ms=5000, now_ms=5)
+    assert old.snapshot() == t.snapshot() and old._owners == {}
+    assert restored(t).snapshot() == t.snapshot()

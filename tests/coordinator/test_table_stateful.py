@@ -78,12 +78,25 @@ class LeaseTableMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------------------------------
 
-    @rule(s=st.sampled_from([0, 1]), lo=st.integers(0, 8), n=st.integers(1, 5), priority=st.integers(0, 2))
-    def submit(self, s: int, lo: int, n: int, priority: int) -> None:
+    @rule(
+        s=st.sampled_from([0, 1]),
+        lo=st.integers(0, 8),
+        n=st.integers(1, 5),
+        priority=st.integers(0, 2),
+        owner=st.sampled_from(["", "alice", "bob"]),
+    )
+    def submit(self, s: int, lo: int, n: int, priority: int, owner: str) -> None:
         series, step = SERIES[s], INTERVALS[s]
         start, end = lo * step, (lo + n) * step
         result = self.t.submit_job(
-            series=series, start=start, end=end, priority=priority, window_bars=BARS, max_windows=100, now_ms=self.now
+            series=series,
+            start=start,
+            end=end,
+            priority=priority,
+            window_bars=BARS,
+            max_windows=100,
+            owner=owner,
+            now_ms=self.now,
         )
         assert result.ok
         key = (series, start, end, priority)
@@ -336,6 +349,19 @@ class LeaseTableMachine(RuleBasedStateMachine):
         assert len(window_ids) == len(set(window_ids))
         assert sorted(i["token"] for i in live) == sorted(w.token for w in self.windows.values() if w.token)
         assert self.t.token_floor == self.token
+
+    @invariant()
+    def each_clients_load_is_its_running_jobs(self) -> None:
+        """The per-client admission figures kept in step (_state.py rule 6) equal a recount from the jobs."""
+        expected: dict[str, list[int]] = {}
+        for public in self.t.jobs():
+            job = self.t._jobs[public["job_id"]]
+            outstanding = public["windows"]["pending"] + public["windows"]["leased"]
+            if job.owner and public["state"] == "running" and outstanding:
+                load = expected.setdefault(job.owner, [0, 0])
+                load[0] += 1
+                load[1] += outstanding
+        assert self.t._owners == expected
 
     @invariant()
     def completion_ratio_is_done_over_total(self) -> None:

@@ -17,6 +17,9 @@ import pytest
 from coordinator_testkit import Cluster, call, make_cluster
 from scenarios import LONG
 
+from provider.client import CoordinatorClient
+from provider.errors import CoordinatorCapacityError
+
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 
 MAX_KEYS = 100_000 if LONG else 200
@@ -205,3 +208,11 @@ async def test_ordinary_submissions_beside_a_huge_backlog_cause_no_election(
             assert k < 1000 + LIVE_JOBS + 50, "the live-jobs limit never refused"
         other = await call(http, "POST", f"{leader_url}/v1/jobs", body, token=tokens["worker2"])
         assert other[0] == 201, other
+    client = CoordinatorClient(cluster.urls, token=tokens["worker"])
+    try:
+        with pytest.raises(CoordinatorCapacityError) as refused:
+            await client.submit_job(series, (10**7 + k + 1) * 60_000, (10**7 + k + 2) * 60_000)
+        assert refused.value.status == 429 and refused.value.retry_after_s is not None
+        assert "max_live_jobs_per_client" in str(refused.value)
+    finally:
+        await client.aclose()

@@ -19,6 +19,8 @@ BARS = 2
 TTL = 1_000
 MAX_ATTEMPTS = 3
 BACKOFF = 100
+#: Small per-client limits, so that the machine reaches them (table.py rule 11).
+ALICE_LIMITS = {"live_jobs": 3, "outstanding_windows": 8}
 
 
 @dataclass
@@ -88,6 +90,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
     def submit(self, s: int, lo: int, n: int, priority: int, owner: str) -> None:
         series, step = SERIES[s], INTERVALS[s]
         start, end = lo * step, (lo + n) * step
+        running, outstanding = self._load(owner)  # before the command
         result = self.t.submit_job(
             series=series,
             start=start,
@@ -96,16 +99,22 @@ class LeaseTableMachine(RuleBasedStateMachine):
             window_bars=BARS,
             max_windows=100,
             owner=owner,
+            limits=ALICE_LIMITS if owner == "alice" else None,
             now_ms=self.now,
         )
-        assert result.ok
         key = (series, start, end, priority)
         live = [j for j in self.jobs if j.key == key and not j.cancelled and j.retired is None]
         if live:
-            assert not result.value["created"] and result.value["job"]["job_id"] == live[0].job_id
+            assert result.ok and not result.value["created"] and result.value["job"]["job_id"] == live[0].job_id
             return
         span = step * BARS
         cells = [(series, k * span) for k in range(start // span, -(-end // span))]
+        # drive alice to her caps: a refusal exactly when the recount says she is at one
+        at_cap = running >= ALICE_LIMITS["live_jobs"] or outstanding + len(cells) > ALICE_LIMITS["outstanding_windows"]
+        if owner == "alice" and at_cap:
+            assert result.code == "capacity", result
+            return
+        assert result.ok, result
         job = MJob(f"job-{len(self.jobs) + 1}", len(self.jobs) + 1, priority, key, cells)
         assert result.value["created"] and result.value["job"]["job_id"] == job.job_id
         self.jobs.append(job)
@@ -350,18 +359,21 @@ class LeaseTableMachine(RuleBasedStateMachine):
         assert sorted(i["token"] for i in live) == sorted(w.token for w in self.windows.values() if w.token)
         assert self.t.token_floor == self.token
 
+    def _load(self, owner: str) -> tuple[int, int]:
+        """``owner``'s running jobs and their pending + leased windows, recounted from the jobs."""
+        running = outstanding = 0
+        for public in self.t.jobs():
+            left = public["windows"]["pending"] + public["windows"]["leased"]
+            if self.t._jobs[public["job_id"]].owner == owner and public["state"] == "running" and left:
+                running += 1
+                outstanding += left
+        return running, outstanding
+
     @invariant()
     def each_clients_load_is_its_running_jobs(self) -> None:
         """The per-client admission figures kept in step (_state.py rule 6) equal a recount from the jobs."""
-        expected: dict[str, list[int]] = {}
-        for public in self.t.jobs():
-            job = self.t._jobs[public["job_id"]]
-            outstanding = public["windows"]["pending"] + public["windows"]["leased"]
-            if job.owner and public["state"] == "running" and outstanding:
-                load = expected.setdefault(job.owner, [0, 0])
-                load[0] += 1
-                load[1] += outstanding
-        assert self.t._owners == expected
+        expected = {owner: list(self._load(owner)) for owner in ("alice", "bob")}
+        assert self.t._owners == {owner: load for owner, load in expected.items() if load != [0, 0]}
 
     @invariant()
     def completion_ratio_is_done_over_total(self) -> None:

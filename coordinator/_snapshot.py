@@ -14,9 +14,9 @@ Rules:
 1. ``encode`` reads the table and nothing else; it runs in pysyncobj's forked dump writer (``SnapshotBlob``
    defers it there), so the node never stalls on it.
 2. Derived state is rebuilt, not stored: the claim heaps, the expiry heap, window counts, the identical-job index
-   every window's claim rank (the best live job among its jobs) and the idle keys (in ``_keys`` order, which is
-   the order they became idle: ``_keyed.py`` rule 4). Rebuilt heaps hold no stale entries; the
-   observable order is the same (DESIGN.md rule 1).
+   every window's claim rank (the best live job among its jobs), the idle keys (in ``_keys`` order, which is
+   the order they became idle: ``_keyed.py`` rule 4), the running jobs and the count of retired jobs. Rebuilt
+   heaps hold no stale entries; the observable order is the same (DESIGN.md rule 1).
 3. ``decode`` accepts format 2 bytes and, once, for migration, the format-1 dict pysyncobj unpickles from dumps
    written before December 2026 (``{"format": 1, "state": TableState.__dict__}``).
 4. A new field means a new format number and a decoder for the old one; never change what a number means.
@@ -166,7 +166,7 @@ def decode(data: Any) -> TableState | None:
 
 
 #: Attributes of TableState added after format 1 that are derived from the others (rebuilt, never stored).
-_DERIVED_SINCE_FORMAT1 = frozenset({"_idle_keys", "_owners"})
+_DERIVED_SINCE_FORMAT1 = frozenset({"_idle_keys", "_owners", "_running", "_jobs_retired"})
 
 
 def _load_header(t: TableState, h: dict[str, Any]) -> None:
@@ -231,7 +231,7 @@ def _load_windows(t: TableState, h: dict[str, Any], cols: dict[str, list[Any]]) 
 
 
 def _rebuild(t: TableState) -> None:
-    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap, idle keys."""
+    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap, idle keys, owners, running jobs."""
     ranks = {job.job_id: (-job.priority, job.seq) for job in t._jobs.values()}
     for w in t._windows.values():
         t._window_counts[w.state] += 1
@@ -249,6 +249,7 @@ def _rebuild(t: TableState) -> None:
     heapq.heapify(t._expiry)
     _derive_idle_keys(t)
     _derive_owners(t)
+    _derive_job_figures(t)
     for job in t._jobs.values():
         if not job.cancelled and not job.retired_at_ms:
             t._job_index[(job.series, job.start, job.end, job.priority)] = job.job_id
@@ -262,6 +263,12 @@ def _derive_owners(t: TableState) -> None:
 
 def _derive_idle_keys(t: TableState) -> None:
     t._idle_keys = OrderedDict((key, None) for key, rec in t._keys.items() if rec.state != "leased")
+
+
+def _derive_job_figures(t: TableState) -> None:
+    """The running jobs and the count of retired ones (``_state.py`` rule 7)."""
+    t._running = {job.job_id: job for job in t._jobs.values() if job.state == "running"}
+    t._jobs_retired = sum(1 for job in t._jobs.values() if job.retired_at_ms)
 
 
 def _decode_format1(data: dict[str, Any]) -> TableState | None:
@@ -279,6 +286,7 @@ def _decode_format1(data: dict[str, Any]) -> TableState | None:
             job.finished_at_ms = job.retired_at_ms = 0
         if not hasattr(job, "owner"):  # nor this one, before admission limits
             job.owner = ""
+    _derive_job_figures(fresh)
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for window in fresh._windows.values():  # lists then, shared tuples now
         ids = tuple(window.jobs)

@@ -18,6 +18,10 @@ Rules:
 6. Per-client load: ``_owners[owner] = [live jobs, outstanding windows]`` over the owner's running jobs (outstanding
    = pending + leased windows of each job, counted per job), kept in step wherever a job's counts change, so the
    admission limits of ``submit_job`` cost O(1). Derived: rebuilt from the jobs when a snapshot is loaded.
+7. Metrics figures (:meth:`TableState.stats`) cost O(running jobs), never O(jobs ever submitted): the running jobs
+   are kept in ``_running`` as their window counts change (``_track``, at no cost to a claim, which moves a window
+   from pending to leased and leaves its jobs running) and retired jobs are counted as they retire. Both are derived
+   state: snapshots rebuild them, and figures never depend on their order (jobs are ranked by :func:`claim_rank`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from coordinator._records import (
 )
 from provider.core import window_id
 
-__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "FINGERPRINT_SEP", "TableState", "fingerprint"]
+__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "FINGERPRINT_SEP", "TableState", "claim_rank", "fingerprint"]
 
 #: Remembered (client, request) results; enough for every retry of a commit timeout at thousands of commits/s.
 DEDUP_MAX_ENTRIES = 50_000
@@ -67,6 +71,11 @@ def fingerprint(op: str, kwargs: dict[str, Any]) -> str:
     """A short digest of a command and its arguments (rule 3)."""
     data = json.dumps([op, kwargs], sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
+
+
+def claim_rank(job: JobRec) -> tuple[int, int]:
+    """A job's place in claim order (rule 1 of ``table.py``): priority descending, then submission order."""
+    return (-job.priority, job.seq)
 
 
 def is_int(value: Any) -> bool:
@@ -113,6 +122,10 @@ class TableState:
         #: owner -> [live jobs, outstanding windows] (derived; rule 6).
         self._owners: dict[str, list[int]] = {}
         self._nodes: dict[str, dict[str, str]] = {}
+        #: Running jobs by id (derived, rule 7).
+        self._running: dict[str, JobRec] = {}
+        #: Jobs retired so far (derived, rule 7).
+        self._jobs_retired = 0
         self._ready: list[tuple[int, int, int, str]] = []
         self._delayed: list[tuple[int, int, int, int, str]] = []
         self._expiry: list[tuple[int, int]] = []
@@ -188,6 +201,15 @@ class TableState:
                 self._charge(job.owner, before, before + load_change)
             counts[old] -= 1
             counts[state] += 1
+            if load_change:  # only then may a job start or stop running (rule 7)
+                self._track(job)
+
+    def _track(self, job: JobRec) -> None:
+        """Keep ``_running`` in step with a job whose counts or cancellation changed (rule 7)."""
+        if job.state == "running":
+            self._running[job.job_id] = job
+        else:
+            self._running.pop(job.job_id, None)
 
     def _charge(self, owner: str, before: int, after: int) -> None:
         """Rule 6: one of ``owner``'s jobs went from ``before`` to ``after`` outstanding windows."""
@@ -212,8 +234,7 @@ class TableState:
     def _rerank(self, window: WindowRec, now: int) -> None:
         best: tuple[int, int] | None = None
         for job_id in window.jobs:
-            job = self._jobs[job_id]
-            rank = (-job.priority, job.seq)
+            rank = claim_rank(self._jobs[job_id])
             if best is None or rank < best:
                 best = rank
         if best != window.rank:
@@ -331,18 +352,33 @@ class TableState:
             "jobs": list(window.jobs),
         }
 
-    def stats(self) -> dict[str, Any]:
-        """Figures for metrics: windows by state, live leases, stale claims, and the running jobs' progress."""
-        running = [
-            (j.job_id, j.series, j.public()["completion_ratio"]) for j in self._jobs.values() if j.state == "running"
-        ]
+    def stats(self, max_jobs: int | None = None) -> dict[str, Any]:
+        """Figures for metrics: windows by state, live leases, stale claims, retired jobs, and the running jobs'
+        progress. ``jobs_running`` lists the first ``max_jobs`` running jobs in claim order (every one when None) as
+        ``(job_id, series, done windows, windows)``; ``jobs_other`` sums the others as ``(jobs, done, windows)``.
+        Costs O(running jobs) (rule 7)."""
+        running = self._running
+        if max_jobs is None or len(running) <= max_jobs:
+            shown = sorted(running.values(), key=claim_rank)
+        else:
+            shown = heapq.nsmallest(max_jobs, running.values(), key=claim_rank)
+        done = windows = 0
+        for job in running.values():
+            counts = job.counts
+            done += counts[DONE]
+            windows += counts[PENDING] + counts[LEASED] + counts[DONE] + counts[FAILED]
+        listed = [(job.job_id, job.series, job.counts[DONE], job.total) for job in shown]
+        for _, _, job_done, job_windows in listed:
+            done -= job_done
+            windows -= job_windows
         return {
             "windows": dict(self._window_counts),
             "leases_active": len(self._leases),
             "stale_claims_total": self._stale_claims,
             "token": self._token,
-            "jobs_running": running,
-            "jobs_retired": sum(1 for j in self._jobs.values() if j.retired_at_ms),
+            "jobs_running": listed,
+            "jobs_other": (len(running) - len(listed), done, windows),
+            "jobs_retired": self._jobs_retired,
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,16 +1,25 @@
 """Coordinator metrics (DESIGN.md section 7; names are contract).
 
 Rules:
-1. Each node owns one registry (``provider.core.obs.new_registry``); nothing touches the global registry.
+1. Each node owns its registries (``provider.core.obs.new_registry``); nothing touches the global registry (every
+   metric is made with ``registry=None`` and registered in the node's two views, rule 4).
 2. Table figures are read at scrape time from the node's replica by a collector, so they are consistent with the
    replicated state and per-job series vanish by themselves: ``backfill_completion_ratio{job_id,series}`` is only
    emitted for running jobs and disappears when a job ends (done, failed or cancelled).
-3. Replicated counters (``backfill_stale_claims_total``) have the same value on every replica: aggregate across
+3. Per-job series are bounded: at most ``coordinator.metrics_max_jobs`` running jobs, the first in claim order
+   (priority desc, then submission), get their own ``backfill_completion_ratio``; the other running jobs are summed
+   into one series labelled ``job_id="(other)", series="(other)"`` (their done windows / their windows; absent
+   while no job is summed), and ``backfill_jobs_aggregated`` counts them. A scrape costs O(running jobs).
+4. Two views of the same figures: :meth:`CoordinatorMetrics.exposition` with ``detail=True`` (auth off, or a
+   token with the reader role) shows the per-job series of rule 3; with ``detail=False`` (auth on and no token)
+   no label carries a job id or a series: every running job is summed into the ``(other)`` series. Every other
+   family is the same in both views.
+5. Replicated counters (``backfill_stale_claims_total``) have the same value on every replica: aggregate across
    nodes with ``max()``, or select the leader with ``coordinator_is_leader == 1``.
-4. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
-5. ``coordinator_raft_rejections_total{reason}`` counts peers and frames this node's Raft port refused
+6. ``backfill_fenced_rejections_total`` counts 409 ``lease_lost`` answers given by this node.
+7. ``coordinator_raft_rejections_total{reason}`` counts peers and frames this node's Raft port refused
    (``coordinator/_raft_transport.py``); every reason is present from the start, at 0.
-6. HTTP connection figures (``coordinator_http_connections*``) are read from the node's connection guard at scrape
+8. HTTP connection figures (``coordinator_http_connections*``) are read from the node's connection guard at scrape
    time (``coordinator/_connections.py``); they are this node's own.
 """
 
@@ -18,13 +27,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["ClusterFigures", "ConnectionFigures", "CoordinatorMetrics"]
+from provider.core.obs import metrics_text, new_registry
+
+__all__ = ["OTHER", "ClusterFigures", "ConnectionFigures", "CoordinatorMetrics"]
+
+#: ``job_id`` and ``series`` of the one series that sums the running jobs not shown one by one (rules 3 and 4).
+OTHER = "(other)"
+_C = TypeVar("_C", bound=Collector)
 
 #: Connection guard events that close a connection (``reason`` of ``coordinator_http_connections_closed_total``).
 CLOSE_REASONS = ("header_timeout", "body_timeout", "idle_timeout", "evicted", "refused_per_peer", "refused_total")
@@ -39,7 +54,7 @@ class ClusterFigures:
     is_leader: bool
     term: int
     commit_index: int
-    table: dict[str, Any]  # Table.stats()
+    table: dict[str, Any]  # Table.stats(coordinator.metrics_max_jobs)
     raft_rejections: dict[str, int] = field(default_factory=dict)  # RaftNode.transport_rejections()
 
 
@@ -80,19 +95,46 @@ class _ConnectionCollector(Collector):
         yield problems
 
 
+def _ratio(done: int, windows: int) -> float:
+    return done / windows if windows else 0.0
+
+
 class _TableCollector(Collector):
-    def __init__(self, figures: Callable[[], ClusterFigures]) -> None:
+    def __init__(self, figures: Callable[[], ClusterFigures], *, detail: bool) -> None:
         self._figures = figures
+        self._detail = detail
+
+    def _jobs(self, stats: dict[str, Any]) -> Iterator[Metric]:
+        """The running jobs' progress (rules 3 and 4)."""
+        shown = stats["jobs_running"]
+        other_jobs, other_done, other_windows = stats.get("jobs_other", (0, 0, 0))
+        running = len(shown) + other_jobs
+        if not self._detail:
+            other_jobs = running
+            other_done += sum(done for _, _, done, _ in shown)
+            other_windows += sum(windows for _, _, _, windows in shown)
+            shown = []
+        ratio = GaugeMetricFamily(
+            "backfill_completion_ratio",
+            f'Done windows / windows of each running job; job_id="{OTHER}" sums the jobs not shown one by one',
+            labels=["job_id", "series"],
+        )
+        for job_id, series, done, windows in shown:
+            ratio.add_metric([job_id, series], _ratio(done, windows))
+        if other_jobs:
+            ratio.add_metric([OTHER, OTHER], _ratio(other_done, other_windows))
+        yield ratio
+        yield GaugeMetricFamily("backfill_jobs_running", "Running jobs (windows pending or leased)", value=running)
+        yield GaugeMetricFamily(
+            "backfill_jobs_aggregated",
+            f'Running jobs summed into backfill_completion_ratio{{job_id="{OTHER}"}} instead of shown one by one',
+            value=other_jobs,
+        )
 
     def collect(self) -> Iterator[Metric]:
         f = self._figures()
         stats = f.table
-        ratio = GaugeMetricFamily(
-            "backfill_completion_ratio", "Done windows / windows of each running job", labels=["job_id", "series"]
-        )
-        for job_id, series, value in stats["jobs_running"]:
-            ratio.add_metric([job_id, series], value)
-        yield ratio
+        yield from self._jobs(stats)
         windows = GaugeMetricFamily("backfill_windows", "Windows by state", labels=["state"])
         for state, count in stats["windows"].items():
             windows.add_metric([state], count)
@@ -123,7 +165,8 @@ class _TableCollector(Collector):
 
 
 class CoordinatorMetrics:
-    """The node's metrics on its own registry."""
+    """The node's metrics: its registry is the detailed view, ``public_registry`` the view without job ids or
+    series (rule 4). Both hold the same collectors but the table's."""
 
     def __init__(
         self,
@@ -132,35 +175,57 @@ class CoordinatorMetrics:
         connections: Callable[[], ConnectionFigures] | None = None,
     ) -> None:
         self.registry = registry
-        registry.register(_TableCollector(figures))
+        self.public_registry = new_registry()
+        registry.register(_TableCollector(figures, detail=True))
+        self.public_registry.register(_TableCollector(figures, detail=False))
         if connections is not None:
-            registry.register(_ConnectionCollector(connections))
-        self.fenced_rejections = Counter(
-            "backfill_fenced_rejections",
-            "Requests rejected with 409 lease_lost (stale fencing token)",
-            registry=registry,
+            self._shared(_ConnectionCollector(connections))
+        self.fenced_rejections = self._shared(
+            Counter(
+                "backfill_fenced_rejections",
+                "Requests rejected with 409 lease_lost (stale fencing token)",
+                registry=None,
+            )
         )
-        self.http_requests = Counter(
-            "coordinator_http_requests", "HTTP requests by route and status", ["route", "status"], registry=registry
+        self.http_requests = self._shared(
+            Counter(
+                "coordinator_http_requests", "HTTP requests by route and status", ["route", "status"], registry=None
+            )
         )
-        self.http_seconds = Histogram(
-            "coordinator_http_request_seconds",
-            "HTTP request latency by route",
-            ["route"],
-            registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        self.http_seconds = self._shared(
+            Histogram(
+                "coordinator_http_request_seconds",
+                "HTTP request latency by route",
+                ["route"],
+                registry=None,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            )
         )
-        self.forwarded = Counter(
-            "coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=registry
+        self.forwarded = self._shared(
+            Counter("coordinator_forwarded_requests", "Writes this follower forwarded to the leader", registry=None)
         )
-        self.forward_long_polls = Gauge(
-            "coordinator_forward_long_polls",
-            "Long-poll claims this follower forwards: holding a long-poll connection, or queued for one",
-            ["state"],
-            registry=registry,
+        self.forward_long_polls = self._shared(
+            Gauge(
+                "coordinator_forward_long_polls",
+                "Long-poll claims this follower forwards: holding a long-poll connection, or queued for one",
+                ["state"],
+                registry=None,
+            )
         )
-        self.commit_retries = Counter(
-            "coordinator_commit_retries",
-            "Replicated commands re-submitted after a maybe-applied outcome",
-            registry=registry,
+        self.commit_retries = self._shared(
+            Counter(
+                "coordinator_commit_retries",
+                "Replicated commands re-submitted after a maybe-applied outcome",
+                registry=None,
+            )
         )
+
+    def _shared(self, collector: _C) -> _C:
+        """Register ``collector`` in both views."""
+        self.registry.register(collector)
+        self.public_registry.register(collector)
+        return collector
+
+    def exposition(self, *, detail: bool) -> bytes:
+        """The Prometheus text of one scrape: the detailed view, or the public one (rule 4)."""
+        return metrics_text(self.registry if detail else self.public_registry)

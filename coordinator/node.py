@@ -161,7 +161,7 @@ class CoordinatorNode:
         return "follower" if self.raft.leader_addr is not None else "candidate"
 
     def figures(self) -> ClusterFigures:
-        stats = self.raft.read(lambda t: t.stats())
+        stats = self.raft.read(lambda t: t.stats(self.cfg.metrics_max_jobs))
         raft = self.raft
         return ClusterFigures(raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections())
 

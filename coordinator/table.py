@@ -30,6 +30,7 @@ Rules (DESIGN.md section 4):
     at ``live_jobs`` running jobs, or whose outstanding windows plus the new job's would pass
     ``outstanding_windows``, is refused with ``capacity`` (HTTP 429) and nothing changes. Resubmitting an
     identical live job is never refused (it creates nothing).
+12. Metrics figures cost O(running jobs), not O(jobs ever submitted) (``_state.py`` rule 7).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from coordinator._snapshot import SnapshotBlob, decode
 from coordinator._state import (
     DONE_TOKENS_MAX,
     MAX_TTL_MS,
+    claim_rank,
     invalid,
     is_int,
     is_text,
@@ -201,6 +203,7 @@ class Table(KeyedCommands, RetireCommands):
         if owner:  # charged once its counts are complete (the attach may reopen windows through _set_state)
             job.owner = owner
             self._charge(owner, 0, job.counts[PENDING] + job.counts[LEASED])
+        self._track(job)
         return Result.success({"job": job.public(), "created": True})
 
     def _over_limits(self, owner: Any, limits: Any, windows: int) -> Result | None:
@@ -231,7 +234,7 @@ class Table(KeyedCommands, RetireCommands):
 
     def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
         """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
-        rank = (-job.priority, job.seq)
+        rank = claim_rank(job)
         only_this_job = (job.job_id,)  # one tuple shared by every window this job creates (memory, rule 9)
         joined: dict[tuple[str, ...], tuple[str, ...]] = {}  # and one per job set it joins
         fresh: list[tuple[int, int, int, str]] = []
@@ -280,6 +283,7 @@ class Table(KeyedCommands, RetireCommands):
         if job.owner:
             self._charge(job.owner, job.counts[PENDING] + job.counts[LEASED], 0)
         job.cancelled = True
+        self._track(job)
         self._job_index.pop((job.series, job.start, job.end, job.priority), None)
         left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared tuples stay shared (rule 9)
         for window in self._job_windows(job):

@@ -391,6 +391,22 @@ class LeaseTableMachine(RuleBasedStateMachine):
             assert public["windows"] == {s: states.count(s) for s in ("pending", "leased", "done", "failed")}
             assert public["completion_ratio"] == states.count("done") / len(states)
 
+    @invariant()
+    def metrics_figures_match_the_model(self) -> None:
+        """stats(2) lists the two running jobs first in claim order and sums the other running jobs; it counts the
+        retired jobs (the figures are kept incrementally: this checks them after every command)."""
+        running = []
+        for job in self.jobs:
+            counts = {} if job.cancelled or job.retired is not None else self.counts(job)
+            if counts.get("pending") or counts.get("leased"):
+                running.append(((-job.priority, job.seq), job.job_id, job.key[0], counts["done"], len(job.windows)))
+        running.sort()
+        stats = self.t.stats(2)
+        assert stats["jobs_running"] == [r[1:] for r in running[:2]]
+        rest = running[2:]
+        assert stats["jobs_other"] == (len(rest), sum(r[3] for r in rest), sum(r[4] for r in rest))
+        assert stats["jobs_retired"] == sum(1 for job in self.jobs if job.retired is not None)
+
 
 LeaseTableMachine.TestCase.settings = settings(
     max_examples=120, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -16,6 +16,8 @@ Rules:
    client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
    with another body is a 409 ``conflict`` (``_state.py`` rule 3).
 5. Without tokens, requests a browser could forge are refused first (``_browser.py``: Host, Origin, JSON bodies).
+6. With tokens, a public route's caller is :data:`~coordinator.auth.UNAUTHENTICATED`, or the token's principal
+   on a route with a ``detail_role`` (``routes.py`` rule 4); without tokens every caller is ``ANONYMOUS``.
 """
 
 from __future__ import annotations
@@ -167,8 +169,10 @@ class _Server:
                 )
                 if refusal is not None:
                     raise refusal
-            if route.role is not None and self.tokens is not None:
+            if self.tokens is not None and route.role is not None:
                 principal = self.tokens.authenticate(request.headers.get("Authorization"), route.role)
+            elif self.tokens is not None and route.detail_role is not None:
+                principal = self.tokens.identify(request.headers.get("Authorization"))
             raw: bytes = b""
             body: dict[str, Any] = {}
             if request.method in ("POST", "PUT", "PATCH"):

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
+from coordinator.routes import METRICS_DETAIL_ROLE
 from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError
 from provider.core._models import (
     CompleteRequest,
@@ -30,7 +31,7 @@ from provider.core._models import (
     ReasonRequest,
     RenewRequest,
 )
-from provider.core.obs import METRICS_CONTENT_TYPE, get_logger, metrics_text
+from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
 
 if TYPE_CHECKING:
     from coordinator.api import Call
@@ -346,7 +347,9 @@ class Handlers:
         return self._health(self.node.ready(), "not_ready")
 
     async def metrics(self, call: Call) -> web.Response:
-        response = web.Response(body=metrics_text(self.node.metrics.registry))
+        """This node's metrics; job ids and series only for callers with the detail role (``metrics.py`` rule 4)."""
+        detail = call.principal.allows(METRICS_DETAIL_ROLE)
+        response = web.Response(body=self.node.metrics.exposition(detail=detail))
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 

@@ -245,6 +245,9 @@ def _operation(route: Route) -> dict[str, Any]:
     op["security"] = [{"bearer": []}] if route.role else []
     if route.role:
         op["x-role"] = route.role
+    if route.detail_role:  # an optional token that shows more (routes.py rule 4)
+        op["security"] = [{}, {"bearer": []}]
+        op["x-detail-role"] = route.detail_role
     return op
 
 
@@ -266,6 +269,12 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+def _role_text(op: dict[str, Any]) -> str:
+    if "x-detail-role" in op:
+        return f"public ({op['x-detail-role']}: more)"
+    return str(op.get("x-role", "public"))
+
+
 def render_markdown(doc: dict[str, Any] | None = None) -> str:
     """The route table of docs/http-api.md, generated from the document."""
     doc = doc or build_openapi()
@@ -278,7 +287,7 @@ def render_markdown(doc: dict[str, Any] | None = None) -> str:
             request = body.get("$ref", "-").rsplit("/", 1)[-1]
             errors = " ".join(s for s in op["responses"] if s.startswith(("4", "5")))
             lines.append(
-                f"| {method.upper()} {path} | {op.get('x-role', 'public')} | {request} -> {ok} {answer} "
+                f"| {method.upper()} {path} | {_role_text(op)} | {request} -> {ok} {answer} "
                 f"| {errors or '-'} | {op['summary']} |"
             )
     return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from coordinator_testkit import MIN, metric
 
+from coordinator.auth import UNAUTHENTICATED, TokenTable
+from coordinator.errors import AuthError
 from coordinator.metrics import OTHER, ClusterFigures, CoordinatorMetrics
 from coordinator.table import Table
 from provider.core.obs import new_registry
@@ -171,3 +173,14 @@ def test_both_views_share_the_node_counters() -> None:
     metrics.fenced_rejections.inc()
     for detail in (True, False):
         assert metric(metrics.exposition(detail=detail).decode(), "backfill_fenced_rejections_total") == 1
+
+
+def test_an_optional_token_identifies_or_is_refused() -> None:
+    """No header is UNAUTHENTICATED (no role allows it); a known token is its principal; an unknown one is 401."""
+    tokens = TokenTable.parse("reader-token-0123456789 reader grafana\nworker-token-0123456789 worker")
+    assert tokens.identify(None) is UNAUTHENTICATED and not UNAUTHENTICATED.allows("reader")
+    assert tokens.identify("Bearer reader-token-0123456789").name == "grafana"
+    assert tokens.identify("Bearer worker-token-0123456789").allows("reader")
+    with pytest.raises(AuthError) as refused:
+        tokens.identify("Bearer not-a-known-token-at-all")
+    assert refused.value.code == "unauthorized"

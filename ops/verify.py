@@ -7,7 +7,9 @@ Rules:
 2. Checks (``ops._verify_checks``): ledger vs bars, duplicates / off-grid / non-finite rows, and with ``--source``
    a re-fetch compared bar by bar within ``--tolerance`` (relative). ``--sample N`` re-fetches N covered windows
    spread evenly over the range instead of all; fetches run one at a time through the source's rate budget.
-3. ``--repair`` (needs ``--coordinator`` and an operator token): each window with findings is re-queued
+3. ``--repair`` (needs ``--coordinator`` and an operator token): a window with a ``duplicate_ts`` finding first
+   has its duplicates merged in the storage (``storage.remove_duplicates``: a rewrite replaces bars but cannot
+   remove a duplicate already stored); then each window with findings is re-queued
    (``POST /v1/windows/{id}/requeue``; a window the cluster never knew gets a job of its own), so a worker
    rewrites it; writes replace a window whole and are idempotent. ``--wait`` waits for those windows' jobs.
 4. Output: a table (or ``--json``), exit 0 clean, 1 findings, 2 usage, 3 storage / source / cluster unreachable.
@@ -89,20 +91,25 @@ async def _scope(opts: dict[str, Any], client: Any) -> list[tuple[str, int, int]
     return sorted({(job.series, job.start, job.end) for job in await client.list_jobs()})
 
 
-async def _repair(client: Any, checks: list[WindowCheck], opts: dict[str, Any]) -> list[dict[str, Any]]:
+async def _repair(client: Any, storage: Any, checks: list[WindowCheck], opts: dict[str, Any]) -> list[dict[str, Any]]:
     from provider.errors import CoordinatorNotFoundError
 
     done = []
     for check in checks:
         if not check.findings:
             continue
-        kinds = ", ".join(sorted({f.kind for f in check.findings}))
+        kinds = sorted({f.kind for f in check.findings})
+        merged = ""
+        if "duplicate_ts" in kinds and hasattr(storage, "remove_duplicates"):
+            stamps = await storage.remove_duplicates(check.series, check.start_ms, check.end_ms)
+            merged = f"{stamps} duplicated stamps merged, "
         try:
-            answer = await client.requeue(check.window_id, f"verify: {kinds}")
-            done.append({"window_id": check.window_id, "action": "requeued", "state": answer.get("state")})
+            answer = await client.requeue(check.window_id, f"verify: {', '.join(kinds)}")
+            action, state = f"{merged}requeued", answer.get("state")
         except CoordinatorNotFoundError:
             job = await client.submit_job(check.series, check.start_ms, check.end_ms, priority=opts["priority"])
-            done.append({"window_id": check.window_id, "action": f"submitted {job.job_id}", "state": job.state})
+            action, state = f"{merged}submitted {job.job_id}", job.state
+        done.append({"window_id": check.window_id, "action": action, "state": state})
     if opts["wait"] and done:
         series = {c.series for c in checks if c.findings}
         deadline = time.monotonic() + opts["timeout"]
@@ -127,7 +134,7 @@ async def _run(opts: dict[str, Any]) -> tuple[list[WindowCheck], list[dict[str, 
         checks: list[WindowCheck] = []
         for series, start_ms, end_ms in await _scope(opts, client):
             checks += await _check_series(storage, source, series, start_ms, end_ms, opts)
-        repaired = await _repair(client, checks, opts) if opts["repair"] and client is not None else []
+        repaired = await _repair(client, storage, checks, opts) if opts["repair"] and client is not None else []
         return checks, repaired
     finally:
         for closer in (storage.aclose, *(x.aclose for x in (source, client) if x is not None)):

@@ -26,6 +26,11 @@ Rules:
    written (as written, not clipped), ordered by start; with ``start`` and/or ``end``, only the windows
    overlapping ``[start, end)``.
 6. When ``write_window`` returns, a following ``read`` or ``coverage`` from any process sees the write.
+7. ``remove_duplicates(series, start, end)`` leaves at most one stored bar per ``ts`` in ``[start, end)`` and
+   returns how many stamps had more. Only a store that can hold duplicates does anything (QuestDB, after rows
+   were inserted by hand while its DEDUP was disabled); the others return 0. ``coordinator verify --repair``
+   calls it before re-queueing a window with a ``duplicate_ts`` finding (writes replace bars, never remove a
+   duplicate already stored).
 """
 
 from __future__ import annotations
@@ -259,6 +264,14 @@ class StorageBase:
             return []
         return await self._windows(key, start_ms, end_ms)
 
+    async def remove_duplicates(self, series: SeriesKey | str, start: Any, end: Any) -> int:
+        """Rule 7: keep one stored bar per ``ts`` in ``[start, end)``; return how many stamps had more."""
+        key, start_ms, end_ms = prepare_range(series, start, end)
+        self._check_open()
+        if start_ms == end_ms:
+            return 0
+        return await self._remove_duplicates(key, start_ms, end_ms)
+
     async def aclose(self) -> None:
         """Release connections and threads; calling it again does nothing."""
         if not self._closed:
@@ -288,6 +301,10 @@ class StorageBase:
     async def _windows(self, series: SeriesKey, start_ms: int, end_ms: int) -> list[LedgerWindow]:
         """The ledger rows overlapping ``[start_ms, end_ms)``, ordered by start."""
         raise NotImplementedError
+
+    async def _remove_duplicates(self, series: SeriesKey, start_ms: int, end_ms: int) -> int:
+        """Backends whose keys make duplicates impossible have nothing to do."""
+        return 0
 
     async def _close(self) -> None:
         raise NotImplementedError

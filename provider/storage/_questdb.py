@@ -23,6 +23,10 @@ Rules:
    are not visible, and when ``write_window`` returns a read sees it.
 4. QuestDB has no DELETE: a replaced bar stays as a tombstone row. Reads skip rows whose ``close`` is NULL
    (stored bars are always finite, so NULL is unambiguous).
+5. Duplicates (rows inserted while DEDUP was disabled) survive any upsert. ``remove_duplicates`` moves every
+   row of a duplicated stamp out of the series (``UPDATE ... SET series = '<duplicate>:SERIES'``, a symbol no
+   reader asks for), then writes back the last stored bar of that stamp that is not a tombstone, and waits
+   until both are applied.
 """
 
 from __future__ import annotations
@@ -98,6 +102,10 @@ class QuestDBStorage(StorageBase):
             "coverage_within": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1", ("$2", "$3")),
             "windows": "SELECT start_ms, end_ms, row_count, source, cast(written_at AS LONG) "
             f'FROM "{self._ledger}" WHERE series = $1 AND end_ms > $2 AND start_ms < $3 ORDER BY ts',
+            "duplicated_ts": "SELECT cast(ts AS LONG) FROM "
+            f'(SELECT ts, count() n FROM "{table}" WHERE series = $1 AND ts >= $2 AND ts < $3) WHERE n > 1',
+            "rows_at": f'SELECT {_PRICES} FROM "{table}" WHERE series = $1 AND ts = $2',
+            "set_aside": f'UPDATE "{table}" SET series = $1 WHERE series = $2 AND ts = $3',
             "add_source": f'ALTER TABLE "{self._ledger}" ADD COLUMN IF NOT EXISTS source {_SYMBOL}',
         }
 
@@ -204,6 +212,31 @@ class QuestDBStorage(StorageBase):
         fetch = self._pool.fetch(self._sql["windows"], str(series), start_ms, end_ms, what="windows")
         _, rows = await _all(self._wal.check(self._ledger), fetch)
         return [LedgerWindow(int(r[0]), int(r[1]), int(r[2]), r[3], int(r[4]) // 1000) for r in rows]
+
+    async def _remove_duplicates(self, series: SeriesKey, start_ms: int, end_ms: int) -> int:
+        """Rule 5."""
+        await self._wal.check(self._bars)
+        name = str(series)
+        rows = await self._pool.fetch(
+            self._sql["duplicated_ts"], name, ms_to_naive(start_ms), ms_to_naive(end_ms), what="find duplicates"
+        )
+        stamps = rows_to_matrix(rows, 1)[:, 0].astype(np.int64) // 1000
+        kept_ts: list[int] = []
+        kept: list[Any] = []
+        for ts_ms in stamps.tolist():
+            at = ms_to_naive(ts_ms)
+            stored = await self._pool.fetch(self._sql["rows_at"], name, at, what="read duplicates")
+            bars = [row for row in stored if row[3] is not None]  # close IS NULL marks a tombstone (rule 4)
+            await self._pool.fetch(self._sql["set_aside"], f"<duplicate>:{name}", name, at, what="set aside")
+            if bars:
+                kept_ts.append(ts_ms)
+                kept.append(bars[-1])
+        if kept:
+            columns = rows_to_matrix(kept, len(PRICE_COLUMNS)).T
+            await self._ilp.send_frame(self._bars, ilp_frame(name, np.array(kept_ts, dtype=np.int64), columns))
+        if len(stamps):
+            await self._wal.wait_applied(self._bars, committed_at=asyncio.get_running_loop().time())
+        return len(stamps)
 
     async def _close(self) -> None:
         self._ilp.close()

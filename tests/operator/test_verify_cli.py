@@ -156,11 +156,9 @@ def test_usage_errors_exit_2(args: list[str], message: str, monkeypatch: pytest.
 @pytest.mark.cluster
 @pytest.mark.questdb
 def test_verify_finds_a_duplicate_in_questdb(work_cluster: Cluster, pool: WorkerPool, questdb: Any) -> None:
-    """A row duplicated while DEDUP was off (a manual INSERT) is a `duplicate_ts` in its window and nowhere else.
-
-    Known limit (docs/runbook.md#verifying-stored-data): --repair's rewrite does not remove it, because QuestDB's
-    DEDUP replaces rows on insert but keeps duplicates already in the table; this test pins that too, so a fix
-    shows up here."""
+    """A row duplicated while DEDUP was off (a manual INSERT) is a `duplicate_ts` in its window and nowhere else;
+    --repair merges it in the storage (a rewrite alone would keep it: DEDUP only replaces rows on insert) and
+    re-queues the window, and a second verify is clean."""
     import asyncio
     import secrets
 
@@ -195,9 +193,10 @@ def test_verify_finds_a_duplicate_in_questdb(work_cluster: Cluster, pool: Worker
     assert findings(found.stdout) == {15: {"duplicate_ts"}}
 
     repair = cli(*common, "--repair", "--wait", "--coordinator", urls, "--json")
-    assert [r["action"] for r in json.loads(repair.stdout)["repaired"]] == ["requeued"]
+    assert [r["action"] for r in json.loads(repair.stdout)["repaired"]] == ["1 duplicated stamps merged, requeued"]
     again = cli(*common, "--source", "synthetic", "--json")
-    assert findings(again.stdout) == {15: {"duplicate_ts"}}, "the rewrite now removes duplicates: update the runbook"
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not any(findings(again.stdout).values())
 
 
 def test_an_exchange_gap_is_not_a_finding_once_the_source_agrees() -> None:

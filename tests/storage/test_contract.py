@@ -121,6 +121,16 @@ async def test_rewrite_touches_only_its_window(store, make_bars):
     assert covered == [(T0, T0 + 30 * M)]
 
 
+async def test_remove_duplicates_of_a_clean_store_changes_nothing(store, make_bars):
+    """A store without duplicates has no stamp to merge, and its bars and coverage stay as written."""
+    frame = make_bars(T0, 30, skip=(4,))
+    await store.write_window(SERIES, T0, T0 + 30 * M, frame)
+    assert await store.remove_duplicates(SERIES, T0, T0 + 30 * M) == 0
+    got, covered = await snapshot(store)
+    assert_same_frame(got, frame)
+    assert covered == [(T0, T0 + 30 * M)]
+
+
 async def test_adjacent_and_overlapping_reads_are_exact_at_the_boundaries(store, make_bars):
     """Reads return exactly the bars with ts in [start, end): adjacent reads partition, overlaps agree."""
     frame = make_bars(T0, 120)

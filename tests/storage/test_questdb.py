@@ -7,9 +7,11 @@ from typing import Any
 
 import asyncpg
 import pytest
+from pandas.testing import assert_frame_equal
 
 from provider.frames import empty_frame
 from provider.storage import SchemaMismatchError, WalSuspendedError, open_storage
+from provider.storage._sql import ms_to_naive
 
 pytestmark = pytest.mark.questdb
 
@@ -109,6 +111,40 @@ async def test_an_existing_foreign_table_is_reported(questdb, fresh_table):
         await open_storage(dsn_for(questdb, fresh_table))
     assert caught.value.table == fresh_table
     assert "series" in caught.value.missing and "close" in caught.value.missing
+
+
+async def test_duplicates_left_by_a_disabled_dedup_are_merged(questdb, fresh_table, make_bars):
+    """Rows inserted by hand while DEDUP was disabled survive a rewrite; remove_duplicates leaves one bar per
+    stamp (the stored one, not a tombstone), touches no other stamp or series, and a second call finds none."""
+    storage = await open_storage(dsn_for(questdb, fresh_table))
+    other = "ohlcv:binance:ETH/USDT:1m"
+    frame = make_bars(T0, 10)
+    try:
+        await storage.write_window(SERIES, T0, T0 + 10 * M, frame)
+        await storage.write_window(other, T0, T0 + 10 * M, frame)
+        conn = await asyncpg.connect(questdb.pg_dsn)
+        try:
+            await conn.execute(f'ALTER TABLE "{fresh_table}" DEDUP DISABLE')
+            for stamp in (T0 + 3 * M, T0 + 7 * M):
+                await conn.execute(
+                    f'INSERT INTO "{fresh_table}" (series, ts, open, high, low, close, volume) '
+                    f'SELECT series, ts, open, high, low, close, volume FROM "{fresh_table}" '
+                    "WHERE series = $1 AND ts = $2",
+                    SERIES,
+                    ms_to_naive(stamp),
+                )
+            await conn.execute(f'ALTER TABLE "{fresh_table}" DEDUP ENABLE UPSERT KEYS(ts, series)')
+        finally:
+            await conn.close()
+        await storage.write_window(SERIES, T0, T0 + 10 * M, frame)  # a rewrite keeps them: that is the problem
+        assert len(await storage.read(SERIES, T0, T0 + 10 * M)) == 12
+
+        assert await storage.remove_duplicates(SERIES, T0, T0 + 10 * M) == 2
+        assert_frame_equal(await storage.read(SERIES, T0, T0 + 10 * M), frame)
+        assert_frame_equal(await storage.read(other, T0, T0 + 10 * M), frame)
+        assert await storage.remove_duplicates(SERIES, T0, T0 + 10 * M) == 0
+    finally:
+        await storage.aclose()
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ STATUS: dict[str, int] = {
     "internal": 500,
     "no_leader": 503,
     "timeout": 503,
+    "disk_full": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
 #: Refusals of malformed requests, logged at WARNING with the message cut short (other 4xx are normal flow).
@@ -229,11 +230,13 @@ def _middleware(server: _Server) -> Any:
         rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else server.new_id()
         request["request_id"] = rid
         started = time.perf_counter()
+        quiet = False  # a refusal whose cause the node logs itself, rate-limited
         with bind_request(rid):
             try:
                 response: web.StreamResponse = await handler(request)
             except CoordinatorError as exc:
                 response = error_response(exc)
+                quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
                 if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
                     log.warning(
                         "request_refused",
@@ -252,7 +255,7 @@ def _middleware(server: _Server) -> Any:
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)
-            if response.status >= 500 and not route.startswith("/health"):
+            if response.status >= 500 and not quiet and not route.startswith("/health"):
                 log.warning("request_error", method=request.method, path=request.path, status=response.status)
             return response
 

@@ -10,7 +10,8 @@ Rules:
    (``Route.read``) are linearizable by default: the leader commits a read barrier first, a follower forwards the
    read; ``?consistency=stale`` reads the node's own replica. When the leader dies or loses leadership under a
    forwarded request, the follower forwards it again (same ids: applied once) to the next leader until
-   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint).
+   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint). A leader that
+   answers 503 ``disk_full`` is handing off (``_aside.py``) and counts as demoted.
 4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
    first answer); ``X-Request-Id`` is echoed and bound to every log line of the request. With tokens on, the
    client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
@@ -212,10 +213,22 @@ class _Server:
                     if loop.time() >= deadline_s:
                         raise
                 else:
-                    if answer.status != STATUS["not_leader"] or loop.time() >= deadline_s:
+                    gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
+                    if not gone or loop.time() >= deadline_s:
                         return answer
                 log.debug("forward_retry", leader=exc.leader)
                 await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
+
+
+def _stood_aside(answer: web.Response) -> bool:
+    """The leader answered 503 ``disk_full``: it is handing off (``coordinator/_aside.py``), so the next leader
+    is asked instead, as after a 421."""
+    if answer.status != STATUS["disk_full"] or not isinstance(answer.body, bytes):
+        return False
+    try:
+        return bool(json.loads(answer.body)["error"]["code"] == "disk_full")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _route_key(request: web.Request) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from coordinator_testkit import free_port
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.config import SERIALIZER_STATE
@@ -24,6 +25,7 @@ from coordinator._aside import (
     check_pysyncobj,
 )
 from coordinator._disk import DiskGuard
+from coordinator.api import _stood_aside
 
 MIB = 2**20
 TIMEOUT_S = 0.5
@@ -221,3 +223,18 @@ def test_a_real_single_node_never_elects_itself_while_aside(tmp_path: Path) -> N
         assert sync._isLeader() and sync.raftCurrentTerm == 1
     finally:
         sync.destroy()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "gone"),
+    [
+        (503, b'{"error": {"code": "disk_full", "message": "aside"}}', True),
+        (503, b'{"error": {"code": "no_leader", "message": "none"}}', False),
+        (503, b"not json", False),
+        (200, b'{"error": {"code": "disk_full"}}', False),
+    ],
+)
+def test_a_follower_takes_its_leaders_disk_full_for_a_leader_change(status: int, body: bytes, gone: bool) -> None:
+    """api.py rule 3: a forwarded request answered 503 disk_full (the leader is handing off) is sent to the next
+    leader, like a 421; any other answer is relayed."""
+    assert _stood_aside(web.Response(status=status, body=body)) is gone

@@ -9,17 +9,22 @@ on pysyncobj's tick with the node's :class:`coordinator._disk.DiskGuard`.
 Rules:
 1. While the guard says ``low`` the node is *aside*: its Raft transport drops every message from its peers
    (``GuardedTransport`` asks :meth:`StandAside.accepts`), so it appends, votes and adopts nothing and writes
-   nothing; and on every tick its election deadline is pushed one election timeout ahead, so it never stands
-   (pysyncobj stands when the deadline has passed and a peer is connected). To its peers it looks partitioned,
-   which Raft tolerates: the other two keep a majority.
+   nothing, and every message to them but keepalives (:meth:`StandAside.sends`); and on every tick its election
+   deadline is pushed one election timeout ahead, so it never stands (pysyncobj stands when the deadline has
+   passed and a peer is connected). To its peers it looks partitioned, which Raft tolerates: the other two keep
+   a majority.
 2. A leader that goes low hands off first: the HTTP layer stops giving it commands at once
    (:attr:`StandAside.serving` is false), and it sends TimeoutNow to a follower whose log matches its own
    (pysyncobj's ``transferLeadership``, retried every :data:`HANDOFF_RETRY_S` for up to :data:`HANDOFF_S`, since
    a follower still catching up is refused; messages flow meanwhile, so the acknowledgements that catch it up
    arrive). Once TimeoutNow is sent it is aside at once: that follower stands and wins with the third node's vote,
    and the old leader never adopts the new term (that would be a write of the term file, which a full disk
-   refuses). pysyncobj's ``leaderFallbackTimeout`` demotes it soon after; its heartbeats of the old term are
-   ignored meanwhile. Without a successor in time it goes aside anyway, and the followers elect one themselves.
+   refuses). pysyncobj still calls it leader until ``leaderFallbackTimeout`` demotes it; meanwhile its heartbeats
+   (AppendEntries without entries) still go out, as Raft's leadership transfer wants, so the third node does not
+   time out and stand against the successor while the successor is starved of CPU, but nothing it appends
+   leaves it: an entry reaching the third node and not the successor would make the third node refuse its vote
+   (a log longer than the candidate's), and the election would take a second term. Without a successor in time
+   it goes aside anyway, silent, and the followers elect one themselves.
 3. Coming back (the guard says ``ok``): the deadline pushed on the tick before still stands, so the leader's next
    heartbeat (every 100 ms) arrives before the node's own timeout (at least 400 ms): the node adopts the leader's
    term and catches up by entries or a dump transfer. No RequestVote, no term above the cluster's.
@@ -85,15 +90,13 @@ class StandAside:
         self._handoff_until_s = 0.0
         self._next_handoff_s = 0.0
         self._dump_retry_s = 0.0
+        #: TimeoutNow went out to a successor (rule 2).
+        self._handed_off = False
 
     @property
     def serving(self) -> bool:
         """The node takes part in Raft and may take commands."""
         return self.state == SERVING
-
-    @property
-    def aside(self) -> bool:
-        return self.state == ASIDE
 
     def accepts(self, message: Any) -> bool:
         """The transport's gate (rule 1): False drops a peer's message."""
@@ -101,6 +104,16 @@ class StandAside:
             return True
         self.dropped += 1
         return False
+
+    def sends(self, message: Any) -> bool:
+        """The transport's send gate (rules 1 and 2): False drops a message to a peer. Keepalives always go, and
+        a leader that handed off still sends heartbeats (AppendEntries that carry no entries)."""
+        if self.state != ASIDE:
+            return True
+        if not isinstance(message, dict):
+            return False
+        kind = message.get("type")
+        return kind == "keepalive" or (self._handed_off and kind == "append_entries" and message.get("entries") == [])
 
     def attach(self, sync: SyncObj) -> None:
         """Take over ``sync``'s dump scheduling (rule 4) and hold its election while aside."""
@@ -137,7 +150,7 @@ class StandAside:
                 log.warning(
                     "raft_rejoin", aside_s=round(self._clock_s() - self._since_s, 1), dropped_messages=self.dropped
                 )
-                self.state = SERVING
+                self.state, self._handed_off = SERVING, False
             return
         now_s = self._clock_s()
         if self.state == SERVING:
@@ -158,7 +171,7 @@ class StandAside:
             # pysyncobj calls back at once: SUCCESS means TimeoutNow is on its way to a caught-up follower.
             sync.transferLeadership(callback=lambda _, error: sent.append(error == FAIL_REASON.SUCCESS))
         if any(sent) or not sync._isLeader() or now_s >= self._handoff_until_s:
-            self.state = ASIDE
+            self.state, self._handed_off = ASIDE, any(sent)
             log.warning(
                 "raft_handed_off",
                 timeout_now_sent=any(sent),

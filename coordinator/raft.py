@@ -48,8 +48,8 @@ Rules:
     rules in that module). Its rejection counts are :meth:`RaftNode.transport_rejections`.
 12. The data dir's disk decides whether the node takes part: journal blocks are allocated before they are written
     and a failed write ends the process (``_disk.py``); below ``coordinator.disk_reserve_mb`` free the node
-    stands aside (``_aside.py``: a leader hands off, then peer messages are dropped and the election deadline is
-    held, so it neither appends, votes nor stands) and rejoins by itself when space returns. While it is not
+    stands aside (``_aside.py``: a leader hands off, then peer messages are dropped both ways and the election
+    deadline is held, so it neither appends, votes nor stands) and rejoins by itself when space returns. While it is not
     serving, :attr:`RaftNode.is_leader` is false, :attr:`RaftNode.leader_addr` is None and :meth:`RaftNode.submit`
     refuses.
 """
@@ -278,7 +278,7 @@ class RaftNode:
         #: The data dir's free-space watchdog (rule 12).
         self.disk = DiskGuard(settings.data_dir, settings.disk_reserve_bytes)
         self._aside: StandAside | None = None
-        self._aside_error_s = 0.0
+        self._aside_error_s = float("-inf")
         self._sync: SyncObj | None = None
         self._keepalive_at_s = 0.0
         self._leader_since_s: float | None = None
@@ -307,7 +307,9 @@ class RaftNode:
                 peers,
                 self.settings.conf(self._state_changed),
                 consumers=[self._consumer],
-                transportClass=functools.partial(GuardedTransport, guard=self._guard, gate=aside.accepts),  # 11, 12
+                transportClass=functools.partial(  # rules 11 and 12
+                    GuardedTransport, guard=self._guard, gate=aside.accepts, send_gate=aside.sends
+                ),
             )
         aside.attach(self._sync)
         self._sync.addOnTickCallback(self._keepalive)

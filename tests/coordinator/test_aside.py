@@ -1,5 +1,5 @@
-"""Standing aside (coordinator/_aside.py): a node whose disk is low drops its peers' messages, never stands for
-election, hands leadership off first, schedules no dump, and comes back without a RequestVote."""
+"""Standing aside (coordinator/_aside.py): a node whose disk is low drops its peers' messages both ways, never
+stands for election, hands leadership off first, schedules no dump, and comes back without a RequestVote."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def test_a_follower_with_a_low_disk_drops_messages_and_holds_its_election_then_r
     assert [e["event"] for e in logs] == ["disk_low", "raft_stand_aside"]
     assert not aside.accepts({"type": "request_vote"}) and not aside.accepts({"type": "append_entries"})
     assert aside.dropped == 2
+    assert not aside.sends({"type": "apply_command"}) and aside.sends({"type": "keepalive"})
     for _ in range(3):
         assert sync.deadline_s >= time.monotonic() + TIMEOUT_S - 0.05
         tick(aside, clock, 1)
@@ -120,6 +121,7 @@ def test_a_follower_with_a_low_disk_drops_messages_and_holds_its_election_then_r
     with capture_logs() as logs:
         tick(aside, clock, 1)
     assert aside.state == SERVING and aside.accepts({"type": "append_entries"})
+    assert aside.sends({"type": "next_node_idx"})
     assert [e["event"] for e in logs] == ["disk_recovered", "raft_rejoin"]
     assert logs[1]["dropped_messages"] == 2 and logs[1]["aside_s"] == 4.0
     assert sync.deadline_s >= time.monotonic() + TIMEOUT_S - 0.05
@@ -132,6 +134,7 @@ def test_a_leader_hands_off_before_it_stands_aside(tmp_path: Path) -> None:
     disk.free = MIB
     tick(aside, clock, 1)
     assert aside.state == HANDING_OFF and not aside.serving and aside.accepts({"type": "next_node_idx"})
+    assert aside.sends({"type": "append_entries"})  # followers catch up, TimeoutNow goes out
     assert sync.transfers == 1
     tick(aside, clock, HANDOFF_RETRY_S / 2)
     assert sync.transfers == 1
@@ -141,6 +144,10 @@ def test_a_leader_hands_off_before_it_stands_aside(tmp_path: Path) -> None:
     with capture_logs() as logs:
         tick(aside, clock, HANDOFF_RETRY_S)
     assert aside.state == ASIDE and not aside.accepts({"type": "response_vote"})
+    heartbeat = {"type": "append_entries", "term": 3, "commit_index": 9, "entries": [], "prevLogIdx": 9}
+    assert aside.sends(heartbeat)  # the third node's timer stays held while the successor stands
+    assert not aside.sends({**heartbeat, "entries": [(b"cmd", 10, 3)]})  # nothing appended now leaves
+    assert not aside.sends({"type": "append_entries", "serialized": b"dump"})
     assert logs[0]["event"] == "raft_handed_off" and logs[0]["timeout_now_sent"] is True
 
 
@@ -154,6 +161,7 @@ def test_a_leader_without_a_successor_stands_aside_after_the_handoff_time(tmp_pa
     tick(aside, clock, HANDOFF_RETRY_S * 2)
     assert aside.state == ASIDE
     assert sync.transfers >= HANDOFF_S / HANDOFF_RETRY_S - 2
+    assert not aside.sends({"type": "append_entries", "entries": []})  # no successor: silent, the others elect
 
 
 def test_a_node_low_at_start_is_aside_before_its_first_tick(tmp_path: Path) -> None:

@@ -180,7 +180,7 @@ class DiskGuard:
         self.failed_dump_bytes = 0
         self._next_check_s = 0.0
         self._low_since_s = 0.0
-        self._logged_s = 0.0
+        self._logged_s = float("-inf")
 
     @property
     def resume_bytes(self) -> int:

@@ -36,6 +36,9 @@ Rules:
    ``tests/coordinator/test_raft_transport.py`` builds that worst case and checks it fits 3 times over.
 7. It overrides name-mangled pysyncobj methods (``_TcpConnection__tryReadBuffer`` and friends):
    :func:`check_pysyncobj` refuses to start on a pysyncobj without them rather than run unguarded.
+8. A member's messages pass a gate on their way to pysyncobj, and pysyncobj's messages to members a send gate: a
+   node that stands aside because its disk is low drops them all but keepalives, both ways
+   (``coordinator/_aside.py`` rule 1); handshakes and admin commands pass neither.
 """
 
 from __future__ import annotations
@@ -356,10 +359,33 @@ class _GuardedServer(TcpServer):
 class GuardedTransport(TCPTransport):
     """pysyncobj's TCP transport with guarded connections, handshake deadlines and rejection logs."""
 
-    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any, *, guard: TransportGuard) -> None:
+    def __init__(
+        self,
+        syncObj: Any,
+        selfNode: Any,
+        otherNodes: Any,
+        *,
+        guard: TransportGuard,
+        gate: Callable[[Any], bool] | None = None,
+        send_gate: Callable[[Any], bool] | None = None,
+    ) -> None:
         check_pysyncobj()
         self._guard = guard
+        self._gate = gate
+        self._send_gate = send_gate
         super().__init__(syncObj, selfNode, otherNodes)
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        """Rule 8: a member's message reaches pysyncobj only through the gate."""
+        if self._gate is None or self._gate(message):
+            super()._onMessageReceived(node, message)
+
+    def send(self, node: Any, message: Any) -> bool:
+        """Rule 8: a message to a member leaves only through the send gate (a dropped one counts as sent:
+        pysyncobj looks at the connection, not at this answer)."""
+        if self._send_gate is not None and not self._send_gate(message):
+            return True
+        return bool(super().send(node, message))
 
     def _connection(self, sock: socket.socket | None, peer: str, *, incoming: bool) -> _GuardedConnection:
         conf = self._syncObj.conf
@@ -454,6 +480,8 @@ _INTERNALS: tuple[tuple[type, str], ...] = (
     (TCPTransport, "_onIncomingMessageReceived"),
     (TCPTransport, "_onOutgoingMessageReceived"),
     (TCPTransport, "_onTick"),
+    (TCPTransport, "_onMessageReceived"),
+    (TCPTransport, "send"),
 )
 
 

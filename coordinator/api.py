@@ -10,7 +10,8 @@ Rules:
    (``Route.read``) are linearizable by default: the leader commits a read barrier first, a follower forwards the
    read; ``?consistency=stale`` reads the node's own replica. When the leader dies or loses leadership under a
    forwarded request, the follower forwards it again (same ids: applied once) to the next leader until
-   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint).
+   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint). A leader that
+   answers 503 ``disk_full`` is handing off (``_aside.py``) and counts as demoted.
 4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
    first answer); ``X-Request-Id`` is echoed and bound to every log line of the request. With tokens on, the
    client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
@@ -69,6 +70,7 @@ STATUS: dict[str, int] = {
     "internal": 500,
     "no_leader": 503,
     "timeout": 503,
+    "disk_full": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
 #: Refusals of malformed requests, logged at WARNING with the message cut short (other 4xx are normal flow).
@@ -215,10 +217,22 @@ class _Server:
                     if loop.time() >= deadline_s:
                         raise
                 else:
-                    if answer.status != STATUS["not_leader"] or loop.time() >= deadline_s:
+                    gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
+                    if not gone or loop.time() >= deadline_s:
                         return answer
                 log.debug("forward_retry", leader=exc.leader)
                 await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
+
+
+def _stood_aside(answer: web.Response) -> bool:
+    """The leader answered 503 ``disk_full``: it is handing off (``coordinator/_aside.py``), so the next leader
+    is asked instead, as after a 421."""
+    if answer.status != STATUS["disk_full"] or not isinstance(answer.body, bytes):
+        return False
+    try:
+        return bool(json.loads(answer.body)["error"]["code"] == "disk_full")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _route_key(request: web.Request) -> str:
@@ -233,11 +247,13 @@ def _middleware(server: _Server) -> Any:
         rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else server.new_id()
         request["request_id"] = rid
         started = time.perf_counter()
+        quiet = False  # a refusal whose cause the node logs itself, rate-limited
         with bind_request(rid):
             try:
                 response: web.StreamResponse = await handler(request)
             except CoordinatorError as exc:
                 response = error_response(exc)
+                quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
                 if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
                     log.warning(
                         "request_refused",
@@ -256,7 +272,7 @@ def _middleware(server: _Server) -> Any:
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)
-            if response.status >= 500 and not route.startswith("/health"):
+            if response.status >= 500 and not quiet and not route.startswith("/health"):
                 log.warning("request_error", method=request.method, path=request.path, status=response.status)
             return response
 

@@ -7,6 +7,9 @@ Rules:
    ``--token-file``, or Raft to a non-loopback address without ``--cluster-secret-file``: pysyncobj speaks pickle
    and would run code for anyone who can reach its port.
 3. A data dir remembers its node id and Raft address (``node.json``); starting another node on it is refused.
+4. Exit statuses of ``serve``: 0 after SIGTERM/SIGINT, 1 on an unexpected error, 2 on a usage error, 74 when the
+   data dir could not be written (``coordinator/_disk.py`` rule 2: disk full or an I/O error, named in the
+   ``data_dir_write_failed`` line before it).
 """
 
 from __future__ import annotations
@@ -193,7 +196,16 @@ def serve(
     _check_bindable(raft_host, raft_port, "--raft")
     _check_bindable(http_host, http_port, "--http")
     raft = f"{raft_host}:{raft_port}"
-    _claim_data_dir(data_dir, node_id, raft)
+    from coordinator._connections import raise_fd_limit
+    from provider.core.obs import configure_logging, run_service
+
+    configure_logging("coordinator", level=log_level)
+    try:
+        _claim_data_dir(data_dir, node_id, raft)
+    except OSError as exc:
+        from coordinator._disk import write_failed
+
+        write_failed(str(data_dir / "node.json"), exc)
     settings = NodeSettings(
         node_id=node_id,
         raft=raft,
@@ -203,10 +215,6 @@ def serve(
         data_dir=data_dir,
         password=secret,
     )
-    from coordinator._connections import raise_fd_limit
-    from provider.core.obs import configure_logging, run_service
-
-    configure_logging("coordinator", level=log_level)
     raise_fd_limit()  # before the node sizes its connection cap from the limit
     run_service(_serve(settings, config, tokens))
 

@@ -319,9 +319,13 @@ class Handlers:
 
     def _health(self, ok: bool, bad_status: str) -> web.Response:
         """The probe answer; a node that could not accept connections lately is ``not_accepting`` (503) whatever
-        else holds, so that a leader out of descriptors is noticed (and restarted) instead of looking healthy."""
+        else holds, so that a leader out of descriptors is noticed (and restarted) instead of looking healthy; a
+        node that stands aside because its data dir's disk is low is ``disk_full`` (503)."""
         connections = self.node.connections.health()
-        if ok and connections["state"] == "not_accepting":
+        disk = self.node.raft.disk_report()
+        if not self.node.raft.serving:
+            ok, bad_status = False, "disk_full"
+        elif ok and connections["state"] == "not_accepting":
             ok, bad_status = False, "not_accepting"
         body = {
             "status": "ok" if ok else bad_status,
@@ -329,6 +333,7 @@ class Handlers:
             "leader": self.node.leader_http(),
             "node_id": self.node.settings.node_id,
             "http": connections,
+            "disk": disk,
         }
         response = web.json_response(body, status=200 if ok else 503)
         if not ok:

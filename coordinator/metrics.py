@@ -21,6 +21,8 @@ Rules:
    (``coordinator/_raft_transport.py``); every reason is present from the start, at 0.
 8. HTTP connection figures (``coordinator_http_connections*``) are read from the node's connection guard at scrape
    time (``coordinator/_connections.py``); they are this node's own.
+7. ``coordinator_disk_free_bytes``, ``coordinator_disk_need_bytes`` and ``coordinator_standing_aside`` are this
+   node's own (``coordinator/_disk.py``, ``coordinator/_aside.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class ClusterFigures:
     commit_index: int
     table: dict[str, Any]  # Table.stats(coordinator.metrics_max_jobs)
     raft_rejections: dict[str, int] = field(default_factory=dict)  # RaftNode.transport_rejections()
+    disk: dict[str, Any] = field(default_factory=dict)  # RaftNode.disk_report()
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,22 @@ class _TableCollector(Collector):
         for reason, count in sorted(f.raft_rejections.items()):
             rejections.add_metric([reason], count)
         yield rejections
+        if f.disk.get("free_bytes") is not None:
+            yield GaugeMetricFamily(
+                "coordinator_disk_free_bytes",
+                "Free bytes of the data dir's filesystem at the last check (every 0.25 s)",
+                value=f.disk["free_bytes"],
+            )
+        yield GaugeMetricFamily(
+            "coordinator_disk_need_bytes",
+            "Free bytes the data dir needs (disk_reserve_mb plus the next dump); below it the node stands aside",
+            value=f.disk.get("need_bytes", 0),
+        )
+        yield GaugeMetricFamily(
+            "coordinator_standing_aside",
+            "1 while this node stands aside from Raft because its data dir's disk is low",
+            value=0 if f.disk.get("raft", "serving") == "serving" else 1,
+        )
 
 
 class CoordinatorMetrics:

@@ -16,6 +16,8 @@ Rules:
 6. Elections are absorbed: a request that finds no known leader (or a leader whose HTTP address is not yet known)
    waits up to ``coordinator.leader_wait_ms`` for one (:meth:`CoordinatorNode.await_leader`), and only then fails
    with 503. Linearizable reads commit a ``barrier`` no-op first (:meth:`CoordinatorNode.read_barrier`).
+7. A node that stands aside because its data dir's disk is low (``raft.py`` rule 12) answers every request that
+   needs the leader at once with 503 ``disk_full`` (clients go to another node), instead of waiting for a leader.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class CoordinatorNode:
                 log_compaction_min_entries=self.cfg.log_compaction_min_entries,
                 fsync=self.cfg.fsync,
                 fsync_interval_ms=self.cfg.fsync_interval_ms,
+                disk_reserve_bytes=self.cfg.disk_reserve_mb * 2**20,
             ),
             self.table,
             self._on_applied,
@@ -156,6 +159,8 @@ class CoordinatorNode:
         return info["http"] if info else None
 
     def role(self) -> str:
+        if not self.raft.serving:
+            return "aside"
         if self.raft.is_leader:
             return "leader"
         return "follower" if self.raft.leader_addr is not None else "candidate"
@@ -163,7 +168,9 @@ class CoordinatorNode:
     def figures(self) -> ClusterFigures:
         stats = self.raft.read(lambda t: t.stats(self.cfg.metrics_max_jobs))
         raft = self.raft
-        return ClusterFigures(raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections())
+        return ClusterFigures(
+            raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections(), raft.disk_report()
+        )
 
     def connection_figures(self) -> ConnectionFigures:
         guard = self.connections
@@ -172,6 +179,16 @@ class CoordinatorNode:
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""
         return self.raft.is_leader or self.leader_http() is not None
+
+    def disk_full(self) -> UnavailableError:
+        """Rule 7: this node stands aside; another node serves."""
+        disk = self.raft.disk_report()
+        return UnavailableError(
+            f"node {self.settings.node_id} stands aside from the cluster: its data dir {disk['path']} has "
+            f"{disk['free_bytes']} bytes free, below the {disk['need_bytes']} it needs; ask another node",
+            code="disk_full",
+            retry_after_s=1,
+        )
 
     def not_leader(self) -> CoordinatorError:
         leader = self.leader_http()
@@ -191,6 +208,8 @@ class CoordinatorNode:
         if deadline_s is None:
             deadline_s = loop.time() + self.cfg.leader_wait_ms / 1000
         while not self.raft.is_leader:
+            if not self.raft.serving:
+                raise self.disk_full()
             if self.leader_http() is not None or loop.time() >= deadline_s:
                 raise self.not_leader()
             await asyncio.sleep(_LEADER_POLL_S)

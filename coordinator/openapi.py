@@ -183,7 +183,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "Health": _obj(
         ("status", "role", "leader"),
-        status={"enum": ["ok", "no_leader", "not_ready", "not_accepting"]},
+        status={"enum": ["ok", "no_leader", "not_ready", "not_accepting", "disk_full"]},
         role=_STR,
         leader={"type": ["string", "null"]},
         node_id=_STR,
@@ -195,6 +195,17 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             max_per_peer=_INT,
             recent={"type": "array", "items": _STR},
             fd_free={"type": ["integer", "null"]},
+        ),
+        disk=_obj(
+            ("state", "path", "free_bytes", "need_bytes", "resume_bytes", "raft"),
+            state={"enum": ["ok", "low"]},
+            path=_STR,
+            free_bytes={"type": ["integer", "null"]},
+            need_bytes=_INT,
+            resume_bytes=_INT,
+            reserve_bytes=_INT,
+            raft={"enum": ["serving", "handing_off", "aside"]},
+            dropped_messages=_INT,
         ),
     ),
     "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
@@ -212,7 +223,7 @@ _ERROR_TEXT = {
     415: "without tokens: a body that is not application/json",
     429: "a limit refused the command and nothing changed (error.code capacity); see Retry-After and error.message",
     421: "not the leader and forwarding is not possible; error.leader is the leader's URL",
-    503: "no leader or commit timeout; see Retry-After",
+    503: "no leader, commit timeout, or this node stands aside (error.code disk_full); see Retry-After",
 }
 
 

@@ -144,6 +144,15 @@ class CoordinatorConfig:
     shed_backlog_commands: int = _spec(
         2_048, lo=1, hi=1_000_000, doc="commands waiting for replication above which new jobs are refused"
     )
+    #: Free space the data dir's filesystem keeps beyond the next dump; below it the node stands aside from Raft
+    #: and rejoins once one more reserve is free (coordinator/_disk.py). 0 turns the watchdog off.
+    disk_reserve_mb: int = _spec(
+        64,
+        lo=0,
+        hi=1_048_576,
+        doc="MiB the data dir keeps free beyond the next dump; below that the node stands aside from Raft (no "
+        "appends, votes or candidacy) and rejoins once one more reserve is free; 0 turns this off",
+    )
     #: Without tokens, the ``Host`` names a request may carry besides IP addresses, ``localhost`` and the ``--http``
     #: host (coordinator/_browser.py: a DNS-rebinding page cannot reach the API under its own name).
     allowed_hosts: tuple[str, ...] = _spec((), doc="extra Host names accepted without tokens (a YAML list)")

@@ -129,6 +129,7 @@ class JobRec:
         "end",
         "finished_at_ms",
         "job_id",
+        "owner",
         "priority",
         "retired_at_ms",
         "seq",
@@ -151,6 +152,9 @@ class JobRec:
         self.w_lo = w_lo
         self.w_hi = w_hi
         self.submitted_at_ms = now_ms
+        #: Who submitted it (the token's name; ``anonymous`` without tokens; "" before owners were recorded):
+        #: per-client admission limits count its outstanding windows (``_state.py`` rule 6).
+        self.owner = ""
         self.cancelled = False
         self.counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
         #: Leader time the retention sweep first saw the job finished (done, failed or cancelled); 0 while running.

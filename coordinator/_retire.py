@@ -86,6 +86,7 @@ class RetireCommands(TableState):
     def _retire_job(self, job: JobRec, now: int) -> int:
         """Retire one finished job; returns how many windows left the table."""
         job.retired_at_ms = now
+        self._jobs_retired += 1
         if self._job_index.get((job.series, job.start, job.end, job.priority)) == job.job_id:
             del self._job_index[(job.series, job.start, job.end, job.priority)]
         span = self._series[job.series].span_ms

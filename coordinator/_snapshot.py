@@ -1,9 +1,10 @@
 """The lease table's snapshot format: compact, versioned bytes instead of a pickle of Python objects.
 
-Layout (format 2): ``MAGIC`` (8 bytes), then a little-endian u32 header length, a JSON header, and the numpy
-columns it lists, back to back. The whole body after the magic is zlib-compressed (level 1: fast, and the columns
-are mostly runs). The header holds the small parts (scalars, series, jobs, live leases, keyed leases, remembered
-results, nodes); the windows are columns, one value per window:
+Layout (format 3; format 2 is the same without the jobs' ``owner``): ``MAGIC`` (8 bytes), then a little-endian
+u32 header length, a JSON header, and the numpy columns it lists, back to back. The whole body after the magic is
+zlib-compressed (level 1: fast, and the columns are mostly runs). The header holds the small parts (scalars,
+series, jobs, live leases, keyed leases, remembered results, nodes); the windows are columns, one value per
+window:
 
     series (u32 index into the header's series list), start, end (i64), state (u8), attempts (i32),
     not_before_ms, lease, done_token, done_at_ms, rows (i64), jobs_n (u16) + jobs (u32 indexes into the job list),
@@ -13,8 +14,9 @@ Rules:
 1. ``encode`` reads the table and nothing else; it runs in pysyncobj's forked dump writer (``SnapshotBlob``
    defers it there), so the node never stalls on it.
 2. Derived state is rebuilt, not stored: the claim heaps, the expiry heap, window counts, the identical-job index
-   and every window's claim rank (the best live job among its jobs). Rebuilt heaps hold no stale entries; the
-   observable order is the same (DESIGN.md rule 1).
+   every window's claim rank (the best live job among its jobs), the idle keys (in ``_keys`` order, which is
+   the order they became idle: ``_keyed.py`` rule 4), the running jobs and the count of retired jobs. Rebuilt
+   heaps hold no stale entries; the observable order is the same (DESIGN.md rule 1).
 3. ``decode`` accepts format 2 bytes and, once, for migration, the format-1 dict pysyncobj unpickles from dumps
    written before December 2026 (``{"format": 1, "state": TableState.__dict__}``).
 4. A new field means a new format number and a decoder for the old one; never change what a number means.
@@ -40,7 +42,9 @@ from coordinator._state import TableState
 __all__ = ["FORMAT", "MAGIC", "SnapshotBlob", "decode", "encode"]
 
 MAGIC = b"SDPTBL\x00\x02"
-FORMAT = 2
+FORMAT = 3
+#: Formats ``decode`` reads: 2 (jobs without an owner: they count against no client's limits) and 3.
+_READABLE = (2, 3)
 _STATES = (PENDING, LEASED, DONE, FAILED)
 _STATE_CODE = {name: i for i, name in enumerate(_STATES)}
 _I64 = ("start", "end", "not_before_ms", "lease", "done_token", "done_at_ms", "rows")
@@ -84,6 +88,7 @@ def _header(t: TableState, series: list[str], job_ids: list[str]) -> dict[str, A
                 [j.counts[s] for s in _STATES],
                 j.finished_at_ms,
                 j.retired_at_ms,
+                j.owner,
             ]
             for j in (t._jobs[job_id] for job_id in job_ids)
         ],
@@ -107,7 +112,7 @@ def _header(t: TableState, series: list[str], job_ids: list[str]) -> dict[str, A
 
 
 def encode(t: TableState) -> bytes:
-    """The table as format-2 bytes."""
+    """The table as format-3 bytes."""
     series = list(t._series)
     series_ix = {name: i for i, name in enumerate(series)}
     job_ids = list(t._jobs)
@@ -131,7 +136,7 @@ def encode(t: TableState) -> bytes:
 
 
 def decode(data: Any) -> TableState | None:
-    """A table from a snapshot (format 2 bytes, or a format-1 dict); None when ``data`` is neither."""
+    """A table from a snapshot (format 2 or 3 bytes, or a format-1 dict); None when ``data`` is neither."""
     if isinstance(data, dict):
         return _decode_format1(data)
     if not isinstance(data, (bytes, bytearray)) or not data.startswith(MAGIC):
@@ -139,7 +144,7 @@ def decode(data: Any) -> TableState | None:
     body = zlib.decompress(memoryview(data)[len(MAGIC) :])
     (size,) = struct.unpack_from("<I", body)
     header = json.loads(body[4 : 4 + size])
-    if header.get("format") != FORMAT:
+    if header.get("format") not in _READABLE:
         return None
     cols: dict[str, Any] = {}
     offset = 4 + size
@@ -160,6 +165,10 @@ def decode(data: Any) -> TableState | None:
     return t
 
 
+#: Attributes of TableState added after format 1 that are derived from the others (rebuilt, never stored).
+_DERIVED_SINCE_FORMAT1 = frozenset({"_idle_keys", "_owners", "_running", "_jobs_retired"})
+
+
 def _load_header(t: TableState, h: dict[str, Any]) -> None:
     t._clock_ms, t._token, t._job_seq, t._stale_claims = h["clock_ms"], h["token"], h["job_seq"], h["stale_claims"]
     t._series = {name: SeriesRec(interval, bars) for name, interval, bars in h["series"]}
@@ -169,6 +178,7 @@ def _load_header(t: TableState, h: dict[str, Any]) -> None:
         job.cancelled = row[9]
         job.counts = dict(zip(_STATES, row[10], strict=True))
         job.finished_at_ms, job.retired_at_ms = row[11], row[12]
+        job.owner = row[13] if len(row) > 13 else ""  # format 2 recorded no owner
         t._jobs[job.job_id] = job
     for token, kind, target, worker, granted, expires in h["leases"]:
         key = (series_names.get(target[0], target[0]), target[1]) if kind == "window" else target
@@ -221,7 +231,7 @@ def _load_windows(t: TableState, h: dict[str, Any], cols: dict[str, list[Any]]) 
 
 
 def _rebuild(t: TableState) -> None:
-    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap."""
+    """Derived state (rule 2): counts, job index, ranks, claim heaps, expiry heap, idle keys, owners, running jobs."""
     ranks = {job.job_id: (-job.priority, job.seq) for job in t._jobs.values()}
     for w in t._windows.values():
         t._window_counts[w.state] += 1
@@ -237,9 +247,28 @@ def _rebuild(t: TableState) -> None:
     heapq.heapify(t._delayed)
     t._expiry = [(r.expires_at_ms, r.token) for r in t._leases.values()]
     heapq.heapify(t._expiry)
+    _derive_idle_keys(t)
+    _derive_owners(t)
+    _derive_job_figures(t)
     for job in t._jobs.values():
         if not job.cancelled and not job.retired_at_ms:
             t._job_index[(job.series, job.start, job.end, job.priority)] = job.job_id
+
+
+def _derive_owners(t: TableState) -> None:
+    for job in t._jobs.values():
+        if job.owner and not job.cancelled:
+            t._charge(job.owner, 0, job.counts[PENDING] + job.counts[LEASED])
+
+
+def _derive_idle_keys(t: TableState) -> None:
+    t._idle_keys = OrderedDict((key, None) for key, rec in t._keys.items() if rec.state != "leased")
+
+
+def _derive_job_figures(t: TableState) -> None:
+    """The running jobs and the count of retired ones (``_state.py`` rule 7)."""
+    t._running = {job.job_id: job for job in t._jobs.values() if job.state == "running"}
+    t._jobs_retired = sum(1 for job in t._jobs.values() if job.retired_at_ms)
 
 
 def _decode_format1(data: dict[str, Any]) -> TableState | None:
@@ -248,12 +277,16 @@ def _decode_format1(data: dict[str, Any]) -> TableState | None:
     if data.get("format") != 1 or not isinstance(state, dict):
         return None
     fresh = TableState()
-    if set(state) != set(fresh.__dict__):
+    if set(state) | _DERIVED_SINCE_FORMAT1 != set(fresh.__dict__):
         return None
     fresh.__dict__.update(state)
+    _derive_idle_keys(fresh)
     for job in fresh._jobs.values():  # written before retention: these slots did not exist
         if not hasattr(job, "retired_at_ms"):
             job.finished_at_ms = job.retired_at_ms = 0
+        if not hasattr(job, "owner"):  # nor this one, before admission limits
+            job.owner = ""
+    _derive_job_figures(fresh)
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for window in fresh._windows.values():  # lists then, shared tuples now
         ids = tuple(window.jobs)

@@ -8,15 +8,27 @@ Rules:
 3. Request de-duplication: a command carrying ``(client_id, request_id)`` is remembered with its successful
    result; a duplicate returns that result without running again. Entries are evicted oldest first, beyond
    ``DEDUP_MAX_ENTRIES`` or ``DEDUP_TTL_MS`` of table time, so eviction is deterministic on every replica.
+   The leader appends ``FINGERPRINT_SEP`` and :func:`fingerprint` of the command's arguments to the request id
+   (``node.py``); a request id replayed with another body, or for another command, is a ``conflict`` and never
+   returns the first caller's answer. Ids without a fingerprint (older journals) are matched by id alone.
 4. Claim order lives in a heap of ``(-priority, job seq, start, series)`` entries with lazy deletion: an entry
    is valid only while its window is pending and still has that rank. Windows in retry backoff wait in a second
    heap ordered by ``not_before_ms``. Lease expiries live in a third heap, also lazily cleaned.
 5. Pure: no I/O, clock, randomness, logging, asyncio or pysyncobj (DESIGN.md section 1).
+6. Per-client load: ``_owners[owner] = [live jobs, outstanding windows]`` over the owner's running jobs (outstanding
+   = pending + leased windows of each job, counted per job), kept in step wherever a job's counts change, so the
+   admission limits of ``submit_job`` cost O(1). Derived: rebuilt from the jobs when a snapshot is loaded.
+7. Metrics figures (:meth:`TableState.stats`) cost O(running jobs), never O(jobs ever submitted): the running jobs
+   are kept in ``_running`` as their window counts change (``_track``, at no cost to a claim, which moves a window
+   from pending to leased and leaves its jobs running) and retired jobs are counted as they retire. Both are derived
+   state: snapshots rebuild them, and figures never depend on their order (jobs are ranked by :func:`claim_rank`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +48,7 @@ from coordinator._records import (
 )
 from provider.core import window_id
 
-__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "TableState"]
+__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "FINGERPRINT_SEP", "TableState", "claim_rank", "fingerprint"]
 
 #: Remembered (client, request) results; enough for every retry of a commit timeout at thousands of commits/s.
 DEDUP_MAX_ENTRIES = 50_000
@@ -49,6 +61,21 @@ MAX_TTL_MS = 86_400_000
 MAX_TEXT_CHARS = 1000
 
 Command = Callable[[int], Result]
+_OUTSTANDING = frozenset({PENDING, LEASED})
+#: Separates a request id from the fingerprint of its command's arguments (rule 3); not printable, so no client
+#: id can contain it (the API accepts printable ids only).
+FINGERPRINT_SEP = "\x1f"
+
+
+def fingerprint(op: str, kwargs: dict[str, Any]) -> str:
+    """A short digest of a command and its arguments (rule 3)."""
+    data = json.dumps([op, kwargs], sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
+
+
+def claim_rank(job: JobRec) -> tuple[int, int]:
+    """A job's place in claim order (rule 1 of ``table.py``): priority descending, then submission order."""
+    return (-job.priority, job.seq)
 
 
 def is_int(value: Any) -> bool:
@@ -88,9 +115,17 @@ class TableState:
         self._job_index: dict[tuple[str, int, int, int], str] = {}
         self._leases: dict[int, LeaseRec] = {}
         self._keys: OrderedDict[str, KeyRec] = OrderedDict()
+        #: Keys without a live lease, in ``_keys`` order (derived; ``_keyed.py`` rule 4).
+        self._idle_keys: OrderedDict[str, None] = OrderedDict()
         self._groups: dict[str, list[int]] = {}
         self._window_counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
+        #: owner -> [live jobs, outstanding windows] (derived; rule 6).
+        self._owners: dict[str, list[int]] = {}
         self._nodes: dict[str, dict[str, str]] = {}
+        #: Running jobs by id (derived, rule 7).
+        self._running: dict[str, JobRec] = {}
+        #: Jobs retired so far (derived, rule 7).
+        self._jobs_retired = 0
         self._ready: list[tuple[int, int, int, str]] = []
         self._delayed: list[tuple[int, int, int, int, str]] = []
         self._expiry: list[tuple[int, int]] = []
@@ -105,19 +140,29 @@ class TableState:
             return invalid("now_ms", "must be an integer >= 0")
         if not isinstance(client_id, str) or not isinstance(request_id, str):
             return invalid("request_id", "client_id and request_id must be strings")
+        request_id, _, body = request_id.partition(FINGERPRINT_SEP)
         key = (client_id, request_id) if client_id and request_id else None
+        tag = f"{op}{FINGERPRINT_SEP}{body}" if body else op
         if key is not None:
             seen = self._dedup.get(key)
             if seen is not None:
-                if seen[0] != op:
-                    return Result.error("conflict", f"request id {request_id!r} was used for {seen[0]}", "request_id")
+                seen_op, _, seen_body = seen[0].partition(FINGERPRINT_SEP)
+                if seen_op != op:
+                    return Result.error("conflict", f"request id {request_id!r} was used for {seen_op}", "request_id")
+                if body and seen_body and body != seen_body:
+                    return Result.error(
+                        "conflict",
+                        f"request id {request_id!r} was already used for another {op} body: use a new "
+                        "X-Request-Id for a new request, the same one only to retry the same request",
+                        "request_id",
+                    )
                 return seen[2]
         now = max(self._clock_ms, now_ms)
         result = run(now)
         if result.ok:
             self._clock_ms = now
             if key is not None:
-                self._remember(key, op, now, result)
+                self._remember(key, tag, now, result)
         return result
 
     def _remember(self, key: tuple[str, str], op: str, now: int, result: Result) -> None:
@@ -147,10 +192,34 @@ class TableState:
         window.state = state
         self._window_counts[old] -= 1
         self._window_counts[state] += 1
+        load_change = (state in _OUTSTANDING) - (old in _OUTSTANDING)
         for job_id in window.jobs:
-            counts = self._jobs[job_id].counts
+            job = self._jobs[job_id]
+            counts = job.counts
+            if load_change and job.owner and not job.cancelled:
+                before = counts[PENDING] + counts[LEASED]
+                self._charge(job.owner, before, before + load_change)
             counts[old] -= 1
             counts[state] += 1
+            if load_change:  # only then may a job start or stop running (rule 7)
+                self._track(job)
+
+    def _track(self, job: JobRec) -> None:
+        """Keep ``_running`` in step with a job whose counts or cancellation changed (rule 7)."""
+        if job.state == "running":
+            self._running[job.job_id] = job
+        else:
+            self._running.pop(job.job_id, None)
+
+    def _charge(self, owner: str, before: int, after: int) -> None:
+        """Rule 6: one of ``owner``'s jobs went from ``before`` to ``after`` outstanding windows."""
+        load = self._owners.get(owner)
+        if load is None:
+            load = self._owners[owner] = [0, 0]
+        load[0] += (after > 0) - (before > 0)
+        load[1] += after - before
+        if load == [0, 0]:
+            del self._owners[owner]
 
     def _enqueue(self, window: WindowRec, now: int) -> None:
         """Offer a pending window to claims (again); stale heap entries are skipped when popped."""
@@ -165,8 +234,7 @@ class TableState:
     def _rerank(self, window: WindowRec, now: int) -> None:
         best: tuple[int, int] | None = None
         for job_id in window.jobs:
-            job = self._jobs[job_id]
-            rank = (-job.priority, job.seq)
+            rank = claim_rank(self._jobs[job_id])
             if best is None or rank < best:
                 best = rank
         if best != window.rank:
@@ -211,6 +279,24 @@ class TableState:
 
     def jobs(self) -> list[dict[str, Any]]:
         return [job.public() for job in self._jobs.values()]
+
+    def jobs_page(
+        self, limit: int, after_seq: int = 0, state: str | None = None, series: str | None = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` jobs with a submission number above ``after_seq`` (in submission order), filtered by
+        ``state`` and ``series``, and the cursor of the next page (None on the last page)."""
+        page: list[dict[str, Any]] = []
+        last_seq = after_seq
+        for job in self._jobs.values():
+            if job.seq <= after_seq or (series is not None and job.series != series):
+                continue
+            if state is not None and job.state != state:
+                continue
+            if len(page) == limit:
+                return page, last_seq
+            page.append(job.public())
+            last_seq = job.seq
+        return page, None
 
     def pending_count(self) -> int:
         return self._window_counts[PENDING]
@@ -266,18 +352,33 @@ class TableState:
             "jobs": list(window.jobs),
         }
 
-    def stats(self) -> dict[str, Any]:
-        """Figures for metrics: windows by state, live leases, stale claims, and the running jobs' progress."""
-        running = [
-            (j.job_id, j.series, j.public()["completion_ratio"]) for j in self._jobs.values() if j.state == "running"
-        ]
+    def stats(self, max_jobs: int | None = None) -> dict[str, Any]:
+        """Figures for metrics: windows by state, live leases, stale claims, retired jobs, and the running jobs'
+        progress. ``jobs_running`` lists the first ``max_jobs`` running jobs in claim order (every one when None) as
+        ``(job_id, series, done windows, windows)``; ``jobs_other`` sums the others as ``(jobs, done, windows)``.
+        Costs O(running jobs) (rule 7)."""
+        running = self._running
+        if max_jobs is None or len(running) <= max_jobs:
+            shown = sorted(running.values(), key=claim_rank)
+        else:
+            shown = heapq.nsmallest(max_jobs, running.values(), key=claim_rank)
+        done = windows = 0
+        for job in running.values():
+            counts = job.counts
+            done += counts[DONE]
+            windows += counts[PENDING] + counts[LEASED] + counts[DONE] + counts[FAILED]
+        listed = [(job.job_id, job.series, job.counts[DONE], job.total) for job in shown]
+        for _, _, job_done, job_windows in listed:
+            done -= job_done
+            windows -= job_windows
         return {
             "windows": dict(self._window_counts),
             "leases_active": len(self._leases),
             "stale_claims_total": self._stale_claims,
             "token": self._token,
-            "jobs_running": running,
-            "jobs_retired": sum(1 for j in self._jobs.values() if j.retired_at_ms),
+            "jobs_running": listed,
+            "jobs_other": (len(running) - len(listed), done, windows),
+            "jobs_retired": self._jobs_retired,
         }
 
     def snapshot(self) -> dict[str, Any]:

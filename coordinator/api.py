@@ -3,15 +3,22 @@
 Rules:
 1. Routes come from ``routes.ROUTES`` only. Bodies are JSON objects validated by the ``provider.core`` wire
    models; a bad field is a 400 naming it. Bodies above ``max_body_bytes`` are refused with 413.
-2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 answers
-   carry Retry-After; 421 ``not_leader`` answers carry the leader's URL in ``error.leader``.
+2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 and 429
+   (``capacity``: a limit refused the command, nothing changed) answers carry Retry-After; 421 ``not_leader``
+   answers carry the leader's URL in ``error.leader``.
 3. Any node accepts any request. Writes run on the leader and a follower forwards them (``forward.py``). Reads
    (``Route.read``) are linearizable by default: the leader commits a read barrier first, a follower forwards the
    read; ``?consistency=stale`` reads the node's own replica. When the leader dies or loses leadership under a
    forwarded request, the follower forwards it again (same ids: applied once) to the next leader until
-   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint).
+   ``coordinator.leader_wait_ms`` has passed; only then does it answer 503 (or the 421 hint). A leader that
+   answers 503 ``disk_full`` is handing off (``_aside.py``) and counts as demoted.
 4. ``X-Client-Id`` + ``X-Request-Id`` identify a command for de-duplication (a retry with the same pair gets the
-   first answer); ``X-Request-Id`` is echoed and bound to every log line of the request.
+   first answer); ``X-Request-Id`` is echoed and bound to every log line of the request. With tokens on, the
+   client id is scoped to the token's name, so another caller replaying the pair is a new command; the same pair
+   with another body is a 409 ``conflict`` (``_state.py`` rule 3).
+5. Without tokens, requests a browser could forge are refused first (``_browser.py``: Host, Origin, JSON bodies).
+6. With tokens, a public route's caller is :data:`~coordinator.auth.UNAUTHENTICATED`, or the token's principal
+   on a route with a ``detail_role`` (``routes.py`` rule 4); without tokens every caller is ``ANONYMOUS``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from coordinator._browser import browser_refusal
 from coordinator.auth import ANONYMOUS, Principal, TokenTable
 from coordinator.errors import (
     BadRequestError,
@@ -56,12 +64,17 @@ STATUS: dict[str, int] = {
     "conflict": 409,
     "lease_lost": 409,
     "too_large": 413,
+    "unsupported_media_type": 415,
+    "capacity": 429,
     "not_leader": 421,
     "internal": 500,
     "no_leader": 503,
     "timeout": 503,
+    "disk_full": 503,
 }
 _MAX_HEADER_ID_CHARS = 200
+#: Refusals of malformed requests, logged at WARNING with the message cut short (other 4xx are normal flow).
+_LOGGED_REFUSALS = frozenset({400, 413, 415})
 #: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
 #: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
 _FORWARD_RETRY_S = 0.25
@@ -105,8 +118,7 @@ class _Server:
         self.node = node
         self.tokens = tokens
         self.max_body = node.cfg.max_body_bytes
-        wait_s = node.cfg.max_claim_wait_ms / 1000
-        self.forwarder = Forwarder(node.settings.node_id, node.cfg.commit_timeout_ms / 1000 + wait_s + 2.0)
+        self.forwarder = Forwarder(node.settings.node_id, node.cfg, node.metrics)
         # Ids for requests that bring none: unique per process start, cheap (no syscall per request).
         self._id_prefix = new_request_id()[:8]
         self._id_counter = itertools.count(1)
@@ -150,8 +162,19 @@ class _Server:
     def wrap(self, route: Route, fn: Callable[[Call], Awaitable[web.StreamResponse]]) -> Any:
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = ANONYMOUS
-            if route.role is not None and self.tokens is not None:
+            if self.tokens is None:
+                refusal = browser_refusal(
+                    request,
+                    bound_host=self.node.settings.http_host,
+                    allowed_hosts=self.node.cfg.allowed_hosts,
+                    allowed_origins=self.node.cfg.allowed_origins,
+                )
+                if refusal is not None:
+                    raise refusal
+            if self.tokens is not None and route.role is not None:
                 principal = self.tokens.authenticate(request.headers.get("Authorization"), route.role)
+            elif self.tokens is not None and route.detail_role is not None:
+                principal = self.tokens.identify(request.headers.get("Authorization"))
             raw: bytes = b""
             body: dict[str, Any] = {}
             if request.method in ("POST", "PUT", "PATCH"):
@@ -162,7 +185,9 @@ class _Server:
             if not client_id:
                 client_id = f"anon-{self.new_id()}"
                 extra = {"X-Client-Id": client_id, "X-Request-Id": request_id}
-            call = Call(request, body, principal, f"c:{client_id}", f"{route.name}|{request_id}")
+            # Rule 4: a client id is the caller's own; with tokens on, another token cannot replay it.
+            scope = f"t:{principal.name}:" if principal is not ANONYMOUS else "c:"
+            call = Call(request, body, principal, f"{scope}{client_id}", f"{route.name}|{request_id}")
             forwardable = (route.write or route.read) and FORWARDED_HEADER not in request.headers
             return await self.serve_or_forward(call, fn, raw, extra if forwardable else None)
 
@@ -192,10 +217,22 @@ class _Server:
                     if loop.time() >= deadline_s:
                         raise
                 else:
-                    if answer.status != STATUS["not_leader"] or loop.time() >= deadline_s:
+                    gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
+                    if not gone or loop.time() >= deadline_s:
                         return answer
                 log.debug("forward_retry", leader=exc.leader)
                 await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
+
+
+def _stood_aside(answer: web.Response) -> bool:
+    """The leader answered 503 ``disk_full``: it is handing off (``coordinator/_aside.py``), so the next leader
+    is asked instead, as after a 421."""
+    if answer.status != STATUS["disk_full"] or not isinstance(answer.body, bytes):
+        return False
+    try:
+        return bool(json.loads(answer.body)["error"]["code"] == "disk_full")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _route_key(request: web.Request) -> str:
@@ -210,11 +247,22 @@ def _middleware(server: _Server) -> Any:
         rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else server.new_id()
         request["request_id"] = rid
         started = time.perf_counter()
+        quiet = False  # a refusal whose cause the node logs itself, rate-limited
         with bind_request(rid):
             try:
                 response: web.StreamResponse = await handler(request)
             except CoordinatorError as exc:
                 response = error_response(exc)
+                quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
+                if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
+                    log.warning(
+                        "request_refused",
+                        method=request.method,
+                        path=request.path[:200],
+                        status=response.status,
+                        field=exc.field,
+                        message=exc.message[:300],
+                    )
             except web.HTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
                 response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}", code=code))
@@ -224,7 +272,7 @@ def _middleware(server: _Server) -> Any:
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)
-            if response.status >= 500 and not route.startswith("/health"):
+            if response.status >= 500 and not quiet and not route.startswith("/health"):
                 log.warning("request_error", method=request.method, path=request.path, status=response.status)
             return response
 

@@ -14,6 +14,9 @@ Rules:
 1. ``Authorization: Bearer TOKEN`` picks the role; roles are ordered reader < worker < operator.
 2. Tokens are kept only as SHA-256 digests and compared by digest, so the table never holds them in clear.
 3. Without a token file auth is off (the CLI allows that on loopback binds only).
+4. A public route that shows more to a role (``/metrics``: per-job series to ``reader``) takes an optional token:
+   none is :data:`UNAUTHENTICATED`, which no role check allows; an unknown one is refused (401) as anywhere else,
+   so a scraper with a wrong token fails loudly instead of quietly seeing less.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from coordinator.errors import AuthError
 
-__all__ = ["ROLES", "Principal", "TokenTable"]
+__all__ = ["ANONYMOUS", "ROLES", "UNAUTHENTICATED", "Principal", "TokenTable"]
 
 #: Roles, weakest first; a role may do everything the roles before it may.
 ROLES = ("reader", "worker", "operator")
@@ -39,11 +42,13 @@ class Principal:
     role: str
 
     def allows(self, required: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(required)
+        return self.role in ROLES and ROLES.index(self.role) >= ROLES.index(required)
 
 
 #: The caller when auth is off.
 ANONYMOUS = Principal("anonymous", "operator")
+#: The caller of a public route without a token when auth is on (rule 4): no role.
+UNAUTHENTICATED = Principal("unauthenticated", "")
 
 
 def _digest(token: str) -> bytes:
@@ -91,6 +96,13 @@ class TokenTable:
         except OSError as exc:
             raise ValueError(f"cannot read token file {str(source)!r}: {exc.strerror}") from None
         return cls.parse(text, f"token file {str(source)!r}")
+
+    def identify(self, header: str | None) -> Principal:
+        """The principal of an optional ``Authorization`` header (rule 4): :data:`UNAUTHENTICATED` without one;
+        an unknown token raises :class:`AuthError` (401)."""
+        if not header:
+            return UNAUTHENTICATED
+        return self.authenticate(header, ROLES[0])
 
     def authenticate(self, header: str | None, required: str) -> Principal:
         """The principal of an ``Authorization`` header allowed ``required``, or raise :class:`AuthError`."""

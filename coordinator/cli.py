@@ -7,6 +7,9 @@ Rules:
    ``--token-file``, or Raft to a non-loopback address without ``--cluster-secret-file``: pysyncobj speaks pickle
    and would run code for anyone who can reach its port.
 3. A data dir remembers its node id and Raft address (``node.json``); starting another node on it is refused.
+4. Exit statuses of ``serve``: 0 after SIGTERM/SIGINT, 1 on an unexpected error, 2 on a usage error, 74 when the
+   data dir could not be written (``coordinator/_disk.py`` rule 2: disk full or an I/O error, named in the
+   ``data_dir_write_failed`` line before it).
 """
 
 from __future__ import annotations
@@ -193,7 +196,16 @@ def serve(
     _check_bindable(raft_host, raft_port, "--raft")
     _check_bindable(http_host, http_port, "--http")
     raft = f"{raft_host}:{raft_port}"
-    _claim_data_dir(data_dir, node_id, raft)
+    from coordinator._connections import raise_fd_limit
+    from provider.core.obs import configure_logging, run_service
+
+    configure_logging("coordinator", level=log_level)
+    try:
+        _claim_data_dir(data_dir, node_id, raft)
+    except OSError as exc:
+        from coordinator._disk import write_failed
+
+        write_failed(str(data_dir / "node.json"), exc)
     settings = NodeSettings(
         node_id=node_id,
         raft=raft,
@@ -203,15 +215,14 @@ def serve(
         data_dir=data_dir,
         password=secret,
     )
-    from provider.core.obs import configure_logging, run_service
-
-    configure_logging("coordinator", level=log_level)
+    raise_fd_limit()  # before the node sizes its connection cap from the limit
     run_service(_serve(settings, config, tokens))
 
 
 async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     from aiohttp import web
 
+    from coordinator._connections import GuardedSite, fd_limit
     from coordinator.api import build_app
     from coordinator.node import CoordinatorNode
     from provider.core.obs import get_logger
@@ -219,9 +230,21 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     log = get_logger("coordinator.cli")
     node = CoordinatorNode(settings, config)
     await node.start()
-    runner = web.AppRunner(build_app(node, tokens), access_log=None, handle_signals=False)
+    app = build_app(node, tokens)
+    app.middlewares.append(node.connections.middleware)  # innermost: it sees each request's headers arrive
+    limits = node.connections.limits
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout_s)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port, backlog=1024).start()
+    await GuardedSite(runner, settings.http_host, settings.http_port, node.connections, backlog=1024).start()
+    log.info(
+        "http_limits",
+        fd_limit=fd_limit(),
+        max_connections=limits.max_total,
+        max_connections_per_peer=limits.max_per_peer,
+        header_timeout_s=limits.header_timeout_s,
+        body_timeout_s=limits.body_timeout_s,
+        idle_timeout_s=limits.idle_timeout_s,
+    )
     log.info(
         "serving",
         node_id=settings.node_id,

@@ -10,8 +10,9 @@ Tree::
         ├── ConflictError       409 ``conflict`` or ``lease_lost`` (a stale fencing token; nothing changed)
         ├── BodyTooLargeError   413 ``too_large``
         ├── NotLeaderError      421 ``not_leader``: ``leader`` holds the leader's HTTP base URL to retry on
-        └── UnavailableError    503 ``no_leader`` or ``timeout``, with ``retry_after_s``; a ``timeout`` on a write
-                                means "maybe applied": retry with the same ``Idempotency-Key`` to be safe
+        └── UnavailableError    503 ``no_leader`` or ``timeout``, 429 ``capacity`` (a limit: nothing changed), with
+                                ``retry_after_s``; a ``timeout`` on a write means "maybe applied": retry with the
+                                same ``Idempotency-Key`` to be safe
 
 The pure table never raises these: it returns :class:`coordinator.table.Result` values, which
 :func:`from_result` turns into errors at the service edge.
@@ -107,7 +108,13 @@ _BY_CODE: dict[str, type[CoordinatorError]] = {
 }
 
 
-def from_result(code: str, message: str, field: str = "") -> CoordinatorError:
-    """The error for a failed table :class:`~coordinator.table.Result`."""
+def from_result(code: str, message: str, field: str = "", value: Any = None) -> CoordinatorError:
+    """The error for a failed table :class:`~coordinator.table.Result` (whose ``value`` may carry
+    ``retry_after_ms`` for a ``capacity`` refusal)."""
+    if code == "capacity":
+        retry_ms = value.get("retry_after_ms", 1000) if isinstance(value, dict) else 1000
+        error = UnavailableError(message, code=code, retry_after_s=max(1, -(-int(retry_ms) // 1000)))
+        error.field = field or None
+        return error
     cls = _BY_CODE.get(code, CoordinatorError)
     return cls(message, code=code, field=field or None)

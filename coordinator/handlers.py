@@ -21,7 +21,8 @@ from aiohttp import web
 
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
-from provider.core import ClaimRequest, JobRequest, WireFormatError
+from coordinator.routes import METRICS_DETAIL_ROLE
+from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError
 from provider.core._models import (
     CompleteRequest,
     FailRequest,
@@ -30,7 +31,7 @@ from provider.core._models import (
     ReasonRequest,
     RenewRequest,
 )
-from provider.core.obs import METRICS_CONTENT_TYPE, get_logger, metrics_text
+from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
 
 if TYPE_CHECKING:
     from coordinator.api import Call
@@ -42,6 +43,19 @@ WINDOW_STATES = ("pending", "leased", "done", "failed")
 
 log = get_logger("coordinator.api")
 M = TypeVar("M")
+
+
+#: ``GET /v1/jobs`` pages: the default and the largest ``limit``.
+JOBS_PAGE_DEFAULT, JOBS_PAGE_MAX = 500, 5000
+
+
+def _query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
+    text = query.get(name)
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
+        raise BadRequestError(f"query parameter {name}={text[:40]!r} must be an integer from {lo} to {hi}", field=name)
+    return int(text)
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
@@ -79,6 +93,14 @@ class Handlers:
 
     async def create_job(self, call: Call) -> web.Response:
         req = parse(JobRequest, call.body)
+        owner = call.principal.name
+        if self.node.raft.is_leader:  # a follower forwards: the leader admits (``_admission.py`` rule 3)
+            self.node.admission.admit_job(owner, self.node.raft.backlog)
+        cfg = self.node.cfg
+        limits = {
+            "live_jobs": cfg.max_live_jobs_per_client,
+            "outstanding_windows": cfg.max_outstanding_windows_per_client,
+        }
         value = await self._run(
             call,
             "submit_job",
@@ -88,7 +110,9 @@ class Handlers:
                 "end": req.end,
                 "priority": req.priority,
                 "window_bars": self.node.backfill.window_bars,
-                "max_windows": self.node.cfg.max_windows_per_job,
+                "max_windows": cfg.max_windows_per_job,
+                "owner": owner,
+                "limits": limits,
             },
         )
         job = value["job"]
@@ -102,8 +126,20 @@ class Handlers:
         return web.json_response({"job": job}, status=201 if value["created"] else 200)
 
     async def list_jobs(self, call: Call) -> web.Response:
+        """A page of jobs in submission order: ``limit`` (default 500, at most 5000), ``cursor`` (the previous
+        page's ``next_cursor``), ``state`` and ``series`` filters. ``next_cursor`` is null on the last page."""
+        query = call.request.query
+        limit = _query_int(query, "limit", JOBS_PAGE_DEFAULT, 1, JOBS_PAGE_MAX)
+        after = _query_int(query, "cursor", 0, 0, 2**62)
+        state = query.get("state") or None
+        if state is not None and state not in JOB_STATES:
+            allowed = ", ".join(JOB_STATES)
+            raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
+        series = query.get("series") or None
         headers = await self._consistency(call)
-        return web.json_response({"jobs": self.node.raft.read(lambda t: t.jobs())}, headers=headers)
+        jobs, next_seq = self.node.raft.read(lambda t: t.jobs_page(limit, after, state, series))
+        cursor = None if next_seq is None else str(next_seq)
+        return web.json_response({"jobs": jobs, "next_cursor": cursor}, headers=headers)
 
     async def get_job(self, call: Call) -> web.Response:
         job_id = call.param("job_id")
@@ -225,7 +261,14 @@ class Handlers:
     async def claim_key(self, call: Call) -> web.Response:
         req = parse(KeyClaimRequest, call.body)
         value = await self._run(
-            call, "key_claim", {"key": req.key, "lease_ms": req.lease_ms, "worker_id": call.principal.name}
+            call,
+            "key_claim",
+            {
+                "key": req.key,
+                "lease_ms": req.lease_ms,
+                "worker_id": call.principal.name,
+                "max_keys": self.node.cfg.max_keys,
+            },
         )
         log.debug("key_lease_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
         return web.json_response(value)
@@ -275,11 +318,22 @@ class Handlers:
         )
 
     def _health(self, ok: bool, bad_status: str) -> web.Response:
+        """The probe answer; a node that could not accept connections lately is ``not_accepting`` (503) whatever
+        else holds, so that a leader out of descriptors is noticed (and restarted) instead of looking healthy; a
+        node that stands aside because its data dir's disk is low is ``disk_full`` (503)."""
+        connections = self.node.connections.health()
+        disk = self.node.raft.disk_report()
+        if not self.node.raft.serving:
+            ok, bad_status = False, "disk_full"
+        elif ok and connections["state"] == "not_accepting":
+            ok, bad_status = False, "not_accepting"
         body = {
             "status": "ok" if ok else bad_status,
             "role": self.node.role(),
             "leader": self.node.leader_http(),
             "node_id": self.node.settings.node_id,
+            "http": connections,
+            "disk": disk,
         }
         response = web.json_response(body, status=200 if ok else 503)
         if not ok:
@@ -298,7 +352,9 @@ class Handlers:
         return self._health(self.node.ready(), "not_ready")
 
     async def metrics(self, call: Call) -> web.Response:
-        response = web.Response(body=metrics_text(self.node.metrics.registry))
+        """This node's metrics; job ids and series only for callers with the detail role (``metrics.py`` rule 4)."""
+        detail = call.principal.allows(METRICS_DETAIL_ROLE)
+        response = web.Response(body=self.node.metrics.exposition(detail=detail))
         response.headers["Content-Type"] = METRICS_CONTENT_TYPE
         return response
 

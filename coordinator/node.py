@@ -16,6 +16,8 @@ Rules:
 6. Elections are absorbed: a request that finds no known leader (or a leader whose HTTP address is not yet known)
    waits up to ``coordinator.leader_wait_ms`` for one (:meth:`CoordinatorNode.await_leader`), and only then fails
    with 503. Linearizable reads commit a ``barrier`` no-op first (:meth:`CoordinatorNode.read_barrier`).
+7. A node that stands aside because its data dir's disk is low (``raft.py`` rule 12) answers every request that
+   needs the leader at once with 503 ``disk_full`` (clients go to another node), instead of waiting for a leader.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coordinator._admission import Admission
+from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
+from coordinator._state import FINGERPRINT_SEP, fingerprint
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
-from coordinator.metrics import ClusterFigures, CoordinatorMetrics
+from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
 from coordinator.table import Result, Table
 from provider.core import AppConfig
@@ -90,11 +95,16 @@ class CoordinatorNode:
                 log_compaction_min_entries=self.cfg.log_compaction_min_entries,
                 fsync=self.cfg.fsync,
                 fsync_interval_ms=self.cfg.fsync_interval_ms,
+                disk_reserve_bytes=self.cfg.disk_reserve_mb * 2**20,
             ),
             self.table,
             self._on_applied,
         )
-        self.metrics = CoordinatorMetrics(new_registry(), self.figures)
+        #: The HTTP server's connection guard (timeouts, caps, fd headroom); ``cli.py`` serves through it.
+        self.connections = ConnectionGuard(connection_limits(self.cfg, fd_limit()))
+        self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
+        #: Leader-side admission of new jobs: submission rate per client, shedding while Raft is backed up.
+        self.admission = Admission(self.cfg.max_submits_per_s_per_client, self.cfg.shed_backlog_commands)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,6 +115,7 @@ class CoordinatorNode:
         self._loop = asyncio.get_running_loop()
         self._work = asyncio.Event()
         await self._loop.run_in_executor(None, self.raft.start)
+        self.connections.start()
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
@@ -117,6 +128,7 @@ class CoordinatorNode:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.connections.stop()
         self.raft.stop()
 
     def _on_applied(self, op: str, result: Result) -> None:
@@ -147,17 +159,36 @@ class CoordinatorNode:
         return info["http"] if info else None
 
     def role(self) -> str:
+        if not self.raft.serving:
+            return "aside"
         if self.raft.is_leader:
             return "leader"
         return "follower" if self.raft.leader_addr is not None else "candidate"
 
     def figures(self) -> ClusterFigures:
-        stats = self.raft.read(lambda t: t.stats())
-        return ClusterFigures(self.raft.is_leader, self.raft.term, self.raft.commit_index, stats)
+        stats = self.raft.read(lambda t: t.stats(self.cfg.metrics_max_jobs))
+        raft = self.raft
+        return ClusterFigures(
+            raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections(), raft.disk_report()
+        )
+
+    def connection_figures(self) -> ConnectionFigures:
+        guard = self.connections
+        return ConnectionFigures(guard.open, guard.limits.max_total, dict(guard.counts))
 
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""
         return self.raft.is_leader or self.leader_http() is not None
+
+    def disk_full(self) -> UnavailableError:
+        """Rule 7: this node stands aside; another node serves."""
+        disk = self.raft.disk_report()
+        return UnavailableError(
+            f"node {self.settings.node_id} stands aside from the cluster: its data dir {disk['path']} has "
+            f"{disk['free_bytes']} bytes free, below the {disk['need_bytes']} it needs; ask another node",
+            code="disk_full",
+            retry_after_s=1,
+        )
 
     def not_leader(self) -> CoordinatorError:
         leader = self.leader_http()
@@ -177,6 +208,8 @@ class CoordinatorNode:
         if deadline_s is None:
             deadline_s = loop.time() + self.cfg.leader_wait_ms / 1000
         while not self.raft.is_leader:
+            if not self.raft.serving:
+                raise self.disk_full()
             if self.leader_http() is not None or loop.time() >= deadline_s:
                 raise self.not_leader()
             await asyncio.sleep(_LEADER_POLL_S)
@@ -201,9 +234,10 @@ class CoordinatorNode:
         """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
+        tagged = f"{request_id}{FINGERPRINT_SEP}{fingerprint(op, kwargs)}" if client_id and request_id else request_id
         while True:
             await self.await_leader()
-            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": request_id}
+            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": tagged}
             try:
                 result = await self.raft.submit(op, args, max(deadline - loop.time(), 0.01))
             except CommitError as exc:
@@ -228,7 +262,7 @@ class CoordinatorNode:
                     token=kwargs.get("token"),
                     key=kwargs.get("key"),
                 )
-            raise from_result(result.code, result.message, result.field)
+            raise from_result(result.code, result.message, result.field, result.value)
 
     async def claim(self, worker_id: str, max_windows: int, wait_ms: int, client_id: str, request_id: str) -> Any:
         """Claim windows; with ``wait_ms`` wait (long-poll) for work when none is pending."""

@@ -70,7 +70,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         retired_at_ms=_MS,
     ),
     "JobAnswer": _obj(("job",), job=_ref("Job")),
-    "JobList": _obj(("jobs",), jobs={"type": "array", "items": _ref("Job")}),
+    "JobList": _obj(
+        ("jobs", "next_cursor"),
+        jobs={"type": "array", "items": _ref("Job")},
+        next_cursor={"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
+    ),
     "RetryAnswer": _obj(("job", "requeued"), job=_ref("Job"), requeued=_INT),
     "ClaimRequest": _obj(
         ("worker_id",),
@@ -179,10 +183,30 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     ),
     "Health": _obj(
         ("status", "role", "leader"),
-        status={"enum": ["ok", "no_leader", "not_ready"]},
+        status={"enum": ["ok", "no_leader", "not_ready", "not_accepting", "disk_full"]},
         role=_STR,
         leader={"type": ["string", "null"]},
         node_id=_STR,
+        http=_obj(
+            ("state", "open", "max"),
+            state={"enum": ["ok", "saturated", "not_accepting"]},
+            open=_INT,
+            max=_INT,
+            max_per_peer=_INT,
+            recent={"type": "array", "items": _STR},
+            fd_free={"type": ["integer", "null"]},
+        ),
+        disk=_obj(
+            ("state", "path", "free_bytes", "need_bytes", "resume_bytes", "raft"),
+            state={"enum": ["ok", "low"]},
+            path=_STR,
+            free_bytes={"type": ["integer", "null"]},
+            need_bytes=_INT,
+            resume_bytes=_INT,
+            reserve_bytes=_INT,
+            raft={"enum": ["serving", "handing_off", "aside"]},
+            dropped_messages=_INT,
+        ),
     ),
     "Metrics": {"type": "string", "description": "Prometheus text exposition format"},
     "OpenAPI": {"type": "object", "description": "this document"},
@@ -196,8 +220,10 @@ _ERROR_TEXT = {
     404: "unknown id",
     409: "conflict, or lease_lost (stale token)",
     413: "body too large",
+    415: "without tokens: a body that is not application/json",
+    429: "a limit refused the command and nothing changed (error.code capacity); see Retry-After and error.message",
     421: "not the leader and forwarding is not possible; error.leader is the leader's URL",
-    503: "no leader or commit timeout; see Retry-After",
+    503: "no leader, commit timeout, or this node stands aside (error.code disk_full); see Retry-After",
 }
 
 
@@ -230,6 +256,9 @@ def _operation(route: Route) -> dict[str, Any]:
     op["security"] = [{"bearer": []}] if route.role else []
     if route.role:
         op["x-role"] = route.role
+    if route.detail_role:  # an optional token that shows more (routes.py rule 4)
+        op["security"] = [{}, {"bearer": []}]
+        op["x-detail-role"] = route.detail_role
     return op
 
 
@@ -251,6 +280,12 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+def _role_text(op: dict[str, Any]) -> str:
+    if "x-detail-role" in op:
+        return f"public ({op['x-detail-role']}: more)"
+    return str(op.get("x-role", "public"))
+
+
 def render_markdown(doc: dict[str, Any] | None = None) -> str:
     """The route table of docs/http-api.md, generated from the document."""
     doc = doc or build_openapi()
@@ -263,7 +298,7 @@ def render_markdown(doc: dict[str, Any] | None = None) -> str:
             request = body.get("$ref", "-").rsplit("/", 1)[-1]
             errors = " ".join(s for s in op["responses"] if s.startswith(("4", "5")))
             lines.append(
-                f"| {method.upper()} {path} | {op.get('x-role', 'public')} | {request} -> {ok} {answer} "
+                f"| {method.upper()} {path} | {_role_text(op)} | {request} -> {ok} {answer} "
                 f"| {errors or '-'} | {op['summary']} |"
             )
     return "\n".join(lines) + "\n"

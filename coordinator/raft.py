@@ -43,12 +43,22 @@ Rules:
     exceed pysyncobj's tick (``AUTO_TICK_S``: a deadline is noticed at the next tick) plus a vote's delivery
     under load. A lower-ranked survivor whose log is behind is refused; the
     other then stands at its own timeout, within the range (2 terms, no extra timeout).
+11. The Raft port is guarded: pysyncobj runs with :class:`coordinator._raft_transport.GuardedTransport` (bounded
+    frames checked before buffering, linear buffers, handshake limits and deadlines, rate-limited rejection logs;
+    rules in that module). Its rejection counts are :meth:`RaftNode.transport_rejections`.
+12. The data dir's disk decides whether the node takes part: journal blocks are allocated before they are written
+    and a failed write ends the process (``_disk.py``); below ``coordinator.disk_reserve_mb`` free the node
+    stands aside (``_aside.py``: a leader hands off, then peer messages are dropped both ways and the election
+    deadline is held, so it neither appends, votes nor stands) and rejoins by itself when space returns. While it is not
+    serving, :attr:`RaftNode.is_leader` is false, :attr:`RaftNode.leader_addr` is None and :meth:`RaftNode.submit`
+    refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import threading
 import time
@@ -59,7 +69,10 @@ from typing import Any, TypeVar
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
+from coordinator._aside import StandAside
+from coordinator._disk import DiskGuard
 from coordinator._fsync import journal_factory
+from coordinator._raft_transport import GuardedTransport, TransportGuard
 from coordinator._retention import trim_after_retire
 from coordinator.table import Result, Table
 from provider.core.obs import get_logger
@@ -195,6 +208,8 @@ class RaftSettings:
     log_compaction_min_entries: int = 50_000
     fsync: str = "never"
     fsync_interval_ms: int = 10
+    #: Free space of the data dir's filesystem, beyond the next dump, below which the node stands aside (rule 12).
+    disk_reserve_bytes: int = 64 * 2**20
 
     @property
     def members(self) -> list[str]:
@@ -259,6 +274,11 @@ class RaftNode:
         self.table = table
         self._lock = threading.Lock()
         self._consumer = TableConsumer(table, self._lock, on_applied)
+        self._guard = TransportGuard()
+        #: The data dir's free-space watchdog (rule 12).
+        self.disk = DiskGuard(settings.data_dir, settings.disk_reserve_bytes)
+        self._aside: StandAside | None = None
+        self._aside_error_s = float("-inf")
         self._sync: SyncObj | None = None
         self._keepalive_at_s = 0.0
         self._leader_since_s: float | None = None
@@ -280,11 +300,32 @@ class RaftNode:
             min_ms=round(min_timeout_s * 1000),
             max_ms=round(max_timeout_s * 1000),
         )
+        aside = self._aside = StandAside(self.disk, max_timeout_s)  # rule 12: low at start means aside from start
         with journal_factory(self.settings.fsync, self.settings.fsync_interval_ms):  # coordinator/_fsync.py
             self._sync = SyncObj(
-                self.settings.self_addr, peers, self.settings.conf(self._state_changed), consumers=[self._consumer]
+                self.settings.self_addr,
+                peers,
+                self.settings.conf(self._state_changed),
+                consumers=[self._consumer],
+                transportClass=functools.partial(  # rules 11 and 12
+                    GuardedTransport, guard=self._guard, gate=aside.accepts, send_gate=aside.sends
+                ),
             )
+        aside.attach(self._sync)
         self._sync.addOnTickCallback(self._keepalive)
+        self._sync.addOnTickCallback(self._aside_tick)
+
+    def _aside_tick(self) -> None:
+        """On pysyncobj's tick: the disk check and what follows from it (rule 12). Never raises into the tick."""
+        if self._aside is None:
+            return
+        try:
+            self._aside.tick()
+        except Exception as exc:
+            now_s = time.monotonic()
+            if now_s - self._aside_error_s >= 60.0:
+                self._aside_error_s = now_s
+                log.error("stand_aside_failed", error=repr(exc))
 
     def _keepalive(self) -> None:
         """On pysyncobj's tick: keep every peer connection read from (rule 9). Never raises into the tick loop."""
@@ -310,8 +351,21 @@ class RaftNode:
     # -- status -------------------------------------------------------------------------------------------------
 
     @property
+    def serving(self) -> bool:
+        """False while the node stands aside for its disk (rule 12)."""
+        return self._aside is None or self._aside.serving
+
+    def disk_report(self) -> dict[str, Any]:
+        """The disk watchdog's figures and whether the node stands aside (``/healthz``, ``/metrics``)."""
+        report = self.disk.report()
+        aside = self._aside
+        report["raft"] = aside.state if aside is not None else "serving"
+        report["dropped_messages"] = aside.dropped if aside is not None else 0
+        return report
+
+    @property
     def is_leader(self) -> bool:
-        return self._sync is not None and self._sync._isLeader()
+        return self._sync is not None and self._sync._isLeader() and self.serving
 
     @property
     def leader_for_s(self) -> float:
@@ -321,7 +375,7 @@ class RaftNode:
 
     @property
     def leader_addr(self) -> str | None:
-        leader = self._sync._getLeader() if self._sync is not None else None
+        leader = self._sync._getLeader() if self._sync is not None and self.serving else None
         return str(leader.address) if leader is not None else None
 
     @property
@@ -333,8 +387,17 @@ class RaftNode:
         return int(self._sync.raftCommitIndex) if self._sync is not None else 0
 
     @property
+    def backlog(self) -> int:
+        """Commands of this node waiting to go into a log entry (group commit, rule 2)."""
+        return len(self._pending)
+
+    @property
     def last_applied(self) -> int:
         return int(self._sync.raftLastApplied) if self._sync is not None else 0
+
+    def transport_rejections(self) -> dict[str, int]:
+        """Peers and frames the Raft port refused since start, by reason (rule 11)."""
+        return self._guard.rejections()
 
     def connected(self, addr: str) -> bool:
         if self._sync is None:
@@ -350,13 +413,15 @@ class RaftNode:
 
     def submit_nowait(self, op: str, kwargs: dict[str, Any]) -> None:
         """Fire and forget (followers use it to announce themselves; pysyncobj forwards it to the leader)."""
-        if self._sync is not None:
+        if self._sync is not None and self.serving:
             self._consumer.apply_batch([(op, kwargs)], callback=lambda result, error: None)
 
     async def submit(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> Result:
         """Replicate ``op`` and return the table's result once applied here, or raise :class:`CommitError`."""
         if self._sync is None:
             raise CommitError("NOT_STARTED", maybe_applied=False)
+        if not self.serving:
+            raise CommitError("DISK_LOW", maybe_applied=False)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((op, kwargs, future))

@@ -7,17 +7,21 @@ Rules:
    ``read`` routes answer from the table: linearizable by default (a read barrier on the leader; a follower
    forwards them), from the node's own replica with ``?consistency=stale``.
 3. ``GET /`` is the HTML status page (``status_page.py``); it holds no data, so it is public.
+4. A public route with a ``detail_role`` takes an optional token and shows more to that role (``auth.py`` rule 4):
+   ``GET /metrics`` shows job ids and series only to a ``reader`` token when auth is on (``metrics.py`` rule 4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ROUTES", "Route"]
+__all__ = ["METRICS_DETAIL_ROLE", "ROUTES", "Route"]
 
 _AUTH = (401, 403)
-_WRITE = (400, 401, 403, 413, 421, 503)
+_WRITE = (400, 401, 403, 413, 415, 421, 503)
 _READ = (400, 401, 403, 421, 503)
+#: The role that sees per-job series on ``GET /metrics`` when auth is on (rule 4).
+METRICS_DETAIL_ROLE = "reader"
 _CONSISTENCY = ("consistency", "linearizable (default: as new as every acknowledged write) or stale (this replica)")
 
 
@@ -38,6 +42,7 @@ class Route:
     query: tuple[tuple[str, str], ...] = ()
     media: str = "application/json"
     read: bool = False
+    detail_role: str | None = None
 
 
 ROUTES: tuple[Route, ...] = (
@@ -50,7 +55,7 @@ ROUTES: tuple[Route, ...] = (
         "JobRequest",
         "JobAnswer",
         201,
-        _WRITE,
+        (*_WRITE, 429),
         write=True,
     ),
     Route(
@@ -58,10 +63,16 @@ ROUTES: tuple[Route, ...] = (
         "/v1/jobs",
         "list_jobs",
         "reader",
-        "Every job with window counts and completion ratio",
+        "A page of jobs (submission order) with window counts and completion ratio; follow next_cursor",
         answer="JobList",
         errors=_READ,
-        query=(_CONSISTENCY,),
+        query=(
+            ("limit", "jobs per page, 1-5000 (default 500)"),
+            ("cursor", "next_cursor of the previous page (default: the first page)"),
+            ("state", "running, done, failed or cancelled (default: all)"),
+            ("series", "one series key (default: all)"),
+            _CONSISTENCY,
+        ),
         read=True,
     ),
     Route(
@@ -203,7 +214,7 @@ ROUTES: tuple[Route, ...] = (
         "QMTL: lease an opaque key for lease_ms; 409 while someone else holds it",
         "KeyClaimRequest",
         "KeyClaimAnswer",
-        errors=(*_WRITE, 409),
+        errors=(*_WRITE, 409, 429),
         write=True,
     ),
     Route(
@@ -242,7 +253,7 @@ ROUTES: tuple[Route, ...] = (
         "/healthz",
         "healthz",
         None,
-        "Liveness and quorum: 503 when this node knows no Raft leader",
+        "Liveness and quorum: 503 when this node knows no Raft leader or could not accept connections lately",
         answer="Health",
         errors=(503,),
     ),
@@ -256,7 +267,18 @@ ROUTES: tuple[Route, ...] = (
         answer="Health",
         errors=(503,),
     ),
-    Route("GET", "/metrics", "metrics", None, "Prometheus metrics of this node", answer="Metrics", media="text/plain"),
+    Route(
+        "GET",
+        "/metrics",
+        "metrics",
+        None,
+        "Prometheus metrics of this node; with auth on, job ids and series only for a reader token (without one, "
+        'running jobs are summed into job_id="(other)"); an unknown token is a 401',
+        answer="Metrics",
+        errors=(401,),
+        media="text/plain",
+        detail_role=METRICS_DETAIL_ROLE,
+    ),
     Route("GET", "/openapi.json", "openapi", None, "This OpenAPI 3 document", answer="OpenAPI"),
     Route(
         "GET",

@@ -24,6 +24,13 @@ Rules (DESIGN.md section 4):
 8. Every command returns a :class:`Result`; errors are values (``invalid``, ``not_found``, ``conflict``,
    ``lease_lost``) and leave the state unchanged.
 9. Memory: a window's job ids are a tuple shared by the windows of one job; a change replaces the tuple.
+10. Cost: every command costs O(what it touches x log n), never O(table): a submission costs its windows, a
+    claim the windows it takes (plus stale heap entries it drops, each once), a key claim O(1) (``_keyed.py``).
+11. Admission: a submission names its ``owner`` and the leader stamps the per-client ``limits``; an owner already
+    at ``live_jobs`` running jobs, or whose outstanding windows plus the new job's would pass
+    ``outstanding_windows``, is refused with ``capacity`` (HTTP 429) and nothing changes. Resubmitting an
+    identical live job is never refused (it creates nothing).
+12. Metrics figures cost O(running jobs), not O(jobs ever submitted) (``_state.py`` rule 7).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from coordinator._snapshot import SnapshotBlob, decode
 from coordinator._state import (
     DONE_TOKENS_MAX,
     MAX_TTL_MS,
+    claim_rank,
     invalid,
     is_int,
     is_text,
@@ -64,6 +72,10 @@ __all__ = ["Result", "Table"]
 
 _MAX_REASON_CHARS = 500
 _MAX_WINDOWS_PER_CLAIM = 1000
+#: New windows below 1/16 of the queue are pushed one by one (k log n < n), more are merged by a heapify.
+_HEAPIFY_RATIO = 16
+#: Retry-After of a refusal by the admission limits (jobs take minutes; a client should not hammer).
+_ADMISSION_RETRY_MS = 5_000
 
 
 def _lease_value(window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
@@ -98,6 +110,13 @@ def _window_value(window: WindowRec) -> dict[str, Any]:
     }
 
 
+def _first_non_int(**values: Any) -> Result | None:
+    for name, value in values.items():
+        if not is_int(value):
+            return invalid(name, f"{value!r} is not an integer")
+    return None
+
+
 class Table(KeyedCommands, RetireCommands):
     """The lease table. Commands take keyword arguments, ``now_ms`` and an optional (client_id, request_id)."""
 
@@ -113,34 +132,41 @@ class Table(KeyedCommands, RetireCommands):
         window_bars: Any,
         max_windows: Any,
         now_ms: Any,
+        owner: Any = "",
+        limits: Any = None,
         client_id: Any = "",
         request_id: Any = "",
     ) -> Result:
-        """Create a job (and the windows not yet known); an identical live job is returned with created=False."""
+        """Create a job (and the windows not yet known); an identical live job is returned with created=False.
+        ``owner`` (the submitter) and ``limits`` (``{"live_jobs", "outstanding_windows"}`` per owner, stamped by
+        the leader) are the admission control of rule 11."""
         return self._once(
             "submit_job",
             client_id,
             request_id,
             now_ms,
-            lambda now: self._submit(series, start, end, priority, window_bars, max_windows, now),
+            lambda now: self._submit(series, start, end, priority, window_bars, max_windows, owner, limits, now),
         )
 
     def _submit(
-        self, series: Any, start: Any, end: Any, priority: Any, window_bars: Any, max_windows: Any, now: int
+        self,
+        series: Any,
+        start: Any,
+        end: Any,
+        priority: Any,
+        window_bars: Any,
+        max_windows: Any,
+        owner: Any,
+        limits: Any,
+        now: int,
     ) -> Result:
         try:
             key = SeriesKey.parse(series)
         except ValueError as exc:
             return invalid("series", str(exc))
-        for name, value in (
-            ("start", start),
-            ("end", end),
-            ("priority", priority),
-            ("window_bars", window_bars),
-            ("max_windows", max_windows),
-        ):
-            if not is_int(value):
-                return invalid(name, f"{value!r} is not an integer")
+        bad = _first_non_int(start=start, end=end, priority=priority, window_bars=window_bars, max_windows=max_windows)
+        if bad is not None:
+            return bad
         if start >= end:
             return invalid("end", f"end {end} must be after start {start}; the range [start, end) is empty")
         if window_bars < 1 or max_windows < 1:
@@ -164,6 +190,9 @@ class Table(KeyedCommands, RetireCommands):
         existing = self._job_index.get((name, lo, hi, priority))
         if existing is not None:
             return Result.success({"job": self._jobs[existing].public(), "created": False})
+        refusal = self._over_limits(owner, limits, (w_hi - w_lo) // span)
+        if refusal is not None:
+            return refusal
         if known is None:
             self._series[name] = SeriesRec(step, bars)
         self._job_seq += 1
@@ -171,11 +200,41 @@ class Table(KeyedCommands, RetireCommands):
         self._jobs[job.job_id] = job
         self._job_index[(name, lo, hi, priority)] = job.job_id
         self._attach_windows(job, name, step, bars, now)
+        if owner:  # charged once its counts are complete (the attach may reopen windows through _set_state)
+            job.owner = owner
+            self._charge(owner, 0, job.counts[PENDING] + job.counts[LEASED])
+        self._track(job)
         return Result.success({"job": job.public(), "created": True})
+
+    def _over_limits(self, owner: Any, limits: Any, windows: int) -> Result | None:
+        """Rule 11: the refusal when ``owner`` may not add a job of ``windows`` windows, else None."""
+        if not isinstance(owner, str) or len(owner) > 200:
+            return invalid("owner", "must be a string of at most 200 chars")
+        if not owner or limits is None:
+            return None
+        if not isinstance(limits, dict) or not all(is_int(limits.get(k)) for k in ("live_jobs", "outstanding_windows")):
+            return invalid("limits", "must be {live_jobs: int, outstanding_windows: int}")
+        live, outstanding = self._owners.get(owner, (0, 0))
+        if live >= limits["live_jobs"]:
+            what = f"{live} running jobs (coordinator.max_live_jobs_per_client = {limits['live_jobs']})"
+        elif outstanding + windows > limits["outstanding_windows"]:
+            what = (
+                f"{outstanding} outstanding windows, and this job adds {windows} "
+                f"(coordinator.max_outstanding_windows_per_client = {limits['outstanding_windows']})"
+            )
+        else:
+            return None
+        return Result(
+            False,
+            {"retry_after_ms": _ADMISSION_RETRY_MS},
+            "capacity",
+            f"{owner} has {what}: wait for jobs to finish, cancel some, or ask the operator to raise the limit",
+            "series",
+        )
 
     def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
         """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
-        rank = (-job.priority, job.seq)
+        rank = claim_rank(job)
         only_this_job = (job.job_id,)  # one tuple shared by every window this job creates (memory, rule 9)
         joined: dict[tuple[str, ...], tuple[str, ...]] = {}  # and one per job set it joins
         fresh: list[tuple[int, int, int, str]] = []
@@ -194,8 +253,18 @@ class Table(KeyedCommands, RetireCommands):
             self._rerank(window, now)
         self._window_counts[PENDING] += len(fresh)
         job.counts[PENDING] += len(fresh)
-        self._ready.extend(fresh)
-        heapq.heapify(self._ready)
+        self._queue_fresh(fresh)
+
+    def _queue_fresh(self, fresh: list[tuple[int, int, int, str]]) -> None:
+        """Offer new windows to claims at O(k log n) for k new of n queued, never O(n) (rule 10): a small job
+        submitted while a million windows are pending must not stall the apply thread. A batch at least as big
+        as the queue it joins is cheaper merged in one heapify."""
+        if len(fresh) * _HEAPIFY_RATIO < len(self._ready):
+            for entry in fresh:
+                heapq.heappush(self._ready, entry)
+        else:
+            self._ready.extend(fresh)
+            heapq.heapify(self._ready)
 
     def cancel_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Cancel a job: its windows are no longer offered for it; live leases run out normally."""
@@ -211,7 +280,10 @@ class Table(KeyedCommands, RetireCommands):
             return Result.error("conflict", f"job {job_id} is already done", "job_id")
         if job.retired_at_ms:
             return Result.error("conflict", f"job {job_id} is retired", "job_id")
+        if job.owner:
+            self._charge(job.owner, job.counts[PENDING] + job.counts[LEASED], 0)
         job.cancelled = True
+        self._track(job)
         self._job_index.pop((job.series, job.start, job.end, job.priority), None)
         left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared tuples stay shared (rule 9)
         for window in self._job_windows(job):

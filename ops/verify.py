@@ -32,7 +32,7 @@ import click
 
 from ops._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, cluster_options, parse_range
 from ops._verify_checks import WindowCheck, compare_to_source, plan_windows, stored_findings
-from provider.core import SeriesKey, interval_ms, ms_to_iso
+from provider.core import STORAGE_DSN_ENV, SeriesKey, interval_ms, ms_to_iso
 
 __all__ = ["verify", "verify_metrics"]
 
@@ -165,7 +165,21 @@ def render(checks: list[WindowCheck], repaired: list[dict[str, Any]]) -> str:
 
 @click.command()
 @click.argument("scope", nargs=-1, metavar="[SERIES START END]")
-@click.option("--storage", "storage_dsn", required=True, metavar="DSN", help="The storage the workers write to.")
+@click.option(
+    "--storage",
+    "storage_dsn",
+    default=None,
+    metavar="DSN",
+    envvar=STORAGE_DSN_ENV,
+    show_envvar=True,
+    help="The storage the workers write to (a password here shows in ps: prefer --storage-file or the variable).",
+)
+@click.option(
+    "--storage-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the storage DSN (its first non-comment line); wins over --storage.",
+)
 @click.option("--source", default=None, metavar="SPEC", help="Re-fetch covered windows from this source and compare.")
 @click.option("--sample", type=click.IntRange(1), default=None, help="Re-fetch only N covered windows [default: all].")
 @click.option(
@@ -210,6 +224,12 @@ def execute(scope: tuple[str, ...], kw: dict[str, Any]) -> int:
     if kw["window_bars"] is None:
         config = load_config(kw["config_path"])
         opts["window_bars"] = config.seamless_data_provider.backfill_config.window_bars
+    if kw["storage_file"] is not None:
+        from provider.storage import read_dsn_file
+
+        opts["storage_dsn"] = read_dsn_file(kw["storage_file"])
+    if not opts["storage_dsn"]:
+        raise click.UsageError(f"give --storage DSN, --storage-file FILE or ${STORAGE_DSN_ENV}")
     if kw["repair"] and not (kw["coordinator"] or os.environ.get("SEAMLESS_COORDINATOR_URL")):
         raise click.UsageError("--repair needs --coordinator (or $SEAMLESS_COORDINATOR_URL)")
     want_cluster = kw["repair"] or not scope or kw["coordinator"]

@@ -7,7 +7,9 @@ Rules:
    so a command whose outcome was unknown (a timeout after the leader applied it) is not applied twice: the
    cluster deduplicates by (client id, request id).
 3. Retries stop at ``retry_deadline_s``; then :class:`CoordinatorUnavailableError` says which URLs were tried.
-4. Error answers become typed errors (:mod:`provider.errors`); ``LeaseLostError`` means "stop this window".
+4. Error answers become typed errors (:mod:`provider.errors`); ``LeaseLostError`` means "stop this window", and a
+   429 is a :class:`CoordinatorCapacityError` with the server's ``retry_after_s`` (never retried here: the limit
+   is the caller's to respect).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from provider.core import Job, JobRequest, Lease, LeaseInfo, to_ms
 from provider.errors import (
     CoordinatorAuthError,
     CoordinatorBadRequestError,
+    CoordinatorCapacityError,
     CoordinatorConflictError,
     CoordinatorError,
     CoordinatorNotFoundError,
@@ -156,7 +159,10 @@ class CoordinatorClient:
                     last_problem = f"{base}: not the leader; leader is {leader}"
                     continue
                 if status not in _RETRY_STATUSES:
-                    raise self._typed_error(status, code, message, field, base)
+                    error = self._typed_error(status, code, message, field, base)
+                    if isinstance(error, CoordinatorCapacityError):
+                        error.retry_after_s = retry_after_s
+                    raise error
                 last_problem = f"{base}: {status} {code}: {message}"
             attempt += 1
             wait_s = (
@@ -220,6 +226,8 @@ class CoordinatorClient:
             return CoordinatorNotFoundError(text, **kwargs)
         if status == 409:
             return (LeaseLostError if code == "lease_lost" else CoordinatorConflictError)(text, **kwargs)
+        if status == 429:
+            return CoordinatorCapacityError(text, **kwargs)
         return CoordinatorError(text, **kwargs)
 
     # -- jobs ----------------------------------------------------------------------------------------------
@@ -236,10 +244,19 @@ class CoordinatorClient:
         answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}")
         return Job.from_dict(answer.get("job", answer))
 
-    async def list_jobs(self) -> list[Job]:
-        """Every job the cluster knows."""
-        answer = await self.request("GET", "/v1/jobs")
-        return [Job.from_dict(item) for item in answer["jobs"]]
+    async def list_jobs(self, *, state: str | None = None, series: str | None = None) -> list[Job]:
+        """Every job the cluster knows (in ``state``, of ``series`` when given), following the pages of
+        ``GET /v1/jobs``."""
+        jobs: list[Job] = []
+        query: dict[str, str] = {"limit": "5000"}
+        query.update({k: v for k, v in (("state", state), ("series", series)) if v is not None})
+        while True:
+            answer = await self.request("GET", "/v1/jobs", params=query)
+            jobs += [Job.from_dict(item) for item in answer["jobs"]]
+            cursor = answer.get("next_cursor")  # absent from nodes older than paging: one page holds every job
+            if not cursor:
+                return jobs
+            query["cursor"] = str(cursor)
 
     async def job_windows(self, job_id: str, state: str | None = None) -> list[dict[str, Any]]:
         """The job's windows (``window_id``, ``start``, ``end``, ``state``, ``attempts``, ``rows``, ``last_error``)."""

@@ -9,6 +9,7 @@ Tree::
     │   ├── CoordinatorNotFoundError       404: unknown job, window or lease id
     │   ├── CoordinatorConflictError       409: the request conflicts with the current state
     │   │   └── LeaseLostError                 the token is not the window's current lease: stop working on it
+    │   ├── CoordinatorCapacityError       429: a limit refused the request (``retry_after_s``; nothing changed)
     │   └── CoordinatorUnavailableError    no leader / no node answered before the deadline
     ├── DataUnavailableError           FAIL_FAST: part of the request is not stored (``missing`` ranges)
     ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
@@ -31,6 +32,7 @@ __all__ = [
     "ConformancePipelineError",
     "CoordinatorAuthError",
     "CoordinatorBadRequestError",
+    "CoordinatorCapacityError",
     "CoordinatorConflictError",
     "CoordinatorError",
     "CoordinatorNotFoundError",
@@ -84,6 +86,16 @@ class CoordinatorConflictError(CoordinatorError):
 
 class LeaseLostError(CoordinatorConflictError):
     """409 ``lease_lost``: the token is no longer the window's current lease; abandon the window's work."""
+
+
+class CoordinatorCapacityError(CoordinatorError):
+    """429 ``capacity``: a limit of the cluster refused the request and nothing changed (too many running jobs or
+    outstanding windows for this client, submissions too fast, the leader shedding load, a full QMTL key table).
+    The message names the limit; ``retry_after_s`` is the server's hint."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after_s = retry_after_s
 
 
 class CoordinatorUnavailableError(CoordinatorError, ConnectionError):

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from prometheus_client import CollectorRegistry, Gauge
 
-from provider.core import AppConfig, ConfigError, load_config
+from provider.core import STORAGE_DSN_ENV, AppConfig, ConfigError, load_config
 from provider.core.obs import configure_logging, get_logger, new_registry, run_service
 from provider.metrics_http import MetricsServer, serve_metrics
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
@@ -62,8 +63,17 @@ def main() -> None:
     "storage_dsn",
     default=None,
     metavar="DSN",
+    envvar=STORAGE_DSN_ENV,
+    show_envvar=True,
     help="questdb://USER:PASS@HOST:PGPORT/?http_port=9000, postgresql://... or sqlite:///path.db "
-    "[default: storage.dsn from --config, else sqlite:///seamless.db]",
+    "[default: storage.dsn from --config, else sqlite:///seamless.db]. A password here shows in ps: prefer "
+    "--storage-file, the environment variable or --config.",
+)
+@click.option(
+    "--storage-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the storage DSN (its first non-comment line), e.g. a mounted secret; wins over --storage.",
 )
 @click.option("--worker-id", default=None, help="Stable id for logs and leases [default: HOST-PID].")
 @click.option(
@@ -104,6 +114,7 @@ def run(**opts: Any) -> None:
     configure_logging("worker", level=opts["log_level"])
     try:
         config = load_config(opts["config_path"])
+        _resolve_storage(opts)
         if opts["autoscale"]:
             bounds = parse_autoscale(opts["autoscale"])
             code = run_service(_supervise(opts, config, bounds))
@@ -112,6 +123,24 @@ def run(**opts: Any) -> None:
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     sys.exit(code)
+
+
+def _resolve_storage(opts: dict[str, Any]) -> None:
+    """``--storage-file`` wins over ``--storage`` / ``$SEAMLESS_STORAGE_DSN``; a secret typed on the command line is
+    warned about (every local user sees it in ps). Pool children get the DSN through the environment."""
+    from provider.storage import read_dsn_file, shows_password
+
+    if opts["storage_file"] is not None:
+        opts["storage_dsn"] = read_dsn_file(opts["storage_file"])
+    elif opts["storage_dsn"] and shows_password(opts["storage_dsn"]):
+        source = click.get_current_context().get_parameter_source("storage_dsn")
+        if source is ParameterSource.COMMANDLINE:
+            log.warning(
+                "storage password on the command line",
+                advice=f"every local user can read it in ps: use --storage-file, ${STORAGE_DSN_ENV} or --config",
+            )
+    if opts["storage_dsn"]:
+        os.environ[STORAGE_DSN_ENV] = opts["storage_dsn"]  # what --autoscale children read, not their argv
 
 
 def _stop_on_signals(stop: Any) -> None:
@@ -198,7 +227,6 @@ def _child_argv(opts: dict[str, Any], index: int) -> list[str]:
     base_id = opts["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
     argv += ["--worker-id", f"{base_id}-w{index}", "--log-level", opts["log_level"]]
     for flag, key in (
-        ("--storage", "storage_dsn"),
         ("--concurrency", "concurrency"),
         ("--config", "config_path"),
         ("--token-file", "token_file"),

@@ -6,6 +6,7 @@ clock or draws random numbers. Coordinator nodes import only this package, so it
 
 from provider.core._backoff import retry_delay_bounds_ms, retry_delay_ms
 from provider.core._config import (
+    STORAGE_DSN_ENV,
     AppConfig,
     BackfillConfig,
     CoordinatorConfig,
@@ -59,6 +60,7 @@ __all__ = [
     "SLAConfig",
     "SeamlessConfig",
     "SeriesKey",
+    "STORAGE_DSN_ENV",
     "StorageConfig",
     "WindowCounts",
     "WireFormatError",

@@ -26,6 +26,7 @@ __all__ = [
     "CoordinatorConfig",
     "SLAConfig",
     "SeamlessConfig",
+    "STORAGE_DSN_ENV",
     "StorageConfig",
     "WorkerConfig",
     "config_from_mapping",
@@ -102,6 +103,14 @@ class CoordinatorConfig:
     max_claim_wait_ms: int = _spec(30_000, lo=0, hi=300_000, doc="longest claim long-poll in ms")
     #: Most windows a single job may create.
     max_windows_per_job: int = _spec(100_000, lo=1, hi=100_000_000, doc="windows one job may create")
+    #: Most QMTL keys the table remembers (coordinator/_keyed.py rule 3).
+    max_keys: int = _spec(
+        100_000,
+        lo=1,
+        hi=10_000_000,
+        doc="QMTL keys remembered; finished keys are forgotten oldest first, and at the cap with every key leased "
+        "a claim of a new key is refused (429)",
+    )
     #: The cluster's Raft election timeout range; each node times out within its own slice of it, by its rank in
     #: the sorted Raft addresses (coordinator/raft.py rule 10: pysyncobj raftMinTimeout / raftMaxTimeout).
     raft_min_timeout_ms: int = _spec(
@@ -120,6 +129,76 @@ class CoordinatorConfig:
     fsync: str = _spec("batch", choices=("always", "batch", "never"), doc="journal durability policy")
     #: Longest time between two journal syncs under ``fsync: batch`` while writes arrive.
     fsync_interval_ms: int = _spec(10, lo=1, hi=10_000, doc="journal sync interval in ms (fsync: batch)")
+    #: Admission control per client (the token's name; every caller is ``anonymous`` without tokens): running jobs,
+    #: outstanding (pending + leased) windows of its running jobs, and job submissions per second (coordinator/
+    #: table.py rule 11, handlers.py). Over a limit a submission is answered 429 with Retry-After.
+    max_live_jobs_per_client: int = _spec(10_000, lo=1, hi=10_000_000, doc="running jobs one client may have")
+    max_outstanding_windows_per_client: int = _spec(
+        1_000_000, lo=1, hi=1_000_000_000, doc="pending + leased windows of one client's running jobs"
+    )
+    max_submits_per_s_per_client: float = _spec(
+        500.0, lo=0, hi=1_000_000, doc="job submissions per second and client (bursts of 2 s); 0 = unlimited"
+    )
+    #: The leader refuses new jobs (429) while this many commands wait to be replicated, so that its apply loop
+    #: keeps up with heartbeats; claims, renewals and completions are never shed.
+    shed_backlog_commands: int = _spec(
+        2_048, lo=1, hi=1_000_000, doc="commands waiting for replication above which new jobs are refused"
+    )
+    #: Free space the data dir's filesystem keeps beyond the next dump; below it the node stands aside from Raft
+    #: and rejoins once one more reserve is free (coordinator/_disk.py). 0 turns the watchdog off.
+    disk_reserve_mb: int = _spec(
+        64,
+        lo=0,
+        hi=1_048_576,
+        doc="MiB the data dir keeps free beyond the next dump; below that the node stands aside from Raft (no "
+        "appends, votes or candidacy) and rejoins once one more reserve is free; 0 turns this off",
+    )
+    #: Without tokens, the ``Host`` names a request may carry besides IP addresses, ``localhost`` and the ``--http``
+    #: host (coordinator/_browser.py: a DNS-rebinding page cannot reach the API under its own name).
+    allowed_hosts: tuple[str, ...] = _spec((), doc="extra Host names accepted without tokens (a YAML list)")
+    #: Without tokens, the foreign origins (``scheme://host:port``) a browser may send writes from.
+    allowed_origins: tuple[str, ...] = _spec((), doc="origins allowed to send writes without tokens (a YAML list)")
+    #: Longest time to receive a request's headers, from the connection's accept or from the first byte after a
+    #: keep-alive pause; a slower client is disconnected (coordinator/_connections.py).
+    http_header_timeout_ms: int = _spec(
+        10_000, lo=100, hi=600_000, doc="time to receive a request's headers before the connection is closed, in ms"
+    )
+    #: Longest time to receive a request's body once its headers are in.
+    http_body_timeout_ms: int = _spec(
+        30_000, lo=100, hi=3_600_000, doc="time to receive a request's body before the connection is closed, in ms"
+    )
+    #: Longest keep-alive pause between two requests on one connection (clients keep theirs shorter: aiohttp 15 s).
+    http_idle_timeout_ms: int = _spec(
+        60_000, lo=100, hi=3_600_000, doc="keep-alive pause before an idle connection is closed, in ms"
+    )
+    #: Open HTTP connections in all; lowered at start to fit the file-descriptor limit (raised to the hard limit)
+    #: minus the forwarding pools and a reserve. At the cap a new connection evicts the oldest stalled one.
+    http_max_connections: int = _spec(
+        8_192, lo=16, hi=1_000_000, doc="open HTTP connections in all (lowered to fit the fd limit at start)"
+    )
+    #: Open HTTP connections from one peer address; one more is answered 503 and closed.
+    http_max_connections_per_peer: int = _spec(
+        1_024, lo=1, hi=1_000_000, doc="open HTTP connections from one peer address"
+    )
+    #: Follower -> leader connections for forwarded requests other than long polls.
+    forward_max_connections: int = _spec(
+        128, lo=1, hi=4_096, doc="follower-to-leader connections for forwarded requests other than long polls"
+    )
+    #: Follower -> leader connections that may hold a forwarded long-poll claim; further long polls queue for one
+    #: (within their own wait), so long polls never take the connections writes need.
+    forward_long_poll_connections: int = _spec(
+        64, lo=1, hi=4_096, doc="follower-to-leader connections that hold forwarded long-poll claims"
+    )
+    #: Running jobs with their own ``backfill_completion_ratio{job_id,series}`` series, the first in claim order;
+    #: the others are summed into ``job_id="(other)"`` (coordinator/metrics.py rule 3). 100 bars still read in the
+    #: dashboard's job panel and cost about 12 KB per scrape; 30,000 cost 2.6 MB and a new series per job.
+    metrics_max_jobs: int = _spec(
+        100,
+        lo=0,
+        hi=100_000,
+        doc="running jobs shown one by one in backfill_completion_ratio (first in claim order); the others are "
+        'summed into job_id="(other)"',
+    )
 
 
 @dataclass(frozen=True)
@@ -143,6 +222,10 @@ class WorkerConfig:
     fallback_sources: tuple[str, ...] = _spec((), doc="ordered fallback source specs (a YAML list)")
     #: How often a worker polls its storage's WAL status (``seamless_storage_wal_suspended``).
     storage_check_interval_ms: int = _spec(15_000, lo=100, hi=600_000, doc="WAL status poll period in ms")
+
+
+#: The environment variable the CLIs read a storage DSN from, so that its password stays out of ``ps``.
+STORAGE_DSN_ENV = "SEAMLESS_STORAGE_DSN"
 
 
 @dataclass(frozen=True)

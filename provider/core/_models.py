@@ -37,6 +37,8 @@ __all__ = [
 WINDOW_STATES = ("pending", "leased", "done", "failed")
 JOB_STATES = ("running", "done", "failed", "cancelled")
 _MAX_ID_CHARS = 200
+INT64_MAX = (1 << 63) - 1
+INT64_MIN = -(1 << 63)
 
 M = TypeVar("M", bound="_Model")
 
@@ -47,11 +49,13 @@ def _require(data: dict[str, Any], name: str) -> Any:
     return data[name]
 
 
-def _int(name: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
+def _int(name: str, value: Any, *, lo: int = INT64_MIN, hi: int = INT64_MAX) -> int:
+    """An int within ``[lo, hi]``; every wire int is a signed 64-bit value at most (what is stored and replicated
+    stays bounded whatever a client sends)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise WireFormatError(name, value, "an integer")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        bounds = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+    if not lo <= value <= hi:
+        bounds = f"from {lo} to {hi}" if hi != INT64_MAX else f">= {lo} (and below 2^63)"
         raise WireFormatError(name, value, f"an integer {bounds}")
     return value
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+from provider.core.errors import short_repr
+
 __all__ = ["INTERVALS", "interval_ms", "ms_to_iso", "to_ms"]
 
 _SECOND_MS = 1_000
@@ -74,8 +76,10 @@ def _datetime_to_ms(value: _dt.datetime) -> int:
 
 def _checked(ms: int, original: Any) -> int:
     if not _MIN_MS <= ms < _MAX_MS:
+        shown = short_repr(original)
+        when = f"{shown} ms since the epoch" if shown == short_repr(ms) else f"{shown} ({ms} ms since the epoch)"
         raise ValueError(
-            f"time {original!r} is {ms} ms since the epoch, outside 1970-01-01..2200-01-01; "
+            f"time {when} is outside 1970-01-01..2200-01-01; "
             "pass epoch milliseconds (not seconds or nanoseconds), a datetime or an ISO-8601 string"
         )
     return ms

@@ -35,6 +35,15 @@ class ConfigError(CoreError):
         super().__init__(message)
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` chars; a huge int is described by its size (its decimal text can be
+    thousands of digits, or refused by Python beyond 4,300)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
 class WireFormatError(CoreError):
     """A field of a wire message is missing or invalid; ``field`` names it for the 400 answer."""
 
@@ -42,7 +51,4 @@ class WireFormatError(CoreError):
         self.field = field
         self.value = value
         self.allowed = allowed
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"field {field!r} has value {shown}; expected {allowed}")
+        super().__init__(f"field {field!r} has value {short_repr(value)}; expected {allowed}")

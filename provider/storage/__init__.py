@@ -14,7 +14,15 @@ embedded default) and ``memory://``. See docs/storage.md for schemas and guarant
 """
 
 from provider.storage._contract import LedgerWindow, Storage, StorageBase
-from provider.storage._dsn import KINDS, StorageDsn, open_storage, parse_dsn
+from provider.storage._dsn import (
+    KINDS,
+    STORAGE_DSN_ENV,
+    StorageDsn,
+    open_storage,
+    parse_dsn,
+    read_dsn_file,
+    shows_password,
+)
 from provider.storage._memory import MemoryStorage
 from provider.storage.errors import (
     FrameRejectedError,
@@ -30,6 +38,7 @@ from provider.storage.errors import (
 
 __all__ = [
     "KINDS",
+    "STORAGE_DSN_ENV",
     "FrameRejectedError",
     "LedgerWindow",
     "MemoryStorage",
@@ -46,4 +55,6 @@ __all__ = [
     "WalSuspendedError",
     "open_storage",
     "parse_dsn",
+    "read_dsn_file",
+    "shows_password",
 ]

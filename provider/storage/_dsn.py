@@ -18,14 +18,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from provider.core import StorageConfig
+from provider.core import STORAGE_DSN_ENV, StorageConfig
 from provider.storage._contract import StorageBase
 from provider.storage.errors import StorageConfigError
 
-__all__ = ["KINDS", "StorageDsn", "open_storage", "parse_dsn", "valid_identifier"]
+__all__ = [
+    "KINDS",
+    "STORAGE_DSN_ENV",
+    "StorageDsn",
+    "open_storage",
+    "parse_dsn",
+    "read_dsn_file",
+    "shows_password",
+    "valid_identifier",
+]
 
 #: Backend kinds, as ``open_storage(kind=...)`` and :attr:`Storage.kind` spell them.
 KINDS = ("memory", "sqlite", "postgres", "questdb")
@@ -59,6 +69,28 @@ _OPTIONS = {
 }
 _DEFAULT_PORT = {"postgres": 5432, "questdb": 8812}
 _DEFAULT_TABLE = "ohlcv"
+
+
+def shows_password(dsn: str) -> bool:
+    """Whether ``dsn`` carries a secret (a URL password, ``http_password`` or ``http_token``): given as a command
+    line argument it is visible to every local user in ``ps``."""
+    try:
+        parts = urlsplit(dsn)
+        return parts.password is not None or any(
+            key in ("http_password", "http_token") for key, _ in parse_qsl(parts.query)
+        )
+    except ValueError:
+        return False
+
+
+def read_dsn_file(path: Any) -> str:
+    """The DSN in a file (``--storage-file``, e.g. a Docker or Kubernetes secret): its first line that is neither
+    blank nor a ``#`` comment."""
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if text and not text.startswith("#"):
+            return text
+    raise StorageConfigError("storage_file", str(path), "a file whose first non-comment line is a storage DSN")
 
 
 def valid_identifier(name: Any) -> bool:

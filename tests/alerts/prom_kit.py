@@ -7,6 +7,8 @@ Rules:
    short clock. Scrape and evaluation intervals become 1 s.
 2. Scrape targets are replaced job by job (coordinator, worker, provider); a job of prometheus.yml the test does
    not map is an error, so a new scrape job cannot go untested.
+   A job's ``authorization.credentials_file`` (the coordinators' reader token) points at a token file in the test's
+   directory instead; the live cluster runs without tokens, so the nodes ignore it and show the per-job series.
 3. The server runs in its own session on a free loopback port and is killed at teardown.
 """
 
@@ -56,8 +58,11 @@ def scaled_rules(source: Path = RULES) -> dict[str, Any]:
     return rules
 
 
-def scaled_config(targets: dict[str, list[str]], rules_path: Path, source: Path = PROM_CONFIG) -> dict[str, Any]:
-    """prometheus.yml with 1 s intervals, the generated rules file and loopback targets per job."""
+def scaled_config(
+    targets: dict[str, list[str]], rules_path: Path, credentials: Path, source: Path = PROM_CONFIG
+) -> dict[str, Any]:
+    """prometheus.yml with 1 s intervals, the generated rules file, loopback targets per job and ``credentials`` as
+    every job's bearer token file."""
     config = yaml.safe_load(source.read_text(encoding="utf-8"))
     config["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(rules_path)]
@@ -68,6 +73,8 @@ def scaled_config(targets: dict[str, list[str]], rules_path: Path, source: Path 
         for key in [k for k in job if k.endswith("_sd_configs")]:
             del job[key]
         job["static_configs"] = [{"targets": targets[name]}]
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(credentials)
     return config
 
 
@@ -99,7 +106,10 @@ class Prometheus:
         rules_path = root / "alert_rules.test.yml"
         rules_path.write_text(yaml.safe_dump(scaled_rules(), sort_keys=False), encoding="utf-8")
         config_path = root / "prometheus.test.yml"
-        config_path.write_text(yaml.safe_dump(scaled_config(targets, rules_path), sort_keys=False), encoding="utf-8")
+        credentials = root / "scrape_token.txt"
+        credentials.write_text("reader-token-of-the-live-alert-test\n", encoding="utf-8")
+        config = scaled_config(targets, rules_path, credentials)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         log_path = root / "prometheus.log"
         with log_path.open("ab") as log:
             proc = subprocess.Popen(

@@ -242,10 +242,14 @@ class ChaosEnv:
         self.stopped.discard(pid)
 
     def node_metrics(self, index: int) -> dict[str, float]:
-        """One node's Prometheus samples as {name{labels}: value}."""
+        """One node's Prometheus samples as {name{labels}: value}, per-job series included (the operator token
+        reads them; without a token /metrics sums every job into job_id="(other)")."""
         import urllib.request
 
-        with urllib.request.urlopen(self.nodes[index].url + "/metrics", timeout=3) as answer:
+        request = urllib.request.Request(
+            self.nodes[index].url + "/metrics", headers={"Authorization": f"Bearer {self.operator_token}"}
+        )
+        with urllib.request.urlopen(request, timeout=3) as answer:
             text = answer.read().decode()
         samples: dict[str, float] = {}
         for line in text.splitlines():

@@ -35,6 +35,24 @@ def coordinator_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator"]
 
 
+def with_fd_limit(args: list[str], nofile: int) -> list[str]:
+    """``args`` run with their file-descriptor limit (soft and hard) lowered to ``nofile``, like ``ulimit -n``."""
+    code = (
+        "import os, resource, sys; n = int(sys.argv[1]); "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+    )
+    return [sys.executable, "-c", code, str(nofile), *args]
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample (``name{labels}``) in Prometheus text; 0 when it is absent."""
+    prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return 0.0
+
+
 def free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -233,6 +251,8 @@ async def call(
     if token:
         sent["Authorization"] = f"Bearer {token}"
     kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body} if body is not None else {}
+    if raw is not None:
+        sent.setdefault("Content-Type", "application/json")  # what a JSON client sends (a bare POST is refused)
     deadline = time.monotonic() + retry_s
     while True:
         try:

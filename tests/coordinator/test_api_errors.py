@@ -32,6 +32,10 @@ BAD_BODIES: list[tuple[str, str, Any, int, str, str]] = [
     ("POST", "/v1/windows/renew", {"lease_id": "lease-999999999", "token": 999999999}, 404, "not_found", "lease_id"),
     ("POST", "/v1/windows/complete", {"lease_id": "nope", "token": 1, "rows": 1}, 404, "not_found", "lease_id"),
     ("POST", "/v1/windows/complete", {"lease_id": "lease-1", "token": 1, "rows": -3}, 400, "invalid", "rows"),
+    ("POST", "/v1/windows/complete", {"lease_id": "lease-1", "token": 1, "rows": 10**4000}, 400, "invalid", "rows"),
+    ("POST", "/v1/windows/complete", {"lease_id": "lease-1", "token": 1, "rows": 2**63}, 400, "invalid", "rows"),
+    ("POST", "/v1/jobs", {**JOB, "priority": -(10**300)}, 400, "invalid", "priority"),
+    ("POST", "/v1/jobs", {**JOB, "end": 10**4000}, 400, "invalid", "end"),
     ("POST", "/v1/windows/fail", {"lease_id": "lease-1", "token": 1, "retryable": "no"}, 400, "invalid", "retryable"),
     ("GET", "/v1/jobs/job-424242", None, 404, "not_found", "job_id"),
     ("DELETE", "/v1/jobs/job-424242", None, 404, "not_found", "job_id"),
@@ -118,3 +122,17 @@ async def test_the_cluster_keeps_serving_after_bad_input(shared_cluster: Cluster
         http, "POST", shared_cluster.urls[2] + "/v1/jobs", {"series": "ohlcv:test:ALIVE/USD:1m", "start": 0, "end": MIN}
     )
     assert status == 201 and body["job"]["windows"]["pending"] == 1
+
+
+async def test_a_huge_number_is_refused_briefly_and_logged_at_warning(
+    shared_cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A 4,001-digit `rows` is a 400 whose message describes the number instead of echoing it; the node logs the
+    refusal at WARNING, cut short, and nothing is replicated."""
+    url = shared_cluster.urls[0]
+    body = {"lease_id": "lease-1", "token": 1, "rows": 10**4000}
+    status, answer = await call(http, "POST", f"{url}/v1/windows/complete", body, headers={"X-Request-Id": "huge-rows"})
+    assert status == 400 and "an integer of 13288 bits" in answer["error"]["message"], answer
+    assert len(answer["error"]["message"]) < 300
+    lines = [line for line in shared_cluster.logs().splitlines() if "huge-rows" in line]
+    assert lines and all('"level": "warning"' in line and len(line) < 1000 for line in lines), lines

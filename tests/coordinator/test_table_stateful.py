@@ -19,6 +19,8 @@ BARS = 2
 TTL = 1_000
 MAX_ATTEMPTS = 3
 BACKOFF = 100
+#: Small per-client limits, so that the machine reaches them (table.py rule 11).
+ALICE_LIMITS = {"live_jobs": 3, "outstanding_windows": 8}
 
 
 @dataclass
@@ -78,21 +80,41 @@ class LeaseTableMachine(RuleBasedStateMachine):
 
     # -- rules -----------------------------------------------------------------------------------------------------
 
-    @rule(s=st.sampled_from([0, 1]), lo=st.integers(0, 8), n=st.integers(1, 5), priority=st.integers(0, 2))
-    def submit(self, s: int, lo: int, n: int, priority: int) -> None:
+    @rule(
+        s=st.sampled_from([0, 1]),
+        lo=st.integers(0, 8),
+        n=st.integers(1, 5),
+        priority=st.integers(0, 2),
+        owner=st.sampled_from(["", "alice", "bob"]),
+    )
+    def submit(self, s: int, lo: int, n: int, priority: int, owner: str) -> None:
         series, step = SERIES[s], INTERVALS[s]
         start, end = lo * step, (lo + n) * step
+        running, outstanding = self._load(owner)  # before the command
         result = self.t.submit_job(
-            series=series, start=start, end=end, priority=priority, window_bars=BARS, max_windows=100, now_ms=self.now
+            series=series,
+            start=start,
+            end=end,
+            priority=priority,
+            window_bars=BARS,
+            max_windows=100,
+            owner=owner,
+            limits=ALICE_LIMITS if owner == "alice" else None,
+            now_ms=self.now,
         )
-        assert result.ok
         key = (series, start, end, priority)
         live = [j for j in self.jobs if j.key == key and not j.cancelled and j.retired is None]
         if live:
-            assert not result.value["created"] and result.value["job"]["job_id"] == live[0].job_id
+            assert result.ok and not result.value["created"] and result.value["job"]["job_id"] == live[0].job_id
             return
         span = step * BARS
         cells = [(series, k * span) for k in range(start // span, -(-end // span))]
+        # drive alice to her caps: a refusal exactly when the recount says she is at one
+        at_cap = running >= ALICE_LIMITS["live_jobs"] or outstanding + len(cells) > ALICE_LIMITS["outstanding_windows"]
+        if owner == "alice" and at_cap:
+            assert result.code == "capacity", result
+            return
+        assert result.ok, result
         job = MJob(f"job-{len(self.jobs) + 1}", len(self.jobs) + 1, priority, key, cells)
         assert result.value["created"] and result.value["job"]["job_id"] == job.job_id
         self.jobs.append(job)
@@ -337,6 +359,22 @@ class LeaseTableMachine(RuleBasedStateMachine):
         assert sorted(i["token"] for i in live) == sorted(w.token for w in self.windows.values() if w.token)
         assert self.t.token_floor == self.token
 
+    def _load(self, owner: str) -> tuple[int, int]:
+        """``owner``'s running jobs and their pending + leased windows, recounted from the jobs."""
+        running = outstanding = 0
+        for public in self.t.jobs():
+            left = public["windows"]["pending"] + public["windows"]["leased"]
+            if self.t._jobs[public["job_id"]].owner == owner and public["state"] == "running" and left:
+                running += 1
+                outstanding += left
+        return running, outstanding
+
+    @invariant()
+    def each_clients_load_is_its_running_jobs(self) -> None:
+        """The per-client admission figures kept in step (_state.py rule 6) equal a recount from the jobs."""
+        expected = {owner: list(self._load(owner)) for owner in ("alice", "bob")}
+        assert self.t._owners == {owner: load for owner, load in expected.items() if load != [0, 0]}
+
     @invariant()
     def completion_ratio_is_done_over_total(self) -> None:
         for job in self.jobs:
@@ -352,6 +390,22 @@ class LeaseTableMachine(RuleBasedStateMachine):
             states = [self.windows[c].state for c in job.windows]
             assert public["windows"] == {s: states.count(s) for s in ("pending", "leased", "done", "failed")}
             assert public["completion_ratio"] == states.count("done") / len(states)
+
+    @invariant()
+    def metrics_figures_match_the_model(self) -> None:
+        """stats(2) lists the two running jobs first in claim order and sums the other running jobs; it counts the
+        retired jobs (the figures are kept incrementally: this checks them after every command)."""
+        running = []
+        for job in self.jobs:
+            counts = {} if job.cancelled or job.retired is not None else self.counts(job)
+            if counts.get("pending") or counts.get("leased"):
+                running.append(((-job.priority, job.seq), job.job_id, job.key[0], counts["done"], len(job.windows)))
+        running.sort()
+        stats = self.t.stats(2)
+        assert stats["jobs_running"] == [r[1:] for r in running[:2]]
+        rest = running[2:]
+        assert stats["jobs_other"] == (len(rest), sum(r[3] for r in rest), sum(r[4] for r in rest))
+        assert stats["jobs_retired"] == sum(1 for job in self.jobs if job.retired is not None)
 
 
 LeaseTableMachine.TestCase.settings = settings(

@@ -188,13 +188,36 @@ def test_prometheus_loads_the_alert_rules_and_scrapes_the_real_ports() -> None:
     assert WORKERS["worker"]["metrics_host"] == "0.0.0.0", "Prometheus scrapes workers over the compose network"
 
 
-def test_promtool_accepts_the_prometheus_config() -> None:
-    """`promtool check config` validates prometheus.yml and the rule file it loads."""
+def test_prometheus_scrapes_the_coordinators_with_a_token_from_a_compose_secret() -> None:
+    """The coordinator job sends a bearer token read from a file that compose mounts into the Prometheus container
+    from deploy/secrets/ (the coordinators run with --token-file, and /metrics without a token hides job ids)."""
+    config, _ = _prometheus()
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    authorization = jobs["coordinator"]["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer"
+    path = str(authorization["credentials_file"])
+    assert path.startswith("/run/secrets/"), path
+    secret = path.removeprefix("/run/secrets/")
+    assert secret in SERVICES["prometheus"]["secrets"], secret
+    assert COMPOSE["secrets"][secret]["file"].startswith("./deploy/secrets/")
+    assert all("authorization" not in job for name, job in jobs.items() if name != "coordinator")
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    """`promtool check config` validates prometheus.yml and the rule file it loads (a copy whose credentials file,
+    a compose secret in the container, exists here)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.fail("promtool is missing: `make test` installs it (apt-get install prometheus)")
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text(encoding="utf-8"))
+    for job in config["scrape_configs"]:
+        if "credentials_file" in job.get("authorization", {}):
+            job["authorization"]["credentials_file"] = str(tmp_path / "token.txt")
+    (tmp_path / "token.txt").write_text("reader-token-0123456789\n", encoding="utf-8")
+    shutil.copy(ROOT / "alert_rules.yml", tmp_path / "alert_rules.yml")
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     done = subprocess.run(
-        [promtool, "check", "config", str(ROOT / "prometheus.yml")],
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
         capture_output=True,
         text=True,
         check=False,

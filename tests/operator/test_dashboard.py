@@ -34,7 +34,8 @@ def emitted_names() -> set[str]:
         term=1,
         commit_index=1,
         table={
-            "jobs_running": [("job-1", "ohlcv:x:A/B:1m", 0.5)],
+            "jobs_running": [("job-1", "ohlcv:x:A/B:1m", 1, 2)],
+            "jobs_other": (1, 0, 1),
             "windows": {"pending": 1},
             "leases_active": 0,
             "stale_claims_total": 0,

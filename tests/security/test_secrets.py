@@ -2,9 +2,10 @@
 reaches a coordinator or worker log.
 
 pysyncobj's wire format is pickle and it logs nothing about refused connections ("Why no logging of security
-errors?" in its source), so what is observable is asserted: a payload is not executed, a read-only peer gets no
-state, the cluster's leader, term and state are undisturbed. Each check also runs against a node without the
-secret (or with the right secret), to show it would catch the hole.
+errors?" in its source; our guarded transport logs them, tests/chaos/test_raft_hostile.py), so what is observable
+is asserted: a payload is not executed, a read-only peer gets no state, the cluster's leader, term and state are
+undisturbed. Each check also runs against a node without the secret (or with the right secret), to show it would
+catch the hole.
 """
 
 from __future__ import annotations

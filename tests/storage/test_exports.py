@@ -9,6 +9,7 @@ EXPECTED = {
     "KINDS", "FrameRejectedError", "LedgerWindow", "MemoryStorage", "SchemaMismatchError", "Storage", "StorageBase",
     "StorageClosedError", "StorageConfigError", "StorageDsn", "StorageError", "StorageRequestError",
     "StorageUnavailableError", "WalApplyTimeoutError", "WalSuspendedError", "open_storage", "parse_dsn",
+    "STORAGE_DSN_ENV", "read_dsn_file", "shows_password",
 }  # fmt: skip
 
 

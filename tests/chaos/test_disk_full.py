@@ -103,6 +103,7 @@ class Writer:
 
     urls: list[str]
     ok: list[float] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
     failed: list[tuple[int, Any]] = field(default_factory=list)
     slowest_s: float = 0.0
     _k: int = 0
@@ -125,6 +126,7 @@ class Writer:
                 self.slowest_s = max(self.slowest_s, took_s)
                 if status in (200, 201):
                     self.ok.append(time.monotonic())
+                    self.job_ids.append(body["job"]["job_id"])
                 else:
                     self.failed.append((status, body))
                 await asyncio.sleep(0.05)
@@ -171,6 +173,23 @@ def leader_among(cluster: Cluster, indexes: list[int]) -> int | None:
     return None
 
 
+def replica(cluster: Cluster, index: int) -> tuple[list[Any], int] | None:
+    """One node's own view of every job and its token floor (stale reads: no forwarding, no barrier)."""
+    status, body = http_json("GET", cluster.nodes[index].url + "/v1/jobs?consistency=stale&limit=5000", timeout_s=5)
+    view = cluster.view(index)
+    if status != 200 or view is None or body.get("next_cursor"):
+        return None
+    return body["jobs"], view["token_floor"]
+
+
+def replicas_agree(cluster: Cluster) -> tuple[list[Any], int] | None:
+    """Every node's replica, once they hold the same jobs and token floor (followers apply a little behind)."""
+    views = [replica(cluster, i) for i in range(3)]
+    if any(v is None for v in views) or any(json.dumps(v) != json.dumps(views[0]) for v in views):
+        return None
+    return views[0]
+
+
 @pytest.fixture
 def small_disks(tmp_path: Path) -> Iterator[tuple[Cluster, list[SmallDisk]]]:
     (tmp_path / "cluster").mkdir()
@@ -194,9 +213,18 @@ async def wait_until(predicate: Any, timeout_s: float, what: str) -> Any:
     return await asyncio.to_thread(wait_for, predicate, timeout_s, what, 0.05)
 
 
+def all_connected(cluster: Cluster) -> bool:
+    """Every node has a Raft connection to every other one (the followers' own connection too)."""
+    views = [cluster.view(i) for i in range(3)]
+    return all(v is not None and all(m["connected"] for m in v["members"]) for v in views)
+
+
 async def fill_the_leader(cluster: Cluster, disks: list[SmallDisk], report: dict[str, Any]) -> int:
     """Phase 1: fill the leader's disk; it names the reason and stands aside (or exits 74); another node leads."""
     victim = await asyncio.to_thread(cluster.wait_leader, 30)
+    # A cluster a few hundred ms old may not have connected its followers to each other yet (pysyncobj retries
+    # every second): the successor's RequestVote would find no connection, and the handoff would take 2 terms.
+    await wait_until(lambda: all_connected(cluster), 20, "every Raft connection up")
     others = [i for i in range(3) if i != victim]
     term_before = term(cluster)
     mark = log_length(cluster, victim)
@@ -310,6 +338,10 @@ async def test_a_full_data_dir_stands_the_node_aside_without_disturbing_the_clus
         await free_and_rejoin(cluster, disks, victim, report)
         stop.set()
         await writing
+        # The returned node's replica is the others': every acknowledged job, same states, same token floor.
+        jobs, _ = await wait_until(lambda: replicas_agree(cluster), 20, "the three replicas to agree")
+        held = {job["job_id"] for job in jobs}
+        assert set(writer.job_ids) <= held, f"{len(set(writer.job_ids) - held)} acknowledged jobs missing"
         assert not writer.failed, writer.failed[:3]
         assert len(writer.ok) >= 10, f"only {len(writer.ok)} writes went through"
         report.setdefault("writes", []).append(len(writer.ok))

@@ -136,6 +136,7 @@ class JobRec:
         "series",
         "start",
         "submitted_at_ms",
+        "trace",
         "w_hi",
         "w_lo",
     )
@@ -155,6 +156,9 @@ class JobRec:
         #: Who submitted it (the token's name; ``anonymous`` without tokens; "" before owners were recorded):
         #: per-client admission limits count its outstanding windows (``_state.py`` rule 6).
         self.owner = ""
+        #: W3C ``traceparent`` of the request that created the job ("" when it was not traced): the workers' window
+        #: spans join that trace (``provider.core.tracing`` rule 3).
+        self.trace = ""
         self.cancelled = False
         self.counts = {PENDING: 0, LEASED: 0, DONE: 0, FAILED: 0}
         #: Leader time the retention sweep first saw the job finished (done, failed or cancelled); 0 while running.

@@ -1,10 +1,10 @@
 """The lease table's snapshot format: compact, versioned bytes instead of a pickle of Python objects.
 
-Layout (format 3; format 2 is the same without the jobs' ``owner``): ``MAGIC`` (8 bytes), then a little-endian
-u32 header length, a JSON header, and the numpy columns it lists, back to back. The whole body after the magic is
-zlib-compressed (level 1: fast, and the columns are mostly runs). The header holds the small parts (scalars,
-series, jobs, live leases, keyed leases, remembered results, nodes); the windows are columns, one value per
-window:
+Layout (format 4; format 3 is the same without the jobs' ``trace``, format 2 also without their ``owner``):
+``MAGIC`` (8 bytes), then a little-endian u32 header length, a JSON header, and the numpy columns it lists, back to
+back. The whole body after the magic is zlib-compressed (level 1: fast, and the columns are mostly runs). The
+header holds the small parts (scalars, series, jobs, live leases, keyed leases, remembered results, nodes); the
+windows are columns, one value per window:
 
     series (u32 index into the header's series list), start, end (i64), state (u8), attempts (i32),
     not_before_ms, lease, done_token, done_at_ms, rows (i64), jobs_n (u16) + jobs (u32 indexes into the job list),
@@ -42,9 +42,10 @@ from coordinator._state import TableState
 __all__ = ["FORMAT", "MAGIC", "SnapshotBlob", "decode", "encode"]
 
 MAGIC = b"SDPTBL\x00\x02"
-FORMAT = 3
-#: Formats ``decode`` reads: 2 (jobs without an owner: they count against no client's limits) and 3.
-_READABLE = (2, 3)
+FORMAT = 4
+#: Formats ``decode`` reads: 2 (jobs without an owner: they count against no client's limits), 3 (jobs without a
+#: trace) and 4.
+_READABLE = (2, 3, 4)
 _STATES = (PENDING, LEASED, DONE, FAILED)
 _STATE_CODE = {name: i for i, name in enumerate(_STATES)}
 _I64 = ("start", "end", "not_before_ms", "lease", "done_token", "done_at_ms", "rows")
@@ -89,6 +90,7 @@ def _header(t: TableState, series: list[str], job_ids: list[str]) -> dict[str, A
                 j.finished_at_ms,
                 j.retired_at_ms,
                 j.owner,
+                j.trace,
             ]
             for j in (t._jobs[job_id] for job_id in job_ids)
         ],
@@ -112,7 +114,7 @@ def _header(t: TableState, series: list[str], job_ids: list[str]) -> dict[str, A
 
 
 def encode(t: TableState) -> bytes:
-    """The table as format-3 bytes."""
+    """The table as format-4 bytes."""
     series = list(t._series)
     series_ix = {name: i for i, name in enumerate(series)}
     job_ids = list(t._jobs)
@@ -179,6 +181,7 @@ def _load_header(t: TableState, h: dict[str, Any]) -> None:
         job.counts = dict(zip(_STATES, row[10], strict=True))
         job.finished_at_ms, job.retired_at_ms = row[11], row[12]
         job.owner = row[13] if len(row) > 13 else ""  # format 2 recorded no owner
+        job.trace = row[14] if len(row) > 14 else ""  # formats 2 and 3 recorded no trace
         t._jobs[job.job_id] = job
     for token, kind, target, worker, granted, expires in h["leases"]:
         key = (series_names.get(target[0], target[0]), target[1]) if kind == "window" else target
@@ -286,6 +289,8 @@ def _decode_format1(data: dict[str, Any]) -> TableState | None:
             job.finished_at_ms = job.retired_at_ms = 0
         if not hasattr(job, "owner"):  # nor this one, before admission limits
             job.owner = ""
+        if not hasattr(job, "trace"):  # nor this one, before traces
+            job.trace = ""
     _derive_job_figures(fresh)
     shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     for window in fresh._windows.values():  # lists then, shared tuples now

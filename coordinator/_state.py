@@ -204,6 +204,29 @@ class TableState:
             if load_change:  # only then may a job start or stop running (rule 7)
                 self._track(job)
 
+    def _lease_value(self, window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
+        """A granted window as the claim answers it (the wire shape of :class:`provider.core.Lease`)."""
+        value = {
+            "lease_id": lease_id_of(lease.token),
+            "window_id": window_id(window.series, window.start),
+            "token": lease.token,
+            "series": window.series,
+            "start": window.start,
+            "end": window.end,
+            "attempt": window.attempts,
+            "expires_at_ms": lease.expires_at_ms,
+        }
+        traces = self._traces(window)
+        if traces:  # only then: workers older than tracing reject unknown fields
+            value["traces"] = traces
+        return value
+
+    def _traces(self, window: WindowRec) -> list[str]:
+        """The ``traceparent`` of each traced job of ``window``, the claim-ranking job first (at most 8)."""
+        jobs = [self._jobs[job_id] for job_id in window.jobs]
+        traced = sorted((j for j in jobs if j.trace), key=lambda j: (-j.priority, j.seq))
+        return [j.trace for j in traced[:8]]
+
     def _track(self, job: JobRec) -> None:
         """Keep ``_running`` in step with a job whose counts or cancellation changed (rule 7)."""
         if job.state == "running":
@@ -386,7 +409,7 @@ class TableState:
         return {
             "token": self._token,
             "stale": self._stale_claims,
-            "jobs": {jid: (j.public(), j.cancelled) for jid, j in self._jobs.items()},
+            "jobs": {jid: (j.public(), j.cancelled, j.owner, j.trace) for jid, j in self._jobs.items()},
             "windows": {
                 k: (w.state, w.attempts, w.not_before_ms, w.lease, w.done_token, w.rows, tuple(w.jobs))
                 for k, w in self._windows.items()

@@ -19,6 +19,8 @@ Rules:
 5. Without tokens, requests a browser could forge are refused first (``_browser.py``: Host, Origin, JSON bodies).
 6. With tokens, a public route's caller is :data:`~coordinator.auth.UNAUTHENTICATED`, or the token's principal
    on a route with a ``detail_role`` (``routes.py`` rule 4); without tokens every caller is ``ANONYMOUS``.
+7. With tracing on (``OTEL_*``; :mod:`provider.core.tracing`), every request is a server span ``METHOD ROUTE``,
+   the child of the caller's ``traceparent``; a forwarded request carries this node's span on to the leader.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from coordinator.node import CoordinatorNode
 from coordinator.openapi import build_openapi
 from coordinator.routes import ROUTES, Route
 from coordinator.status_page import StatusPage
+from provider.core import tracing
 from provider.core.obs import bind_request, get_logger, new_request_id
 
 __all__ = ["STATUS", "Call", "build_app", "error_response"]
@@ -279,12 +282,43 @@ def _middleware(server: _Server) -> Any:
     return middleware
 
 
+def _tracing_middleware(node_id: str) -> Any:
+    """Rule 7: one server span per request (installed only while tracing is on: no cost otherwise)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        route = _route_key(request)
+        attributes = {
+            "http.request.method": request.method,
+            "http.route": route,
+            "seamless.node_id": node_id,
+            "seamless.forwarded": FORWARDED_HEADER in request.headers,
+        }
+        with tracing.span(
+            f"{request.method} {route}",
+            kind=tracing.SpanKind.SERVER,
+            attributes=attributes,
+            parent=tracing.extract(request.headers),
+        ) as current:
+            response: web.StreamResponse = await handler(request)
+            if current is not None:
+                current.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
+                    current.set_status(tracing.Status(tracing.StatusCode.ERROR, f"HTTP {response.status}"))
+            return response
+
+    return middleware
+
+
 def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Application:
     """The aiohttp application of one node."""
     server = _Server(node, tokens)
     handlers = Handlers(node, build_openapi())
     page = StatusPage.load()
-    app = web.Application(middlewares=[_middleware(server)], client_max_size=node.cfg.max_body_bytes)
+    middlewares = [_middleware(server)]
+    if tracing.enabled():
+        middlewares.insert(0, _tracing_middleware(node.settings.node_id))
+    app = web.Application(middlewares=middlewares, client_max_size=node.cfg.max_body_bytes)
     for route in ROUTES:
         fn = page.serve if route.name == "status_page" else getattr(handlers, route.name)
         app.router.add_route(route.method, route.path, server.wrap(route, fn), name=route.name)

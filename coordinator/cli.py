@@ -200,6 +200,9 @@ def serve(
     from provider.core.obs import configure_logging, run_service
 
     configure_logging("coordinator", level=log_level)
+    from provider.core.tracing import configure_tracing
+
+    configure_tracing("seamless-coordinator", instance=node_id)
     try:
         _claim_data_dir(data_dir, node_id, raft)
     except OSError as exc:

@@ -4,7 +4,7 @@ Rules:
 1. A follower forwards a write it cannot serve to the leader's announced HTTP address, once: the forwarded request
    carries ``X-Coordinator-Forwarded-By`` and is never forwarded again (the leader answers 421 with a hint if it
    lost leadership meanwhile).
-2. The forwarded request keeps the caller's Authorization, X-Client-Id and X-Request-Id, so the leader
+2. The forwarded request keeps the caller's Authorization, X-Client-Id, X-Request-Id and trace context, so the leader
    authenticates the caller and de-duplicates retries exactly as if the caller had come directly.
 3. When the leader cannot be reached this raises ``UnavailableError``; the API waits for the next leader and
    forwards again until ``coordinator.leader_wait_ms`` has passed, then the caller gets 503 with Retry-After.
@@ -29,14 +29,14 @@ from aiohttp import web
 
 from coordinator.errors import UnavailableError
 from coordinator.metrics import CoordinatorMetrics
-from provider.core import CoordinatorConfig
+from provider.core import CoordinatorConfig, tracing
 
 __all__ = ["FORWARDED_HEADER", "LONG_POLL_ROUTE", "Forwarder"]
 
 FORWARDED_HEADER = "X-Coordinator-Forwarded-By"
 #: The route (``routes.ROUTES`` name) whose requests may long-poll, with ``wait_ms`` in their body.
 LONG_POLL_ROUTE = "claim_windows"
-_PASSED = ("Authorization", "Content-Type", "X-Client-Id", "X-Request-Id")
+_PASSED = ("Authorization", "Content-Type", "X-Client-Id", "X-Request-Id", "traceparent", "tracestate")
 _RELAYED = ("Retry-After", "X-Consistency", "X-Raft-Applied-Index")
 #: Added to the leader's own time budget (commit, leader wait, long poll) before a forward is given up.
 _SLACK_S = 2.0
@@ -129,6 +129,7 @@ class Forwarder:
     ) -> web.Response:
         sent = {name: request.headers[name] for name in _PASSED if name in request.headers}
         sent.update(headers)
+        tracing.inject(sent)  # this node's server span, when tracing is on here (the caller's passes otherwise)
         sent[FORWARDED_HEADER] = self._node_id
         url = leader.rstrip("/") + str(request.rel_url)
         timeout = aiohttp.ClientTimeout(total=budget_s)

@@ -22,7 +22,7 @@ from aiohttp import web
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
 from coordinator.routes import METRICS_DETAIL_ROLE
-from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError
+from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError, tracing
 from provider.core._models import (
     CompleteRequest,
     FailRequest,
@@ -56,6 +56,16 @@ def _query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     if not (text.isascii() and text.isdigit()) or not lo <= int(text) <= hi:
         raise BadRequestError(f"query parameter {name}={text[:40]!r} must be an integer from {lo} to {hi}", field=name)
     return int(text)
+
+
+def _trace_of(request: web.Request) -> str:
+    """The trace a new job joins: this node's server span when tracing is on here, else the caller's valid
+    ``traceparent`` (passed through untraced nodes), else none."""
+    mine = tracing.current_traceparent()
+    if mine:
+        return mine
+    given = request.headers.get("traceparent", "")
+    return given if tracing.valid_traceparent(given) else ""
 
 
 def parse(model: type[M], data: dict[str, Any]) -> M:
@@ -113,6 +123,7 @@ class Handlers:
                 "max_windows": cfg.max_windows_per_job,
                 "owner": owner,
                 "limits": limits,
+                "trace": _trace_of(call.request),
             },
         )
         job = value["job"]

@@ -92,6 +92,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         end=_MS,
         attempt={**_INT, "minimum": 1},
         expires_at_ms=_MS,
+        traces={"type": "array", "maxItems": 8, "items": _STR},
     ),
     "LeaseList": _obj(("leases",), leases={"type": "array", "items": _ref("Lease")}),
     "RenewRequest": _obj(("lease_id", "token"), lease_id=_STR, token=_TOKEN),

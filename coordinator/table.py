@@ -78,19 +78,6 @@ _HEAPIFY_RATIO = 16
 _ADMISSION_RETRY_MS = 5_000
 
 
-def _lease_value(window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
-    return {
-        "lease_id": lease_id_of(lease.token),
-        "window_id": window_id(window.series, window.start),
-        "token": lease.token,
-        "series": window.series,
-        "start": window.start,
-        "end": window.end,
-        "attempt": window.attempts,
-        "expires_at_ms": lease.expires_at_ms,
-    }
-
-
 def _reopens(window: WindowRec, job_end: int, now: int, step: int) -> bool:
     """A window completed before it closed holds bars up to its completion; re-open it when a job needs bars
     that have closed since (workers store closed bars only)."""
@@ -134,18 +121,19 @@ class Table(KeyedCommands, RetireCommands):
         now_ms: Any,
         owner: Any = "",
         limits: Any = None,
+        trace: Any = "",
         client_id: Any = "",
         request_id: Any = "",
     ) -> Result:
         """Create a job (and the windows not yet known); an identical live job is returned with created=False.
         ``owner`` (the submitter) and ``limits`` (``{"live_jobs", "outstanding_windows"}`` per owner, stamped by
-        the leader) are the admission control of rule 11."""
+        the leader) are the admission control of rule 11; ``trace`` is the creating request's ``traceparent``."""
         return self._once(
             "submit_job",
             client_id,
             request_id,
             now_ms,
-            lambda now: self._submit(series, start, end, priority, window_bars, max_windows, owner, limits, now),
+            lambda now: self._submit(series, start, end, priority, window_bars, max_windows, owner, limits, now, trace),
         )
 
     def _submit(
@@ -159,7 +147,10 @@ class Table(KeyedCommands, RetireCommands):
         owner: Any,
         limits: Any,
         now: int,
+        trace: Any = "",
     ) -> Result:
+        if not isinstance(trace, str) or len(trace) > 128 or not trace.isprintable():
+            return invalid("trace", "must be a W3C traceparent text of at most 128 chars, or empty")
         try:
             key = SeriesKey.parse(series)
         except ValueError as exc:
@@ -200,6 +191,7 @@ class Table(KeyedCommands, RetireCommands):
         self._jobs[job.job_id] = job
         self._job_index[(name, lo, hi, priority)] = job.job_id
         self._attach_windows(job, name, step, bars, now)
+        job.trace = trace
         if owner:  # charged once its counts are complete (the attach may reopen windows through _set_state)
             job.owner = owner
             self._charge(owner, 0, job.counts[PENDING] + job.counts[LEASED])
@@ -360,7 +352,7 @@ class Table(KeyedCommands, RetireCommands):
             window.lease = lease.token
             window.attempts += 1
             self._set_state(window, LEASED)
-            granted.append(_lease_value(window, lease))
+            granted.append(self._lease_value(window, lease))
         return Result.success({"leases": granted})
 
     def _current(self, lease_id: Any, token: Any) -> tuple[LeaseRec | None, Result | None]:

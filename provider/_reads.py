@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from provider.core import intersect_ranges, subtract_ranges
+from provider.core import intersect_ranges, subtract_ranges, tracing
 from provider.core.obs import get_logger
 from provider.datasources import covered_ranges, grid_inward, last_ts_ms, read_pieces, trim
 from provider.errors import StorageFailedError
@@ -40,13 +40,15 @@ class SourceReads:
 
     async def _read_cache(self, ctx: FetchContext, remaining: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The cache serves what it can; a cache that fails is skipped (rule 7), storage serves instead."""
-        try:
-            return await self._read_source(ctx, self.cache, remaining)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # any failure of a cache is isolated: counted, logged, noted, skipped
-            self._skip_cache(ctx, exc)
-            return remaining
+        with tracing.span("seamless.cache", attributes=_phase_attributes(ctx, remaining)) as current:
+            try:
+                return await self._read_source(ctx, self.cache, remaining, current=current)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure of a cache is isolated: counted, logged, noted, skipped
+                tracing.record_error(current, exc)
+                self._skip_cache(ctx, exc)
+                return remaining
 
     async def _put_cache(self, ctx: FetchContext, frame: Any) -> None:
         """Keep a complete result in a cache that can (``put``); a failing put is isolated like a failing read."""
@@ -73,13 +75,23 @@ class SourceReads:
         """Storage serves what its ledger covers (rule 3)."""
         from provider.storage.errors import StorageError
 
-        try:
-            return await self._read_source(ctx, self.storage, remaining, origin)
-        except StorageError as exc:
-            raise StorageFailedError(ctx.node_id, "read", exc) from exc
+        attributes = _phase_attributes(ctx, remaining)
+        if origin is not None:
+            attributes["seamless.origin"] = origin
+        with tracing.span("seamless.storage", attributes=attributes) as current:
+            try:
+                return await self._read_source(ctx, self.storage, remaining, origin, current=current)
+            except StorageError as exc:
+                raise StorageFailedError(ctx.node_id, "read", exc) from exc
 
     async def _read_source(
-        self, ctx: FetchContext, source: Any, remaining: list[tuple[int, int]], origin: str | None = None
+        self,
+        ctx: FetchContext,
+        source: Any,
+        remaining: list[tuple[int, int]],
+        origin: str | None = None,
+        *,
+        current: Any = None,
     ) -> list[tuple[int, int]]:
         name = getattr(source, "name", type(source).__name__)
         loop = asyncio.get_running_loop()
@@ -92,6 +104,9 @@ class SourceReads:
             pieces = await read_pieces(source, covered, node_id=ctx.node_id)
         self.metrics.observe_source(name, loop.time() - started)
         ctx.add(origin or name, pieces)
+        if current is not None:
+            current.set_attribute("seamless.source", str(name))
+            current.set_attribute("seamless.rows", sum(len(frame) for _, frame in pieces))
         return subtract_ranges(remaining, [r for r, _ in pieces])
 
     async def _read_live(self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -102,6 +117,12 @@ class SourceReads:
         wanted = intersect_ranges(missing, [(max(0, ctx.horizon_ms - lookback_ms), ctx.horizon_ms)])
         if not wanted:
             return missing
+        with tracing.span("seamless.live", attributes=_phase_attributes(ctx, wanted)):
+            return await self._read_live_zone(ctx, sla, missing, wanted)
+
+    async def _read_live_zone(
+        self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]], wanted: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
         async with sla.phase("live"):
             for lo, hi in wanted:
                 frame = trim(await self.live_feed.fetch(lo, hi, node_id=ctx.node_id), lo, hi)
@@ -111,3 +132,13 @@ class SourceReads:
                     ctx.add("live", [(served, frame)])
                     missing = subtract_ranges(missing, [served])
         return missing
+
+
+def _phase_attributes(ctx: FetchContext, ranges: list[tuple[int, int]]) -> dict[str, Any]:
+    """The span attributes of a read phase: the series and the ranges asked of it."""
+    return {
+        "seamless.series": ctx.node_id,
+        "seamless.ranges": len(ranges),
+        "seamless.start_ms": ranges[0][0] if ranges else ctx.start_ms,
+        "seamless.end_ms": ranges[-1][1] if ranges else ctx.end_ms,
+    }

@@ -10,6 +10,8 @@ Rules:
 4. Error answers become typed errors (:mod:`provider.errors`); ``LeaseLostError`` means "stop this window", and a
    429 is a :class:`CoordinatorCapacityError` with the server's ``retry_after_s`` (never retried here: the limit
    is the caller's to respect).
+5. With tracing on (:mod:`provider.core.tracing`), each call is one client span (``coordinator METHOD ROUTE``,
+   retries included) whose W3C ``traceparent`` every attempt carries.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from provider.core import Job, JobRequest, Lease, LeaseInfo, to_ms
+from provider.core import Job, JobRequest, Lease, LeaseInfo, to_ms, tracing
 from provider.errors import (
     CoordinatorAuthError,
     CoordinatorBadRequestError,
@@ -129,8 +131,22 @@ class CoordinatorClient:
         *,
         params: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        route: str | None = None,
     ) -> Any:
-        """Send one API call with retries and leader following; return the decoded JSON answer."""
+        """Send one API call with retries and leader following; return the decoded JSON answer. ``route`` is the
+        path's template (``/v1/jobs/{job_id}``), naming the call's span (rule 5)."""
+        name = f"coordinator {method} {route or path}"
+        with tracing.span(name, kind=tracing.SpanKind.CLIENT, attributes={"http.request.method": method}):
+            return await self._request(method, path, body, params, timeout_s)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        params: Mapping[str, str] | None,
+        timeout_s: float | None,
+    ) -> Any:
         request_id = secrets.token_hex(8)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.retry_deadline_s
@@ -194,6 +210,7 @@ class CoordinatorClient:
         headers = {"X-Client-Id": self.client_id, "X-Request-Id": request_id}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
+        tracing.inject(headers)
         timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
         async with self._http().request(
             method, url, json=body, params=params, headers=headers, timeout=timeout
@@ -241,7 +258,7 @@ class CoordinatorClient:
 
     async def get_job(self, job_id: str) -> Job:
         """One job with its window counts and completion ratio."""
-        answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}")
+        answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}", route="/v1/jobs/{job_id}")
         return Job.from_dict(answer.get("job", answer))
 
     async def list_jobs(self, *, state: str | None = None, series: str | None = None) -> list[Job]:
@@ -261,16 +278,20 @@ class CoordinatorClient:
     async def job_windows(self, job_id: str, state: str | None = None) -> list[dict[str, Any]]:
         """The job's windows (``window_id``, ``start``, ``end``, ``state``, ``attempts``, ``rows``, ``last_error``)."""
         query = f"?state={quote(state, safe='')}" if state else ""
-        answer = await self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}/windows{query}")
+        answer = await self.request(
+            "GET", f"/v1/jobs/{quote(job_id, safe='')}/windows{query}", route="/v1/jobs/{job_id}/windows"
+        )
         return list(answer["windows"])
 
     async def cancel_job(self, job_id: str) -> Any:
         """Cancel a job (its windows shared with other jobs keep going)."""
-        return await self.request("DELETE", f"/v1/jobs/{quote(job_id, safe='')}")
+        return await self.request("DELETE", f"/v1/jobs/{quote(job_id, safe='')}", route="/v1/jobs/{job_id}")
 
     async def retry_job(self, job_id: str) -> Any:
         """Reset the failed windows of a job to pending."""
-        return await self.request("POST", f"/v1/jobs/{quote(job_id, safe='')}/retry", {})
+        return await self.request(
+            "POST", f"/v1/jobs/{quote(job_id, safe='')}/retry", {}, route="/v1/jobs/{job_id}/retry"
+        )
 
     # -- windows -------------------------------------------------------------------------------------------
 
@@ -304,15 +325,27 @@ class CoordinatorClient:
 
     async def release(self, lease_id: str) -> Any:
         """Operator: return a leased window to pending without counting an attempt."""
-        return await self.request("POST", f"/v1/leases/{quote(lease_id, safe='')}/release", {})
+        return await self.request(
+            "POST", f"/v1/leases/{quote(lease_id, safe='')}/release", {}, route="/v1/leases/{lease_id}/release"
+        )
 
     async def requeue(self, window_id: str, reason: str) -> Any:
         """Operator: put a window back to pending."""
-        return await self.request("POST", f"/v1/windows/{quote(window_id, safe='')}/requeue", {"reason": reason})
+        return await self.request(
+            "POST",
+            f"/v1/windows/{quote(window_id, safe='')}/requeue",
+            {"reason": reason},
+            route="/v1/windows/{window_id}/requeue",
+        )
 
     async def mark_done(self, window_id: str, reason: str) -> Any:
         """Operator: mark a window done without a worker."""
-        return await self.request("POST", f"/v1/windows/{quote(window_id, safe='')}/mark-done", {"reason": reason})
+        return await self.request(
+            "POST",
+            f"/v1/windows/{quote(window_id, safe='')}/mark-done",
+            {"reason": reason},
+            route="/v1/windows/{window_id}/mark-done",
+        )
 
     async def cluster(self) -> Any:
         """The answering node's view of the cluster."""

@@ -19,6 +19,9 @@ Rules:
 5. A complete, conforming result of stored data is cached; a later fetch wholly inside it is answered from L1
    without touching storage or re-running conformance.
 6. One request id per fetch, on every log line and in ``last_fetch_metadata``.
+8. Traces (:mod:`provider.core.tracing`, on when ``OTEL_*`` says so): a ``seamless.fetch`` span per fetch with
+   ``seamless.cache``, ``seamless.storage``, ``seamless.live``, ``seamless.backfill`` and ``seamless.conformance``
+   children; SLA breaches and downgrades are span events; the coordinator client carries the context on.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from provider._reads import SourceReads
 from provider.backfill import BaseBackfiller
 from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceContext, ConformanceReport
-from provider.core import BackfillConfig, SeriesKey, merge_ranges, snap_range, subtract_ranges
+from provider.core import BackfillConfig, SeriesKey, merge_ranges, snap_range, subtract_ranges, tracing
 from provider.core.obs import bind_request, get_logger
 from provider.datasources import assemble, covered_ranges, last_ts_ms
 from provider.errors import (
@@ -88,6 +91,7 @@ class SeamlessDataProvider(SourceReads):
         registry: Any = None,
     ) -> None:
         self.strategy = DataAvailabilityStrategy.parse(strategy)
+        tracing.configure_tracing("seamless-provider")
         self.clock = clock if clock is not None else wall_clock_ms
         self.metrics = ProviderMetrics(registry)
         self.backfill_config = backfill_config if backfill_config is not None else BackfillConfig()
@@ -132,7 +136,10 @@ class SeamlessDataProvider(SourceReads):
         ctx = self._context(start, end, node_id, interval)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        with bind_request(ctx.meta.request_id, node_id=ctx.node_id, strategy=self.strategy.value):
+        with (
+            bind_request(ctx.meta.request_id, node_id=ctx.node_id, strategy=self.strategy.value),
+            tracing.span("seamless.fetch", attributes=self._fetch_attributes(ctx)) as current,
+        ):
             sla = SLARun(self.sla, node_id=ctx.node_id, metrics=self.metrics)
             try:
                 frame = self._from_l1(ctx)
@@ -141,12 +148,12 @@ class SeamlessDataProvider(SourceReads):
                         frame = await self._run(ctx, sla)
             except BaseException as exc:
                 ctx.meta.outcome = outcome_of(exc)
-                self._finish(ctx, sla, loop.time() - started, None)
+                self._finish(ctx, sla, loop.time() - started, None, current)
                 _log.warning(
                     "fetch.error", outcome=ctx.meta.outcome, error=str(exc)[:500], missing=len(ctx.meta.missing_ranges)
                 )
                 raise
-            self._finish(ctx, sla, loop.time() - started, frame)
+            self._finish(ctx, sla, loop.time() - started, frame, current)
             _log.info(
                 "fetch.done",
                 outcome=ctx.meta.outcome,
@@ -301,18 +308,18 @@ class SeamlessDataProvider(SourceReads):
                 "no backfiller is configured (pass backfiller= or "
                 "coordinator=, or use EnhancedQuestDBProvider(fetcher=...))",
             )
-        ticket = self._start_backfill(ctx, missing)
-        ctx.meta.backfill["waited"] = True
-        try:
-            async with sla.phase("backfill"):
-                await ticket.wait(self.progress)
-        except BackfillFailedError as exc:
-            ctx.finish_coverage(missing)
-            raise BackfillFailedError(ctx.node_id, missing, exc.reason) from exc
-        except ConformancePipelineError as exc:
-            ctx.finish_coverage(missing)
-            self.last_conformance_report = ctx.report = exc.report
-            raise
+        with tracing.span("seamless.backfill", attributes={"seamless.series": ctx.node_id}) as current:
+            ticket = self._start_backfill(ctx, missing)
+            ctx.meta.backfill["waited"] = True
+            if current is not None:
+                current.set_attributes(
+                    {
+                        "seamless.ranges": len(missing),
+                        "seamless.windows": len(ticket.flights),
+                        "seamless.mode": str(self.backfiller.mode),
+                    }
+                )
+            await self._wait_backfill(ctx, sla, missing, ticket)
         ctx.ingest = [f.report for f in ticket.flights if f.report is not None]
         ctx.meta.backfill["served_by"] = [
             {"start_ms": r.start_ms, "end_ms": r.end_ms, "source": r.source, "failed_sources": list(r.failed_sources)}
@@ -324,6 +331,20 @@ class SeamlessDataProvider(SourceReads):
             ctx.finish_coverage(remaining)
             raise BackfillFailedError(ctx.node_id, remaining, "the backfill ended but storage does not cover it")
         return []
+
+    async def _wait_backfill(
+        self, ctx: FetchContext, sla: SLARun, missing: list[tuple[int, int]], ticket: BackfillTicket
+    ) -> None:
+        try:
+            async with sla.phase("backfill"):
+                await ticket.wait(self.progress)
+        except BackfillFailedError as exc:
+            ctx.finish_coverage(missing)
+            raise BackfillFailedError(ctx.node_id, missing, exc.reason) from exc
+        except ConformancePipelineError as exc:
+            ctx.finish_coverage(missing)
+            self.last_conformance_report = ctx.report = exc.report
+            raise
 
     def _start_backfill(self, ctx: FetchContext, missing: list[tuple[int, int]]) -> BackfillTicket:
         if self.backfiller is None:
@@ -351,9 +372,12 @@ class SeamlessDataProvider(SourceReads):
             now_ms=self.clock(),
             request_id=ctx.meta.request_id,
         )
-        frame, report = self.conformance.run(frame, context)
-        for ingest in ctx.ingest:
-            report.merge_ingest(ingest)
+        with tracing.span("seamless.conformance", attributes={"seamless.rows": len(frame)}) as current:
+            frame, report = self.conformance.run(frame, context)
+            for ingest in ctx.ingest:
+                report.merge_ingest(ingest)
+            if current is not None:
+                current.set_attributes({"seamless.ok": report.ok, "seamless.flags": sorted(report.flag_counts)})
         self.last_conformance_report = ctx.report = report
         ctx.meta.conformance_flags = dict(report.flag_counts)
         ctx.meta.conformance_ok = report.ok
@@ -378,6 +402,9 @@ class SeamlessDataProvider(SourceReads):
         ctx.meta.downgraded = True
         ctx.meta.downgrade_reason = f"sla_{exc.phase}"
         ctx.meta.sla_violation = SLARun.violation(exc)
+        tracing.event(
+            "seamless.downgraded", {"seamless.phase": exc.phase, "seamless.reason": ctx.meta.downgrade_reason}
+        )
         _log.warning("fetch.downgraded", phase=exc.phase, elapsed_ms=round(exc.elapsed_ms, 3), budget_ms=exc.budget_ms)
 
     def _on_ingest_report(self, report: ConformanceReport) -> None:
@@ -398,9 +425,29 @@ class SeamlessDataProvider(SourceReads):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _finish(self, ctx: FetchContext, sla: SLARun, elapsed_s: float, frame: pd.DataFrame | None) -> None:
+    def _finish(
+        self, ctx: FetchContext, sla: SLARun, elapsed_s: float, frame: pd.DataFrame | None, current: Any
+    ) -> None:
         ctx.meta.elapsed_ms = elapsed_s * 1000.0
         ctx.meta.phases_ms = dict(sla.spent_ms)
         ctx.meta.rows = 0 if frame is None else len(frame)
         self.metrics.fetch_total.labels(strategy=self.strategy.value, outcome=ctx.meta.outcome).inc()
         self.last_fetch_metadata = ctx.meta
+        if current is not None:
+            current.set_attributes(
+                {
+                    "seamless.rows": ctx.meta.rows,
+                    "seamless.outcome": ctx.meta.outcome,
+                    "seamless.cache_hit": ctx.meta.cache_hit,
+                    "seamless.coverage_ratio": ctx.meta.coverage_ratio,
+                }
+            )
+
+    def _fetch_attributes(self, ctx: FetchContext) -> dict[str, Any]:
+        return {
+            "seamless.series": ctx.node_id,
+            "seamless.start_ms": ctx.start_ms,
+            "seamless.end_ms": ctx.end_ms,
+            "seamless.strategy": self.strategy.value,
+            "seamless.request_id": ctx.meta.request_id,
+        }

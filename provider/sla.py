@@ -13,6 +13,7 @@ Rules:
    ``last_fetch_metadata`` (``downgraded``, ``sla_violation``).
 4. Every phase's duration is observed in ``seamless_sla_deadline_seconds{node_id, phase}``. Durations use the
    event loop's monotonic clock.
+5. A violation is also a ``seamless.sla_exceeded`` event (phase, elapsed and budget) on the current trace span.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
-from provider.core import SLAConfig
+from provider.core import SLAConfig, tracing
 from provider.errors import SeamlessSLAExceeded
 from provider.metrics import ProviderMetrics
 
@@ -87,6 +88,15 @@ class SLAPolicy:
         return value
 
 
+def _breach(error: SeamlessSLAExceeded) -> SeamlessSLAExceeded:
+    """``error``, after recording it as a ``seamless.sla_exceeded`` event on the current span."""
+    tracing.event(
+        "seamless.sla_exceeded",
+        {"seamless.phase": error.phase, "seamless.elapsed_ms": error.elapsed_ms, "seamless.budget_ms": error.budget_ms},
+    )
+    return error
+
+
 class SLARun:
     """The SLA clock of one fetch."""
 
@@ -128,8 +138,10 @@ class SLARun:
             if binding == "total":
                 elapsed = self.elapsed_ms()
             limit_budget = budget if binding == name else self.policy.total_deadline_ms
-            raise SeamlessSLAExceeded(
-                binding, elapsed, float(limit_budget or 0), f"node {self.node_id}; the {name} work was cancelled"
+            raise _breach(
+                SeamlessSLAExceeded(
+                    binding, elapsed, float(limit_budget or 0), f"node {self.node_id}; the {name} work was cancelled"
+                )
             ) from None
         finally:
             spent_s = self._loop.time() - started
@@ -149,11 +161,13 @@ class SLARun:
         have_end = newest_bar_ms + interval_ms if newest_bar_ms is not None else None
         lag_ms = float("inf") if have_end is None else float(max(0, expected_end_ms - have_end))
         if lag_ms > max_lag * 1000.0:
-            raise SeamlessSLAExceeded(
-                "freshness",
-                lag_ms,
-                max_lag * 1000.0,
-                f"node {self.node_id}: newest bar lags by {lag_ms / 1000.0:.1f} s",
+            raise _breach(
+                SeamlessSLAExceeded(
+                    "freshness",
+                    lag_ms,
+                    max_lag * 1000.0,
+                    f"node {self.node_id}: newest bar lags by {lag_ms / 1000.0:.1f} s",
+                )
             )
 
     def check_coverage(self, ratio: float) -> None:
@@ -163,11 +177,13 @@ class SLARun:
         """
         minimum = self.policy.min_coverage
         if minimum is not None and ratio < minimum:
-            raise SeamlessSLAExceeded(
-                "coverage",
-                ratio * 1000.0,
-                minimum * 1000.0,
-                f"node {self.node_id}: {ratio:.1%} covered, {minimum:.1%} required",
+            raise _breach(
+                SeamlessSLAExceeded(
+                    "coverage",
+                    ratio * 1000.0,
+                    minimum * 1000.0,
+                    f"node {self.node_id}: {ratio:.1%} covered, {minimum:.1%} required",
+                )
             )
 
     @staticmethod

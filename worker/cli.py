@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from provider.core import STORAGE_DSN_ENV, AppConfig, ConfigError, load_config
 from provider.core.obs import configure_logging, get_logger, new_registry, run_service
+from provider.core.tracing import configure_tracing
 from provider.metrics_http import MetricsServer, serve_metrics
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
 from worker.metrics import WorkerMetrics
@@ -172,6 +173,7 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
         worker_cfg = dataclasses.replace(worker_cfg, concurrency=opts["concurrency"])
     backfill = config.seamless_data_provider.backfill_config
     worker_id = opts["worker_id"] or f"{socket.gethostname()}-{os.getpid()}"
+    configure_tracing("seamless-worker", instance=worker_id)
     settings = WorkerSettings.from_config(worker_id, worker_cfg, backfill)
     metrics = WorkerMetrics()
     storage = await open_storage(opts["storage_dsn"] or config.storage.dsn)

@@ -21,6 +21,9 @@ Rules:
 8. The source that served the window (with a fallback chain, :class:`provider.sources.FallbackSource`, the
    member that served it) is logged on ``window done`` (``source``, ``failed_sources``), named in a fail reason,
    and recorded in the window's storage ledger row (``Storage.windows``).
+9. With tracing on (``OTEL_*``), each window is a ``worker.window`` span: the child of the trace of the window's
+   best-ranked traced job (``Lease.traces``), linked to the other jobs', with ``worker.fetch`` (the exchange
+   requests and retries inside), ``worker.conform``, ``worker.write`` and the coordinator calls as children.
 6. Only closed bars are stored: a window that reaches past now is fetched and written up to the last closed bar,
    so coverage never claims bars that did not exist yet. The coordinator re-opens such a window when a later job
    needs the bars closed since (docs/coordinator.md).
@@ -38,7 +41,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from provider.conformance import ConformancePipelineError, ConformanceReport, normalize_bars
-from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig
+from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig, tracing
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
 from provider.frames import FrameContractError, empty_frame
@@ -229,37 +232,62 @@ class Worker:
 
     async def _process(self, lease: Lease) -> None:
         fields = {"lease_id": lease.lease_id, "window_id": lease.window_id, "token": lease.token}
-        with bind_request(None, worker_id=self.settings.worker_id, **fields):
-            completing = asyncio.Event()
-            renewer = asyncio.create_task(self._renew_loop(lease))
-            work = asyncio.create_task(self._work(lease, completing))
-            try:
-                done, _ = await asyncio.wait({renewer, work}, return_when=asyncio.FIRST_COMPLETED)
-                if work not in done and completing.is_set():
-                    # The complete is sent: its answer (idempotent, deduplicated across retries) decides. A renew
-                    # refused because that very complete landed must not turn a completed window into a lost one.
-                    done, _ = await asyncio.wait({work})
-                    if not renewer.cancelled():
-                        renewer.exception()  # seen; the complete's answer wins
-                if work in done:
-                    work.result()
-                else:
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await work
-                    renewer.result()
-            except asyncio.CancelledError:
+        with (
+            bind_request(None, worker_id=self.settings.worker_id, **fields),
+            tracing.span(
+                "worker.window",
+                kind=tracing.SpanKind.CONSUMER,
+                attributes=self._window_attributes(lease),
+                parent=tracing.context_of(lease.traces[0]) if lease.traces else None,
+                links=lease.traces[1:],
+            ) as current,
+        ):
+            await self._process_traced(lease, current)
+
+    def _window_attributes(self, lease: Lease) -> dict[str, Any]:
+        return {
+            "seamless.series": lease.series,
+            "seamless.start_ms": lease.start,
+            "seamless.end_ms": lease.end,
+            "seamless.window_id": lease.window_id,
+            "seamless.lease_id": lease.lease_id,
+            "seamless.attempt": lease.attempt,
+            "seamless.worker_id": self.settings.worker_id,
+        }
+
+    async def _process_traced(self, lease: Lease, current: Any) -> None:
+        completing = asyncio.Event()
+        renewer = asyncio.create_task(self._renew_loop(lease))
+        work = asyncio.create_task(self._work(lease, completing))
+        try:
+            done, _ = await asyncio.wait({renewer, work}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done and completing.is_set():
+                # The complete is sent: its answer (idempotent, deduplicated across retries) decides. A renew
+                # refused because that very complete landed must not turn a completed window into a lost one.
+                done, _ = await asyncio.wait({work})
+                if not renewer.cancelled():
+                    renewer.exception()  # seen; the complete's answer wins
+            if work in done:
+                work.result()
+            else:
                 work.cancel()
-                await self._release(lease)
-                raise
-            except (_LeaseLost, LeaseLostError):
-                self.metrics.leases_lost.inc()
-                log.warning("lease lost; window abandoned")
-            except Exception as exc:  # any failure of one window is reported, never kills the worker
-                await self._report_failure(lease, exc)
-            finally:
-                renewer.cancel()
-                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                renewer.result()
+        except asyncio.CancelledError:
+            work.cancel()
+            await self._release(lease)
+            raise
+        except (_LeaseLost, LeaseLostError) as exc:
+            self.metrics.leases_lost.inc()
+            tracing.record_error(current, exc)
+            log.warning("lease lost; window abandoned")
+        except Exception as exc:  # any failure of one window is reported, never kills the worker
+            tracing.record_error(current, exc)
+            await self._report_failure(lease, exc)
+        finally:
+            renewer.cancel()
+            work.cancel()
 
     def _closed_end_ms(self, lease: Lease) -> int:
         step = SeriesKey.parse(lease.series).interval_ms
@@ -273,14 +301,19 @@ class Worker:
             phases[phase] = round(time.perf_counter() - started - sum(phases.values()), 3)
 
         end = self._closed_end_ms(lease)
-        frame, source, failed = await self._fetch(lease, end)
-        frame = self._conform(lease, end, frame, source, failed)
+        with tracing.span("worker.fetch") as current:
+            frame, source, failed = await self._fetch(lease, end)
+            if current is not None:
+                current.set_attributes({"seamless.source": source, "seamless.rows": len(frame)})
+        with tracing.span("worker.conform"):
+            frame = self._conform(lease, end, frame, source, failed)
         lap("fetch_s")
         # Re-check ownership right before writing: a worker paused past its TTL must not write or complete.
         await self._coordinator.renew(lease.lease_id, lease.token)
         lap("renew_s")
         if end > lease.start:
-            await write_window_from(self._storage, lease.series, lease.start, end, frame, source=source)
+            with tracing.span("worker.write", attributes={"seamless.rows": len(frame)}):
+                await write_window_from(self._storage, lease.series, lease.start, end, frame, source=source)
         lap("write_s")
         completing.set()
         await self._coordinator.complete(lease.lease_id, lease.token, len(frame))

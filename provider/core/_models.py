@@ -37,6 +37,9 @@ __all__ = [
 WINDOW_STATES = ("pending", "leased", "done", "failed")
 JOB_STATES = ("running", "done", "failed", "cancelled")
 _MAX_ID_CHARS = 200
+#: A lease names at most this many traced jobs (``Lease.traces``), each a W3C traceparent (55 chars in version 00).
+_MAX_TRACES = 8
+_MAX_TRACEPARENT_CHARS = 128
 INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
 
@@ -237,9 +240,25 @@ class Lease(_Model):
     end: int
     attempt: int
     expires_at_ms: int
+    #: W3C ``traceparent`` texts of the traced jobs the window serves, the best-ranked first: the worker's window
+    #: span is the child of the first and links to the rest. Sent only when a job was traced.
+    traces: tuple[str, ...] = ()
+
+    _optional: ClassVar[dict[str, Any]] = {"traces": ()}
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if not self.traces:  # never sent empty: clients older than tracing reject unknown fields
+            del data["traces"]
+        else:
+            data["traces"] = list(self.traces)
+        return data
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> Lease:
+        traces = data["traces"]
+        if not isinstance(traces, (list, tuple)) or len(traces) > _MAX_TRACES:
+            raise WireFormatError("traces", traces, f"a list of at most {_MAX_TRACES} traceparent strings")
         return cls(
             _text("lease_id", _require(data, "lease_id")),
             _text("window_id", _require(data, "window_id"), max_chars=1000),
@@ -249,6 +268,7 @@ class Lease(_Model):
             _int("end", _require(data, "end"), lo=0),
             _int("attempt", _require(data, "attempt"), lo=1),
             _int("expires_at_ms", _require(data, "expires_at_ms"), lo=0),
+            tuple(_text("traces", t, max_chars=_MAX_TRACEPARENT_CHARS) for t in traces),
         )
 
 

@@ -9,7 +9,8 @@ Rules:
    coordinator can hand it out again later). Fatal errors and programming errors surface at once.
 3. When attempts run out, the last error surfaces unchanged (not tenacity's RetryError).
 4. Each retry is reported to ``on_retry(RetryEvent)`` before its sleep (the worker counts
-   ``backfill_retry_total``). The sleep and the random generator are injected so tests pin both.
+   ``backfill_retry_total``) and recorded as a ``seamless.retry`` event on the current trace span. The sleep and the
+   random generator are injected so tests pin both.
 5. The wrapper waits; the request gating lives lower down: a 418 closes the process's BanGate, so every other
    fetch of the process to that source also waits, not only the one being retried.
 """
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 import pandas as pd
 import tenacity
 
-from provider.core import BackfillConfig, SeriesKey, retry_delay_ms
+from provider.core import BackfillConfig, SeriesKey, retry_delay_ms, tracing
 from provider.sources._base import Source
 from provider.sources._limits import DEFAULT_MAX_WAIT_S, Sleep
 from provider.sources.errors import BannedError, RateLimitedError, RetryableSourceError
@@ -135,6 +136,15 @@ class RetryingSource:
 
     def _report(self, event: RetryEvent) -> None:
         self.retries += 1
+        tracing.event(
+            "seamless.retry",
+            {
+                "seamless.source": event.source,
+                "seamless.retry": event.retry,
+                "seamless.delay_s": event.delay_s,
+                "seamless.error": f"{type(event.error).__name__}: {event.error}"[:300],
+            },
+        )
         if self._on_retry is not None:
             self._on_retry(event)
 

@@ -26,7 +26,7 @@ from typing import Any
 import aiohttp
 import pandas as pd
 
-from provider.core import SeriesKey, interval_name
+from provider.core import SeriesKey, interval_name, tracing
 from provider.sources._base import (
     FetchRequest,
     Page,
@@ -161,6 +161,11 @@ class BinanceSource:
 
     async def _get_json(self, path: str, params: dict[str, str], *, what: str) -> Any:
         await self.limits.admit(KLINES_WEIGHT, source=self.name)
+        attributes = {"http.request.method": "GET", "url.path": path, "seamless.source": self.name, **params}
+        with tracing.span(f"exchange GET {path}", kind=tracing.SpanKind.CLIENT, attributes=attributes) as current:
+            return await self._send(path, params, what, current)
+
+    async def _send(self, path: str, params: dict[str, str], what: str, current: Any) -> Any:
         session = self._client()
         self.requests += 1
         try:
@@ -171,6 +176,8 @@ class BinanceSource:
             raise RetryableSourceError(
                 f"{self.name}: {what} failed: {type(exc).__name__} {exc}".rstrip(), source=self.name
             ) from exc
+        if current is not None:
+            current.set_attribute("http.response.status_code", status)
         used = note_used_weight(headers, self.limits, ip_limit_1m=self.ip_weight_limit_1m, next_weight=KLINES_WEIGHT)
         if used is not None:
             self.used_weight_1m = used

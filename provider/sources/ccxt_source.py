@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 from multidict import CIMultiDict
 
-from provider.core import SeriesKey, interval_name
+from provider.core import SeriesKey, interval_name, tracing
 from provider.sources._base import (
     FetchRequest,
     Page,
@@ -219,16 +219,18 @@ class CcxtSource:
     async def _page(self, exchange: Any, request: FetchRequest, symbol: str, timeframe: str, cursor: int) -> Page:
         limit = min(self.page_bars, -(-(request.end_ms - cursor) // request.interval_ms))
         what = f"fetch_ohlcv {symbol} {timeframe} from {cursor}"
-        rows = await self._call(
-            self.request_weight,
-            what,
-            exchange.fetch_ohlcv,
-            symbol,
-            timeframe,
-            cursor,
-            limit,
-            {"until": request.end_ms - 1},
-        )
+        attributes = {"seamless.source": self.name, "symbol": symbol, "timeframe": timeframe, "since": cursor}
+        with tracing.span("exchange fetch_ohlcv", kind=tracing.SpanKind.CLIENT, attributes=attributes):
+            rows = await self._call(
+                self.request_weight,
+                what,
+                exchange.fetch_ohlcv,
+                symbol,
+                timeframe,
+                cursor,
+                limit,
+                {"until": request.end_ms - 1},
+            )
         if isinstance(rows, list):
             rows = [row for row in rows if not _outside(row, cursor, request.end_ms)]
         return parse_page(

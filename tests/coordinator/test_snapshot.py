@@ -18,6 +18,9 @@ MIN = 60_000
 FIXTURE = Path(__file__).parent / "fixtures" / "table-format1.pickle.gz"
 
 
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def dump_and_load(t: Table) -> Table:
     """What pysyncobj does: pickle the consumer's state into the dump (protocol 2), unpickle it, import it."""
     restored = Table()
@@ -32,7 +35,7 @@ def rich_table() -> Table:
     t = Table()
     t.submit_job(series=S1, start=0, end=60 * MIN, priority=2, window_bars=15, max_windows=100, now_ms=1)
     t.submit_job(series=S2, start=0, end=8 * 60 * MIN, window_bars=2, max_windows=100, now_ms=2)
-    t.submit_job(series=S1, start=30 * MIN, end=90 * MIN, window_bars=15, max_windows=100, now_ms=3)
+    t.submit_job(series=S1, start=30 * MIN, end=90 * MIN, window_bars=15, max_windows=100, now_ms=3, trace=TRACE)
     leases = t.claim(worker_id="w", max_windows=5, ttl_ms=10_000, now_ms=10, client_id="c", request_id="r").value
     first, second, third = leases["leases"][:3]
     assert t.complete(lease_id=first["lease_id"], token=first["token"], rows=15, now_ms=20).ok

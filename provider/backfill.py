@@ -38,7 +38,7 @@ import pandas as pd
 
 from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceReport, normalize_bars
-from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, window_ranges
+from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, tracing, window_ranges
 from provider.core.obs import get_logger
 from provider.datasources import StorageDataSource, trim
 from provider.flights import BackfillTicket, Flight, WindowFlights
@@ -254,6 +254,11 @@ class InProcessBackfiller(BaseBackfiller):
         return result
 
     async def _run(self, series: SeriesKey, flight: Flight) -> None:
+        attributes = {"seamless.series": str(series), "seamless.start_ms": flight.start_ms}
+        with tracing.span("seamless.backfill_window", attributes={**attributes, "seamless.end_ms": flight.end_ms}):
+            await self._run_window(series, flight)
+
+    async def _run_window(self, series: SeriesKey, flight: Flight) -> None:
         try:
             raw, source, failed = await self._fetch(series, flight.start_ms, flight.end_ms)
             frame, report = normalize_bars(

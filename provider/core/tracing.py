@@ -63,6 +63,7 @@ class _Once:
     """Whether :func:`configure_tracing` ran in this process."""
 
     done = False
+    tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
 def _truthy(value: str | None) -> bool:
@@ -129,6 +130,14 @@ def configure_tracing(service: str, *, instance: str = "", environ: Mapping[str,
     return True
 
 
+def _tracer() -> trace.Tracer:
+    """The tracer of the installed provider (made once per provider: ``get_tracer`` costs as much as a span)."""
+    installed = trace.get_tracer_provider()
+    if _Once.tracer is None or _Once.tracer[0] is not installed:
+        _Once.tracer = (installed, installed.get_tracer("seamless"))
+    return _Once.tracer[1]
+
+
 def enabled() -> bool:
     """True when a real tracer provider is installed (rule 2)."""
     return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
@@ -188,8 +197,7 @@ def span(
         yield None
         return
     linked = [Link(trace.get_current_span(ctx).get_span_context()) for ctx in map(context_of, links) if ctx]
-    tracer = trace.get_tracer("seamless")
-    with tracer.start_as_current_span(
+    with _tracer().start_as_current_span(
         name,
         context=parent,
         kind=kind,

@@ -68,7 +68,11 @@ def test_specs_open_the_sink_they_name(spec, kind):
     sink = open_report_sink(spec)
     assert isinstance(sink, kind)
     if kind is LocalFolderReportSink:
-        assert (sink.root, sink.max_bytes, sink.max_files) == (DEFAULT_REPORT_ROOT, DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES)
+        assert (sink.root, sink.max_bytes, sink.max_files) == (
+            DEFAULT_REPORT_ROOT,
+            DEFAULT_MAX_BYTES,
+            DEFAULT_MAX_FILES,
+        )
 
 
 def test_file_spec_carries_its_bound(tmp_path):
@@ -111,7 +115,7 @@ def test_a_sink_object_is_used_as_is_and_gets_metrics_when_it_has_none():
 
 
 async def test_qmtl_spec_resolves_under_a_file_base_and_a_node_pins_the_address(tmp_path):
-    """qmtl://observability/seamless writes <base>/observability/seamless/<node>; with a node, every report goes there."""
+    """qmtl://observability/seamless writes under <base>/observability/seamless/<node>; a node pins every report."""
     base = f"file://{tmp_path}"
     per_node = open_report_sink("qmtl://observability/seamless", base=base)
     await per_node.publish(f"qmtl://observability/seamless/{SERIES}", _report(SERIES, 1))

@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -113,7 +114,10 @@ class HttpReportSink:
             self.accounting.dropped("closed", uri, "the sink is closed")
             return
         if not self._workers:
-            self._workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
+            # A fresh context: the workers outlive this fetch, so its request_id must not stick to their log lines.
+            self._workers = [
+                asyncio.create_task(self._work(), context=contextvars.Context()) for _ in range(self.concurrency)
+            ]
         try:
             self._queue.put_nowait((uri, report))
         except asyncio.QueueFull:
@@ -159,7 +163,7 @@ class HttpReportSink:
             if outcome is None:
                 self.accounting.published()
             else:
-                self.accounting.dropped(outcome[0], uri, outcome[1], attempts_max=self.max_attempts)
+                self.accounting.dropped(outcome[0], uri, outcome[1], request_id=report.get("request_id"))
 
     async def _deliver(self, uri: str, report: dict[str, Any]) -> tuple[str, str] | None:
         """Deliver with retries: None when delivered, else ``(reason, error)``."""

@@ -62,6 +62,8 @@ from provider.wiring import (
 __all__ = ["SeamlessDataProvider"]
 
 _log = get_logger("provider.seamless")
+#: How long ``aclose()`` lets pending report publications finish before cancelling them.
+_PUBLISH_GRACE_S = 5.0
 _S = DataAvailabilityStrategy
 
 
@@ -226,6 +228,8 @@ class SeamlessDataProvider(SourceReads):
         if self.backfiller is not None:
             await self.backfiller.aclose()
         tasks = list(self._tasks)
+        if tasks:  # report publications: a file write or an enqueue; give them a moment before cancelling
+            await asyncio.wait(tasks, timeout=_PUBLISH_GRACE_S)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

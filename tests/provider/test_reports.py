@@ -267,3 +267,15 @@ async def test_from_config_builds_the_configured_sink_and_aclose_closes_only_wha
     built = SeamlessDataProvider(report_sink="http://127.0.0.1:9/", registry=new_registry())
     await built.aclose()
     assert built.report_sink._closed
+
+
+async def test_aclose_lets_a_pending_publication_finish(tmp_path, storage):
+    """A provider closed right after a fetch still writes (and counts) that fetch's report instead of cancelling it."""
+    await store(storage, at(0), at(100))
+    provider = SeamlessDataProvider(
+        strategy="fail_fast", storage_source=storage, report_sink=f"file://{tmp_path}", registry=new_registry()
+    )
+    await provider.fetch(at(0), at(50), node_id=SERIES)
+    await provider.aclose()
+    assert provider.metrics.sample("seamless_report_published_total", {"sink": "file"}) == 1
+    assert provider.report_sink.latest(SERIES)["request_id"] == provider.last_fetch_metadata.request_id

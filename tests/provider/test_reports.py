@@ -11,6 +11,7 @@ import pytest
 import structlog
 
 from provider import SeamlessDataProvider
+from provider._report_file import FolderBudget
 from provider.core import config_from_mapping
 from provider.core.obs import new_registry
 from provider.metrics import ProviderMetrics
@@ -279,3 +280,30 @@ async def test_aclose_lets_a_pending_publication_finish(tmp_path, storage):
     await provider.aclose()
     assert provider.metrics.sample("seamless_report_published_total", {"sink": "file"}) == 1
     assert provider.report_sink.latest(SERIES)["request_id"] == provider.last_fetch_metadata.request_id
+
+
+@pytest.mark.parametrize(
+    ("writes", "bound", "left"),
+    [
+        # (folder, size) written in order; (max_bytes, max_files, keep); report files left, oldest first
+        ([("a", 10), ("b", 10), ("a", 10)], (1000, 6, 100), ["a0", "b1", "a2"]),
+        ([("a", 10), ("b", 10), ("a", 10)], (1000, 5, 100), ["a0", "b1", "a2"]),  # a's latest.json is replaced
+        ([("a", 10), ("b", 10), ("a", 10)], (1000, 4, 100), ["b1", "a2"]),  # a0 goes, and its latest with it
+        ([("a", 10), ("b", 10), ("c", 10)], (1000, 5, 100), ["b1", "c2"]),  # a's last report goes with its latest
+        ([("a", 100), ("a", 100), ("a", 100)], (400, 100, 100), ["a0", "a1", "a2"]),  # 3 reports + latest fit
+        ([("a", 100), ("a", 100), ("a", 100)], (350, 100, 100), ["a1", "a2"]),  # bytes: 2 reports + latest
+        ([("a", 10), ("a", 10), ("a", 10), ("b", 10)], (1000, 100, 2), ["a1", "a2", "b3"]),  # keep per folder
+    ],
+)
+def test_folder_budget_removes_the_oldest_first_and_never_exceeds_the_bound(writes, bound, left):
+    """FolderBudget (the pure part of the file sink) makes room oldest first; the totals never pass the bound."""
+    max_bytes, max_files, keep = bound
+    budget = FolderBudget(max_bytes=max_bytes, max_files=max_files, keep=keep)
+    for n, (name, size) in enumerate(writes):
+        folder = Path(name)
+        budget.make_room(folder, size)
+        budget.add(folder, folder / f"{name}{n}", size)
+        budget.set_latest(folder, size)
+        assert budget.total_bytes <= max_bytes and budget.total_files <= max_files
+        assert budget.total_files == len(budget.reports) + len(budget.latest)
+    assert [path.name for path in budget.reports] == left

@@ -26,10 +26,12 @@ _EXPORTS: dict[str, str] = {
     "DataUnavailableError": "provider.errors",
     "EnhancedQuestDBProvider": "provider.questdb",
     "FetchMetadata": "provider.fetchmeta",
+    "HttpReportSink": "provider.reports",
     "InProcessBackfiller": "provider.backfill",
     "LiveDataFeed": "provider.strategies",
     "LocalFolderReportSink": "provider.reports",
     "MemoryReportSink": "provider.reports",
+    "NullReportSink": "provider.reports",
     "PollingLiveFeed": "provider.live",
     "QuestDBLoader": "provider.questdb",
     "RegressionReportStage": "provider.conformance",
@@ -45,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "StorageDataSource": "provider.datasources",
     "TemporalRollupStage": "provider.conformance",
     "load_config": "provider.core",
+    "open_report_sink": "provider.reports",
 }
 
 __all__ = [
@@ -63,10 +66,12 @@ __all__ = [
     "DataUnavailableError",
     "EnhancedQuestDBProvider",
     "FetchMetadata",
+    "HttpReportSink",
     "InProcessBackfiller",
     "LiveDataFeed",
     "LocalFolderReportSink",
     "MemoryReportSink",
+    "NullReportSink",
     "PollingLiveFeed",
     "QuestDBLoader",
     "RegressionReportStage",
@@ -82,6 +87,7 @@ __all__ = [
     "StorageFailedError",
     "TemporalRollupStage",
     "load_config",
+    "open_report_sink",
 ]
 
 

@@ -70,6 +70,19 @@ def _collectors(registry: CollectorRegistry) -> dict[str, Any]:
             ["source"],
             registry=registry,
         ),
+        "report_published": Counter(
+            "seamless_report_published_total",
+            "Conformance reports a report sink stored or delivered, by sink (file, http, memory).",
+            ["sink"],
+            registry=registry,
+        ),
+        "report_dropped": Counter(
+            "seamless_report_dropped_total",
+            "Conformance reports a report sink gave up on, by sink and reason (queue_full, failed, rejected, "
+            "closed, too_large, error); each one is also logged as report.dropped.",
+            ["sink", "reason"],
+            registry=registry,
+        ),
         "windows": Counter(
             "seamless_backfill_windows_total",
             "Backfill windows started by this provider, by mode (in_process, coordinator).",
@@ -95,6 +108,8 @@ class ProviderMetrics:
         self.fetch_total = made["fetch"]
         self.backfill_windows = made["windows"]
         self.source_errors = made["source_errors"]
+        self.report_published = made["report_published"]
+        self.report_dropped = made["report_dropped"]
 
     def observe_phase(self, node_id: str, phase: str, elapsed_s: float) -> None:
         """Record the time one SLA phase took."""
@@ -107,6 +122,14 @@ class ProviderMetrics:
     def count_source_error(self, source: str) -> None:
         """Count one failed, skipped source read."""
         self.source_errors.labels(source=source).inc()
+
+    def count_report_published(self, sink: str) -> None:
+        """Count one report a sink stored or delivered."""
+        self.report_published.labels(sink=sink).inc()
+
+    def count_report_dropped(self, sink: str, reason: str) -> None:
+        """Count one report a sink gave up on."""
+        self.report_dropped.labels(sink=sink, reason=reason).inc()
 
     def count_flags(self, flag_counts: dict[str, int]) -> None:
         """Add a report's flag counts."""

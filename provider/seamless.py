@@ -9,7 +9,8 @@ Rules:
    PARTIAL_FILL returns what is stored now and starts one background backfill of the rest; SEAMLESS takes the
    live feed's zone (recent closed bars) from the live feed and backfills the rest like AUTO_BACKFILL.
 3. Every result runs through the conformance pipeline; blocking flags raise
-   :class:`ConformancePipelineError` unless ``partial_ok``. Reports go to the report sink. Every backfilled
+   :class:`ConformancePipelineError` unless ``partial_ok``. Reports go to the report sink
+   (:func:`provider.reports.open_report_sink`; one built from a spec is closed by ``aclose()``). Every backfilled
    window went through the ingest conformance first (:mod:`provider.backfill`): its report is published too,
    its flags join this fetch's report, and a blocked window raises :class:`ConformancePipelineError` with it.
 7. Coverage of any source is trimmed inward to whole bars, never discarded (an off-grid cache range still
@@ -17,7 +18,8 @@ Rules:
    ``last_fetch_metadata.skipped_sources``) and storage serves instead; it never fails a fetch.
 4. SLA phases cancel the work they time (:mod:`provider.sla`); PARTIAL_FILL downgrades instead of raising.
 5. A complete, conforming result of stored data is cached; a later fetch wholly inside it is answered from L1
-   without touching storage or re-running conformance.
+   without touching storage or re-running conformance; its cached report is published again only with
+   ``republish_cache_hits=True``.
 6. One request id per fetch, on every log line and in ``last_fetch_metadata``.
 8. Traces (:mod:`provider.core.tracing`, on when ``OTEL_*`` says so): a ``seamless.fetch`` span per fetch with
    ``seamless.cache``, ``seamless.storage``, ``seamless.live``, ``seamless.backfill`` and ``seamless.conformance``
@@ -43,13 +45,12 @@ from provider.errors import (
     BackfillFailedError,
     ConformancePipelineError,
     DataUnavailableError,
-    SeamlessError,
     SeamlessSLAExceeded,
 )
 from provider.fetchmeta import FetchContext, FetchMetadata, outcome_of
 from provider.flights import BackfillTicket
 from provider.metrics import ProviderMetrics
-from provider.reports import LocalFolderReportSink
+from provider.reports import open_report_sink
 from provider.sla import SLARun
 from provider.strategies import DataAvailabilityStrategy, ProgressCallback
 from provider.wiring import (
@@ -64,6 +65,8 @@ from provider.wiring import (
 __all__ = ["SeamlessDataProvider"]
 
 _log = get_logger("provider.seamless")
+#: How long ``aclose()`` lets pending report publications finish before cancelling them.
+_PUBLISH_GRACE_S = 5.0
 _S = DataAvailabilityStrategy
 
 
@@ -87,6 +90,8 @@ class SeamlessDataProvider(SourceReads):
         cache_ttl: float = 3600,
         enable_background_backfill: bool = True,
         report_sink: Any = None,
+        report_base: str | None = None,
+        republish_cache_hits: bool = False,
         clock: Callable[[], int] | None = None,
         registry: Any = None,
     ) -> None:
@@ -106,7 +111,11 @@ class SeamlessDataProvider(SourceReads):
         self.partial_ok = partial_ok
         self.progress = progress
         self.enable_background_backfill = enable_background_backfill
-        self.report_sink = report_sink if report_sink is not None else LocalFolderReportSink()
+        #: Where reports go (``provider.reports.open_report_sink``); closed by ``aclose()`` when built here.
+        self.report_sink = open_report_sink(report_sink, base=report_base, metrics=self.metrics)
+        self._owns_report_sink = report_sink is None or isinstance(report_sink, str)
+        #: Whether an L1 hit publishes its cached report again (off: a hit is not a new conformance run).
+        self.republish_cache_hits = republish_cache_hits
         #: The report of the last fetch that ran conformance (per provider, last writer wins).
         self.last_conformance_report: ConformanceReport | None = None
         #: What the last fetch did.
@@ -127,6 +136,9 @@ class SeamlessDataProvider(SourceReads):
         kwargs.setdefault("cache_ttl", block.cache_ttl)
         kwargs.setdefault("enable_background_backfill", block.enable_background_backfill)
         kwargs.setdefault("sla", config.sla)
+        kwargs.setdefault("report_sink", block.report_sink)
+        kwargs.setdefault("report_base", block.report_base)
+        kwargs.setdefault("republish_cache_hits", block.republish_cache_hits)
         return cls(**kwargs)
 
     # -- public API ----------------------------------------------------------------------------------------
@@ -223,10 +235,13 @@ class SeamlessDataProvider(SourceReads):
         if self.backfiller is not None:
             await self.backfiller.aclose()
         tasks = list(self._tasks)
+        if tasks:  # report publications: a file write or an enqueue; give them a moment before cancelling
+            await asyncio.wait(tasks, timeout=_PUBLISH_GRACE_S)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for component in (self.cache, self.storage):
+        owned_sink = self.report_sink if self._owns_report_sink else None
+        for component in (self.cache, self.storage, owned_sink):
             closer = getattr(component, "aclose", None)
             if closer is not None:
                 await closer()
@@ -255,6 +270,8 @@ class SeamlessDataProvider(SourceReads):
         if entry.report is not None:
             self.last_conformance_report = entry.report
             ctx.meta.conformance_flags = dict(entry.report.flag_counts)
+            if self.republish_cache_hits:
+                self._publish(entry.report)
         return frame
 
     async def _run(self, ctx: FetchContext, sla: SLARun) -> pd.DataFrame:
@@ -418,8 +435,9 @@ class SeamlessDataProvider(SourceReads):
         async def publish() -> None:
             try:
                 await self.report_sink.publish(report.uri, report.to_dict())
-            except (OSError, ValueError, SeamlessError) as exc:  # a sink problem must not fail fetches
-                _log.warning("report.publish_failed", uri=report.uri, error=str(exc))
+            except Exception as exc:  # a sink problem (a sink of the caller's: any exception) must not fail fetches
+                self.metrics.count_report_dropped(getattr(self.report_sink, "kind", "custom"), "error")
+                _log.warning("report.publish_failed", uri=report.uri, error=f"{type(exc).__name__}: {exc}"[:500])
 
         task = asyncio.ensure_future(publish())
         self._tasks.add(task)

@@ -85,6 +85,21 @@ class SeamlessConfig:
     backfill_config: BackfillConfig = _spec(None, factory=BackfillConfig)
     #: Seconds an L1 memory-cache entry lives.
     cache_ttl: int = _spec(3600, lo=0, hi=31_536_000, doc="L1 cache TTL in seconds")
+    #: Where conformance reports go (provider/reports.py rule 1); checked when the provider is built.
+    report_sink: str = _spec(
+        "qmtl://observability/seamless",
+        doc="report sink: `file:///dir[?max_bytes=N&max_files=N&keep=N]`, `http(s)://host/path`, "
+        "`qmtl://observability/seamless[/<node_id>]` (under report_base), `memory` or `none`",
+    )
+    #: What ``qmtl://observability/seamless/<node_id>`` resolves under; null is the bounded file sink in the temp dir.
+    report_base: str | None = _spec(
+        None,
+        doc="`file:///dir` or `http(s)://host/path` that qmtl:// report URIs resolve under "
+        "(`<base>/observability/seamless/<node_id>`); null: the file sink at `<system temp dir>/seamless-reports`, "
+        "16 MiB and 1000 files at most",
+    )
+    #: Whether an L1 cache hit publishes its cached report again.
+    republish_cache_hits: bool = _spec(False, doc="publish the cached report again on every L1 cache hit")
 
 
 @dataclass(frozen=True)
@@ -369,7 +384,8 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else None
             kind = getattr(hint, "__name__", str(hint))
-            kind = kind.replace("float | None", "float or null").replace("int | None", "int or null")
+            for name in ("float", "int", "str"):
+                kind = kind.replace(f"{name} | None", f"{name} or null")
             if typing.get_origin(hint) is tuple:
                 kind = "list of str"
             allowed = _describe(f.metadata, kind)

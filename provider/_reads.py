@@ -40,7 +40,7 @@ class SourceReads:
 
     async def _read_cache(self, ctx: FetchContext, remaining: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The cache serves what it can; a cache that fails is skipped (rule 7), storage serves instead."""
-        with tracing.span("seamless.cache", attributes=_phase_attributes(ctx, remaining)) as current:
+        with tracing.span("seamless.cache", attributes=lambda: _phase_attributes(ctx, remaining)) as current:
             try:
                 return await self._read_source(ctx, self.cache, remaining, current=current)
             except asyncio.CancelledError:
@@ -75,10 +75,7 @@ class SourceReads:
         """Storage serves what its ledger covers (rule 3)."""
         from provider.storage.errors import StorageError
 
-        attributes = _phase_attributes(ctx, remaining)
-        if origin is not None:
-            attributes["seamless.origin"] = origin
-        with tracing.span("seamless.storage", attributes=attributes) as current:
+        with tracing.span("seamless.storage", attributes=lambda: _phase_attributes(ctx, remaining, origin)) as current:
             try:
                 return await self._read_source(ctx, self.storage, remaining, origin, current=current)
             except StorageError as exc:
@@ -117,7 +114,7 @@ class SourceReads:
         wanted = intersect_ranges(missing, [(max(0, ctx.horizon_ms - lookback_ms), ctx.horizon_ms)])
         if not wanted:
             return missing
-        with tracing.span("seamless.live", attributes=_phase_attributes(ctx, wanted)):
+        with tracing.span("seamless.live", attributes=lambda: _phase_attributes(ctx, wanted)):
             return await self._read_live_zone(ctx, sla, missing, wanted)
 
     async def _read_live_zone(
@@ -134,11 +131,14 @@ class SourceReads:
         return missing
 
 
-def _phase_attributes(ctx: FetchContext, ranges: list[tuple[int, int]]) -> dict[str, Any]:
+def _phase_attributes(ctx: FetchContext, ranges: list[tuple[int, int]], origin: str | None = None) -> dict[str, Any]:
     """The span attributes of a read phase: the series and the ranges asked of it."""
-    return {
+    attributes: dict[str, Any] = {
         "seamless.series": ctx.node_id,
         "seamless.ranges": len(ranges),
         "seamless.start_ms": ranges[0][0] if ranges else ctx.start_ms,
         "seamless.end_ms": ranges[-1][1] if ranges else ctx.end_ms,
     }
+    if origin is not None:
+        attributes["seamless.origin"] = origin
+    return attributes

@@ -150,7 +150,7 @@ class SeamlessDataProvider(SourceReads):
         started = loop.time()
         with (
             bind_request(ctx.meta.request_id, node_id=ctx.node_id, strategy=self.strategy.value),
-            tracing.span("seamless.fetch", attributes=self._fetch_attributes(ctx)) as current,
+            tracing.span("seamless.fetch", attributes=lambda: self._fetch_attributes(ctx)) as current,
         ):
             sla = SLARun(self.sla, node_id=ctx.node_id, metrics=self.metrics)
             try:

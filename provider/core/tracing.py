@@ -8,8 +8,9 @@ Rules:
    ``OTEL_SDK_DISABLED`` is not true. The SDK reads the rest itself (``OTEL_SERVICE_NAME``,
    ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``, ``OTEL_EXPORTER_OTLP_*``). A tracer
    provider the application installed itself is kept, never replaced.
-2. :func:`enabled` is true once any real tracer provider is installed. While it is false, :func:`span` yields
-   None without touching OpenTelemetry and nothing is propagated: tracing costs one function call.
+2. :func:`enabled` is true once any real tracer provider is installed. While it is false, :func:`span` returns a
+   shared no-op context manager (yielding None) without touching OpenTelemetry, attribute functions are not
+   called, and nothing is propagated: tracing costs a function call per span.
 3. Context crosses processes as W3C ``traceparent`` (and ``tracestate``) headers: :func:`inject` adds the current
    span's to outgoing headers, :func:`extract` reads them. A job remembers one ``traceparent`` text
    (:func:`current_traceparent`, checked with :func:`valid_traceparent`); a worker's window span is the child of
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -56,6 +57,7 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 #: W3C trace context version 00: version-traceid-spanid-flags, lowercase hex, ids not all zero.
 _TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 _EXPORTERS = ("otlp", "console")
+_UNKNOWN = object()
 _PROTOCOLS = ("http/protobuf",)
 
 
@@ -63,6 +65,7 @@ class _Once:
     """Whether :func:`configure_tracing` ran in this process."""
 
     done = False
+    on = False
     tracer: tuple[trace.TracerProvider, trace.Tracer] | None = None
 
 
@@ -139,8 +142,17 @@ def _tracer() -> trace.Tracer:
 
 
 def enabled() -> bool:
-    """True when a real tracer provider is installed (rule 2)."""
-    return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    """True when a real tracer provider is installed (rule 2). Once true it stays true (OpenTelemetry installs a
+    provider once per process), and while false it costs an attribute read, not the API's environment lookup."""
+    if _Once.on:
+        return True
+    installed = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)  # the API's global; None until a provider is set
+    if installed is None:
+        return False
+    if installed is _UNKNOWN:  # an API version without that global: ask it (slower, same answer)
+        installed = trace.get_tracer_provider()
+    _Once.on = not isinstance(installed, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return _Once.on
 
 
 def valid_traceparent(text: Any) -> bool:
@@ -178,34 +190,38 @@ def extract(headers: Mapping[str, str]) -> Context | None:
     return _PROPAGATOR.extract(headers)
 
 
-@contextmanager
+#: What :func:`span` returns while tracing is off: one shared, reusable no-op context manager yielding None.
+_OFF: AbstractContextManager[None] = nullcontext()
+Attributes = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
 def span(
     name: str,
     *,
     kind: SpanKind = SpanKind.INTERNAL,
-    attributes: Mapping[str, Any] | None = None,
+    attributes: Attributes | None = None,
     parent: Context | None = None,
     links: Sequence[str] = (),
     start_time_ns: int | None = None,
-) -> Iterator[Span | None]:
+) -> AbstractContextManager[Span | None]:
     """A span around the block, current inside it; None (and no work) while tracing is off (rule 2).
 
-    ``parent`` overrides the current context; ``links`` are ``traceparent`` texts of related traces. An exception
-    leaving the block is recorded on the span and sets its status to error.
+    ``attributes`` may be a function, called only when tracing is on; ``parent`` overrides the current context;
+    ``links`` are ``traceparent`` texts of related traces. An exception leaving the block is recorded on the span
+    and sets its status to error.
     """
     if not enabled():
-        yield None
-        return
+        return _OFF
+    values = attributes() if callable(attributes) else attributes
     linked = [Link(trace.get_current_span(ctx).get_span_context()) for ctx in map(context_of, links) if ctx]
-    with _tracer().start_as_current_span(
+    return _tracer().start_as_current_span(
         name,
         context=parent,
         kind=kind,
-        attributes=dict(attributes) if attributes else None,
+        attributes=dict(values) if values else None,
         links=linked,
         start_time=start_time_ns,
-    ) as current:
-        yield current
+    )
 
 
 def event(name: str, attributes: Mapping[str, Any]) -> None:

@@ -123,6 +123,7 @@ class SeamlessDataProvider(SourceReads):
         kwargs.setdefault("cache_ttl", block.cache_ttl)
         kwargs.setdefault("enable_background_backfill", block.enable_background_backfill)
         kwargs.setdefault("sla", config.sla)
+        kwargs.setdefault("conformance", config.conformance)
         return cls(**kwargs)
 
     # -- public API ----------------------------------------------------------------------------------------

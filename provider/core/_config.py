@@ -2,7 +2,8 @@
 
 Rules:
 1. The seed's ``seamless_data_provider`` block is accepted exactly as written (DESIGN.md section 3).
-2. Further top-level sections configure the services: ``coordinator``, ``worker``, ``storage``, ``sla``.
+2. Further top-level sections configure the services: ``coordinator``, ``worker``, ``storage``, ``sla``,
+   ``conformance``.
 3. An unknown key is an error naming its full dotted path; a bad value is an error naming the key, the value and
    what is allowed (:class:`ConfigError`, a ``ValueError``). Validation never uses ``assert``.
 4. Precedence: CLI flags override the file, the file overrides these defaults (``dataclasses.replace`` at the
@@ -23,6 +24,7 @@ from provider.core.errors import ConfigError
 __all__ = [
     "AppConfig",
     "BackfillConfig",
+    "ConformanceConfig",
     "CoordinatorConfig",
     "SLAConfig",
     "SeamlessConfig",
@@ -252,6 +254,19 @@ class SLAConfig:
 
 
 @dataclass(frozen=True)
+class ConformanceConfig:
+    """Conformance settings (``conformance:``)."""
+
+    #: The schema registry's JSON file (docs/provider.md, "Schema registry"): subjects, versions and policies
+    #: shared by every process that names it. ``null`` keeps the registry in memory: ``ohlcv@1`` only.
+    schema_registry_path: str | None = _spec(
+        None,
+        doc="JSON file of the schema registry (read by the provider, written by `coordinator schema`); "
+        "null = in memory, ohlcv@1 only",
+    )
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole configuration file."""
 
@@ -260,6 +275,7 @@ class AppConfig:
     worker: WorkerConfig = _spec(None, factory=WorkerConfig)
     storage: StorageConfig = _spec(None, factory=StorageConfig)
     sla: SLAConfig = _spec(None, factory=SLAConfig)
+    conformance: ConformanceConfig = _spec(None, factory=ConformanceConfig)
 
 
 T = TypeVar("T")
@@ -370,6 +386,7 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
             default = f.default if f.default is not dataclasses.MISSING else None
             kind = getattr(hint, "__name__", str(hint))
             kind = kind.replace("float | None", "float or null").replace("int | None", "int or null")
+            kind = kind.replace("str | None", "str or null")
             if typing.get_origin(hint) is tuple:
                 kind = "list of str"
             allowed = _describe(f.metadata, kind)

@@ -53,9 +53,17 @@ def _registry(tmp_path: Path) -> SchemaRegistry:
 
 
 def test_the_new_flags_are_documented_and_schema_incompatible_blocks() -> None:
-    """schema_incompatible blocks by default, missing_optional_column does not; both are in FLAGS."""
+    """schema_incompatible blocks by default, missing_optional_column does not; both are in FLAGS and in the flag
+    table of docs/provider.md with that blocking default."""
     assert "schema_incompatible" in DEFAULT_BLOCKING_FLAGS and "schema_incompatible" in FLAGS
     assert "missing_optional_column" not in DEFAULT_BLOCKING_FLAGS and "missing_optional_column" in FLAGS
+    table = (Path(__file__).resolve().parents[2] / "docs" / "provider.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[-2].strip()
+        for line in table.splitlines()
+        if line.startswith("| `") and line.count("|") == 5
+    }
+    assert (rows["schema_incompatible"], rows["missing_optional_column"]) == ("yes", "no")
 
 
 async def test_a_frame_declaring_a_newer_incompatible_version_is_blocked(tmp_path: Path) -> None:

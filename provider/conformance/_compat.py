@@ -30,6 +30,7 @@ __all__ = [
     "Schema",
     "Subject",
     "globs_overlap",
+    "optional_allowed",
     "parse_declaration",
     "pattern_specificity",
     "policy_problems",

@@ -15,6 +15,10 @@ Tree::
     ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
     ├── SeamlessSLAExceeded            an SLA budget ran out (``phase``, ``elapsed_ms``, ``budget_ms``)
     ├── ConformancePipelineError       conformance found blocking problems (``report``)
+    ├── SchemaRegistryError            a schema or registry request is invalid (also a ValueError)
+    │   ├── SchemaIncompatibleError        a new version breaks its subject's compatibility policy (``subject``,
+    │   │                                  ``policy``, ``problems`` as (column, why), ``allowed``); nothing was written
+    │   └── SchemaRegistryFileError        the registry file is unreadable or corrupt (``path``, ``problem``)
     └── StorageFailedError             the provider's storage failed a read (``series``, ``operation``, ``hint``;
                                        the storage error is the ``__cause__``)
 
@@ -40,6 +44,9 @@ __all__ = [
     "DataUnavailableError",
     "LeaseLostError",
     "SeamlessError",
+    "SchemaIncompatibleError",
+    "SchemaRegistryError",
+    "SchemaRegistryFileError",
     "SeamlessSLAExceeded",
     "StorageFailedError",
 ]
@@ -157,6 +164,38 @@ class ConformancePipelineError(SeamlessError):
         super().__init__(
             f"conformance blocked the frame ({summary}); fix the source or pass partial_ok=True to store/accept "
             "the normalized rest with a report"
+        )
+
+
+class SchemaRegistryError(SeamlessError, ValueError):
+    """A schema, subject or policy given to the schema registry is invalid; the message names it."""
+
+
+class SchemaIncompatibleError(SchemaRegistryError):
+    """A candidate schema breaks its subject's policy; ``problems`` lists ``(column, why)``. Nothing was written."""
+
+    def __init__(self, subject: str, policy: str, problems: list[tuple[str, str]], allowed: str) -> None:
+        self.subject = subject
+        self.policy = policy
+        self.problems = problems
+        self.allowed = allowed
+        columns = ", ".join(dict.fromkeys(c for c, _ in problems))
+        details = "; ".join(f"{c}: {why}" for c, why in problems)
+        super().__init__(
+            f"schema of subject {subject!r} is incompatible under {policy} (columns {columns}): {details}. "
+            f"{policy} allows: {allowed}"
+        )
+
+
+class SchemaRegistryFileError(SchemaRegistryError):
+    """The registry file cannot be read, parsed or written; the message names the path and what to do."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(
+            f"schema registry file {path}: {problem}. Restore it from a backup (or move it away to start an empty "
+            "registry: every registered version would be lost)"
         )
 
 

@@ -139,6 +139,7 @@ class SeamlessDataProvider(SourceReads):
         kwargs.setdefault("report_sink", block.report_sink)
         kwargs.setdefault("report_base", block.report_base)
         kwargs.setdefault("republish_cache_hits", block.republish_cache_hits)
+        kwargs.setdefault("conformance", config.conformance)
         return cls(**kwargs)
 
     # -- public API ----------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ Rules:
    single-flight by :class:`~provider.backfill.DelegatingBackfiller`) or a plain fetcher with
    ``fetch(series, start, end)`` (an in-process backfiller is built around it).
 4. ``live_feed`` may be a LiveDataFeed or a plain fetcher (wrapped in :class:`~provider.live.PollingLiveFeed`).
-5. ``conformance=None`` builds the default pipeline; ``False`` disables conformance.
+5. ``conformance=None`` builds the default pipeline; ``False`` disables conformance; a
+   :class:`~provider.core.ConformanceConfig` builds the default pipeline over its schema registry file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import Any
 
 from provider.backfill import BaseBackfiller, CoordinatorBackfiller, DelegatingBackfiller, InProcessBackfiller
 from provider.cache import SeamlessCache
-from provider.conformance import ConformancePipeline
-from provider.core import BackfillConfig, SLAConfig
+from provider.conformance import ConformancePipeline, SchemaRegistry
+from provider.core import BackfillConfig, ConformanceConfig, SLAConfig
 from provider.datasources import StorageDataSource
 from provider.live import PollingLiveFeed
 from provider.metrics import ProviderMetrics
@@ -96,6 +97,9 @@ def build_conformance(conformance: Any) -> ConformancePipeline | None:
         return None
     if conformance is None:
         return ConformancePipeline()
+    if isinstance(conformance, ConformanceConfig):
+        path = conformance.schema_registry_path
+        return ConformancePipeline(registry=SchemaRegistry(path) if path else None)
     if not hasattr(conformance, "run"):
         raise TypeError(f"conformance {type(conformance).__name__} has no run(frame, context)")
     pipeline: ConformancePipeline = conformance

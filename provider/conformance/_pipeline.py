@@ -2,7 +2,8 @@
 
 Rules:
 1. Stages run in order; each takes ``(frame, context, report)`` and returns the (possibly new) frame. The
-   default order is schema -> temporal -> regression, so the regression stage compares final flag counts.
+   default order is schema -> temporal -> regression, so the regression stage compares final flag counts;
+   ``registry=`` gives the default schema stage a :class:`SchemaRegistry` (e.g. one backed by a file).
 2. The pipeline never raises for data problems: it returns the normalized frame and a report whose
    ``blocking`` lists the blocking flags present. The provider raises ``ConformancePipelineError(report)``
    unless ``partial_ok``.
@@ -23,7 +24,7 @@ from provider.conformance._report import (
     ConformanceContext,
     ConformanceReport,
 )
-from provider.conformance._schema import SchemaRollupStage
+from provider.conformance._schema import SchemaRegistry, SchemaRollupStage
 from provider.conformance._temporal import TemporalRollupStage
 
 __all__ = ["ConformancePipeline", "ConformanceStage", "RegressionReportStage"]
@@ -92,11 +93,12 @@ class ConformancePipeline:
         stages: Iterable[ConformanceStage] | None = None,
         *,
         blocking_flags: Iterable[str] = DEFAULT_BLOCKING_FLAGS,
+        registry: SchemaRegistry | None = None,
     ) -> None:
         self.stages: list[ConformanceStage] = (
             list(stages)
             if stages is not None
-            else [SchemaRollupStage(), TemporalRollupStage(), RegressionReportStage()]
+            else [SchemaRollupStage(registry), TemporalRollupStage(), RegressionReportStage()]
         )
         self.blocking_flags = frozenset(blocking_flags)
 

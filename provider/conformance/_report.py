@@ -4,7 +4,8 @@ Rules:
 1. ``flag_counts`` maps a flag to how many times it occurred: rows for row flags (``duplicate_ts``,
    ``non_finite`` ...), runs for ``gap`` (one missing stretch of bars is one gap), columns for schema flags.
 2. A flag blocks when it is in the pipeline's blocking set; ``blocking`` lists those present. ``gap``,
-   ``extra_column`` and ``regression`` never block by default: exchanges legitimately miss candles.
+   ``extra_column``, ``missing_optional_column`` and ``regression`` never block by default: exchanges legitimately
+   miss candles, and an optional column is optional.
 3. ``to_dict()`` is JSON-ready (ints, floats, strings, lists, dicts) so a sink can write it as is.
 """
 
@@ -27,6 +28,9 @@ FLAGS: dict[str, str] = {
     "missing_column": "a column of the schema is absent (filled with NaN)",
     "extra_column": "a column not in the schema was dropped",
     "dtype_cast": "a column had another dtype and was cast to the schema's",
+    "missing_optional_column": "a column the schema marks optional is absent (filled with NaN)",
+    "schema_incompatible": "the frame declares a schema its subject's active version cannot read, or an unknown one "
+    "(nothing passes)",
     "unsorted": "rows were not in ts order (sorted)",
     "duplicate_ts": "rows repeated a ts (the last one kept)",
     "off_grid": "ts not on the interval grid (row dropped)",
@@ -53,6 +57,7 @@ DEFAULT_BLOCKING_FLAGS = frozenset(
     {
         "missing_column",
         "dtype_cast",
+        "schema_incompatible",
         "unsorted",
         "duplicate_ts",
         "off_grid",
@@ -115,6 +120,8 @@ class ConformanceReport:
     end_ms: int
     request_id: str = ""
     schema: str = ""
+    #: The schema the frame declared (``frame.attrs["schema"]``) when it differs from ``schema``.
+    schema_declared: str = ""
     rows_in: int = 0
     rows_out: int = 0
     flags: list[ConformanceFlag] = field(default_factory=list)
@@ -183,6 +190,7 @@ class ConformanceReport:
             "start_ms": self.start_ms,
             "end_ms": self.end_ms,
             "schema": self.schema,
+            "schema_declared": self.schema_declared,
             "rows_in": self.rows_in,
             "rows_out": self.rows_out,
             "flag_counts": dict(self.flag_counts),

@@ -1,89 +1,45 @@
-"""Schema stage: columns and dtypes checked against a versioned schema registry, casts counted.
+"""Schema stage: columns and dtypes checked against the subject's schema in a registry, casts counted.
 
 Rules:
-1. A schema is a name, a version and an ordered list of ``(column, dtype)``. Registering the same columns again
-   returns the existing version; different columns under the same name get the next version. ``ohlcv`` v1 is the
-   frame contract of :mod:`provider.frames` and is always present.
-2. Missing columns are added (NaN, flag ``missing_column``); unknown columns are dropped (``extra_column``);
-   a column of another dtype is cast (``dtype_cast``, with the cast values counted per column in
-   ``report.casts``). Values that cannot be parsed become NaN and are caught by the temporal stage.
-3. ``ts`` may arrive as tz-aware or naive datetimes (naive means UTC) or as integers: epoch milliseconds, or
+1. The schema a frame is checked against (its reader) is the latest version of the subject its node id resolves
+   to in the :class:`SchemaRegistry` (``ohlcv@1``, the frame contract, unless other subjects or versions were
+   registered); ``SchemaRollupStage(schema=..., version=...)`` pins one instead. Resolutions are cached per node id
+   until the registry changes.
+2. Missing columns are added (NaN, flag ``missing_column``; ``missing_optional_column`` for a column the schema
+   marks optional, which does not block); unknown columns are dropped (``extra_column``); a column of another
+   dtype is cast (``dtype_cast``, with the cast values counted per column in ``report.casts``). Values that cannot
+   be parsed become NaN and are caught by the temporal stage.
+3. A frame may declare the schema it was written with: ``frame.attrs["schema"] = "name@version"`` (or ``"name"``,
+   meaning the reader). A declaration of another subject, of an unknown version, or of a version the reader
+   cannot read (``_compat.read_problems``: e.g. a newer version that dropped a required column) is blocked with
+   ``schema_incompatible``: the stage returns an empty frame of the reader's columns and ``report.schema_declared``
+   names the declaration. A readable declared version is conformed to the reader; the widening casts its dtypes
+   call for are counted in ``report.casts`` without a ``dtype_cast`` flag.
+4. ``ts`` may arrive as tz-aware or naive datetimes (naive means UTC) or as integers: epoch milliseconds, or
    epoch seconds when every value is below 10**11 (QMTL frames carry seconds).
-4. A frame that already matches is returned as is: no copy on the hot path.
+5. A frame that already matches is returned as is: no copy on the hot path (one ``stat`` of the registry file and
+   a dict lookup per frame).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from provider.conformance._compat import Schema, parse_declaration, read_problems, widens
+from provider.conformance._registry import OHLCV_SCHEMA, SchemaRegistry
 from provider.conformance._report import ConformanceContext, ConformanceReport
-from provider.frames import FRAME_COLUMNS, TS_DTYPE
+from provider.frames import TS_DTYPE
 
 __all__ = ["OHLCV_SCHEMA", "Schema", "SchemaRegistry", "SchemaRollupStage"]
 
 #: Integer timestamps below this are epoch seconds (10**11 s is the year 5138; 10**11 ms is 1973).
 _SECONDS_LIMIT = 10**11
 _TS_TEXT = str(TS_DTYPE)
-
-
-@dataclass(frozen=True, slots=True)
-class Schema:
-    """One version of a named column schema."""
-
-    name: str
-    version: int
-    columns: tuple[tuple[str, str], ...]
-
-    @property
-    def label(self) -> str:
-        """``name@version``."""
-        return f"{self.name}@{self.version}"
-
-    def dtype(self, column: str) -> str | None:
-        """The dtype text of ``column``, or None when the schema lacks it."""
-        return dict(self.columns).get(column)
-
-
-OHLCV_SCHEMA = Schema("ohlcv", 1, (("ts", _TS_TEXT), *((c, "float64") for c in FRAME_COLUMNS[1:])))
-
-
-class SchemaRegistry:
-    """Named schemas with integer versions; an in-memory registry, one per pipeline unless shared."""
-
-    def __init__(self) -> None:
-        self._schemas: dict[str, dict[int, Schema]] = {OHLCV_SCHEMA.name: {1: OHLCV_SCHEMA}}
-
-    def register(self, name: str, columns: Mapping[str, str]) -> Schema:
-        """Register ``columns`` under ``name``; identical columns return the existing version."""
-        wanted = tuple((str(k), str(v)) for k, v in columns.items())
-        if not wanted or wanted[0][0] != "ts":
-            raise ValueError(f"schema {name!r} must start with the 'ts' column, got {[c for c, _ in wanted]}")
-        versions = self._schemas.setdefault(name, {})
-        for schema in versions.values():
-            if schema.columns == wanted:
-                return schema
-        schema = Schema(name, max(versions, default=0) + 1, wanted)
-        versions[schema.version] = schema
-        return schema
-
-    def get(self, name: str, version: int | None = None) -> Schema:
-        """A schema by name and version (the latest when ``version`` is None)."""
-        versions = self._schemas.get(name)
-        if not versions:
-            raise KeyError(f"schema {name!r} is not registered; known: {', '.join(sorted(self._schemas))}")
-        chosen = max(versions) if version is None else version
-        if chosen not in versions:
-            raise KeyError(f"schema {name!r} has no version {chosen}; versions: {sorted(versions)}")
-        return versions[chosen]
-
-    def versions(self, name: str) -> list[int]:
-        """The versions registered under ``name``."""
-        return sorted(self._schemas.get(name, {}))
+#: Node ids whose reader schema a stage remembers (then it starts over).
+_MAX_CACHED_NODES = 4096
 
 
 def _to_utc_ts(values: pd.Series) -> pd.Series:
@@ -108,50 +64,111 @@ def _cast(values: pd.Series, dtype: str) -> pd.Series:
     return values.astype(pd.api.types.pandas_dtype(dtype))
 
 
+def _empty(schema: Schema) -> pd.DataFrame:
+    return pd.DataFrame({c: _cast(pd.Series(np.empty(0, dtype=np.float64)), d) for c, d in schema.columns})
+
+
+def _matches(frame: pd.DataFrame, schema: Schema) -> bool:
+    if tuple(frame.columns) != schema.names:
+        return False
+    if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
+        return False
+    dtypes = frame.dtypes
+    return all(str(dtypes.iloc[i]) == d for i, (_, d) in enumerate(schema.columns))
+
+
+def _conform(frame: pd.DataFrame, reader: Schema, writer: Schema | None, report: ConformanceReport) -> pd.DataFrame:
+    if "ts" not in frame.columns and frame.index.name == "ts":
+        frame = frame.reset_index()
+    wanted = set(reader.names)
+    extra = [c for c in frame.columns if c not in wanted]
+    if extra:
+        report.add("extra_column", len(extra), detail=", ".join(map(str, extra)))
+    columns: dict[str, pd.Series] = {}
+    rows = len(frame)
+    for column, dtype in reader.columns:
+        if column not in frame.columns:
+            flag = "missing_optional_column" if column in reader.optional else "missing_column"
+            report.add(flag, 1, detail=column)
+            columns[column] = _cast(pd.Series(np.full(rows, np.nan)), dtype)
+            continue
+        values = frame[column].reset_index(drop=True)
+        found = str(values.dtype)
+        if found != dtype:
+            declared = writer is not None and writer.dtype(column) == found and widens(found, dtype)
+            if not declared:
+                report.add("dtype_cast", 1, detail=f"{column}: {found} -> {dtype}")
+            report.casts[column] = report.casts.get(column, 0) + rows
+            values = _cast(values, dtype)
+        columns[column] = values
+    return pd.DataFrame(columns)
+
+
 class SchemaRollupStage:
-    """Brings a frame to a registered schema, flagging and counting every change."""
+    """Brings a frame to its subject's schema, flagging and counting every change (module rules)."""
 
     name = "schema"
 
     def __init__(
-        self, registry: SchemaRegistry | None = None, *, schema: str = "ohlcv", version: int | None = None
+        self, registry: SchemaRegistry | None = None, *, schema: str | None = None, version: int | None = None
     ) -> None:
         self.registry = registry if registry is not None else SchemaRegistry()
-        self.schema = self.registry.get(schema, version)
+        self._pin = (schema or "ohlcv", version) if schema is not None or version is not None else None
+        #: The pinned schema, or ``ohlcv``'s latest (what a node id no other subject matches is checked against).
+        self.schema = self.registry.get(*(self._pin or ("ohlcv", None)))
+        self._readers: dict[str, Schema] = {}
+        self._generation = -1
 
-    def _matches(self, frame: pd.DataFrame) -> bool:
-        if tuple(frame.columns) != tuple(c for c, _ in self.schema.columns):
-            return False
-        if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
-            return False
-        dtypes = frame.dtypes
-        return all(str(dtypes.iloc[i]) == d for i, (_, d) in enumerate(self.schema.columns))
+    def reader(self, node_id: str) -> Schema:
+        """The schema frames of ``node_id`` are checked against (rule 1)."""
+        self.registry.refresh()
+        if self.registry.generation != self._generation:
+            self._readers.clear()
+            self._generation = self.registry.generation
+        found = self._readers.get(node_id)
+        if found is None:
+            found = self.registry.get(*self._pin) if self._pin else self.registry.resolve(node_id).latest
+            if len(self._readers) >= _MAX_CACHED_NODES:
+                self._readers.clear()
+            self._readers[node_id] = found
+        return found
 
     def run(self, frame: Any, context: ConformanceContext, report: ConformanceReport) -> pd.DataFrame:
-        """Return ``frame`` in the schema's columns and dtypes, recording what had to change."""
-        report.schema = self.schema.label
+        """Return ``frame`` in the reader schema's columns and dtypes, recording what had to change."""
         if not isinstance(frame, pd.DataFrame):
             raise TypeError(f"conformance needs a pandas DataFrame, got {type(frame).__name__}")
-        if self._matches(frame):
+        reader = self.reader(context.node_id)
+        report.schema = reader.label
+        declared = frame.attrs.get("schema") if frame.attrs else None
+        writer = None
+        if declared is not None and declared not in (reader.label, reader.name):
+            report.schema_declared = str(declared)
+            writer = self._writer(declared, reader, context.node_id, report)
+            if writer is None:
+                return _empty(reader)
+        if _matches(frame, reader):
             return frame
-        if "ts" not in frame.columns and frame.index.name == "ts":
-            frame = frame.reset_index()
-        wanted = [c for c, _ in self.schema.columns]
-        extra = [c for c in frame.columns if c not in wanted]
-        if extra:
-            report.add("extra_column", len(extra), detail=", ".join(map(str, extra)))
-        columns: dict[str, pd.Series] = {}
-        rows = len(frame)
-        for column, dtype in self.schema.columns:
-            if column not in frame.columns:
-                report.add("missing_column", 1, detail=column)
-                filler = pd.Series(np.full(rows, np.nan))
-                columns[column] = _cast(filler, dtype)
-                continue
-            values = frame[column].reset_index(drop=True)
-            if str(values.dtype) != dtype:
-                report.add("dtype_cast", 1, detail=f"{column}: {values.dtype} -> {dtype}")
-                report.casts[column] = report.casts.get(column, 0) + rows
-                values = _cast(values, dtype)
-            columns[column] = values
-        return pd.DataFrame(columns)
+        return _conform(frame, reader, writer, report)
+
+    def _writer(self, declared: Any, reader: Schema, node_id: str, report: ConformanceReport) -> Schema | None:
+        """The declared schema when the reader can read it; else None with ``schema_incompatible`` recorded."""
+        try:
+            name, version = parse_declaration(declared)
+        except ValueError as exc:
+            report.add("schema_incompatible", 1, detail=str(exc))
+            return None
+        if name != reader.name:
+            problem = f"frame declares {declared!r} but {node_id} resolves to subject {reader.name!r}"
+            report.add("schema_incompatible", 1, detail=problem)
+            return None
+        writer = reader if version is None else self.registry.subject(name).version(version)
+        if writer is None:
+            known = ", ".join(str(v) for v in self.registry.versions(name))
+            report.add("schema_incompatible", 1, detail=f"{declared} is not registered (versions of {name}: {known})")
+            return None
+        problems = read_problems(reader, writer)
+        if problems:
+            why = "; ".join(f"{c}: {p}" for c, p in problems)
+            report.add("schema_incompatible", 1, detail=f"{writer.label} cannot be read as {reader.label}: {why}")
+            return None
+        return writer

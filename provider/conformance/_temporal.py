@@ -10,7 +10,8 @@ Rules (applied in this order, each row counted under the first rule that drops i
    (rows kept: there is no right fix).
 7. Inside each materialized range (``context.covered``) every grid slot without a bar is part of a gap; one
    contiguous run of absent bars is one ``gap`` flag with its range. Outside covered ranges nothing is a gap.
-The frame is copied only when a row is dropped or reordered.
+Rules 5 and 6 look at those of ``open high low close volume`` the frame has (a subject of the schema registry may
+have others); rule 6 needs all five. The frame is copied only when a row is dropped or reordered.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class TemporalRollupStage:
             report.add("unsorted", descents, detail="rows sorted by ts")
             order = np.argsort(stamps_ns, kind="stable")
             stamps_ns = stamps_ns[order]
-        values = {c: frame[c].to_numpy() if order is None else frame[c].to_numpy()[order] for c in PRICE_COLUMNS}
+        present = [c for c in PRICE_COLUMNS if c in frame.columns]
+        values = {c: frame[c].to_numpy() if order is None else frame[c].to_numpy()[order] for c in present}
         keep = np.ones(rows, dtype=bool)
         self._drop(report, "duplicate_ts", keep, stamps_ns, _duplicates(stamps_ns))
         step_ns = context.interval_ms * _NS_PER_MS
@@ -84,8 +86,8 @@ class TemporalRollupStage:
         if context.now_ms is not None:
             not_closed = valid_ts & (stamps_ns + step_ns > context.now_ms * _NS_PER_MS)
             self._drop(report, "future_bar", keep, stamps_ns, not_closed)
-        self._drop(report, "non_finite", keep, stamps_ns, ~valid_ts | ~_finite_rows(values))
-        if self.check_ohlc:
+        self._drop(report, "non_finite", keep, stamps_ns, ~valid_ts | ~_finite_rows(values, rows))
+        if self.check_ohlc and len(values) == len(PRICE_COLUMNS):
             bad = _ohlc_violations(values) & keep
             report.add("ohlc_violation", int(bad.sum()), start_ms=_first(stamps_ns, bad))
         if order is not None or not keep.all():
@@ -124,12 +126,11 @@ def _duplicates(sorted_ns: np.ndarray) -> np.ndarray:
     return dup
 
 
-def _finite_rows(values: dict[str, np.ndarray]) -> np.ndarray:
-    arrays = list(values.values())
-    ok = np.isfinite(arrays[0])
-    for array in arrays[1:]:
+def _finite_rows(values: dict[str, np.ndarray], rows: int) -> np.ndarray:
+    ok = np.ones(rows, dtype=bool)
+    for array in values.values():
         ok &= np.isfinite(array)
-    return np.asarray(ok, dtype=bool)
+    return ok
 
 
 def _ohlc_violations(values: dict[str, np.ndarray]) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Rules:
 1. The seed's ``seamless_data_provider`` block is accepted exactly as written (DESIGN.md section 3).
-2. Further top-level sections configure the services: ``coordinator``, ``worker``, ``storage``, ``sla``.
+2. Further top-level sections configure the services: ``coordinator``, ``worker``, ``storage``, ``sla``,
+   ``conformance``.
 3. An unknown key is an error naming its full dotted path; a bad value is an error naming the key, the value and
    what is allowed (:class:`ConfigError`, a ``ValueError``). Validation never uses ``assert``.
 4. Precedence: CLI flags override the file, the file overrides these defaults (``dataclasses.replace`` at the
@@ -23,6 +24,7 @@ from provider.core.errors import ConfigError
 __all__ = [
     "AppConfig",
     "BackfillConfig",
+    "ConformanceConfig",
     "CoordinatorConfig",
     "SLAConfig",
     "SeamlessConfig",
@@ -267,6 +269,19 @@ class SLAConfig:
 
 
 @dataclass(frozen=True)
+class ConformanceConfig:
+    """Conformance settings (``conformance:``)."""
+
+    #: The schema registry's JSON file (docs/provider.md, "Schema registry"): subjects, versions and policies
+    #: shared by every process that names it. ``null`` keeps the registry in memory: ``ohlcv@1`` only.
+    schema_registry_path: str | None = _spec(
+        None,
+        doc="JSON file of the schema registry (read by the provider, written by `coordinator schema`); "
+        "null = in memory, ohlcv@1 only",
+    )
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """The whole configuration file."""
 
@@ -275,6 +290,7 @@ class AppConfig:
     worker: WorkerConfig = _spec(None, factory=WorkerConfig)
     storage: StorageConfig = _spec(None, factory=StorageConfig)
     sla: SLAConfig = _spec(None, factory=SLAConfig)
+    conformance: ConformanceConfig = _spec(None, factory=ConformanceConfig)
 
 
 T = TypeVar("T")

@@ -36,12 +36,13 @@ def _frame(minutes, close=None):
 
 
 def test_registry_versions_schemas_and_returns_existing_ones():
-    """Registering new columns adds a version; identical columns return the existing version."""
+    """Registering new columns adds a version; identical columns return the existing version; an optional (``?``)
+    column is what the default ``backward`` policy lets a new version add."""
     registry = SchemaRegistry()
     assert registry.get("ohlcv").label == "ohlcv@1"
     v1 = registry.register("trades", {"ts": "datetime64[ns, UTC]", "price": "float64"})
     again = registry.register("trades", {"ts": "datetime64[ns, UTC]", "price": "float64"})
-    v2 = registry.register("trades", {"ts": "datetime64[ns, UTC]", "price": "float64", "size": "float64"})
+    v2 = registry.register("trades", {"ts": "datetime64[ns, UTC]", "price": "float64", "size": "float64?"})
     assert (v1.version, again.version, v2.version) == (1, 1, 2)
     assert registry.versions("trades") == [1, 2]
     assert registry.get("trades", 1) is v1

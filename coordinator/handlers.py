@@ -22,14 +22,18 @@ from aiohttp import web
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
 from coordinator.routes import METRICS_DETAIL_ROLE
-from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError, tracing
-from provider.core._models import (
+from provider.core import (
+    JOB_STATES,
+    ClaimRequest,
     CompleteRequest,
     FailRequest,
+    JobRequest,
     KeyClaimRequest,
     KeyFinishRequest,
     ReasonRequest,
     RenewRequest,
+    WireFormatError,
+    tracing,
 )
 from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
 

@@ -21,6 +21,7 @@ from provider.core._config import (
 from provider.core._models import (
     JOB_STATES,
     WINDOW_STATES,
+    WIRE_MODELS,
     ClaimRequest,
     CompleteRequest,
     FailRequest,
@@ -52,6 +53,7 @@ __all__ = [
     "INTERVALS",
     "JOB_STATES",
     "WINDOW_STATES",
+    "WIRE_MODELS",
     "AppConfig",
     "BackfillConfig",
     "ClaimRequest",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from coordinator._commands import command
 from coordinator._records import KeyRec, Result, lease_id_of
 from coordinator._state import MAX_TTL_MS, TableState, invalid, is_int, is_text, lease_lost, not_found
 
@@ -35,6 +36,7 @@ def key_group(key: str) -> str:
 class KeyedCommands(TableState):
     """The keyed-lease commands of the table."""
 
+    @command
     def key_claim(
         self,
         *,
@@ -100,12 +102,14 @@ class KeyedCommands(TableState):
             }
         )
 
+    @command
     def key_complete(self, *, key: Any, token: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Finish the key's lease successfully."""
         return self._once(
             "key_complete", client_id, request_id, now_ms, lambda now: self._key_finish(key, token, "done")
         )
 
+    @command
     def key_fail(
         self, *, key: Any, token: Any, reason: Any = "", now_ms: Any, client_id: Any = "", request_id: Any = ""
     ) -> Result:

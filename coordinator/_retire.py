@@ -26,6 +26,7 @@ import heapq
 from collections import OrderedDict
 from typing import Any
 
+from coordinator._commands import command
 from coordinator._records import LEASED, JobRec, Result
 from coordinator._state import TableState, invalid, is_int
 
@@ -40,6 +41,7 @@ MAX_DROPPED_PER_COMMAND = 100_000
 class RetireCommands(TableState):
     """The retention command of the table and its read-only "is a sweep due" query."""
 
+    @command
     def retire(self, *, retention_ms: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Stamp newly finished jobs and retire those finished for ``retention_ms`` or longer."""
         return self._once("retire", client_id, request_id, now_ms, lambda now: self._retire(retention_ms, now))

@@ -22,6 +22,8 @@ Rules:
    are kept in ``_running`` as their window counts change (``_track``, at no cost to a claim, which moves a window
    from pending to leased and leaves its jobs running) and retired jobs are counted as they retire. Both are derived
    state: snapshots rebuild them, and figures never depend on their order (jobs are ranked by :func:`claim_rank`).
+8. A window's state changes only in :meth:`TableState._move`, along the lifecycle table of ``_lifecycle.py``; a
+   command asks :meth:`TableState._can` before it mutates anything (``_lifecycle.py`` rule 2).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from coordinator._lifecycle import next_state
 from coordinator._records import (
     DONE,
     FAILED,
@@ -48,7 +51,15 @@ from coordinator._records import (
 )
 from provider.core import window_id
 
-__all__ = ["DEDUP_MAX_ENTRIES", "DEDUP_TTL_MS", "FINGERPRINT_SEP", "TableState", "claim_rank", "fingerprint"]
+__all__ = [
+    "DEDUP_MAX_ENTRIES",
+    "DEDUP_TTL_MS",
+    "FINGERPRINT_SEP",
+    "TableState",
+    "claim_rank",
+    "fingerprint",
+    "window_value",
+]
 
 #: Remembered (client, request) results; enough for every retry of a commit timeout at thousands of commits/s.
 DEDUP_MAX_ENTRIES = 50_000
@@ -71,6 +82,16 @@ def fingerprint(op: str, kwargs: dict[str, Any]) -> str:
     """A short digest of a command and its arguments (rule 3)."""
     data = json.dumps([op, kwargs], sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
+
+
+def window_value(window: WindowRec) -> dict[str, Any]:
+    """A window as the lease commands answer it (``WindowAnswer`` in the OpenAPI document)."""
+    return {
+        "window_id": window_id(window.series, window.start),
+        "state": window.state,
+        "attempts": window.attempts,
+        "not_before_ms": window.not_before_ms,
+    }
 
 
 def claim_rank(job: JobRec) -> tuple[int, int]:
@@ -185,9 +206,16 @@ class TableState:
         heapq.heappush(self._expiry, (rec.expires_at_ms, token))
         return rec
 
-    def _set_state(self, window: WindowRec, state: str) -> None:
+    def _can(self, window: WindowRec, event: str) -> bool:
+        """Whether ``event`` is a legal move of ``window`` now (``_lifecycle.py``): asked before any mutation."""
+        return next_state(window.state, event) is not None
+
+    def _move(self, window: WindowRec, event: str) -> None:
+        """Move ``window`` along the lifecycle table (rule 8) and keep every count in step; an illegal move (which
+        the caller has ruled out with :meth:`_can`) changes nothing."""
+        state = next_state(window.state, event)
         old = window.state
-        if old == state:
+        if state is None or old == state:
             return
         window.state = state
         self._window_counts[old] -= 1
@@ -203,6 +231,17 @@ class TableState:
             counts[state] += 1
             if load_change:  # only then may a job start or stop running (rule 7)
                 self._track(job)
+
+    def _reset(self, window: WindowRec, event: str, now: int) -> None:
+        """A move that starts the window afresh (requeue, mark done, job retry, reopen): lease revoked, attempts,
+        backoff and error cleared."""
+        self._drop_window_lease(window)
+        window.attempts = 0
+        window.not_before_ms = 0
+        window.done_token = 0
+        window.last_error = ""
+        self._move(window, event)
+        self._enqueue(window, now)
 
     def _lease_value(self, window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
         """A granted window as the claim answers it (the wire shape of :class:`provider.core.Lease`)."""

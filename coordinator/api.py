@@ -1,8 +1,10 @@
 """HTTP API v1 (aiohttp): parse and validate, call the node, map errors to statuses in one table.
 
 Rules:
-1. Routes come from ``routes.ROUTES`` only. Bodies are JSON objects validated by the ``provider.core`` wire
-   models; a bad field is a 400 naming it. Bodies above ``max_body_bytes`` are refused with 413.
+1. Routes come from ``routes.ROUTES`` only; each is served by the handler method of its name, or, for a route that
+   names a table ``command``, by the generic command handler (``routes.py`` rule 5). Bodies are JSON objects
+   validated by the ``provider.core`` wire models; a bad field is a 400 naming it.
+   Bodies above ``max_body_bytes`` are refused with 413.
 2. Errors are ``{"error": {"code", "message", "field"?}}``; ``STATUS`` maps each code to its status. 503 and 429
    (``capacity``: a limit refused the command, nothing changed) answers carry Retry-After; 421 ``not_leader``
    answers carry the leader's URL in ``error.leader``.
@@ -320,7 +322,13 @@ def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Applicati
         middlewares.insert(0, _tracing_middleware(node.settings.node_id))
     app = web.Application(middlewares=middlewares, client_max_size=node.cfg.max_body_bytes)
     for route in ROUTES:
-        fn = page.serve if route.name == "status_page" else getattr(handlers, route.name)
+        fn: Callable[[Call], Awaitable[web.StreamResponse]]
+        if route.name == "status_page":
+            fn = page.serve
+        elif route.command is not None:  # routes.py rule 5: no handler method of its own
+            fn = handlers.command_route(route)
+        else:
+            fn = getattr(handlers, route.name)
         app.router.add_route(route.method, route.path, server.wrap(route, fn), name=route.name)
 
     async def close_forwarder(_: web.Application) -> None:

@@ -15,21 +15,27 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
-from coordinator.routes import METRICS_DETAIL_ROLE
-from provider.core import JOB_STATES, ClaimRequest, JobRequest, WireFormatError, tracing
-from provider.core._models import (
+from coordinator.routes import METRICS_DETAIL_ROLE, Route
+from provider.core import (
+    JOB_STATES,
+    WIRE_MODELS,
+    ClaimRequest,
     CompleteRequest,
     FailRequest,
+    JobRequest,
     KeyClaimRequest,
     KeyFinishRequest,
     ReasonRequest,
     RenewRequest,
+    WireFormatError,
+    tracing,
 )
 from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
 
@@ -43,6 +49,7 @@ WINDOW_STATES = ("pending", "leased", "done", "failed")
 
 log = get_logger("coordinator.api")
 M = TypeVar("M")
+_MODELS = {model.__name__: model for model in WIRE_MODELS}
 
 
 #: ``GET /v1/jobs`` pages: the default and the largest ``limit``.
@@ -86,6 +93,23 @@ class Handlers:
 
     async def _run(self, call: Call, op: str, args: dict[str, Any]) -> Any:
         return await self.node.execute(op, args, call.client_id, call.request_id)
+
+    def command_route(self, route: Route) -> Callable[[Call], Awaitable[web.Response]]:
+        """The handler of a route declared with a ``command`` (``routes.py`` rule 5): path parameters and the parsed
+        body are the command's arguments, its value the answer (``route.ok_status``)."""
+        op = route.command
+        model = _MODELS.get(route.request) if route.request else None
+        if op is None or (route.request and model is None):
+            raise ValueError(f"route {route.name}: a command route needs a command and a wire model as its request")
+
+        async def handle(call: Call) -> web.Response:
+            args: dict[str, Any] = dict(call.request.match_info)
+            if model is not None:
+                args.update(parse(model, call.body).to_dict())
+            value = await self._run(call, op, args)
+            return web.json_response(value, status=route.ok_status)
+
+        return handle
 
     async def _consistency(self, call: Call) -> dict[str, str]:
         """Make the coming table read linearizable unless ``?consistency=stale``; return the answer's headers."""

@@ -3,21 +3,29 @@
 Rules:
 1. The document is generated from the same route list the server registers, so it cannot list a route the
    server lacks (a test checks both directions, and that docs/http-api.md matches :func:`render_markdown`).
-2. Schemas mirror the ``provider.core`` wire models field by field.
+2. The schemas of the wire models (``provider.core.WIRE_MODELS``: request bodies, jobs, leases) are generated from
+   the models themselves by :func:`model_schema`: field names, types, required fields, defaults and the keywords a
+   field declares (``provider/core/_models.py`` rule 4). A field added to a model appears here without an edit.
+3. Answers that are not wire models (lists, error bodies, health) are declared in :data:`ANSWERS`, by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from typing import Any
 
 from coordinator.routes import ROUTES, Route
+from provider.core import WINDOW_STATES, WIRE_MODELS
 
-__all__ = ["SCHEMAS", "build_openapi", "render_markdown"]
+__all__ = ["ANSWERS", "SCHEMAS", "build_openapi", "model_schema", "render_markdown"]
 
 _INT: dict[str, Any] = {"type": "integer"}
 _STR: dict[str, Any] = {"type": "string"}
 _MS: dict[str, Any] = {"type": "integer", "minimum": 0, "description": "epoch milliseconds, UTC"}
 _TOKEN: dict[str, Any] = {"type": "integer", "minimum": 1, "description": "fencing token"}
+_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def _obj(required: tuple[str, ...] = (), **props: Any) -> dict[str, Any]:
@@ -31,11 +39,44 @@ def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_TIME = {"oneOf": [_MS, {"type": "string", "format": "date-time"}]}
-_COUNTS = _obj(("pending", "leased", "done", "failed"), pending=_INT, leased=_INT, done=_INT, failed=_INT)
+def _type_schema(hint: Any) -> dict[str, Any]:
+    """The JSON Schema of a field's Python type: scalars, ``X | None``, ``tuple[X, ...]`` and nested models."""
+    if hint in _JSON_TYPES:
+        return {"type": _JSON_TYPES[hint]}
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _ref(hint.__name__)
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _type_schema(next(a for a in args if a is not type(None)))
+        return {"type": [inner["type"], "null"]}
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return {"type": "array", "items": _type_schema(args[0])}
+    raise TypeError(f"no JSON Schema for the field type {hint!r}")  # a new model with a new kind of field
 
-#: Component schemas by name.
-SCHEMAS: dict[str, dict[str, Any]] = {
+
+def _json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def model_schema(model: type[Any]) -> dict[str, Any]:
+    """The JSON Schema of a wire model (rule 2): required fields are those without a ``_optional`` default."""
+    hints = typing.get_type_hints(model)
+    optional: dict[str, Any] = getattr(model, "_optional", {})
+    props: dict[str, Any] = {}
+    for field in dataclasses.fields(model):
+        declared = dict(field.metadata.get("schema", {}))
+        schema = {} if "oneOf" in declared else _type_schema(hints[field.name])
+        schema.update(declared)
+        if field.name in optional:
+            schema["default"] = _json(optional[field.name])
+        props[field.name] = schema
+    return _obj(tuple(f.name for f in dataclasses.fields(model) if f.name not in optional), **props)
+
+
+_STATE = {"enum": list(WINDOW_STATES)}
+
+#: Answers and bodies that are not wire models, by name (rule 3).
+ANSWERS: dict[str, dict[str, Any]] = {
     "Error": _obj(
         ("error",),
         error=_obj(
@@ -47,28 +88,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         ),
     ),
     "Empty": _obj(),
-    "JobRequest": _obj(
-        ("series", "start", "end"),
-        series={**_STR, "example": "ohlcv:binance:BTC/USDT:1m"},
-        start=_TIME,
-        end=_TIME,
-        priority={**_INT, "default": 0},
-    ),
-    "Job": _obj(
-        ("job_id", "series", "start", "end", "state", "windows", "completion_ratio"),
-        job_id=_STR,
-        series=_STR,
-        start=_MS,
-        end=_MS,
-        state={"enum": ["running", "done", "failed", "cancelled"]},
-        windows=_COUNTS,
-        completion_ratio={"type": "number", "minimum": 0, "maximum": 1},
-        priority=_INT,
-        retired={"type": "boolean"},
-        submitted_at_ms=_MS,
-        finished_at_ms=_MS,
-        retired_at_ms=_MS,
-    ),
     "JobAnswer": _obj(("job",), job=_ref("Job")),
     "JobList": _obj(
         ("jobs", "next_cursor"),
@@ -76,44 +95,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         next_cursor={"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
     ),
     "RetryAnswer": _obj(("job", "requeued"), job=_ref("Job"), requeued=_INT),
-    "ClaimRequest": _obj(
-        ("worker_id",),
-        worker_id=_STR,
-        max_windows={**_INT, "minimum": 1, "maximum": 1000, "default": 1},
-        wait_ms={**_INT, "minimum": 0, "maximum": 300000, "default": 0},
-    ),
-    "Lease": _obj(
-        ("lease_id", "window_id", "token", "series", "start", "end", "attempt", "expires_at_ms"),
-        lease_id=_STR,
-        window_id=_STR,
-        token=_TOKEN,
-        series=_STR,
-        start=_MS,
-        end=_MS,
-        attempt={**_INT, "minimum": 1},
-        expires_at_ms=_MS,
-        traces={"type": "array", "maxItems": 8, "items": _STR},
-    ),
     "LeaseList": _obj(("leases",), leases={"type": "array", "items": _ref("Lease")}),
-    "RenewRequest": _obj(("lease_id", "token"), lease_id=_STR, token=_TOKEN),
     "RenewAnswer": _obj(("lease_id", "expires_at_ms"), lease_id=_STR, expires_at_ms=_MS),
-    "CompleteRequest": _obj(
-        ("lease_id", "token"), lease_id=_STR, token=_TOKEN, rows={**_INT, "minimum": 0, "default": 0}
-    ),
-    "FailRequest": _obj(
-        ("lease_id", "token"),
-        lease_id=_STR,
-        token=_TOKEN,
-        reason={**_STR, "default": ""},
-        retryable={"type": "boolean", "default": True},
-    ),
     "Window": _obj(
         ("window_id", "series", "start", "end", "state", "attempts", "rows", "last_error"),
         window_id=_STR,
         series=_STR,
         start=_MS,
         end=_MS,
-        state={"enum": ["pending", "leased", "done", "failed"]},
+        state=_STATE,
         attempts=_INT,
         not_before_ms=_MS,
         lease_token=_INT,
@@ -127,36 +117,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         window_id=_STR,
         lease_id=_STR,
         worker_id=_STR,
-        state={"enum": ["pending", "leased", "done", "failed"]},
+        state=_STATE,
         attempts=_INT,
         not_before_ms=_MS,
         rows=_INT,
     ),
-    "LeaseInfo": _obj(
-        ("lease_id", "kind", "worker_id", "token", "granted_at_ms", "expires_at_ms", "stale"),
-        lease_id=_STR,
-        kind={"enum": ["window", "key"]},
-        worker_id=_STR,
-        token=_TOKEN,
-        granted_at_ms=_MS,
-        expires_at_ms=_MS,
-        stale={"type": "boolean"},
-        window_id={"type": ["string", "null"]},
-        key={"type": ["string", "null"]},
-    ),
     "LeaseInfoList": _obj(("leases",), leases={"type": "array", "items": _ref("LeaseInfo")}),
-    "ReasonRequest": _obj(reason={**_STR, "default": ""}),
-    "KeyClaimRequest": _obj(("key", "lease_ms"), key=_STR, lease_ms={**_INT, "minimum": 1, "maximum": 86400000}),
     "KeyClaimAnswer": _obj(
         ("lease", "completion_ratio"),
         lease=_obj(("token", "lease_until_ms"), token=_TOKEN, lease_until_ms=_MS, lease_id=_STR, key=_STR),
         completion_ratio={"type": "number"},
-    ),
-    "KeyFinishRequest": _obj(
-        ("key", "token"),
-        key=_STR,
-        token={"oneOf": [_TOKEN, {"type": "string", "pattern": "^[0-9]+$"}]},
-        reason={**_STR, "default": ""},
     ),
     "RatioAnswer": _obj(("completion_ratio",), completion_ratio={"type": "number"}),
     "Cluster": _obj(
@@ -214,6 +184,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "StatusPage": {"type": "string", "description": "the HTML status page; it holds no data"},
 }
 
+#: Component schemas by name: the wire models' (generated) and the declared answers.
+SCHEMAS: dict[str, dict[str, Any]] = {**{m.__name__: model_schema(m) for m in WIRE_MODELS}, **ANSWERS}
+
 _ERROR_TEXT = {
     400: "bad input; error.field names the field",
     401: "missing or unknown bearer token",
@@ -241,7 +214,7 @@ def _operation(route: Route) -> dict[str, Any]:
         op["parameters"] = params
     if route.request:
         op["requestBody"] = {
-            "required": route.request not in ("ReasonRequest",),
+            "required": bool(SCHEMAS[route.request].get("required")),  # a body with required fields
             "content": {"application/json": {"schema": _ref(route.request)}},
         }
     ok = {"description": "OK", "content": {route.media: {"schema": _ref(route.answer)}}}

@@ -2,7 +2,8 @@
 
 Rules:
 1. The only replicated method is ``apply_batch(commands)``: a one-line loop calling the table command ``op`` of
-   each ``(op, kwargs)``. pysyncobj numbers replicated methods by their sorted names and writes the numbers into
+   each ``(op, kwargs)``, looked up in ``table.COMMANDS`` (declared on the table's methods, ``_commands.py``).
+   pysyncobj numbers replicated methods by their sorted names and writes the numbers into
    the journal, so one method keeps old journals readable when commands are added. The journal holds plain data.
 2. Group commit: commands travel in log entries of up to ``MAX_BATCH``, with at most ``MAX_IN_FLIGHT`` entries
    of this node unanswered; commands arriving meanwhile join the next entry. pysyncobj's cost is per entry
@@ -74,7 +75,7 @@ from coordinator._disk import DiskGuard
 from coordinator._fsync import journal_factory
 from coordinator._raft_transport import GuardedTransport, TransportGuard
 from coordinator._retention import trim_after_retire
-from coordinator.table import Result, Table
+from coordinator.table import COMMANDS, Result, Table
 from provider.core.obs import get_logger
 
 __all__ = [
@@ -89,29 +90,6 @@ __all__ = [
 
 log = get_logger("coordinator.raft")
 T = TypeVar("T")
-
-#: Table commands that may be replicated (anything else is rejected as ``invalid`` when applied).
-COMMANDS = frozenset(
-    {
-        "announce",
-        "barrier",
-        "submit_job",
-        "cancel_job",
-        "retry_job",
-        "claim",
-        "renew",
-        "complete",
-        "fail",
-        "expire",
-        "retire",
-        "release",
-        "requeue",
-        "mark_done",
-        "key_claim",
-        "key_complete",
-        "key_fail",
-    }
-)
 
 #: Most commands in one log entry.
 MAX_BATCH = 256
@@ -170,11 +148,12 @@ class TableConsumer(SyncObjConsumer):
 
     def _apply(self, op: Any, kwargs: Any) -> Result:
         try:
-            if op not in COMMANDS or not isinstance(kwargs, dict):
+            run = COMMANDS.get(op) if isinstance(op, str) else None
+            if run is None or not isinstance(kwargs, dict):
                 result = Result.error("invalid", f"unknown command {op!r}", "op")
             else:
                 with self._lock:
-                    result = getattr(self._table, op)(**kwargs)
+                    result = run(self._table, **kwargs)
         except Exception as exc:  # the table never raises; this is the last line of defence of the apply loop
             log.error("apply_failed", op=op, error=repr(exc))
             result = Result.error("internal", f"{op} failed: {type(exc).__name__}")

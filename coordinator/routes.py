@@ -9,6 +9,10 @@ Rules:
 3. ``GET /`` is the HTML status page (``status_page.py``); it holds no data, so it is public.
 4. A public route with a ``detail_role`` takes an optional token and shows more to that role (``auth.py`` rule 4):
    ``GET /metrics`` shows job ids and series only to a ``reader`` token when auth is on (``metrics.py`` rule 4).
+5. A route that only runs one table command names it in ``command`` and needs no handler of its own: its path
+   parameters and its body (parsed with the ``request`` wire model) are the command's arguments, and the command's
+   value is the answer (:meth:`coordinator.handlers.Handlers.command_route`). Its schemas come from the models
+   (``openapi.py`` rule 2), so such an endpoint is one ``Route`` here plus its command (docs/development.md).
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class Route:
     media: str = "application/json"
     read: bool = False
     detail_role: str | None = None
+    #: The table command this route runs when it has no handler method of its own (rule 5).
+    command: str | None = None
 
 
 ROUTES: tuple[Route, ...] = (

@@ -31,6 +31,9 @@ Rules (DESIGN.md section 4):
     ``outstanding_windows``, is refused with ``capacity`` (HTTP 429) and nothing changes. Resubmitting an
     identical live job is never refused (it creates nothing).
 12. Metrics figures cost O(running jobs), not O(jobs ever submitted) (``_state.py`` rule 7).
+13. A replicated command is a method marked ``@command`` (``_commands.py``); :data:`COMMANDS` is built from them.
+14. Window states move only along the lifecycle table of ``_lifecycle.py``, asked before anything is mutated; the
+    operator actions (release, requeue, mark_done) live in ``_operator.py``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,23 @@ from __future__ import annotations
 import heapq
 import struct
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
-from coordinator._keyed import KeyedCommands
+from coordinator._commands import CommandFn, command, commands_of
+from coordinator._lifecycle import (
+    CLAIM,
+    COMPLETE,
+    EXPIRE_FINAL,
+    EXPIRE_RETRY,
+    FAIL_FINAL,
+    FAIL_RETRY,
+    REOPEN,
+    RETRY,
+)
+from coordinator._operator import OperatorCommands
 from coordinator._records import (
     DONE,
-    FAILED,
     LEASED,
     PENDING,
     JobRec,
@@ -65,10 +79,11 @@ from coordinator._state import (
     is_text,
     lease_lost,
     not_found,
+    window_value,
 )
-from provider.core import SeriesKey, parse_window_id, retry_delay_bounds_ms, snap_range, window_id, window_ranges
+from provider.core import SeriesKey, retry_delay_bounds_ms, snap_range, window_id, window_ranges
 
-__all__ = ["Result", "Table"]
+__all__ = ["COMMANDS", "Result", "Table"]
 
 _MAX_REASON_CHARS = 500
 _MAX_WINDOWS_PER_CLAIM = 1000
@@ -88,15 +103,6 @@ def _reopens(window: WindowRec, job_end: int, now: int, step: int) -> bool:
     return stored_until < needed_until
 
 
-def _window_value(window: WindowRec) -> dict[str, Any]:
-    return {
-        "window_id": window_id(window.series, window.start),
-        "state": window.state,
-        "attempts": window.attempts,
-        "not_before_ms": window.not_before_ms,
-    }
-
-
 def _first_non_int(**values: Any) -> Result | None:
     for name, value in values.items():
         if not is_int(value):
@@ -104,11 +110,12 @@ def _first_non_int(**values: Any) -> Result | None:
     return None
 
 
-class Table(KeyedCommands, RetireCommands):
+class Table(OperatorCommands, RetireCommands):
     """The lease table. Commands take keyword arguments, ``now_ms`` and an optional (client_id, request_id)."""
 
     # -- jobs ---------------------------------------------------------------------------------------------------
 
+    @command
     def submit_job(
         self,
         *,
@@ -192,7 +199,7 @@ class Table(KeyedCommands, RetireCommands):
         self._job_index[(name, lo, hi, priority)] = job.job_id
         self._attach_windows(job, name, step, bars, now)
         job.trace = trace
-        if owner:  # charged once its counts are complete (the attach may reopen windows through _set_state)
+        if owner:  # charged once its counts are complete (the attach may reopen windows through _move)
             job.owner = owner
             self._charge(owner, 0, job.counts[PENDING] + job.counts[LEASED])
         self._track(job)
@@ -240,8 +247,8 @@ class Table(KeyedCommands, RetireCommands):
                 continue
             window.jobs = joined.get(window.jobs) or joined.setdefault(window.jobs, (*window.jobs, job.job_id))
             job.counts[window.state] += 1
-            if window.state == DONE and _reopens(window, job.end, now, step):
-                self._reset(window, PENDING, now)  # completed before it closed: fetch the bars closed since
+            if self._can(window, REOPEN) and _reopens(window, job.end, now, step):
+                self._reset(window, REOPEN, now)  # completed before it closed: fetch the bars closed since
             self._rerank(window, now)
         self._window_counts[PENDING] += len(fresh)
         job.counts[PENDING] += len(fresh)
@@ -258,6 +265,7 @@ class Table(KeyedCommands, RetireCommands):
             self._ready.extend(fresh)
             heapq.heapify(self._ready)
 
+    @command
     def cancel_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Cancel a job: its windows are no longer offered for it; live leases run out normally."""
         return self._once("cancel_job", client_id, request_id, now_ms, lambda now: self._cancel(job_id, now))
@@ -285,6 +293,7 @@ class Table(KeyedCommands, RetireCommands):
             self._rerank(window, now)
         return Result.success({"job": job.public()})
 
+    @command
     def retry_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Reset the failed windows of a job to pending, attempts cleared."""
         return self._once("retry_job", client_id, request_id, now_ms, lambda now: self._retry(job_id, now))
@@ -299,22 +308,14 @@ class Table(KeyedCommands, RetireCommands):
             return Result.error("conflict", f"job {job_id} is retired: submit its range again", "job_id")
         requeued = 0
         for window in self._job_windows(job):
-            if window.state == FAILED:
-                self._reset(window, PENDING, now)
+            if self._can(window, RETRY):
+                self._reset(window, RETRY, now)
                 requeued += 1
         return Result.success({"job": job.public(), "requeued": requeued})
 
-    def _reset(self, window: WindowRec, state: str, now: int) -> None:
-        self._drop_window_lease(window)
-        window.attempts = 0
-        window.not_before_ms = 0
-        window.done_token = 0
-        window.last_error = ""
-        self._set_state(window, state)
-        self._enqueue(window, now)
-
     # -- window leases ------------------------------------------------------------------------------------------
 
+    @command
     def claim(
         self,
         *,
@@ -343,7 +344,7 @@ class Table(KeyedCommands, RetireCommands):
         while len(granted) < max_windows and self._ready:
             entry = heapq.heappop(self._ready)
             window = self._windows.get((entry[3], entry[2]))
-            if window is None or window.state != PENDING or window.rank != (entry[0], entry[1]):
+            if window is None or not self._can(window, CLAIM) or window.rank != (entry[0], entry[1]):
                 continue
             if window.not_before_ms > now:
                 heapq.heappush(self._delayed, (window.not_before_ms, *entry))
@@ -351,7 +352,7 @@ class Table(KeyedCommands, RetireCommands):
             lease = self._add_lease("window", window.key, worker_id, now, ttl_ms)
             window.lease = lease.token
             window.attempts += 1
-            self._set_state(window, LEASED)
+            self._move(window, CLAIM)
             granted.append(self._lease_value(window, lease))
         return Result.success({"leases": granted})
 
@@ -367,6 +368,7 @@ class Table(KeyedCommands, RetireCommands):
             return None, lease_lost(lease_id, token)
         return rec, None
 
+    @command
     def renew(
         self, *, lease_id: Any, token: Any, ttl_ms: Any, now_ms: Any, client_id: Any = "", request_id: Any = ""
     ) -> Result:
@@ -383,6 +385,7 @@ class Table(KeyedCommands, RetireCommands):
         heapq.heappush(self._expiry, (rec.expires_at_ms, rec.token))
         return Result.success({"lease_id": lease_id, "expires_at_ms": rec.expires_at_ms})
 
+    @command
     def complete(
         self, *, lease_id: Any, token: Any, rows: Any = 0, now_ms: Any, client_id: Any = "", request_id: Any = ""
     ) -> Result:
@@ -406,21 +409,24 @@ class Table(KeyedCommands, RetireCommands):
                 and window.state == DONE
                 and window.done_token == token
             ):
-                return Result.success({**_window_value(window), "rows": window.rows})
+                return Result.success({**window_value(window), "rows": window.rows})
             return error or lease_lost(lease_id, token)
         window = self._windows[rec.target]
+        if not self._can(window, COMPLETE):
+            return lease_lost(lease_id, token)
         del self._leases[rec.token]
         window.lease = 0
         window.done_token = rec.token
         window.done_at_ms = now
         window.rows = rows
         window.last_error = ""
-        self._set_state(window, DONE)
+        self._move(window, COMPLETE)
         self._done_tokens[rec.token] = window.key
         while len(self._done_tokens) > DONE_TOKENS_MAX:
             self._done_tokens.popitem(last=False)
-        return Result.success({**_window_value(window), "rows": rows})
+        return Result.success({**window_value(window), "rows": rows})
 
+    @command
     def fail(
         self,
         *,
@@ -456,18 +462,20 @@ class Table(KeyedCommands, RetireCommands):
         if rec is None:
             return error or lease_lost(lease_id, token)
         window = self._windows[rec.target]
+        event = FAIL_RETRY if retryable and window.attempts < max_attempts else FAIL_FINAL
+        if not self._can(window, event):
+            return lease_lost(lease_id, token)
         del self._leases[rec.token]
         window.lease = 0
         window.last_error = reason[:_MAX_REASON_CHARS]
-        if retryable and window.attempts < max_attempts:
+        if event == FAIL_RETRY:
             delay_ms, _ = retry_delay_bounds_ms(max(window.attempts, 1), backoff_ms, 0.0)
             window.not_before_ms = now + int(delay_ms)
-            self._set_state(window, PENDING)
-            self._enqueue(window, now)
-        else:
-            self._set_state(window, FAILED)
-        return Result.success(_window_value(window))
+        self._move(window, event)
+        self._enqueue(window, now)
+        return Result.success(window_value(window))
 
+    @command
     def expire(self, *, now_ms: Any, max_attempts: Any, client_id: Any = "", request_id: Any = "") -> Result:
         """Reap every lease whose expiry is <= now: windows go back to pending or, out of attempts, to failed."""
         return self._once("expire", client_id, request_id, now_ms, lambda now: self._expire(max_attempts, now))
@@ -481,14 +489,17 @@ class Table(KeyedCommands, RetireCommands):
             rec = self._leases.get(token)
             if rec is None or rec.expires_at_ms != expires_at_ms:
                 continue
+            window = self._windows.get(rec.target) if rec.kind == "window" else None
+            event = EXPIRE_RETRY if window is not None and window.attempts < max_attempts else EXPIRE_FINAL
+            if rec.kind == "window" and (window is None or not self._can(window, event)):
+                continue  # not a move of the lifecycle: the lease is left as it is (_lifecycle.py rule 2)
             del self._leases[token]
             item = {"lease_id": lease_id_of(token), "token": token, "worker_id": rec.worker_id, "kind": rec.kind}
-            if rec.kind == "window":
-                window = self._windows[rec.target]
+            if window is not None:
                 window.lease = 0
                 window.not_before_ms = 0
                 window.last_error = f"lease {lease_id_of(token)} of {rec.worker_id} expired"
-                self._set_state(window, PENDING if window.attempts < max_attempts else FAILED)
+                self._move(window, event)
                 self._enqueue(window, now)
                 item.update(window_id=window_id(window.series, window.start), state=window.state)
             else:
@@ -498,64 +509,9 @@ class Table(KeyedCommands, RetireCommands):
         self._stale_claims += len(expired)
         return Result.success({"expired": expired})
 
-    # -- operator actions -------------------------------------------------------------------------------------
-
-    def release(self, *, lease_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
-        """Operator: end a live lease; its window goes back to pending and the attempt is not counted."""
-        return self._once("release", client_id, request_id, now_ms, lambda now: self._release(lease_id, now))
-
-    def _release(self, lease_id: Any, now: int) -> Result:
-        number = token_of_lease_id(lease_id)
-        if number == 0 or number > self._token:
-            return not_found("lease_id", lease_id)
-        rec = self._leases.get(number)
-        if rec is None:
-            return Result.error("lease_lost", f"lease {lease_id} is no longer live; nothing changed", "lease_id")
-        del self._leases[number]
-        if rec.kind == "key":
-            self._expire_key(rec.target, number)
-            return Result.success({"lease_id": lease_id, "key": rec.target, "state": "expired"})
-        window = self._windows[rec.target]
-        window.lease = 0
-        window.attempts = max(window.attempts - 1, 0)
-        window.not_before_ms = 0
-        self._set_state(window, PENDING)
-        self._enqueue(window, now)
-        return Result.success({"lease_id": lease_id, **_window_value(window)})
-
-    def requeue(self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
-        """Operator: put any window back to pending with its attempts cleared, revoking a live lease."""
-        return self._once(
-            "requeue", client_id, request_id, now_ms, lambda now: self._operate(window_id, reason, PENDING, now)
-        )
-
-    def mark_done(
-        self, *, window_id: Any, reason: Any, now_ms: Any, client_id: Any = "", request_id: Any = ""
-    ) -> Result:
-        """Operator: mark any window done, revoking a live lease (its holder's complete then gets lease_lost)."""
-        return self._once(
-            "mark_done", client_id, request_id, now_ms, lambda now: self._operate(window_id, reason, DONE, now)
-        )
-
-    def _operate(self, wid: Any, reason: Any, state: str, now: int) -> Result:
-        if not isinstance(reason, str):
-            return invalid("reason", "must be a string")
-        try:
-            series, start = parse_window_id(wid)
-        except ValueError:
-            return not_found("window_id", wid)
-        window = self._windows.get((str(series), start))
-        if window is None:
-            return not_found("window_id", wid)
-        held = self._leases.get(window.lease) if window.lease else None
-        self._reset(window, state, now)
-        window.done_at_ms = window.end  # an operator's "done" is final: never re-opened for bars closed later
-        window.last_error = f"{'requeued' if state == PENDING else 'marked done'} by operator: {reason[:200]}"
-        revoked = {"lease_id": lease_id_of(held.token), "worker_id": held.worker_id} if held is not None else {}
-        return Result.success({**_window_value(window), **revoked})
-
     # -- cluster membership --------------------------------------------------------------------------------------
 
+    @command
     def announce(self, *, node_id: Any, raft: Any, http: Any) -> Result:
         """Record a node's HTTP address under its Raft address, so followers can forward to the leader."""
         if not (is_text(node_id, 200) and is_text(raft, 300) and is_text(http, 300)):
@@ -563,6 +519,7 @@ class Table(KeyedCommands, RetireCommands):
         self._nodes[raft] = {"node_id": node_id, "http": http}
         return Result.success({"raft": raft})
 
+    @command
     def barrier(self, **_: Any) -> Result:
         """The read barrier: a no-op whose commit proves that this leader's applied state holds every write
         acknowledged before it (linearizable reads, docs/coordinator.md). It changes nothing, not even the clock."""
@@ -586,3 +543,7 @@ class Table(KeyedCommands, RetireCommands):
             return False
         self.__dict__.update(loaded.__dict__)
         return True
+
+
+#: The replicated commands by name (``_commands.py``): the one list Raft applies from.
+COMMANDS: Mapping[str, CommandFn] = commands_of(Table)

@@ -5,12 +5,17 @@ Rules:
    field and raises :class:`WireFormatError` naming it; ``from_dict(to_dict(x)) == x``.
 2. Times are int epoch ms; series are key strings (validated with :class:`SeriesKey`); ids are opaque strings.
 3. Request models normalize what they accept (ISO strings and datetimes become ms) so handlers see one shape.
+4. A model is the one source of its wire schema: the coordinator's OpenAPI document is generated from the fields
+   (names, types, required = not in ``_optional``, defaults) and the JSON Schema keywords a field declares with
+   :func:`wire` (bounds, enums, descriptions). An int field's ``minimum``/``maximum`` are also the bounds
+   ``from_dict`` enforces (:meth:`_Model._bounded`), so the document and the parser cannot disagree.
+5. :data:`WIRE_MODELS` lists every model; a new model is added there and appears in the document.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from provider.core._series import SeriesKey
@@ -20,6 +25,7 @@ from provider.core.errors import WireFormatError
 __all__ = [
     "JOB_STATES",
     "WINDOW_STATES",
+    "WIRE_MODELS",
     "ClaimRequest",
     "CompleteRequest",
     "FailRequest",
@@ -32,6 +38,7 @@ __all__ = [
     "ReasonRequest",
     "RenewRequest",
     "WindowCounts",
+    "wire",
 ]
 
 WINDOW_STATES = ("pending", "leased", "done", "failed")
@@ -44,6 +51,35 @@ INT64_MAX = (1 << 63) - 1
 INT64_MIN = -(1 << 63)
 
 M = TypeVar("M", bound="_Model")
+
+#: JSON Schema keywords of an epoch-milliseconds field.
+_EPOCH_MS: dict[str, Any] = {"minimum": 0, "description": "epoch milliseconds, UTC"}
+#: JSON Schema keywords of a fencing token.
+_TOKEN: dict[str, Any] = {"minimum": 1, "description": "fencing token"}
+#: A request time: epoch milliseconds or an ISO-8601 text (rule 3).
+_TIME: dict[str, Any] = {
+    "oneOf": [{"type": "integer", **_EPOCH_MS}, {"type": "string", "format": "date-time"}],
+}
+
+
+def wire(**schema: Any) -> dict[str, Any]:
+    """Field metadata declaring JSON Schema keywords for the wire schema (rule 4): ``minimum``, ``maximum``,
+    ``enum``, ``description``, ``example``, ``maxItems``; a ``oneOf`` replaces the type derived from the field.
+    Use it as ``token: int = field(metadata=wire(minimum=1))``."""
+    return {"schema": schema}
+
+
+#: Memo of :func:`_field_bounds` (fields never change after a class is built).
+_BOUNDS: dict[tuple[type, str], tuple[int, int]] = {}
+
+
+def _field_bounds(model: type, name: str) -> tuple[int, int]:
+    """The ``minimum``/``maximum`` an int field declares (rule 4), or the 64-bit range."""
+    bounds = _BOUNDS.get((model, name))
+    if bounds is None:
+        schema = next(f.metadata.get("schema", {}) for f in dataclasses.fields(model) if f.name == name)
+        bounds = _BOUNDS[(model, name)] = (int(schema.get("minimum", INT64_MIN)), int(schema.get("maximum", INT64_MAX)))
+    return bounds
 
 
 def _require(data: dict[str, Any], name: str) -> Any:
@@ -120,15 +156,21 @@ class _Model:
     def _parse(cls: type[M], data: dict[str, Any]) -> M:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def _bounded(cls, name: str, value: Any) -> int:
+        """``value`` as the int field ``name``, within the bounds the field declares (rule 4)."""
+        lo, hi = _field_bounds(cls, name)
+        return _int(name, value, lo=lo, hi=hi)
+
 
 @dataclass(frozen=True)
 class JobRequest(_Model):
     """``POST /v1/jobs`` body: a range of one series to backfill."""
 
-    series: str
-    start: int
-    end: int
-    priority: int = 0
+    series: str = field(metadata=wire(example="ohlcv:binance:BTC/USDT:1m"))
+    start: int = field(metadata=wire(**_TIME))
+    end: int = field(metadata=wire(**_TIME))
+    priority: int = field(default=0, metadata=wire(minimum=-1_000_000, maximum=1_000_000))
 
     _optional: ClassVar[dict[str, Any]] = {"priority": 0}
 
@@ -139,7 +181,7 @@ class JobRequest(_Model):
         end = _time("end", _require(data, "end"))
         if start >= end:
             raise WireFormatError("end", data["end"], f"a time after start ({start}); the range [start, end) is empty")
-        priority = _int("priority", data["priority"], lo=-1_000_000, hi=1_000_000)
+        priority = cls._bounded("priority", data["priority"])
         return cls(series, start, end, priority)
 
 
@@ -148,8 +190,8 @@ class ClaimRequest(_Model):
     """``POST /v1/windows/claim`` body."""
 
     worker_id: str
-    max_windows: int = 1
-    wait_ms: int = 0
+    max_windows: int = field(default=1, metadata=wire(minimum=1, maximum=1000))
+    wait_ms: int = field(default=0, metadata=wire(minimum=0, maximum=300_000))
 
     _optional: ClassVar[dict[str, Any]] = {"max_windows": 1, "wait_ms": 0}
 
@@ -157,8 +199,8 @@ class ClaimRequest(_Model):
     def _parse(cls, data: dict[str, Any]) -> ClaimRequest:
         return cls(
             _text("worker_id", _require(data, "worker_id")),
-            _int("max_windows", data["max_windows"], lo=1, hi=1000),
-            _int("wait_ms", data["wait_ms"], lo=0, hi=300_000),
+            cls._bounded("max_windows", data["max_windows"]),
+            cls._bounded("wait_ms", data["wait_ms"]),
         )
 
 
@@ -166,10 +208,10 @@ class ClaimRequest(_Model):
 class WindowCounts(_Model):
     """Windows of a job by state."""
 
-    pending: int = 0
-    leased: int = 0
-    done: int = 0
-    failed: int = 0
+    pending: int = field(default=0, metadata=wire(minimum=0))
+    leased: int = field(default=0, metadata=wire(minimum=0))
+    done: int = field(default=0, metadata=wire(minimum=0))
+    failed: int = field(default=0, metadata=wire(minimum=0))
 
     @property
     def total(self) -> int:
@@ -177,7 +219,7 @@ class WindowCounts(_Model):
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> WindowCounts:
-        return cls(*(_int(name, _require(data, name), lo=0) for name in WINDOW_STATES))
+        return cls(*(cls._bounded(name, _require(data, name)) for name in WINDOW_STATES))
 
 
 @dataclass(frozen=True)
@@ -186,18 +228,18 @@ class Job(_Model):
 
     job_id: str
     series: str
-    start: int
-    end: int
-    state: str
+    start: int = field(metadata=wire(**_EPOCH_MS))
+    end: int = field(metadata=wire(**_EPOCH_MS))
+    state: str = field(metadata=wire(enum=list(JOB_STATES)))
     windows: WindowCounts
-    completion_ratio: float
+    completion_ratio: float = field(metadata=wire(minimum=0, maximum=1))
     priority: int = 0
     #: True once the job's windows left the coordinator's table (``coordinator.job_retention_s``); its counts are
     #: then frozen. The three times below are sent only for retired jobs (0 otherwise).
     retired: bool = False
-    submitted_at_ms: int = 0
-    finished_at_ms: int = 0
-    retired_at_ms: int = 0
+    submitted_at_ms: int = field(default=0, metadata=wire(**_EPOCH_MS))
+    finished_at_ms: int = field(default=0, metadata=wire(**_EPOCH_MS))
+    retired_at_ms: int = field(default=0, metadata=wire(**_EPOCH_MS))
 
     _optional: ClassVar[dict[str, Any]] = {
         "priority": 0,
@@ -215,16 +257,16 @@ class Job(_Model):
         return cls(
             _text("job_id", _require(data, "job_id")),
             _series("series", _require(data, "series")),
-            _int("start", _require(data, "start"), lo=0),
-            _int("end", _require(data, "end"), lo=0),
+            cls._bounded("start", _require(data, "start")),
+            cls._bounded("end", _require(data, "end")),
             _choice("state", _require(data, "state"), JOB_STATES),
             WindowCounts.from_dict(_require(data, "windows")),
             float(ratio),
-            _int("priority", data["priority"]),
+            cls._bounded("priority", data["priority"]),
             _bool("retired", data["retired"]),
-            _int("submitted_at_ms", data["submitted_at_ms"], lo=0),
-            _int("finished_at_ms", data["finished_at_ms"], lo=0),
-            _int("retired_at_ms", data["retired_at_ms"], lo=0),
+            cls._bounded("submitted_at_ms", data["submitted_at_ms"]),
+            cls._bounded("finished_at_ms", data["finished_at_ms"]),
+            cls._bounded("retired_at_ms", data["retired_at_ms"]),
         )
 
 
@@ -234,15 +276,15 @@ class Lease(_Model):
 
     lease_id: str
     window_id: str
-    token: int
+    token: int = field(metadata=wire(**_TOKEN))
     series: str
-    start: int
-    end: int
-    attempt: int
-    expires_at_ms: int
+    start: int = field(metadata=wire(**_EPOCH_MS))
+    end: int = field(metadata=wire(**_EPOCH_MS))
+    attempt: int = field(metadata=wire(minimum=1))
+    expires_at_ms: int = field(metadata=wire(**_EPOCH_MS))
     #: W3C ``traceparent`` texts of the traced jobs the window serves, the best-ranked first: the worker's window
     #: span is the child of the first and links to the rest. Sent only when a job was traced.
-    traces: tuple[str, ...] = ()
+    traces: tuple[str, ...] = field(default=(), metadata=wire(maxItems=_MAX_TRACES))
 
     _optional: ClassVar[dict[str, Any]] = {"traces": ()}
 
@@ -262,12 +304,12 @@ class Lease(_Model):
         return cls(
             _text("lease_id", _require(data, "lease_id")),
             _text("window_id", _require(data, "window_id"), max_chars=1000),
-            _int("token", _require(data, "token"), lo=1),
+            cls._bounded("token", _require(data, "token")),
             _series("series", _require(data, "series")),
-            _int("start", _require(data, "start"), lo=0),
-            _int("end", _require(data, "end"), lo=0),
-            _int("attempt", _require(data, "attempt"), lo=1),
-            _int("expires_at_ms", _require(data, "expires_at_ms"), lo=0),
+            cls._bounded("start", _require(data, "start")),
+            cls._bounded("end", _require(data, "end")),
+            cls._bounded("attempt", _require(data, "attempt")),
+            cls._bounded("expires_at_ms", _require(data, "expires_at_ms")),
             tuple(_text("traces", t, max_chars=_MAX_TRACEPARENT_CHARS) for t in traces),
         )
 
@@ -277,11 +319,11 @@ class LeaseInfo(_Model):
     """A live lease as ``GET /v1/leases`` lists it; ``kind`` is ``window`` or ``key`` (QMTL keyed leases)."""
 
     lease_id: str
-    kind: str
+    kind: str = field(metadata=wire(enum=["window", "key"]))
     worker_id: str
-    token: int
-    granted_at_ms: int
-    expires_at_ms: int
+    token: int = field(metadata=wire(**_TOKEN))
+    granted_at_ms: int = field(metadata=wire(**_EPOCH_MS))
+    expires_at_ms: int = field(metadata=wire(**_EPOCH_MS))
     stale: bool
     window_id: str | None = None
     key: str | None = None
@@ -301,9 +343,9 @@ class LeaseInfo(_Model):
             _text("lease_id", _require(data, "lease_id")),
             kind,
             _text("worker_id", _require(data, "worker_id")),
-            _int("token", _require(data, "token"), lo=1),
-            _int("granted_at_ms", _require(data, "granted_at_ms"), lo=0),
-            _int("expires_at_ms", _require(data, "expires_at_ms"), lo=0),
+            cls._bounded("token", _require(data, "token")),
+            cls._bounded("granted_at_ms", _require(data, "granted_at_ms")),
+            cls._bounded("expires_at_ms", _require(data, "expires_at_ms")),
             _bool("stale", _require(data, "stale")),
             window,
             key,
@@ -325,7 +367,7 @@ class RenewRequest(_Model):
     """``POST /v1/windows/renew`` body."""
 
     lease_id: str
-    token: int
+    token: int = field(metadata=wire(**_TOKEN))
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> RenewRequest:
@@ -337,8 +379,8 @@ class CompleteRequest(_Model):
     """``POST /v1/windows/complete`` body; ``rows`` is what the worker wrote (informational)."""
 
     lease_id: str
-    token: int
-    rows: int = 0
+    token: int = field(metadata=wire(**_TOKEN))
+    rows: int = field(default=0, metadata=wire(minimum=0))
 
     _optional: ClassVar[dict[str, Any]] = {"rows": 0}
 
@@ -347,7 +389,7 @@ class CompleteRequest(_Model):
         return cls(
             _text("lease_id", _require(data, "lease_id")),
             _token("token", _require(data, "token")),
-            _int("rows", data["rows"], lo=0),
+            cls._bounded("rows", data["rows"]),
         )
 
 
@@ -356,7 +398,7 @@ class FailRequest(_Model):
     """``POST /v1/windows/fail`` body; a retryable failure re-queues the window while attempts remain."""
 
     lease_id: str
-    token: int
+    token: int = field(metadata=wire(**_TOKEN))
     reason: str = ""
     retryable: bool = True
 
@@ -396,13 +438,13 @@ class KeyClaimRequest(_Model):
     """QMTL ``POST /v1/leases/claim`` body: an opaque key (may contain ``:``) and the lease length."""
 
     key: str
-    lease_ms: int
+    lease_ms: int = field(metadata=wire(minimum=1, maximum=86_400_000))
 
     @classmethod
     def _parse(cls, data: dict[str, Any]) -> KeyClaimRequest:
         return cls(
             _text("key", _require(data, "key"), max_chars=1000),
-            _int("lease_ms", _require(data, "lease_ms"), lo=1, hi=86_400_000),
+            cls._bounded("lease_ms", _require(data, "lease_ms")),
         )
 
 
@@ -411,7 +453,7 @@ class KeyFinishRequest(_Model):
     """QMTL ``POST /v1/leases/complete`` and ``/fail`` bodies (``reason`` only for fail)."""
 
     key: str
-    token: int
+    token: int = field(metadata=wire(oneOf=[{"type": "integer", **_TOKEN}, {"type": "string", "pattern": "^[0-9]+$"}]))
     reason: str = ""
 
     _optional: ClassVar[dict[str, Any]] = {"reason": ""}
@@ -426,3 +468,20 @@ class KeyFinishRequest(_Model):
             _token("token", _require(data, "token")),
             reason,
         )
+
+
+#: Every wire model, in the order the OpenAPI document lists their schemas (rule 5).
+WIRE_MODELS: tuple[type[_Model], ...] = (
+    JobRequest,
+    Job,
+    WindowCounts,
+    ClaimRequest,
+    Lease,
+    RenewRequest,
+    CompleteRequest,
+    FailRequest,
+    LeaseInfo,
+    ReasonRequest,
+    KeyClaimRequest,
+    KeyFinishRequest,
+)

@@ -36,10 +36,7 @@ def test_apply_never_raises() -> None:
     assert [(r.ok, r.code) for r in results] == [(False, "invalid"), (False, "internal"), (True, "")]
     assert [op for op, _ in seen] == ["drop_tables", "claim", "announce"]
 
-    def boom(**_: Any) -> Result:
-        raise RuntimeError("bug")
-
-    table.expire = boom  # type: ignore[method-assign]
+    table._clock_ms = None  # type: ignore[assignment]  # a bug in the table: the command raises TypeError
     angry = TableConsumer(table, threading.Lock(), lambda op, result: 1 / 0)
     (result,) = angry.apply_batch([("expire", {"now_ms": 1, "max_attempts": 1})], _doApply=True)
     assert (result.ok, result.code) == (False, "internal")

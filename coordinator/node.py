@@ -39,12 +39,13 @@ from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
+from coordinator.raft import RaftNode, RaftSettings
 from coordinator.seams import SYSTEM_CLOCK, Clock, CommitError, Replica, ReplicaFactory, wall_ms
 from coordinator.table import Result, Table
 from provider.core import AppConfig
 from provider.core.obs import get_logger, new_registry
 
-__all__ = ["CoordinatorNode", "NodeSettings", "wall_ms"]
+__all__ = ["CoordinatorNode", "NodeSettings", "raft_replica", "wall_ms"]
 
 log = get_logger("coordinator.node")
 T = TypeVar("T")
@@ -78,8 +79,6 @@ class NodeSettings:
 
 def raft_replica(settings: NodeSettings, config: AppConfig) -> ReplicaFactory:
     """The real replica of a node: pysyncobj (``raft.py``), set up from the flags and ``coordinator.*``."""
-    from coordinator.raft import RaftNode, RaftSettings  # pysyncobj is loaded only by nodes that replicate for real
-
     cfg = config.coordinator
     raft_settings = RaftSettings(
         self_addr=settings.raft,

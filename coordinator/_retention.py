@@ -13,10 +13,8 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
-from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -60,18 +58,18 @@ def _due(table: Table, *, now_ms: int, retention_ms: int) -> bool:
     return table.retire_due(now_ms, retention_ms)
 
 
-async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> None:
-    """Forever: on the leader, retire the finished jobs that are due."""
+async def retention_loop(node: CoordinatorNode) -> None:
+    """Forever: on the leader, retire the finished jobs that are due (time from ``node.clock``)."""
     retention_ms = node.cfg.job_retention_s * 1000
     interval_s = sweep_interval_s(node.cfg.job_retention_s, node.cfg.reap_interval_ms)
     more = False
     while True:
         if not more:
-            await asyncio.sleep(interval_s)
+            await node.clock.sleep(interval_s)
         more = False
-        if not node.raft.is_leader:
+        if not node.is_leader:
             continue
-        if not node.raft.read(partial(_due, now_ms=now_ms(), retention_ms=retention_ms)):
+        if not node.read(partial(_due, now_ms=node.clock.wall_ms(), retention_ms=retention_ms)):
             continue
         try:
             value = await node.execute("retire", {"retention_ms": retention_ms}, "", "")

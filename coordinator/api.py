@@ -27,7 +27,6 @@ Rules:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
@@ -207,8 +206,8 @@ class _Server:
     ) -> web.StreamResponse:
         """Serve ``call`` here, or (``extra`` not None) forward it to the leader; a forward that finds the leader
         dead or demoted is tried again against the next leader until ``leader_wait_ms`` has passed (rule 3)."""
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.node.cfg.leader_wait_ms / 1000
+        clock = self.node.clock
+        deadline_s = clock.monotonic_s() + self.node.cfg.leader_wait_ms / 1000
         while True:
             try:
                 return await fn(call)
@@ -219,14 +218,14 @@ class _Server:
                 try:
                     answer = await self.forwarder.forward(call.request, raw, exc.leader, extra)
                 except UnavailableError:
-                    if loop.time() >= deadline_s:
+                    if clock.monotonic_s() >= deadline_s:
                         raise
                 else:
                     gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
-                    if not gone or loop.time() >= deadline_s:
+                    if not gone or clock.monotonic_s() >= deadline_s:
                         return answer
                 log.debug("forward_retry", leader=exc.leader)
-                await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
+                await self.node.leader_changed(exc.leader, min(deadline_s, clock.monotonic_s() + _FORWARD_RETRY_S))
 
 
 def _stood_aside(answer: web.Response) -> bool:

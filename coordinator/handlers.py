@@ -1,11 +1,12 @@
 """One handler per route of ``routes.ROUTES``: validate with the wire models, call the node, shape the answer.
 
 Rules:
-1. Handlers never touch pysyncobj: reads go through ``node.raft.read``, writes through ``node.execute`` /
-   ``node.claim`` (which raise ``NotLeaderError`` on followers; the API wrapper then forwards). Table reads first
-   pass :meth:`Handlers._consistency`: a read barrier on the leader (``NotLeaderError`` on a follower, which
-   forwards), or nothing with ``?consistency=stale``; the answer says which in ``X-Consistency`` and carries the
-   applied Raft index the data is at least as new as (``X-Raft-Applied-Index``).
+1. Handlers never touch replication: they ask the node only (``node.py`` rule 8). Reads go through
+   ``node.read``, writes through ``node.execute`` / ``node.claim`` (which raise ``NotLeaderError`` on followers;
+   the API wrapper then forwards). Table reads first pass :meth:`Handlers._consistency`: a read barrier on the
+   leader (``NotLeaderError`` on a follower, which forwards), or nothing with ``?consistency=stale``; the answer
+   says which in ``X-Consistency`` and carries the applied Raft index the data is at least as new as
+   (``X-Raft-Applied-Index``).
 2. The leader stamps the policy into commands here: TTL, max_attempts, retry backoff and window_bars come from
    this node's config, so replicas never depend on their own config files.
 3. Lease events are logged with ``lease_id``, ``window_id``, ``token`` and ``worker_id``: grants, renewals and
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from coordinator.errors import BadRequestError, NotFoundError
-from coordinator.node import CoordinatorNode, wall_ms
+from coordinator.node import CoordinatorNode
 from coordinator.routes import METRICS_DETAIL_ROLE, Route
 from provider.core import (
     JOB_STATES,
@@ -121,15 +122,15 @@ class Handlers:
         if mode == "linearizable":
             await self.node.read_barrier()
         # Read before the table: the data served next is at least as new as this index.
-        return {"X-Consistency": mode, "X-Raft-Applied-Index": str(self.node.raft.last_applied)}
+        return {"X-Consistency": mode, "X-Raft-Applied-Index": str(self.node.applied_index)}
 
     # -- jobs ---------------------------------------------------------------------------------------------------
 
     async def create_job(self, call: Call) -> web.Response:
         req = parse(JobRequest, call.body)
         owner = call.principal.name
-        if self.node.raft.is_leader:  # a follower forwards: the leader admits (``_admission.py`` rule 3)
-            self.node.admission.admit_job(owner, self.node.raft.backlog)
+        if self.node.is_leader:  # a follower forwards: the leader admits (``_admission.py`` rule 3)
+            self.node.admission.admit_job(owner, self.node.backlog)
         cfg = self.node.cfg
         limits = {
             "live_jobs": cfg.max_live_jobs_per_client,
@@ -172,14 +173,14 @@ class Handlers:
             raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
         series = query.get("series") or None
         headers = await self._consistency(call)
-        jobs, next_seq = self.node.raft.read(lambda t: t.jobs_page(limit, after, state, series))
+        jobs, next_seq = self.node.read(lambda t: t.jobs_page(limit, after, state, series))
         cursor = None if next_seq is None else str(next_seq)
         return web.json_response({"jobs": jobs, "next_cursor": cursor}, headers=headers)
 
     async def get_job(self, call: Call) -> web.Response:
         job_id = call.param("job_id")
         headers = await self._consistency(call)
-        job = self.node.raft.read(lambda t: t.job(job_id))
+        job = self.node.read(lambda t: t.job(job_id))
         if job is None:
             raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
         return web.json_response({"job": job}, headers=headers)
@@ -191,7 +192,7 @@ class Handlers:
             allowed = ", ".join(WINDOW_STATES)
             raise BadRequestError(f"query parameter state={state!r} must be one of {allowed}", field="state")
         headers = await self._consistency(call)
-        windows = self.node.raft.read(lambda t: t.job_windows(job_id, state))
+        windows = self.node.read(lambda t: t.job_windows(job_id, state))
         if windows is None:
             raise NotFoundError(f"job_id {job_id!r} is not known", field="job_id")
         return web.json_response({"windows": windows}, headers=headers)
@@ -267,8 +268,8 @@ class Handlers:
         if stale not in ("true", "false", "1", "0"):
             raise BadRequestError(f"query parameter stale={stale!r} must be true or false", field="stale")
         headers = await self._consistency(call)
-        now = wall_ms()
-        leases = self.node.raft.read(lambda t: t.lease_infos(now, stale_only=stale in ("true", "1")))
+        now = self.node.clock.wall_ms()
+        leases = self.node.read(lambda t: t.lease_infos(now, stale_only=stale in ("true", "1")))
         return web.json_response({"leases": leases}, headers=headers)
 
     # -- operator actions ---------------------------------------------------------------------------------------
@@ -320,9 +321,9 @@ class Handlers:
     # -- cluster and service routes -----------------------------------------------------------------------------
 
     async def cluster(self, call: Call) -> web.Response:
-        node, raft = self.node, self.node.raft
-        known = raft.read(lambda t: t.nodes())
-        leader_addr = raft.leader_addr
+        node = self.node
+        known = node.read(lambda t: t.nodes())
+        leader_addr = node.leader_addr
         members = []
         for addr in (node.settings.raft, *[p for p in node.settings.peers if p != node.settings.raft]):
             info = known.get(addr, {})
@@ -334,7 +335,7 @@ class Handlers:
                     "http": info.get("http", node.settings.http_url if is_self else None),
                     "role": "leader" if addr == leader_addr else "follower",
                     "self": is_self,
-                    "connected": True if is_self else raft.connected(addr),
+                    "connected": True if is_self else node.peer_connected(addr),
                 }
             )
         leader_id = known.get(leader_addr or "", {}).get("node_id")
@@ -344,10 +345,10 @@ class Handlers:
                 "role": node.role(),
                 "leader": node.leader_http(),
                 "leader_id": leader_id,
-                "term": raft.term,
-                "commit_index": raft.commit_index,
-                "last_applied": raft.last_applied,
-                "token_floor": raft.read(lambda t: t.token_floor),
+                "term": node.term,
+                "commit_index": node.commit_index,
+                "last_applied": node.applied_index,
+                "token_floor": node.read(lambda t: t.token_floor),
                 "members": members,
             }
         )
@@ -357,8 +358,8 @@ class Handlers:
         else holds, so that a leader out of descriptors is noticed (and restarted) instead of looking healthy; a
         node that stands aside because its data dir's disk is low is ``disk_full`` (503)."""
         connections = self.node.connections.health()
-        disk = self.node.raft.disk_report()
-        if not self.node.raft.serving:
+        disk = self.node.disk_report()
+        if not self.node.serving:
             ok, bad_status = False, "disk_full"
         elif ok and connections["state"] == "not_accepting":
             ok, bad_status = False, "not_accepting"
@@ -377,7 +378,7 @@ class Handlers:
 
     async def healthz(self, call: Call) -> web.Response:
         """Liveness and quorum: ok while this node knows a Raft leader, even before it learnt its HTTP address."""
-        return self._health(self.node.raft.leader_addr is not None, "no_leader")
+        return self._health(self.node.leader_addr is not None, "no_leader")
 
     async def health(self, call: Call) -> web.Response:
         return await self.healthz(call)

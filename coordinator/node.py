@@ -18,16 +18,20 @@ Rules:
    with 503. Linearizable reads commit a ``barrier`` no-op first (:meth:`CoordinatorNode.read_barrier`).
 7. A node that stands aside because its data dir's disk is low (``raft.py`` rule 12) answers every request that
    needs the leader at once with 503 ``disk_full`` (clients go to another node), instead of waiting for a leader.
+8. Seams (``seams.py``): the node reads time only through its :class:`~coordinator.seams.Clock` and replicates
+   only through its :class:`~coordinator.seams.Replica`; both are given (defaults: the system clock and the
+   pysyncobj-backed ``RaftNode``). The HTTP layer asks the node (``read``, ``is_leader``, ``applied_index``, ...),
+   never the replica behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from coordinator._admission import Admission
 from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
@@ -35,14 +39,16 @@ from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
 from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
-from coordinator.raft import CommitError, RaftNode, RaftSettings
+from coordinator.raft import RaftNode, RaftSettings
+from coordinator.seams import SYSTEM_CLOCK, Clock, CommitError, Replica, ReplicaFactory, wall_ms
 from coordinator.table import Result, Table
 from provider.core import AppConfig
 from provider.core.obs import get_logger, new_registry
 
-__all__ = ["CoordinatorNode", "NodeSettings", "wall_ms"]
+__all__ = ["CoordinatorNode", "NodeSettings", "raft_replica", "wall_ms"]
 
 log = get_logger("coordinator.node")
+T = TypeVar("T")
 
 #: Commands after which pending work may exist: they wake long-polling claims.
 _WAKE_OPS = frozenset({"submit_job", "retry_job", "fail", "expire", "release", "requeue"})
@@ -51,11 +57,6 @@ _CLAIM_POLL_S = 0.25
 _LEADER_POLL_S = 0.01
 _ANNOUNCE_POLL_S = 0.05
 _ANNOUNCE_RESEND_S = 0.5
-
-
-def wall_ms() -> int:
-    """The leader's wall clock in epoch ms; only the leader's command path calls it."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)
@@ -76,30 +77,44 @@ class NodeSettings:
         return f"http://{host}:{self.http_port}"
 
 
-class CoordinatorNode:
-    """Wires table, Raft, metrics and the background loops of one node."""
+def raft_replica(settings: NodeSettings, config: AppConfig) -> ReplicaFactory:
+    """The real replica of a node: pysyncobj (``raft.py``), set up from the flags and ``coordinator.*``."""
+    cfg = config.coordinator
+    raft_settings = RaftSettings(
+        self_addr=settings.raft,
+        peers=settings.peers,
+        data_dir=settings.data_dir,
+        password=settings.password,
+        raft_min_timeout_s=cfg.raft_min_timeout_ms / 1000,
+        raft_max_timeout_s=cfg.raft_max_timeout_ms / 1000,
+        log_compaction_min_entries=cfg.log_compaction_min_entries,
+        fsync=cfg.fsync,
+        fsync_interval_ms=cfg.fsync_interval_ms,
+        disk_reserve_bytes=cfg.disk_reserve_mb * 2**20,
+    )
+    return lambda table, on_applied: RaftNode(raft_settings, table, on_applied)
 
-    def __init__(self, settings: NodeSettings, config: AppConfig) -> None:
+
+class CoordinatorNode:
+    """Wires table, replica, clock, metrics and the background loops of one node (rule 8: clock and replica are
+    given; the defaults are the system clock and pysyncobj)."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        config: AppConfig,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        replica: ReplicaFactory | None = None,
+    ) -> None:
         self.settings = settings
         self.cfg = config.coordinator
         self.backfill = config.seamless_data_provider.backfill_config
+        self.clock = clock
         self.table = Table()
-        self.raft = RaftNode(
-            RaftSettings(
-                self_addr=settings.raft,
-                peers=settings.peers,
-                data_dir=settings.data_dir,
-                password=settings.password,
-                raft_min_timeout_s=self.cfg.raft_min_timeout_ms / 1000,
-                raft_max_timeout_s=self.cfg.raft_max_timeout_ms / 1000,
-                log_compaction_min_entries=self.cfg.log_compaction_min_entries,
-                fsync=self.cfg.fsync,
-                fsync_interval_ms=self.cfg.fsync_interval_ms,
-                disk_reserve_bytes=self.cfg.disk_reserve_mb * 2**20,
-            ),
-            self.table,
-            self._on_applied,
-        )
+        make_replica = replica if replica is not None else raft_replica(settings, config)
+        #: Replication (``seams.Replica``); only this module talks to it.
+        self.replica: Replica = make_replica(self.table, self._on_applied)
         #: The HTTP server's connection guard (timeouts, caps, fd headroom); ``cli.py`` serves through it.
         self.connections = ConnectionGuard(connection_limits(self.cfg, fd_limit()))
         self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
@@ -114,12 +129,12 @@ class CoordinatorNode:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._work = asyncio.Event()
-        await self._loop.run_in_executor(None, self.raft.start)
+        await self._loop.run_in_executor(None, self.replica.start)
         self.connections.start()
         self._tasks = [
             asyncio.create_task(self._reap_loop(), name="reaper"),
             asyncio.create_task(self._announce_loop(), name="announce"),
-            asyncio.create_task(retention_loop(self, wall_ms), name="retention"),
+            asyncio.create_task(retention_loop(self), name="retention"),
         ]
 
     async def stop(self) -> None:
@@ -129,7 +144,7 @@ class CoordinatorNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.connections.stop()
-        self.raft.stop()
+        self.replica.stop()
 
     def _on_applied(self, op: str, result: Result) -> None:
         """Runs on pysyncobj's thread after each applied command."""
@@ -142,6 +157,55 @@ class CoordinatorNode:
         self._work.set()
         self._work = asyncio.Event()
 
+    # -- the replica as the HTTP layer sees it --------------------------------------------------------------------
+
+    def read(self, fn: Callable[[Table], T]) -> T:
+        """Run a read-only function on this node's replica of the table (under the apply lock)."""
+        return self.replica.read(fn)
+
+    @property
+    def is_leader(self) -> bool:
+        """This node leads the cluster now (and is not standing aside)."""
+        return self.replica.is_leader
+
+    @property
+    def leader_addr(self) -> str | None:
+        """The leader's Raft address, when one is known."""
+        return self.replica.leader_addr
+
+    @property
+    def applied_index(self) -> int:
+        """The highest Raft index applied to this replica: data read now is at least this new."""
+        return self.replica.last_applied
+
+    @property
+    def backlog(self) -> int:
+        """Commands of this node waiting to be replicated (admission sheds new jobs above a bound)."""
+        return self.replica.backlog
+
+    @property
+    def serving(self) -> bool:
+        """False while the node stands aside because its data dir's disk is low (rule 7)."""
+        return self.replica.serving
+
+    @property
+    def term(self) -> int:
+        """The current Raft term."""
+        return self.replica.term
+
+    @property
+    def commit_index(self) -> int:
+        """The highest Raft index known committed."""
+        return self.replica.commit_index
+
+    def peer_connected(self, addr: str) -> bool:
+        """This node holds a working Raft connection to the peer at ``addr``."""
+        return self.replica.connected(addr)
+
+    def disk_report(self) -> dict[str, Any]:
+        """The data dir's free-space figures and whether the node stands aside (``/healthz``)."""
+        return self.replica.disk_report()
+
     # -- status -------------------------------------------------------------------------------------------------
 
     @property
@@ -150,24 +214,24 @@ class CoordinatorNode:
 
     def leader_http(self) -> str | None:
         """The leader's HTTP base URL, when a leader is known and has announced itself."""
-        addr = self.raft.leader_addr
+        addr = self.replica.leader_addr
         if addr is None:
             return None
         if addr == self.settings.raft:
             return self.settings.http_url
-        info = self.raft.read(lambda t: t.nodes().get(addr))
+        info = self.replica.read(lambda t: t.nodes().get(addr))
         return info["http"] if info else None
 
     def role(self) -> str:
-        if not self.raft.serving:
+        if not self.replica.serving:
             return "aside"
-        if self.raft.is_leader:
+        if self.replica.is_leader:
             return "leader"
-        return "follower" if self.raft.leader_addr is not None else "candidate"
+        return "follower" if self.replica.leader_addr is not None else "candidate"
 
     def figures(self) -> ClusterFigures:
-        stats = self.raft.read(lambda t: t.stats(self.cfg.metrics_max_jobs))
-        raft = self.raft
+        stats = self.replica.read(lambda t: t.stats(self.cfg.metrics_max_jobs))
+        raft = self.replica
         return ClusterFigures(
             raft.is_leader, raft.term, raft.commit_index, stats, raft.transport_rejections(), raft.disk_report()
         )
@@ -178,11 +242,11 @@ class CoordinatorNode:
 
     def ready(self) -> bool:
         """This node can serve: it is the leader, or it knows the leader's HTTP address to forward to."""
-        return self.raft.is_leader or self.leader_http() is not None
+        return self.replica.is_leader or self.leader_http() is not None
 
     def disk_full(self) -> UnavailableError:
         """Rule 7: this node stands aside; another node serves."""
-        disk = self.raft.disk_report()
+        disk = self.replica.disk_report()
         return UnavailableError(
             f"node {self.settings.node_id} stands aside from the cluster: its data dir {disk['path']} has "
             f"{disk['free_bytes']} bytes free, below the {disk['need_bytes']} it needs; ask another node",
@@ -202,25 +266,26 @@ class CoordinatorNode:
 
     async def await_leader(self, deadline_s: float | None = None) -> None:
         """Return when this node is the leader; raise ``NotLeaderError`` naming the leader when another node is
-        (the API forwards to it); while neither is known, wait until ``deadline_s`` (loop time; default
-        ``leader_wait_ms`` from now) and then raise ``UnavailableError``."""
-        loop = asyncio.get_running_loop()
+        (the API forwards to it); while neither is known, wait until ``deadline_s`` (the node clock's
+        ``monotonic_s``; default ``leader_wait_ms`` from now) and then raise ``UnavailableError``."""
+        clock = self.clock
         if deadline_s is None:
-            deadline_s = loop.time() + self.cfg.leader_wait_ms / 1000
-        while not self.raft.is_leader:
-            if not self.raft.serving:
+            deadline_s = clock.monotonic_s() + self.cfg.leader_wait_ms / 1000
+        while not self.replica.is_leader:
+            if not self.replica.serving:
                 raise self.disk_full()
-            if self.leader_http() is not None or loop.time() >= deadline_s:
+            if self.leader_http() is not None or clock.monotonic_s() >= deadline_s:
                 raise self.not_leader()
-            await asyncio.sleep(_LEADER_POLL_S)
+            await clock.sleep(_LEADER_POLL_S)
 
     async def leader_changed(self, old_leader: str, until_s: float) -> None:
-        """Wait until a leader other than ``old_leader`` (an HTTP URL) is known, or until ``until_s`` (loop time)."""
-        loop = asyncio.get_running_loop()
-        while loop.time() < until_s:
-            if self.raft.is_leader or self.leader_http() not in (None, old_leader):
+        """Wait until a leader other than ``old_leader`` (an HTTP URL) is known, or until ``until_s`` (the node
+        clock's ``monotonic_s``)."""
+        clock = self.clock
+        while clock.monotonic_s() < until_s:
+            if self.replica.is_leader or self.leader_http() not in (None, old_leader):
                 return
-            await asyncio.sleep(_LEADER_POLL_S)
+            await clock.sleep(_LEADER_POLL_S)
 
     async def read_barrier(self) -> None:
         """Commit a no-op on the leader: once it is applied here, this replica holds every write acknowledged
@@ -232,19 +297,19 @@ class CoordinatorNode:
 
     async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any:
         """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
+        clock = self.clock
+        deadline = clock.monotonic_s() + self.cfg.commit_timeout_ms / 1000
         tagged = f"{request_id}{FINGERPRINT_SEP}{fingerprint(op, kwargs)}" if client_id and request_id else request_id
         while True:
             await self.await_leader()
-            args = {**kwargs, "now_ms": wall_ms(), "client_id": client_id, "request_id": tagged}
+            args = {**kwargs, "now_ms": clock.wall_ms(), "client_id": client_id, "request_id": tagged}
             try:
-                result = await self.raft.submit(op, args, max(deadline - loop.time(), 0.01))
+                result = await self.replica.submit(op, args, max(deadline - clock.monotonic_s(), 0.01))
             except CommitError as exc:
-                if deadline - loop.time() > 0.05 and (exc.maybe_applied is False or request_id):
+                if deadline - clock.monotonic_s() > 0.05 and (exc.maybe_applied is False or request_id):
                     self.metrics.commit_retries.inc()
                     log.warning("commit_retry", op=op, reason=exc.reason)
-                    await asyncio.sleep(0.01)
+                    await clock.sleep(0.01)
                     continue
                 raise UnavailableError(
                     f"{op} was not confirmed within {self.cfg.commit_timeout_ms} ms ({exc.reason}); it may have "
@@ -266,68 +331,74 @@ class CoordinatorNode:
 
     async def claim(self, worker_id: str, max_windows: int, wait_ms: int, client_id: str, request_id: str) -> Any:
         """Claim windows; with ``wait_ms`` wait (long-poll) for work when none is pending."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(wait_ms, self.cfg.max_claim_wait_ms) / 1000
+        clock = self.clock
+        deadline = clock.monotonic_s() + min(wait_ms, self.cfg.max_claim_wait_ms) / 1000
         attempt = 0
         while True:
             await self.await_leader()
             work = self._work
-            if self.raft.read(lambda t: t.pending_count()) > 0:
+            if self.replica.read(lambda t: t.pending_count()) > 0:
                 args = {"worker_id": worker_id, "max_windows": max_windows, "ttl_ms": self.lease_ttl_ms}
                 value = await self.execute("claim", args, client_id, f"{request_id}#{attempt}" if request_id else "")
                 attempt += 1
                 if value["leases"]:
                     return value
-            remaining_s = deadline - loop.time()
+            remaining_s = deadline - clock.monotonic_s()
             if remaining_s <= 0:
                 return {"leases": []}
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(work.wait(), min(remaining_s, _CLAIM_POLL_S))
+            await clock.wait(work, min(remaining_s, _CLAIM_POLL_S))
 
     # -- background loops ---------------------------------------------------------------------------------------
 
+    async def reap_once(self) -> list[dict[str, Any]]:
+        """One pass of the reaper (rule 4): on a leader past its grace, when a lease is due by the node's wall
+        clock, commit ``expire`` and return the leases it expired (logged); otherwise return ``[]``."""
+        grace_s = (self.cfg.leader_grace_ms or self.lease_ttl_ms) / 1000
+        if not self.replica.is_leader or self.replica.leader_for_s < grace_s:
+            return []
+        now = self.clock.wall_ms()
+        due = self.replica.read(lambda t: t.next_expiry_ms())
+        if due is None or due > now:
+            return []
+        try:
+            value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
+        except CoordinatorError as exc:
+            log.warning("reap_failed", error=exc.message)
+            return []
+        expired: list[dict[str, Any]] = value["expired"]
+        for item in expired:
+            log.info(
+                "lease_expired",
+                lease_id=item["lease_id"],
+                token=item["token"],
+                worker_id=item["worker_id"],
+                window_id=item.get("window_id"),
+                key=item.get("key"),
+                state=item["state"],
+            )
+        return expired
+
     async def _reap_loop(self) -> None:
         interval_s = self.cfg.reap_interval_ms / 1000
-        grace_s = (self.cfg.leader_grace_ms or self.lease_ttl_ms) / 1000
         while True:
-            await asyncio.sleep(interval_s)
-            if not self.raft.is_leader or self.raft.leader_for_s < grace_s:
-                continue
-            now = wall_ms()
-            due = self.raft.read(lambda t: t.next_expiry_ms())
-            if due is None or due > now:
-                continue
-            try:
-                value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
-            except CoordinatorError as exc:
-                log.warning("reap_failed", error=exc.message)
-                continue
-            for item in value["expired"]:
-                log.info(
-                    "lease_expired",
-                    lease_id=item["lease_id"],
-                    token=item["token"],
-                    worker_id=item["worker_id"],
-                    window_id=item.get("window_id"),
-                    key=item.get("key"),
-                    state=item["state"],
-                )
+            await self.clock.sleep(interval_s)
+            await self.reap_once()
 
     async def _announce_loop(self) -> None:
         me = {"node_id": self.settings.node_id, "http": self.settings.http_url}
         args = {**me, "raft": self.settings.raft}
-        loop = asyncio.get_running_loop()
+        clock = self.clock
         sent_to: str | None = None
         sent_at_s = 0.0
         while True:
-            have = self.raft.read(lambda t: t.nodes().get(self.settings.raft))
-            leader = self.raft.leader_addr
-            due = leader != sent_to or loop.time() - sent_at_s >= _ANNOUNCE_RESEND_S
+            have = self.replica.read(lambda t: t.nodes().get(self.settings.raft))
+            leader = self.replica.leader_addr
+            due = leader != sent_to or clock.monotonic_s() - sent_at_s >= _ANNOUNCE_RESEND_S
             if have != me and leader is not None and due:
-                sent_to, sent_at_s = leader, loop.time()
-                if self.raft.is_leader:
+                sent_to, sent_at_s = leader, clock.monotonic_s()
+                if self.replica.is_leader:
                     with contextlib.suppress(CommitError):
-                        await self.raft.submit("announce", args, self.cfg.commit_timeout_ms / 1000)
+                        await self.replica.submit("announce", args, self.cfg.commit_timeout_ms / 1000)
                 else:
-                    self.raft.submit_nowait("announce", args)
-            await asyncio.sleep(_ANNOUNCE_POLL_S if have != me else 5.0)
+                    self.replica.submit_nowait("announce", args)
+            await clock.sleep(_ANNOUNCE_POLL_S if have != me else 5.0)

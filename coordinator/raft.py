@@ -75,6 +75,7 @@ from coordinator._disk import DiskGuard
 from coordinator._fsync import journal_factory
 from coordinator._raft_transport import GuardedTransport, TransportGuard
 from coordinator._retention import trim_after_retire
+from coordinator.seams import CommitError
 from coordinator.table import COMMANDS, Result, Table
 from provider.core.obs import get_logger
 
@@ -118,15 +119,6 @@ def election_timeout_range(rank: int, nodes: int, min_s: float, max_s: float) ->
     unit = (max_s - min_s) / (3 * nodes - 2)
     lo = min_s + 3 * rank * unit
     return lo, (max_s if rank == nodes - 1 else lo + unit)
-
-
-class CommitError(Exception):
-    """A replicated command did not report success; ``maybe_applied`` says whether it could still have been."""
-
-    def __init__(self, reason: str, *, maybe_applied: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.maybe_applied = maybe_applied
 
 
 class TableConsumer(SyncObjConsumer):
@@ -246,7 +238,9 @@ def _settle(futures: list[asyncio.Future[Result]], results: Any, error: Any) -> 
 
 
 class RaftNode:
-    """Owns the SyncObj, the table and its lock; ``submit`` replicates a command and awaits its result."""
+    """Owns the SyncObj, the table and its lock; ``submit`` replicates a command and awaits its result.
+
+    The real :class:`coordinator.seams.Replica` of a node (``coordinator._memory.MemoryReplica`` is the fake)."""
 
     def __init__(self, settings: RaftSettings, table: Table, on_applied: Callable[[str, Result], None]) -> None:
         self.settings = settings

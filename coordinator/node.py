@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMe
 from coordinator.raft import CommitError, RaftNode, RaftSettings
 from coordinator.table import Result, Table
 from provider.core import AppConfig
+from provider.core.clock import wall_clock_ms as wall_ms
 from provider.core.obs import get_logger, new_registry
 
 __all__ = ["CoordinatorNode", "NodeSettings", "wall_ms"]
@@ -51,11 +51,6 @@ _CLAIM_POLL_S = 0.25
 _LEADER_POLL_S = 0.01
 _ANNOUNCE_POLL_S = 0.05
 _ANNOUNCE_RESEND_S = 0.5
-
-
-def wall_ms() -> int:
-    """The leader's wall clock in epoch ms; only the leader's command path calls it."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from typing import Any
 
 import pandas as pd
 
-from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, tracing, window_ranges
+from provider.core.clock import wall_clock_ms
 from provider.core.obs import get_logger
 from provider.datasources import StorageDataSource, trim
 from provider.flights import BackfillTicket, Flight, WindowFlights

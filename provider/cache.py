@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ranges
+from provider.core.clock import wall_clock_ms
 from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
 from provider.metrics import ProviderMetrics
 from provider.strategies import DataSourcePriority
@@ -41,16 +41,10 @@ __all__ = [
     "SeamlessCache",
     "SqliteCache",
     "slice_frame",
-    "wall_clock_ms",
 ]
 
 #: Default L1 bound: 256 MiB of frames.
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
-
-
-def wall_clock_ms() -> int:
-    """Epoch milliseconds now (the default clock)."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)

@@ -36,9 +36,9 @@ import pandas as pd
 
 from provider._reads import SourceReads
 from provider.backfill import BaseBackfiller
-from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceContext, ConformanceReport
 from provider.core import BackfillConfig, SeriesKey, merge_ranges, snap_range, subtract_ranges, tracing
+from provider.core.clock import wall_clock_ms
 from provider.core.obs import bind_request, get_logger
 from provider.datasources import assemble, covered_ranges, last_ts_ms
 from provider.errors import (

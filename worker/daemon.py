@@ -42,6 +42,7 @@ import pandas as pd
 
 from provider.conformance import ConformancePipelineError, ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig, tracing
+from provider.core import clock as clock_module
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
 from provider.frames import FrameContractError, empty_frame
@@ -125,7 +126,7 @@ class Worker:
         storage: Store,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_clock_ms: Callable[[], int] = clock_module.wall_clock_ms,
         partial_ok: bool = False,
         ts_unit: str | None = None,
     ) -> None:

@@ -30,7 +30,7 @@ import pandas as pd
 
 from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ranges
 from provider.core.clock import wall_clock_ms
-from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
+from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, slice_frame, ts_ms
 from provider.metrics import ProviderMetrics
 from provider.strategies import DataSourcePriority
 
@@ -40,7 +40,6 @@ __all__ = [
     "MemoryCache",
     "SeamlessCache",
     "SqliteCache",
-    "slice_frame",
 ]
 
 #: Default L1 bound: 256 MiB of frames.
@@ -68,14 +67,6 @@ class CacheEntry:
     def slice(self, start_ms: int, end_ms: int) -> pd.DataFrame:
         """A copy of the bars of ``[start_ms, end_ms)`` (which must lie inside the entry)."""
         return slice_frame(self.frame, self.stamps_ms, start_ms, end_ms)
-
-
-def slice_frame(frame: pd.DataFrame, stamps_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.DataFrame:
-    """A copy of the rows of a sorted frame with ``start_ms <= ts < end_ms`` (``stamps_ms`` = its ts in ms)."""
-    i0, i1 = np.searchsorted(stamps_ms, [start_ms, end_ms])
-    if i0 == 0 and i1 == len(stamps_ms):
-        return frame.copy()
-    return frame.iloc[int(i0) : int(i1)].reset_index(drop=True)
 
 
 class MemoryCache:

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from coordinator._records import Result
-from coordinator.errors import CoordinatorError
+from coordinator.errors import ApiError
 from provider.core.obs import get_logger
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> No
             continue
         try:
             value = await node.execute("retire", {"retention_ms": retention_ms}, "", "")
-        except CoordinatorError as exc:
+        except ApiError as exc:
             log.warning("retire_failed", error=exc.message)
             continue
         more = bool(value["more"])  # a bounded command left work: go on at once (_retire.py rule 6)

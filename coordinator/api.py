@@ -38,9 +38,9 @@ from aiohttp import web
 from coordinator._browser import browser_refusal
 from coordinator.auth import ANONYMOUS, Principal, TokenTable
 from coordinator.errors import (
+    ApiError,
     BadRequestError,
     BodyTooLargeError,
-    CoordinatorError,
     NotLeaderError,
     UnavailableError,
 )
@@ -100,7 +100,7 @@ class Call:
         return value
 
 
-def error_response(exc: CoordinatorError) -> web.Response:
+def error_response(exc: ApiError) -> web.Response:
     response = web.json_response(exc.body(), status=STATUS.get(exc.code, 500))
     if isinstance(exc, UnavailableError):
         response.headers["Retry-After"] = str(exc.retry_after_s)
@@ -254,7 +254,7 @@ def _middleware(server: _Server) -> Any:
         with bind_request(rid):
             try:
                 response: web.StreamResponse = await handler(request)
-            except CoordinatorError as exc:
+            except ApiError as exc:
                 response = error_response(exc)
                 quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
                 if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
@@ -268,10 +268,10 @@ def _middleware(server: _Server) -> Any:
                     )
             except web.HTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
-                response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}", code=code))
+                response = error_response(ApiError(f"{request.method} {request.path}: {exc.reason}", code=code))
             except Exception as exc:
                 log.exception("request_failed", method=request.method, path=request.path)
-                response = error_response(CoordinatorError(f"internal error: {type(exc).__name__}"))
+                response = error_response(ApiError(f"internal error: {type(exc).__name__}"))
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)

@@ -32,7 +32,7 @@ from coordinator._admission import Admission
 from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
-from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
+from coordinator.errors import ApiError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import CommitError, RaftNode, RaftSettings
 from coordinator.table import Result, Table
@@ -185,7 +185,7 @@ class CoordinatorNode:
             retry_after_s=1,
         )
 
-    def not_leader(self) -> CoordinatorError:
+    def not_leader(self) -> ApiError:
         leader = self.leader_http()
         if leader is None:
             return UnavailableError(
@@ -226,7 +226,7 @@ class CoordinatorNode:
     # -- the write path -----------------------------------------------------------------------------------------
 
     async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any:
-        """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
+        """Stamp, replicate and apply one command on the leader; return its value or raise ApiError."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.commit_timeout_ms / 1000
         tagged = f"{request_id}{FINGERPRINT_SEP}{fingerprint(op, kwargs)}" if client_id and request_id else request_id
@@ -294,7 +294,7 @@ class CoordinatorNode:
                 continue
             try:
                 value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
-            except CoordinatorError as exc:
+            except ApiError as exc:
                 log.warning("reap_failed", error=exc.message)
                 continue
             for item in value["expired"]:

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from provider.core.errors import SeamlessDataError
+
 __all__ = [
     "FRAME_COLUMNS",
     "PRICE_COLUMNS",
@@ -47,7 +49,7 @@ TS_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 Piece = tuple[tuple[int, int], pd.DataFrame]
 
 
-class FrameContractError(ValueError):
+class FrameContractError(SeamlessDataError, ValueError):
     """A frame breaks the contract; ``problem`` is a short machine-readable tag, the message says what to fix."""
 
     def __init__(self, problem: str, message: str) -> None:

@@ -45,7 +45,7 @@ from provider.core._ranges import (
 from provider.core._series import SeriesKey, parse_window_id, window_id
 from provider.core._time import INTERVALS, interval_ms, interval_name, ms_to_iso, to_ms
 from provider.core.clock import monotonic_s, wall_clock_ms
-from provider.core.errors import ConfigError, CoreError, WireFormatError
+from provider.core.errors import ConfigError, CoreError, SeamlessDataError, WireFormatError
 
 __all__ = [
     "INTERVALS",
@@ -64,6 +64,7 @@ __all__ = [
     "Range",
     "SLAConfig",
     "SeamlessConfig",
+    "SeamlessDataError",
     "SeriesKey",
     "STORAGE_DSN_ENV",
     "StorageConfig",

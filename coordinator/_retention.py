@@ -76,10 +76,10 @@ async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> No
         try:
             value = await node.execute("retire", {"retention_ms": retention_ms}, "", "")
         except ApiError as exc:
-            log.warning("retire_failed", error=exc.message)
+            log.warning("retention.retire_failed", error=exc.message)
             continue
         more = bool(value["more"])  # a bounded command left work: go on at once (_retire.py rule 6)
         for job_id in value["retired"]:
-            log.info("job_retired", job_id=job_id)
+            log.info("retention.job_retired", job_id=job_id)
         if value["retired"]:
-            log.info("retention_sweep", retired=len(value["retired"]), windows_dropped=value["windows_dropped"])
+            log.info("retention.sweep", retired=len(value["retired"]), windows_dropped=value["windows_dropped"])

@@ -223,7 +223,7 @@ class _Server:
                     gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
                     if not gone or loop.time() >= deadline_s:
                         return answer
-                log.debug("forward_retry", leader=exc.leader)
+                log.debug("http.forward_retry", leader=exc.leader)
                 await self.node.leader_changed(exc.leader, min(deadline_s, loop.time() + _FORWARD_RETRY_S))
 
 
@@ -259,7 +259,7 @@ def _middleware(server: _Server) -> Any:
                 quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
                 if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
                     log.warning(
-                        "request_refused",
+                        "http.request_refused",
                         method=request.method,
                         path=request.path[:200],
                         status=response.status,
@@ -270,13 +270,13 @@ def _middleware(server: _Server) -> Any:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
                 response = error_response(ApiError(f"{request.method} {request.path}: {exc.reason}", code=code))
             except Exception as exc:
-                log.exception("request_failed", method=request.method, path=request.path)
+                log.exception("http.request_failed", method=request.method, path=request.path)
                 response = error_response(ApiError(f"internal error: {type(exc).__name__}"))
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)
             if response.status >= 500 and not quiet and not route.startswith("/health"):
-                log.warning("request_error", method=request.method, path=request.path, status=response.status)
+                log.warning("http.request_error", method=request.method, path=request.path, status=response.status)
             return response
 
     return middleware

@@ -238,7 +238,7 @@ class CoordinatorNode:
             except CommitError as exc:
                 if deadline - loop.time() > 0.05 and (exc.maybe_applied is False or request_id):
                     self.metrics.commit_retries.inc()
-                    log.warning("commit_retry", op=op, reason=exc.reason)
+                    log.warning("raft.commit_retry", op=op, reason=exc.reason)
                     await asyncio.sleep(0.01)
                     continue
                 raise UnavailableError(
@@ -251,7 +251,7 @@ class CoordinatorNode:
             if result.code == "lease_lost":
                 self.metrics.fenced_rejections.inc()
                 log.info(
-                    "lease_lost",
+                    "lease.lost",
                     op=op,
                     lease_id=kwargs.get("lease_id"),
                     token=kwargs.get("token"),
@@ -295,11 +295,11 @@ class CoordinatorNode:
             try:
                 value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
             except ApiError as exc:
-                log.warning("reap_failed", error=exc.message)
+                log.warning("lease.reap_failed", error=exc.message)
                 continue
             for item in value["expired"]:
                 log.info(
-                    "lease_expired",
+                    "lease.expired",
                     lease_id=item["lease_id"],
                     token=item["token"],
                     worker_id=item["worker_id"],

@@ -18,17 +18,42 @@ import contextlib
 import ctypes
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coordinator._records import Result
 from coordinator.errors import ApiError
 from provider.core.obs import get_logger
 
 if TYPE_CHECKING:
-    from coordinator.node import CoordinatorNode
     from coordinator.table import Table
+    from provider.core import CoordinatorConfig
 
-__all__ = ["retention_loop", "sweep_interval_s"]
+_T = TypeVar("_T")
+
+
+class _Replica(Protocol):
+    """The part of a node's replica the sweep reads."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def read(self, fn: Callable[[Table], _T]) -> _T: ...
+
+
+class RetentionNode(Protocol):
+    """What the sweep needs of a node; :class:`coordinator.node.CoordinatorNode` is one (declared here, by its user,
+    so this module does not import the node that runs it)."""
+
+    @property
+    def cfg(self) -> CoordinatorConfig: ...
+
+    @property
+    def raft(self) -> _Replica: ...
+
+    async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any: ...
+
+
+__all__ = ["RetentionNode", "retention_loop", "sweep_interval_s"]
 
 log = get_logger("coordinator.retention")
 
@@ -60,7 +85,7 @@ def _due(table: Table, *, now_ms: int, retention_ms: int) -> bool:
     return table.retire_due(now_ms, retention_ms)
 
 
-async def retention_loop(node: CoordinatorNode, now_ms: Callable[[], int]) -> None:
+async def retention_loop(node: RetentionNode, now_ms: Callable[[], int]) -> None:
     """Forever: on the leader, retire the finished jobs that are due."""
     retention_ms = node.cfg.job_retention_s * 1000
     interval_s = sweep_interval_s(node.cfg.job_retention_s, node.cfg.reap_interval_ms)

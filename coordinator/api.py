@@ -30,13 +30,13 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from coordinator._browser import browser_refusal
-from coordinator.auth import ANONYMOUS, Principal, TokenTable
+from coordinator._call import Call
+from coordinator.auth import ANONYMOUS, TokenTable
 from coordinator.errors import (
     ApiError,
     BadRequestError,
@@ -81,23 +81,6 @@ _LOGGED_REFUSALS = frozenset({400, 413, 415})
 #: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
 #: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
 _FORWARD_RETRY_S = 0.25
-
-
-@dataclass(frozen=True)
-class Call:
-    """One parsed request as handlers see it."""
-
-    request: web.Request
-    body: dict[str, Any]
-    principal: Principal
-    client_id: str
-    request_id: str
-
-    def param(self, name: str) -> str:
-        value = self.request.match_info[name]
-        if not value or len(value) > 1000:
-            raise BadRequestError(f"path parameter {name} must be 1-1000 chars", field=name)
-        return value
 
 
 def error_response(exc: ApiError) -> web.Response:

@@ -15,10 +15,11 @@ Rules:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from coordinator._call import Call
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode, wall_ms
 from coordinator.routes import METRICS_DETAIL_ROLE
@@ -32,9 +33,6 @@ from provider.core._models import (
     RenewRequest,
 )
 from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
-
-if TYPE_CHECKING:
-    from coordinator.api import Call
 
 __all__ = ["Handlers"]
 

@@ -30,6 +30,7 @@ class Call:
     request_id: str
 
     def param(self, name: str) -> str:
+        """The path parameter ``name``; a 400 naming it when it is empty or longer than 1000 characters."""
         value = self.request.match_info[name]
         if not value or len(value) > 1000:
             raise BadRequestError(f"path parameter {name} must be 1-1000 chars", field=name)

@@ -29,7 +29,7 @@ Rules:
    heartbeat (every 100 ms) arrives before the node's own timeout (at least 400 ms): the node adopts the leader's
    term and catches up by entries or a dump transfer. No RequestVote, no term above the cluster's.
 4. No log compaction while not serving, and none for :data:`DUMP_RETRY_S` after a failed dump (pysyncobj retried
-   every tick, forking the process each time). A failed dump is logged (``dump_write_failed``) with its reason,
+   every tick, forking the process each time). A failed dump is logged (``raft.dump_write_failed``) with its reason,
    the temporary file's size and the free bytes; the temporary file is removed (pysyncobj left it to eat what
    space remained) and its size counts in the guard's need (``_disk.py`` rule 3).
 5. It reaches into pysyncobj's private election deadline and serializer: :func:`check_pysyncobj` refuses to start
@@ -138,7 +138,7 @@ class StandAside:
         serializer.serialize = gated
         if self.state == ASIDE:
             self._hold_election()
-            log.warning("raft_stand_aside", reason="disk_full", was_leader=False, at="start")
+            log.warning("raft.stand_aside", reason="disk_full", was_leader=False, at="start")
 
     def tick(self) -> None:
         sync = self._sync
@@ -148,7 +148,7 @@ class StandAside:
             if self.state != SERVING:
                 self._hold_election()  # rule 3: the leader's heartbeat comes first
                 log.warning(
-                    "raft_rejoin", aside_s=round(self._clock_s() - self._since_s, 1), dropped_messages=self.dropped
+                    "raft.rejoin", aside_s=round(self._clock_s() - self._since_s, 1), dropped_messages=self.dropped
                 )
                 self.state, self._handed_off = SERVING, False
             return
@@ -158,7 +158,7 @@ class StandAside:
             leader = sync._isLeader()
             self.state = HANDING_OFF if leader else ASIDE
             self._handoff_until_s = now_s + HANDOFF_S
-            log.warning("raft_stand_aside", reason="disk_full", was_leader=leader, at="runtime")
+            log.warning("raft.stand_aside", reason="disk_full", was_leader=leader, at="runtime")
         if self.state == HANDING_OFF:
             self._hand_off(sync, now_s)
         self._hold_election()
@@ -173,7 +173,7 @@ class StandAside:
         if any(sent) or not sync._isLeader() or now_s >= self._handoff_until_s:
             self.state, self._handed_off = ASIDE, any(sent)
             log.warning(
-                "raft_handed_off",
+                "raft.handed_off",
                 timeout_now_sent=any(sent),
                 still_leader=sync._isLeader(),
                 took_s=round(now_s - self._since_s, 3),
@@ -199,7 +199,7 @@ class StandAside:
         with contextlib.suppress(OSError):
             tmp.unlink()
         log.error(
-            "dump_write_failed",
+            "raft.dump_write_failed",
             reason="disk_full" if full else "unknown",
             path=str(tmp),
             attempt_bytes=attempt_bytes,

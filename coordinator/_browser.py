@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from coordinator.errors import AuthError, CoordinatorError
+from coordinator.errors import ApiError, AuthError
 
 __all__ = ["browser_refusal"]
 
@@ -48,7 +48,7 @@ def _is_ip(name: str) -> bool:
 
 def browser_refusal(
     request: web.Request, *, bound_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]
-) -> CoordinatorError | None:
+) -> ApiError | None:
     """The refusal for ``request`` on a node without tokens, or None when it may go on (rules 1-3)."""
     host = request.headers.get("Host", "")
     name = _host_name(host)
@@ -76,7 +76,7 @@ def browser_refusal(
             )
     has_body = (request.content_length or 0) > 0 or request.body_exists  # a declared length, or a chunked body
     if has_body and request.content_type != "application/json":
-        return CoordinatorError(
+        return ApiError(
             f"a body of type {request.content_type!r} is refused: send JSON with 'Content-Type: application/json' "
             "(curl: --json '{...}' or -H 'Content-Type: application/json')",
             code="unsupported_media_type",

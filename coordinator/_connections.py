@@ -398,7 +398,7 @@ class ConnectionGuard:
             try:
                 self.sweep(self._now())
             except Exception:  # a bug here must not end the timeouts for good
-                log.exception("http_sweep_failed")
+                log.exception("http.sweep_failed")
 
 
 class _GuardedProtocol(asyncio.Protocol):

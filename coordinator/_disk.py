@@ -14,7 +14,7 @@ Rules:
    full disk is an ``OSError`` (ENOSPC) at allocation, before anything is written, never a SIGBUS. Copy-on-write
    filesystems (btrfs, ZFS) may still fail at write-back; the watchdog's reserve is what covers them.
 2. A write of the data dir that fails (journal growth or sync, the term/vote file, the commit index, ``node.json``)
-   ends the process at once with :data:`EXIT_DATA_DIR` after one ``data_dir_write_failed`` line (CRITICAL) naming
+   ends the process at once with :data:`EXIT_DATA_DIR` after one ``disk.data_dir_write_failed`` line (CRITICAL) naming
    the reason (``disk_full`` for ENOSPC/EDQUOT, else ``io_error``), the path, the free bytes and what to do.
    Carrying on is not safe: pysyncobj may then hold in memory what its disk does not (the failing call answers
    nobody, but the next tick would), and a restart (dump + journal) is the way to make the two agree again.
@@ -23,8 +23,8 @@ Rules:
    writes beside the current one (the current dump's size, or a failed attempt's if larger). Below the need the
    disk is ``low`` and the node stands aside from Raft (``_aside.py``); it is ``ok`` again at need + reserve, so a
    disk hovering at the line does not flap. A reserve of 0 turns the watchdog off (rule 2 still holds).
-4. Logs: ``disk_low`` (ERROR) when the disk goes low, ``disk_still_low`` (ERROR) at most every
-   :data:`LOG_INTERVAL_S` while it stays low, ``disk_recovered`` (WARNING) when it is ok again. Each names the
+4. Logs: ``disk.low`` (ERROR) when the disk goes low, ``disk.still_low`` (ERROR) at most every
+   :data:`LOG_INTERVAL_S` while it stays low, ``disk.recovered`` (WARNING) when it is ok again. Each names the
    data dir, the free, needed and resume bytes and what to do; nothing else is logged per tick.
 5. :class:`DiskGuard` runs on pysyncobj's thread; :meth:`DiskGuard.report` (HTTP, metrics) only reads attributes.
 """
@@ -61,7 +61,7 @@ log = get_logger("coordinator.disk")
 EXIT_DATA_DIR = 74
 #: How often the watchdog reads the free space.
 CHECK_S = 0.25
-#: At most one ``disk_still_low`` line per this many seconds.
+#: At most one ``disk.still_low`` line per this many seconds.
 LOG_INTERVAL_S = 60.0
 #: A journal starts this large (pysyncobj: 1 KiB) and grows by its own size, but by at least this much...
 GROW_MIN_BYTES = 2**20
@@ -94,7 +94,7 @@ def write_failed(path: str, exc: OSError) -> NoReturn:
         "move the data dir and restart the node: it catches up from the leader"
     )
     log.critical(
-        "data_dir_write_failed",
+        "disk.data_dir_write_failed",
         reason="disk_full" if full else "io_error",
         path=path,
         errno=errno.errorcode.get(exc.errno or 0, str(exc.errno)),
@@ -198,7 +198,7 @@ class DiskGuard:
         except OSError as exc:  # statvfs of a dir we run in hardly fails; keep the last verdict, say so rarely
             if now_s - self._logged_s >= LOG_INTERVAL_S:
                 self._logged_s = now_s
-                log.error("disk_check_failed", path=str(self.data_dir), error=repr(exc))
+                log.error("disk.check_failed", path=str(self.data_dir), error=repr(exc))
             return self.low
         self.free_bytes = free
         self.need_bytes = self.reserve_bytes + max(dump_bytes, self.failed_dump_bytes)
@@ -206,13 +206,13 @@ class DiskGuard:
             return False
         if not self.low and free < self.need_bytes:
             self.low, self._low_since_s, self._logged_s = True, now_s, now_s
-            self._log("disk_low", now_s)
+            self._log("disk.low", now_s)
         elif self.low and free >= self.resume_bytes:
             self.low = False
-            self._log("disk_recovered", now_s)
+            self._log("disk.recovered", now_s)
         elif self.low and now_s - self._logged_s >= LOG_INTERVAL_S:
             self._logged_s = now_s
-            self._log("disk_still_low", now_s)
+            self._log("disk.still_low", now_s)
         return self.low
 
     def _log(self, event: str, now_s: float) -> None:
@@ -222,7 +222,7 @@ class DiskGuard:
             "need_bytes": self.need_bytes,
             "resume_bytes": self.resume_bytes,
         }
-        if event == "disk_recovered":
+        if event == "disk.recovered":
             log.warning(event, low_for_s=round(now_s - self._low_since_s, 1), **fields)
             return
         action = (
@@ -230,7 +230,7 @@ class DiskGuard:
             f"votes, no candidacy, no appends; its HTTP API answers 503 disk_full) and rejoins by itself once "
             f"{self.resume_bytes} bytes are free"
         )
-        if event == "disk_still_low":
+        if event == "disk.still_low":
             fields["low_for_s"] = round(now_s - self._low_since_s, 1)
         log.error(event, reason="disk_full", action=action, **fields)
 

@@ -27,7 +27,7 @@ Rules:
    otherwise log it from its tick loop and carry on with a log in memory that the disk does not hold.
 5. One write is allowed to fail: the commit index that pysyncobj stores once a second when it changed. It is a
    hint (after a restart the node applies up to it before the leader says more, and pysyncobj clamps it to the
-   journal); the old value stays, pysyncobj retries the next second, and ``commit_index_not_saved`` is logged at
+   journal); the old value stays, pysyncobj retries the next second, and ``raft.commit_index_not_saved`` is logged at
    most every :data:`HINT_LOG_INTERVAL_S`. Votes and terms are never such hints: their failure ends the process.
 """
 
@@ -49,7 +49,7 @@ from provider.core.obs import get_logger
 __all__ = ["FSYNC_POLICIES", "DurableJournal", "FailureHandler", "journal_factory"]
 
 FSYNC_POLICIES = ("always", "batch", "never")
-#: At most one ``commit_index_not_saved`` line per this many seconds (rule 5).
+#: At most one ``raft.commit_index_not_saved`` line per this many seconds (rule 5).
 HINT_LOG_INTERVAL_S = 60.0
 log = get_logger("coordinator.raft")
 _install_lock = threading.Lock()
@@ -157,7 +157,7 @@ class DurableJournal(FileJournal):  # type: ignore[misc]
             now_s = self._clock_s()
             if now_s - self._hint_logged_s >= HINT_LOG_INTERVAL_S:
                 self._hint_logged_s = now_s
-                log.warning("commit_index_not_saved", path=self._meta_path, error=exc.strerror or str(exc))
+                log.warning("raft.commit_index_not_saved", path=self._meta_path, error=exc.strerror or str(exc))
         if self._policy == "batch":
             self.sync()
 

@@ -27,7 +27,7 @@ Rules:
    is :data:`LISTEN_BACKLOG`, not 5. A failed ``accept`` (out of file descriptors) is counted and the server
    keeps listening (pysyncobj stopped listening for good).
 5. Every rejection closes the connection, counts ``coordinator_raft_rejections_total{reason}`` and logs
-   ``raft_peer_rejected`` (WARNING) naming the peer's address, at most once per :data:`LOG_INTERVAL_S` per
+   ``raft.peer_rejected`` (WARNING) naming the peer's address, at most once per :data:`LOG_INTERVAL_S` per
    (reason, host), the next line carrying how many were suppressed. Nothing a peer sends is logged.
 6. The frame limit is a constant, not configuration: the largest legitimate message follows from the code
    (``MAX_BATCH`` commands of capped wire fields in one log entry after up to ``appendEntriesBatchSizeBytes`` of
@@ -223,7 +223,7 @@ class TransportGuard:
             if len(self._logged) >= 1024:  # many hosts: forget those quiet for an interval
                 self._logged = {k: v for k, v in self._logged.items() if now - v[0] < self._interval_s}
             self._logged[key] = (now, 0)
-        log.warning("raft_peer_rejected", peer=peer, reason=reason, detail=detail, suppressed=suppressed)
+        log.warning("raft.peer_rejected", peer=peer, reason=reason, detail=detail, suppressed=suppressed)
         return True
 
 

@@ -15,18 +15,41 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from coordinator._records import Result
-from coordinator.errors import CoordinatorError
+from coordinator.errors import ApiError
 from provider.core.obs import get_logger
 
 if TYPE_CHECKING:
-    from coordinator.node import CoordinatorNode
+    from coordinator.seams import Clock
     from coordinator.table import Table
+    from provider.core import CoordinatorConfig
 
-__all__ = ["retention_loop", "sweep_interval_s"]
+_T = TypeVar("_T")
+
+
+class RetentionNode(Protocol):
+    """What the sweep needs of a node; :class:`coordinator.node.CoordinatorNode` is one (declared here, by its user,
+    so this module does not import the node that runs it)."""
+
+    @property
+    def cfg(self) -> CoordinatorConfig: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def read(self, fn: Callable[[Table], _T]) -> _T: ...
+
+    async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any: ...
+
+
+__all__ = ["RetentionNode", "retention_loop", "sweep_interval_s"]
 
 log = get_logger("coordinator.retention")
 
@@ -58,7 +81,7 @@ def _due(table: Table, *, now_ms: int, retention_ms: int) -> bool:
     return table.retire_due(now_ms, retention_ms)
 
 
-async def retention_loop(node: CoordinatorNode) -> None:
+async def retention_loop(node: RetentionNode) -> None:
     """Forever: on the leader, retire the finished jobs that are due (time from ``node.clock``)."""
     retention_ms = node.cfg.job_retention_s * 1000
     interval_s = sweep_interval_s(node.cfg.job_retention_s, node.cfg.reap_interval_ms)
@@ -73,11 +96,11 @@ async def retention_loop(node: CoordinatorNode) -> None:
             continue
         try:
             value = await node.execute("retire", {"retention_ms": retention_ms}, "", "")
-        except CoordinatorError as exc:
-            log.warning("retire_failed", error=exc.message)
+        except ApiError as exc:
+            log.warning("retention.retire_failed", error=exc.message)
             continue
         more = bool(value["more"])  # a bounded command left work: go on at once (_retire.py rule 6)
         for job_id in value["retired"]:
-            log.info("job_retired", job_id=job_id)
+            log.info("retention.job_retired", job_id=job_id)
         if value["retired"]:
-            log.info("retention_sweep", retired=len(value["retired"]), windows_dropped=value["windows_dropped"])
+            log.info("retention.sweep", retired=len(value["retired"]), windows_dropped=value["windows_dropped"])

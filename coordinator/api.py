@@ -31,17 +31,17 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from coordinator._browser import browser_refusal
-from coordinator.auth import ANONYMOUS, Principal, TokenTable
+from coordinator._call import Call
+from coordinator.auth import ANONYMOUS, TokenTable
 from coordinator.errors import (
+    ApiError,
     BadRequestError,
     BodyTooLargeError,
-    CoordinatorError,
     NotLeaderError,
     UnavailableError,
 )
@@ -84,24 +84,7 @@ _LOGGED_REFUSALS = frozenset({400, 413, 415})
 _FORWARD_RETRY_S = 0.25
 
 
-@dataclass(frozen=True)
-class Call:
-    """One parsed request as handlers see it."""
-
-    request: web.Request
-    body: dict[str, Any]
-    principal: Principal
-    client_id: str
-    request_id: str
-
-    def param(self, name: str) -> str:
-        value = self.request.match_info[name]
-        if not value or len(value) > 1000:
-            raise BadRequestError(f"path parameter {name} must be 1-1000 chars", field=name)
-        return value
-
-
-def error_response(exc: CoordinatorError) -> web.Response:
+def error_response(exc: ApiError) -> web.Response:
     response = web.json_response(exc.body(), status=STATUS.get(exc.code, 500))
     if isinstance(exc, UnavailableError):
         response.headers["Retry-After"] = str(exc.retry_after_s)
@@ -224,7 +207,7 @@ class _Server:
                     gone = answer.status == STATUS["not_leader"] or _stood_aside(answer)
                     if not gone or clock.monotonic_s() >= deadline_s:
                         return answer
-                log.debug("forward_retry", leader=exc.leader)
+                log.debug("http.forward_retry", leader=exc.leader)
                 await self.node.leader_changed(exc.leader, min(deadline_s, clock.monotonic_s() + _FORWARD_RETRY_S))
 
 
@@ -255,12 +238,12 @@ def _middleware(server: _Server) -> Any:
         with bind_request(rid):
             try:
                 response: web.StreamResponse = await handler(request)
-            except CoordinatorError as exc:
+            except ApiError as exc:
                 response = error_response(exc)
                 quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
                 if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
                     log.warning(
-                        "request_refused",
+                        "http.request_refused",
                         method=request.method,
                         path=request.path[:200],
                         status=response.status,
@@ -269,15 +252,15 @@ def _middleware(server: _Server) -> Any:
                     )
             except web.HTTPException as exc:
                 code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
-                response = error_response(CoordinatorError(f"{request.method} {request.path}: {exc.reason}", code=code))
+                response = error_response(ApiError(f"{request.method} {request.path}: {exc.reason}", code=code))
             except Exception as exc:
-                log.exception("request_failed", method=request.method, path=request.path)
-                response = error_response(CoordinatorError(f"internal error: {type(exc).__name__}"))
+                log.exception("http.request_failed", method=request.method, path=request.path)
+                response = error_response(ApiError(f"internal error: {type(exc).__name__}"))
             response.headers["X-Request-Id"] = rid
             route = _route_key(request)
             server.observe(route, response.status, time.perf_counter() - started)
             if response.status >= 500 and not quiet and not route.startswith("/health"):
-                log.warning("request_error", method=request.method, path=request.path, status=response.status)
+                log.warning("http.request_error", method=request.method, path=request.path, status=response.status)
             return response
 
     return middleware

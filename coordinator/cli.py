@@ -9,7 +9,7 @@ Rules:
 3. A data dir remembers its node id and Raft address (``node.json``); starting another node on it is refused.
 4. Exit statuses of ``serve``: 0 after SIGTERM/SIGINT, 1 on an unexpected error, 2 on a usage error, 74 when the
    data dir could not be written (``coordinator/_disk.py`` rule 2: disk full or an I/O error, named in the
-   ``data_dir_write_failed`` line before it).
+   ``disk.data_dir_write_failed`` line before it).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     await runner.setup()
     await GuardedSite(runner, settings.http_host, settings.http_port, node.connections, backlog=1024).start()
     log.info(
-        "http_limits",
+        "coordinator.http_limits",
         fd_limit=fd_limit(),
         max_connections=limits.max_total,
         max_connections_per_peer=limits.max_per_peer,
@@ -249,7 +249,7 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
         idle_timeout_s=limits.idle_timeout_s,
     )
     log.info(
-        "serving",
+        "coordinator.serving",
         node_id=settings.node_id,
         http=settings.http_url,
         raft=settings.raft,
@@ -263,7 +263,7 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping", node_id=settings.node_id)
+    log.info("coordinator.stopping", node_id=settings.node_id)
     await runner.cleanup()
     await node.stop()
 

@@ -2,8 +2,8 @@
 
 Tree::
 
-    Exception
-    └── CoordinatorError        base: code, message, field (the offending input) and optional hints
+    provider.core.errors.SeamlessDataError   the common root of every package's errors
+    └── ApiError            base: code, message, field (the offending input) and optional hints
         ├── BadRequestError     400 ``invalid``: a field is missing, malformed or out of range
         ├── AuthError           401 ``unauthorized`` / 403 ``forbidden``
         ├── NotFoundError       404 ``not_found``: unknown job, lease, window or key
@@ -14,20 +14,23 @@ Tree::
                                 ``retry_after_s``; a ``timeout`` on a write means "maybe applied": retry with the
                                 same ``Idempotency-Key`` to be safe
 
-The pure table never raises these: it returns :class:`coordinator.table.Result` values, which
-:func:`from_result` turns into errors at the service edge.
+``ApiError`` is the server's error (the body it answers with); the client raises
+``provider.errors.CoordinatorError`` when it reads such a body. The pure table never raises these: it returns
+:class:`coordinator.table.Result` values, which :func:`from_result` turns into errors at the service edge.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from provider.core.errors import SeamlessDataError
+
 __all__ = [
     "AuthError",
     "BadRequestError",
     "BodyTooLargeError",
     "ConflictError",
-    "CoordinatorError",
+    "ApiError",
     "NotFoundError",
     "NotLeaderError",
     "UnavailableError",
@@ -35,7 +38,7 @@ __all__ = [
 ]
 
 
-class CoordinatorError(Exception):
+class ApiError(SeamlessDataError):
     """Base class: ``code`` is the machine-readable error, ``field`` names the input it concerns."""
 
     code = "internal"
@@ -55,27 +58,27 @@ class CoordinatorError(Exception):
         return {"error": error}
 
 
-class BadRequestError(CoordinatorError):
+class BadRequestError(ApiError):
     code = "invalid"
 
 
-class AuthError(CoordinatorError):
+class AuthError(ApiError):
     code = "unauthorized"
 
 
-class NotFoundError(CoordinatorError):
+class NotFoundError(ApiError):
     code = "not_found"
 
 
-class ConflictError(CoordinatorError):
+class ConflictError(ApiError):
     code = "conflict"
 
 
-class BodyTooLargeError(CoordinatorError):
+class BodyTooLargeError(ApiError):
     code = "too_large"
 
 
-class NotLeaderError(CoordinatorError):
+class NotLeaderError(ApiError):
     """This node cannot serve the write; ``leader`` is the HTTP base URL of the leader when known."""
 
     code = "not_leader"
@@ -90,7 +93,7 @@ class NotLeaderError(CoordinatorError):
         return body
 
 
-class UnavailableError(CoordinatorError):
+class UnavailableError(ApiError):
     """No leader, or a replicated command did not finish in time."""
 
     code = "no_leader"
@@ -100,7 +103,7 @@ class UnavailableError(CoordinatorError):
         self.retry_after_s = retry_after_s
 
 
-_BY_CODE: dict[str, type[CoordinatorError]] = {
+_BY_CODE: dict[str, type[ApiError]] = {
     "invalid": BadRequestError,
     "not_found": NotFoundError,
     "conflict": ConflictError,
@@ -108,7 +111,7 @@ _BY_CODE: dict[str, type[CoordinatorError]] = {
 }
 
 
-def from_result(code: str, message: str, field: str = "", value: Any = None) -> CoordinatorError:
+def from_result(code: str, message: str, field: str = "", value: Any = None) -> ApiError:
     """The error for a failed table :class:`~coordinator.table.Result` (whose ``value`` may carry
     ``retry_after_ms`` for a ``capacity`` refusal)."""
     if code == "capacity":
@@ -116,5 +119,5 @@ def from_result(code: str, message: str, field: str = "", value: Any = None) -> 
         error = UnavailableError(message, code=code, retry_after_s=max(1, -(-int(retry_ms) // 1000)))
         error.field = field or None
         return error
-    cls = _BY_CODE.get(code, CoordinatorError)
+    cls = _BY_CODE.get(code, ApiError)
     return cls(message, code=code, field=field or None)

@@ -17,10 +17,11 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from coordinator._call import Call
 from coordinator.errors import BadRequestError, NotFoundError
 from coordinator.node import CoordinatorNode
 from coordinator.routes import METRICS_DETAIL_ROLE, Route
@@ -39,9 +40,6 @@ from provider.core import (
     tracing,
 )
 from provider.core.obs import METRICS_CONTENT_TYPE, get_logger
-
-if TYPE_CHECKING:
-    from coordinator.api import Call
 
 __all__ = ["Handlers"]
 
@@ -153,7 +151,7 @@ class Handlers:
         )
         job = value["job"]
         log.info(
-            "job_submitted",
+            "job.submitted",
             job_id=job["job_id"],
             series=job["series"],
             created=value["created"],
@@ -199,12 +197,12 @@ class Handlers:
 
     async def cancel_job(self, call: Call) -> web.Response:
         value = await self._run(call, "cancel_job", {"job_id": call.param("job_id")})
-        log.info("job_cancelled", job_id=value["job"]["job_id"])
+        log.info("job.cancelled", job_id=value["job"]["job_id"])
         return web.json_response(value)
 
     async def retry_job(self, call: Call) -> web.Response:
         value = await self._run(call, "retry_job", {"job_id": call.param("job_id")})
-        log.info("job_retried", job_id=value["job"]["job_id"], requeued=value["requeued"])
+        log.info("job.retried", job_id=value["job"]["job_id"], requeued=value["requeued"])
         return web.json_response(value)
 
     # -- window leases ------------------------------------------------------------------------------------------
@@ -214,7 +212,7 @@ class Handlers:
         value = await self.node.claim(req.worker_id, req.max_windows, req.wait_ms, call.client_id, call.request_id)
         for lease in value["leases"]:
             log.debug(
-                "lease_granted",
+                "lease.granted",
                 lease_id=lease["lease_id"],
                 window_id=lease["window_id"],
                 token=lease["token"],
@@ -234,7 +232,7 @@ class Handlers:
         req = parse(CompleteRequest, call.body)
         value = await self._run(call, "complete", {"lease_id": req.lease_id, "token": req.token, "rows": req.rows})
         log.debug(
-            "lease_completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
+            "lease.completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
         )
         return web.json_response(value)
 
@@ -254,7 +252,7 @@ class Handlers:
             },
         )
         log.info(
-            "lease_failed",
+            "lease.failed",
             lease_id=req.lease_id,
             token=req.token,
             window_id=value["window_id"],
@@ -277,19 +275,19 @@ class Handlers:
     async def release_lease(self, call: Call) -> web.Response:
         req = parse(ReasonRequest, call.body)
         value = await self._run(call, "release", {"lease_id": call.param("lease_id")})
-        log.warning("lease_released", lease_id=value["lease_id"], reason=req.reason, by=call.principal.name)
+        log.warning("lease.released", lease_id=value["lease_id"], reason=req.reason, by=call.principal.name)
         return web.json_response(value)
 
     async def requeue_window(self, call: Call) -> web.Response:
-        return await self._operate(call, "requeue")
+        return await self._operate(call, "requeue", event="window.requeued")
 
     async def mark_window_done(self, call: Call) -> web.Response:
-        return await self._operate(call, "mark_done")
+        return await self._operate(call, "mark_done", event="window.marked_done")
 
-    async def _operate(self, call: Call, op: str) -> web.Response:
+    async def _operate(self, call: Call, op: str, *, event: str) -> web.Response:
         req = parse(ReasonRequest, call.body)
         value = await self._run(call, op, {"window_id": call.param("window_id"), "reason": req.reason})
-        log.warning(f"window_{op}", window_id=value["window_id"], reason=req.reason, by=call.principal.name)
+        log.warning(event, window_id=value["window_id"], reason=req.reason, by=call.principal.name)
         return web.json_response(value)
 
     # -- QMTL keyed leases --------------------------------------------------------------------------------------
@@ -306,7 +304,7 @@ class Handlers:
                 "max_keys": self.node.cfg.max_keys,
             },
         )
-        log.debug("key_lease_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
+        log.debug("lease.key_granted", key=req.key, token=value["lease"]["token"], lease_id=value["lease"]["lease_id"])
         return web.json_response(value)
 
     async def complete_key(self, call: Call) -> web.Response:

@@ -37,15 +37,15 @@ from coordinator._admission import Admission
 from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
-from coordinator.errors import CoordinatorError, NotLeaderError, UnavailableError, from_result
+from coordinator.errors import ApiError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import RaftNode, RaftSettings
-from coordinator.seams import SYSTEM_CLOCK, Clock, CommitError, Replica, ReplicaFactory, wall_ms
+from coordinator.seams import SYSTEM_CLOCK, Clock, CommitError, Replica, ReplicaFactory
 from coordinator.table import Result, Table
 from provider.core import AppConfig
 from provider.core.obs import get_logger, new_registry
 
-__all__ = ["CoordinatorNode", "NodeSettings", "raft_replica", "wall_ms"]
+__all__ = ["CoordinatorNode", "NodeSettings", "raft_replica"]
 
 log = get_logger("coordinator.node")
 T = TypeVar("T")
@@ -254,7 +254,7 @@ class CoordinatorNode:
             retry_after_s=1,
         )
 
-    def not_leader(self) -> CoordinatorError:
+    def not_leader(self) -> ApiError:
         leader = self.leader_http()
         if leader is None:
             return UnavailableError(
@@ -296,7 +296,7 @@ class CoordinatorNode:
     # -- the write path -----------------------------------------------------------------------------------------
 
     async def execute(self, op: str, kwargs: dict[str, Any], client_id: str, request_id: str) -> Any:
-        """Stamp, replicate and apply one command on the leader; return its value or raise CoordinatorError."""
+        """Stamp, replicate and apply one command on the leader; return its value or raise ApiError."""
         clock = self.clock
         deadline = clock.monotonic_s() + self.cfg.commit_timeout_ms / 1000
         tagged = f"{request_id}{FINGERPRINT_SEP}{fingerprint(op, kwargs)}" if client_id and request_id else request_id
@@ -308,7 +308,7 @@ class CoordinatorNode:
             except CommitError as exc:
                 if deadline - clock.monotonic_s() > 0.05 and (exc.maybe_applied is False or request_id):
                     self.metrics.commit_retries.inc()
-                    log.warning("commit_retry", op=op, reason=exc.reason)
+                    log.warning("raft.commit_retry", op=op, reason=exc.reason)
                     await clock.sleep(0.01)
                     continue
                 raise UnavailableError(
@@ -321,7 +321,7 @@ class CoordinatorNode:
             if result.code == "lease_lost":
                 self.metrics.fenced_rejections.inc()
                 log.info(
-                    "lease_lost",
+                    "lease.lost",
                     op=op,
                     lease_id=kwargs.get("lease_id"),
                     token=kwargs.get("token"),
@@ -362,13 +362,13 @@ class CoordinatorNode:
             return []
         try:
             value = await self.execute("expire", {"max_attempts": self.backfill.max_attempts}, "", "")
-        except CoordinatorError as exc:
-            log.warning("reap_failed", error=exc.message)
+        except ApiError as exc:
+            log.warning("lease.reap_failed", error=exc.message)
             return []
         expired: list[dict[str, Any]] = value["expired"]
         for item in expired:
             log.info(
-                "lease_expired",
+                "lease.expired",
                 lease_id=item["lease_id"],
                 token=item["token"],
                 worker_id=item["worker_id"],

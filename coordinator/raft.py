@@ -147,12 +147,12 @@ class TableConsumer(SyncObjConsumer):
                 with self._lock:
                     result = run(self._table, **kwargs)
         except Exception as exc:  # the table never raises; this is the last line of defence of the apply loop
-            log.error("apply_failed", op=op, error=repr(exc))
+            log.error("raft.apply_failed", op=op, error=repr(exc))
             result = Result.error("internal", f"{op} failed: {type(exc).__name__}")
         try:
             self._on_applied(str(op), result)
         except Exception as exc:
-            log.error("on_applied_failed", op=op, error=repr(exc))
+            log.error("raft.on_applied_failed", op=op, error=repr(exc))
         return result
 
     def _serialize(self) -> Any:
@@ -162,7 +162,7 @@ class TableConsumer(SyncObjConsumer):
     def _deserialize(self, data: Any) -> None:
         with self._lock:
             if not self._table.import_state(data):
-                log.error("dump_not_loaded", reason="the full dump is not a lease-table state of this version")
+                log.error("raft.dump_not_loaded", reason="the full dump is not a lease-table state of this version")
         gc.freeze()
 
 
@@ -267,7 +267,7 @@ class RaftNode:
         peers = [p for p in self.settings.peers if p != self.settings.self_addr]
         min_timeout_s, max_timeout_s = self.settings.election_timeout_s
         log.info(
-            "election_timeout",
+            "raft.election_timeout",
             rank=self.settings.rank,
             nodes=len(self.settings.members),
             min_ms=round(min_timeout_s * 1000),
@@ -298,7 +298,7 @@ class RaftNode:
             now_s = time.monotonic()
             if now_s - self._aside_error_s >= 60.0:
                 self._aside_error_s = now_s
-                log.error("stand_aside_failed", error=repr(exc))
+                log.error("raft.stand_aside_failed", error=repr(exc))
 
     def _keepalive(self) -> None:
         """On pysyncobj's tick: keep every peer connection read from (rule 9). Never raises into the tick loop."""
@@ -311,7 +311,7 @@ class RaftNode:
             for node in self._sync.otherNodes:
                 transport.send(node, _KEEPALIVE)
         except Exception as exc:  # a private pysyncobj attribute: never let a change of it stop the tick loop
-            log.error("keepalive_failed", error=repr(exc))
+            log.error("raft.keepalive_failed", error=repr(exc))
 
     def stop(self) -> None:
         if self._sync is not None:
@@ -319,7 +319,7 @@ class RaftNode:
 
     def _state_changed(self, old: int, new: int) -> None:
         self._leader_since_s = time.monotonic() if new == _LEADER else None
-        log.info("raft_state_changed", old=old, new=new)
+        log.info("raft.state_changed", old=old, new=new)
 
     # -- status -------------------------------------------------------------------------------------------------
 

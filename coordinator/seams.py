@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from coordinator.table import Result, Table
+from provider.core.clock import wall_clock_ms
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "CommitError", "OnApplied", "Replica", "ReplicaFactory", "SystemClock", "wall_ms"]
 
@@ -36,8 +37,9 @@ OnApplied = Callable[[str, Result], None]
 
 
 def wall_ms() -> int:
-    """The wall clock in epoch ms; only the leader's command path reads it (through :class:`SystemClock`)."""
-    return time.time_ns() // 1_000_000
+    """The wall clock in epoch ms (``provider.core.clock``); only the leader's command path reads it (through
+    :class:`SystemClock`)."""
+    return wall_clock_ms()
 
 
 class CommitError(Exception):

@@ -16,12 +16,10 @@ import base64
 import hashlib
 import re
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from coordinator.api import Call
+from coordinator._call import Call
 
 __all__ = ["StatusPage", "content_security_policy"]
 

@@ -10,6 +10,9 @@ Rules:
 3. A storage error during a read surfaces as :class:`~provider.errors.StorageFailedError` (a provider error
    naming the series and what to do next; the storage error is its ``__cause__``).
 4. The live feed serves missing bars inside its zone up to the newest bar it returned.
+5. :func:`read_pieces` asks any :class:`~provider.strategies.DataSource` for a list of ranges; sources with a
+   ``read_ranges`` method do it in one go. :func:`covered_ranges` likewise uses ``covered_within`` when a
+   source has it (so a request's cost follows the request), and its whole ``coverage`` otherwise.
 """
 
 from __future__ import annotations
@@ -19,15 +22,41 @@ from typing import Any
 
 from provider.core import intersect_ranges, subtract_ranges, tracing
 from provider.core.obs import get_logger
-from provider.datasources import covered_ranges, grid_inward, last_ts_ms, read_pieces, trim
 from provider.errors import StorageFailedError
 from provider.fetchmeta import FetchContext
+from provider.frames import Piece, last_ts_ms, trim
 from provider.metrics import ProviderMetrics
 from provider.sla import SLARun
+from provider.storage_source import grid_inward
 
-__all__ = ["SourceReads"]
+__all__ = ["SourceReads", "covered_ranges", "read_pieces"]
 
 _log = get_logger("provider.seamless")
+
+
+async def read_pieces(source: Any, ranges: list[tuple[int, int]], *, node_id: str) -> list[Piece]:
+    """Ask ``source`` for the bars of each range."""
+    if not ranges:
+        return []
+    reader = getattr(source, "read_ranges", None)
+    if reader is not None:
+        pieces: list[Piece] = await reader(ranges, node_id=node_id)
+        return pieces
+    frames = await asyncio.gather(*(source.fetch(lo, hi, node_id=node_id) for lo, hi in ranges))
+    return list(zip(ranges, frames, strict=True))
+
+
+async def covered_ranges(source: Any, ranges: list[tuple[int, int]], *, node_id: str) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` that ``source`` covers; a source with ``covered_within`` is asked about their hull
+    only, any other for its whole coverage."""
+    if not ranges:
+        return []
+    within = getattr(source, "covered_within", None)
+    if within is not None:
+        known = await within(min(lo for lo, _ in ranges), max(hi for _, hi in ranges), node_id=node_id)
+    else:
+        known = await source.coverage(node_id=node_id)
+    return intersect_ranges(ranges, known)
 
 
 class SourceReads:

@@ -36,14 +36,15 @@ from typing import Any
 
 import pandas as pd
 
-from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, SeriesKey, intersect_ranges, merge_ranges, tracing, window_ranges
+from provider.core.clock import wall_clock_ms
 from provider.core.obs import get_logger
-from provider.datasources import StorageDataSource, trim
 from provider.flights import BackfillTicket, Flight, WindowFlights
+from provider.frames import trim
 from provider.metrics import ProviderMetrics
 from provider.storage._contract import write_window_from
+from provider.storage_source import StorageDataSource
 from provider.strategies import ProgressCallback
 
 __all__ = ["BaseBackfiller", "CoordinatorBackfiller", "DelegatingBackfiller", "InProcessBackfiller", "plan_windows"]

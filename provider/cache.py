@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import sqlite3
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ranges
-from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
+from provider.core.clock import wall_clock_ms
+from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, slice_frame, ts_ms
 from provider.metrics import ProviderMetrics
 from provider.strategies import DataSourcePriority
 
@@ -40,17 +40,10 @@ __all__ = [
     "MemoryCache",
     "SeamlessCache",
     "SqliteCache",
-    "slice_frame",
-    "wall_clock_ms",
 ]
 
 #: Default L1 bound: 256 MiB of frames.
 DEFAULT_CACHE_MAX_BYTES = 256 * 1024 * 1024
-
-
-def wall_clock_ms() -> int:
-    """Epoch milliseconds now (the default clock)."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -74,14 +67,6 @@ class CacheEntry:
     def slice(self, start_ms: int, end_ms: int) -> pd.DataFrame:
         """A copy of the bars of ``[start_ms, end_ms)`` (which must lie inside the entry)."""
         return slice_frame(self.frame, self.stamps_ms, start_ms, end_ms)
-
-
-def slice_frame(frame: pd.DataFrame, stamps_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.DataFrame:
-    """A copy of the rows of a sorted frame with ``start_ms <= ts < end_ms`` (``stamps_ms`` = its ts in ms)."""
-    i0, i1 = np.searchsorted(stamps_ms, [start_ms, end_ms])
-    if i0 == 0 and i1 == len(stamps_ms):
-        return frame.copy()
-    return frame.iloc[int(i0) : int(i1)].reset_index(drop=True)
 
 
 class MemoryCache:

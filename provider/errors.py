@@ -2,27 +2,31 @@
 
 Tree::
 
-    SeamlessError                      base of every error this package raises on purpose
-    ├── CoordinatorError               the coordinator answered with an error, or could not be reached
-    │   ├── CoordinatorBadRequestError     400/413: ``field`` names what was wrong
-    │   ├── CoordinatorAuthError           401/403: missing, unknown or under-privileged token
-    │   ├── CoordinatorNotFoundError       404: unknown job, window or lease id
-    │   ├── CoordinatorConflictError       409: the request conflicts with the current state
-    │   │   └── LeaseLostError                 the token is not the window's current lease: stop working on it
-    │   ├── CoordinatorCapacityError       429: a limit refused the request (``retry_after_s``; nothing changed)
-    │   └── CoordinatorUnavailableError    no leader / no node answered before the deadline
-    ├── DataUnavailableError           FAIL_FAST: part of the request is not stored (``missing`` ranges)
-    ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
-    ├── SeamlessSLAExceeded            an SLA budget ran out (``phase``, ``elapsed_ms``, ``budget_ms``)
-    ├── ConformancePipelineError       conformance found blocking problems (``report``)
-    ├── SchemaRegistryError            a schema or registry request is invalid (also a ValueError)
-    │   ├── SchemaIncompatibleError        a new version breaks its subject's compatibility policy (``subject``,
-    │   │                                  ``policy``, ``problems`` as (column, why), ``allowed``); nothing was written
-    │   └── SchemaRegistryFileError        the registry file is unreadable or corrupt (``path``, ``problem``)
-    └── StorageFailedError             the provider's storage failed a read (``series``, ``operation``, ``hint``;
-                                       the storage error is the ``__cause__``)
+    provider.core.errors.SeamlessDataError    the common root of every package's errors
+    └── SeamlessError                  base of every error this package raises on purpose
+        ├── CoordinatorError               the coordinator answered with an error, or could not be reached
+        │   ├── CoordinatorBadRequestError     400/413: ``field`` names what was wrong
+        │   ├── CoordinatorAuthError           401/403: missing, unknown or under-privileged token
+        │   ├── CoordinatorNotFoundError       404: unknown job, window or lease id
+        │   ├── CoordinatorConflictError       409: the request conflicts with the current state
+        │   │   └── LeaseLostError                 the token is not the window's current lease: stop working on it
+        │   ├── CoordinatorCapacityError       429: a limit refused the request (``retry_after_s``; nothing changed)
+        │   └── CoordinatorUnavailableError    no leader / no node answered before the deadline
+        ├── DataUnavailableError           FAIL_FAST: part of the request is not stored (``missing`` ranges)
+        ├── BackfillFailedError            a backfill did not complete (``missing`` ranges, ``reason``)
+        ├── SeamlessSLAExceeded            an SLA budget ran out (``phase``, ``elapsed_ms``, ``budget_ms``)
+        ├── ConformancePipelineError       conformance found blocking problems (``report``)
+        ├── SchemaRegistryError            a schema or registry request is invalid (also a ValueError)
+        │   ├── SchemaIncompatibleError        a new version breaks its subject's compatibility policy
+        │   │                                  (``subject``, ``policy``, ``problems`` as (column, why), ``allowed``);
+        │   │                                  nothing was written
+        │   └── SchemaRegistryFileError        the registry file is unreadable or corrupt (``path``, ``problem``)
+        └── StorageFailedError             the provider's storage failed a read (``series``, ``operation``, ``hint``;
+                                           the storage error is the ``__cause__``)
 
-Storage errors live in :mod:`provider.storage.errors`, source errors in :mod:`provider.sources.errors`.
+Storage errors live in :mod:`provider.storage.errors`, source errors in :mod:`provider.sources.errors`; their
+roots and this one derive from :class:`provider.core.errors.SeamlessDataError`. The coordinator service's own
+root is ``coordinator.errors.ApiError``; :class:`CoordinatorError` here is the client's view of its answers.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from provider.core import ms_to_iso
+from provider.core.errors import SeamlessDataError
 
 __all__ = [
     "BackfillFailedError",
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 
-class SeamlessError(Exception):
+class SeamlessError(SeamlessDataError):
     """Base class of the provider's errors."""
 
 

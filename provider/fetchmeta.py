@@ -17,7 +17,6 @@ from typing import Any
 
 from provider.core import SeriesKey, covered_ms, interval_ms, merge_ranges, snap_range
 from provider.core.obs import new_request_id
-from provider.datasources import Piece
 from provider.errors import (
     BackfillFailedError,
     ConformancePipelineError,
@@ -25,6 +24,7 @@ from provider.errors import (
     SeamlessSLAExceeded,
     StorageFailedError,
 )
+from provider.frames import Piece
 
 __all__ = ["FetchContext", "FetchMetadata", "interval_matches", "outcome_of"]
 

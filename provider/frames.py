@@ -4,6 +4,15 @@ A bar frame has columns ``ts`` (``datetime64[ns, UTC]``) and ``open high low clo
 by ``ts`` with unique values on the bar grid, and has a default RangeIndex. An empty frame keeps the columns and
 dtypes. :func:`check_frame` names the first problem it finds; :func:`empty_frame` and :func:`frame_from_arrays`
 build conforming frames.
+
+Rules:
+1. This module holds every helper that reads or cuts a bar frame: the ``ts`` column as epoch ms or ns
+   (:func:`ts_ms`, :func:`ts_ns`, :func:`last_ts_ms`), the rows of a half-open range (:func:`trim`,
+   :func:`slice_frame`) and the join of disjoint pieces (:func:`assemble`); the cache, the storage data source,
+   the live feed and the provider import them from here.
+2. :func:`assemble` joins pieces ``((lo, hi), frame)`` that are disjoint half-open ranges: each frame is trimmed
+   to its range and the frames are concatenated in range order. Disjoint ranges make the seams exact: no bar is
+   doubled or dropped where one source ends and the next begins.
 """
 
 from __future__ import annotations
@@ -13,23 +22,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from provider.core.errors import SeamlessDataError
+
 __all__ = [
     "FRAME_COLUMNS",
     "PRICE_COLUMNS",
     "TS_DTYPE",
     "FrameContractError",
+    "Piece",
+    "assemble",
     "check_frame",
     "empty_frame",
     "frame_from_arrays",
+    "last_ts_ms",
+    "slice_frame",
+    "trim",
     "ts_ms",
+    "ts_ns",
 ]
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 FRAME_COLUMNS = ("ts", *PRICE_COLUMNS)
 TS_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 
+#: A range and the bars a source returned for it.
+Piece = tuple[tuple[int, int], pd.DataFrame]
 
-class FrameContractError(ValueError):
+
+class FrameContractError(SeamlessDataError, ValueError):
     """A frame breaks the contract; ``problem`` is a short machine-readable tag, the message says what to fix."""
 
     def __init__(self, problem: str, message: str) -> None:
@@ -60,6 +80,48 @@ def frame_from_arrays(ts_ms_values: Any, open_: Any, high: Any, low: Any, close:
 def ts_ms(frame: pd.DataFrame) -> np.ndarray:
     """The ``ts`` column as int64 epoch milliseconds."""
     return frame["ts"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+
+
+def ts_ns(frame: pd.DataFrame) -> np.ndarray:
+    """The ``ts`` column of a contract frame as int64 epoch ns, without a copy."""
+    return np.asarray(frame["ts"].array.asi8, dtype=np.int64)
+
+
+def last_ts_ms(frame: pd.DataFrame) -> int:
+    """The ``ts`` of the last row in epoch ms (the frame must not be empty)."""
+    return int(ts_ns(frame)[-1]) // 1_000_000
+
+
+def trim(frame: pd.DataFrame, start_ms: int, end_ms: int) -> pd.DataFrame:
+    """The rows with ``start_ms <= ts < end_ms`` (the same object when nothing goes; order is kept)."""
+    if len(frame) == 0:
+        return frame
+    stamps = ts_ns(frame)
+    lo, hi = start_ms * 1_000_000, end_ms * 1_000_000
+    if stamps.min() >= lo and stamps.max() < hi:
+        return frame
+    mask = (stamps >= lo) & (stamps < hi)
+    return frame.loc[mask].reset_index(drop=True)
+
+
+def slice_frame(frame: pd.DataFrame, stamps_ms: np.ndarray, start_ms: int, end_ms: int) -> pd.DataFrame:
+    """A copy of the rows of a sorted frame with ``start_ms <= ts < end_ms`` (``stamps_ms`` = its ts in ms)."""
+    i0, i1 = np.searchsorted(stamps_ms, [start_ms, end_ms])
+    if i0 == 0 and i1 == len(stamps_ms):
+        return frame.copy()
+    return frame.iloc[int(i0) : int(i1)].reset_index(drop=True)
+
+
+def assemble(pieces: list[Piece]) -> pd.DataFrame:
+    """One frame from disjoint pieces (rule 2)."""
+    ordered = sorted(pieces, key=lambda piece: piece[0][0])
+    frames = [trim(frame, lo, hi) for (lo, hi), frame in ordered]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return empty_frame()
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True)
 
 
 def check_frame(

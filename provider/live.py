@@ -24,12 +24,11 @@ from typing import Any
 
 import pandas as pd
 
-from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceReport, normalize_bars
 from provider.core import SeriesKey
-from provider.datasources import last_ts_ms, trim
+from provider.core.clock import wall_clock_ms
 from provider.errors import ConformancePipelineError
-from provider.frames import empty_frame
+from provider.frames import empty_frame, last_ts_ms, trim
 from provider.metrics import ProviderMetrics
 from provider.strategies import DataSourcePriority
 

@@ -34,13 +34,12 @@ from typing import Any
 
 import pandas as pd
 
-from provider._reads import SourceReads
+from provider._reads import SourceReads, covered_ranges
 from provider.backfill import BaseBackfiller
-from provider.cache import wall_clock_ms
 from provider.conformance import ConformanceContext, ConformanceReport
 from provider.core import BackfillConfig, SeriesKey, merge_ranges, snap_range, subtract_ranges, tracing
+from provider.core.clock import wall_clock_ms
 from provider.core.obs import bind_request, get_logger
-from provider.datasources import assemble, covered_ranges, last_ts_ms
 from provider.errors import (
     BackfillFailedError,
     ConformancePipelineError,
@@ -49,6 +48,7 @@ from provider.errors import (
 )
 from provider.fetchmeta import FetchContext, FetchMetadata, outcome_of
 from provider.flights import BackfillTicket
+from provider.frames import assemble, last_ts_ms
 from provider.metrics import ProviderMetrics
 from provider.reports import open_report_sink
 from provider.sla import SLARun

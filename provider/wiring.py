@@ -2,7 +2,7 @@
 
 Rules:
 1. ``storage_source`` may be a DataSource (used as is), a storage object of the ``open_storage`` contract or a
-   DSN string (wrapped in :class:`~provider.datasources.StorageDataSource`; a DSN is opened lazily and owned).
+   DSN string (wrapped in :class:`~provider.storage_source.StorageDataSource`; a DSN is opened lazily and owned).
 2. ``cache_source=None`` builds the default L1 cache (``cache_ttl`` seconds); ``False`` disables caching.
 3. With ``coordinator`` (a CoordinatorClient, a URL or a list of URLs) missing ranges become coordinator jobs;
    otherwise ``backfiller`` may be a backfiller of :mod:`provider.backfill`, any AutoBackfiller (given
@@ -22,10 +22,10 @@ from provider.backfill import BaseBackfiller, CoordinatorBackfiller, DelegatingB
 from provider.cache import SeamlessCache
 from provider.conformance import ConformancePipeline, SchemaRegistry
 from provider.core import BackfillConfig, ConformanceConfig, SLAConfig
-from provider.datasources import StorageDataSource
 from provider.live import PollingLiveFeed
 from provider.metrics import ProviderMetrics
 from provider.sla import SLAPolicy
+from provider.storage_source import StorageDataSource
 
 __all__ = ["build_backfiller", "build_cache", "build_conformance", "build_live", "build_sla", "build_storage"]
 

@@ -98,13 +98,13 @@ class Supervisor:
         try:
             pending, leased = await self.backlog()
         except Exception as exc:  # the coordinator being briefly unreachable must not kill the pool
-            log.warning("autoscale: backlog unknown; keeping the pool size", error=str(exc))
+            log.warning("autoscale.backlog_unknown", error=str(exc))
             return
         current = len(self.children)
         self._low_periods = self._low_periods + 1 if pending + leased < current * self.policy.windows_per_worker else 0
         want = desired_workers(self.policy, pending, leased, current, self._low_periods)
         if want != current:
-            log.info("autoscale", pending=pending, leased=leased, workers=current, target=want)
+            log.info("autoscale.resized", pending=pending, leased=leased, workers=current, target=want)
             self._low_periods = 0
         await self._resize(want)
 
@@ -114,7 +114,7 @@ class Supervisor:
             if code is not None and not child.stopping:
                 del self.children[index]
                 self.restarts += 1
-                log.warning("worker child exited; restarting", index=index, exit_code=code)
+                log.warning("autoscale.child_restarted", index=index, exit_code=code)
 
     async def _resize(self, want: int) -> None:
         while len(self.children) < want:
@@ -133,7 +133,7 @@ class Supervisor:
         argv = list(self.child_argv(index))
         process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL)
         self.children[index] = _Child(index, process)
-        log.info("worker child started", index=index, pid=process.pid)
+        log.info("autoscale.child_started", index=index, pid=process.pid)
 
     async def _stop_child(self, child: _Child) -> None:
         child.stopping = True
@@ -147,7 +147,7 @@ class Supervisor:
                     child.process.kill()
                 await child.process.wait()
         self.children.pop(child.index, None)
-        log.info("worker child stopped", index=child.index, exit_code=child.process.returncode)
+        log.info("autoscale.child_stopped", index=child.index, exit_code=child.process.returncode)
 
 
 def python_argv() -> list[str]:

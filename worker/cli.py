@@ -137,7 +137,7 @@ def _resolve_storage(opts: dict[str, Any]) -> None:
         source = click.get_current_context().get_parameter_source("storage_dsn")
         if source is ParameterSource.COMMANDLINE:
             log.warning(
-                "storage password on the command line",
+                "worker.password_on_command_line",
                 advice=f"every local user can read it in ps: use --storage-file, ${STORAGE_DSN_ENV} or --config",
             )
     if opts["storage_dsn"]:
@@ -159,7 +159,7 @@ def _token(opts: dict[str, Any]) -> str | None:
 def _note_retry(metrics: WorkerMetrics, event: Any) -> None:
     metrics.retries.labels(source=event.source).inc()
     log.warning(
-        "source retry", source=event.source, retry=event.retry, delay_s=round(event.delay_s, 3), error=str(event.error)
+        "source.retry", source=event.source, retry=event.retry, delay_s=round(event.delay_s, 3), error=str(event.error)
     )
 
 
@@ -220,7 +220,7 @@ def _open_sources(opts: dict[str, Any], config: AppConfig, metrics: WorkerMetric
 
 async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> MetricsServer:
     server = await serve_metrics(registry, port=opts["metrics_port"], host=opts["metrics_host"])
-    log.info("metrics listening", address=server.url)
+    log.info("worker.metrics_listening", address=server.url)
     return server
 
 

@@ -15,11 +15,11 @@ Rules:
    cancelled and released so another worker takes them at once, attempt not counted.
 5. Writes are idempotent (the storage contract), so a window written twice holds the same bars.
 7. Every fetched frame goes through :func:`provider.conformance.normalize_bars` (the same ingest conformance as
-   the provider's backfill). Lossless reshapes are normalized, stored, and logged (``window conformance`` with the
-   report). A blocked window writes nothing and fails with ``retryable=False`` and the report's summary as the
+   the provider's backfill). Lossless reshapes are normalized, stored, and logged (``worker.window_conformance``
+   with the report). A blocked window writes nothing and fails with ``retryable=False`` and the report's summary as the
    reason (the report is logged as one structured line); with ``partial_ok`` the normalized rest is stored.
 8. The source that served the window (with a fallback chain, :class:`provider.sources.FallbackSource`, the
-   member that served it) is logged on ``window done`` (``source``, ``failed_sources``), named in a fail reason,
+   member that served it) is logged on ``worker.window_done`` (``source``, ``failed_sources``), named in a fail reason,
    and recorded in the window's storage ledger row (``Storage.windows``).
 9. With tracing on (``OTEL_*``), each window is a ``worker.window`` span: the child of the trace of the window's
    best-ranked traced job (``Lease.traces``), linked to the other jobs', with ``worker.fetch`` (the exchange
@@ -42,6 +42,7 @@ import pandas as pd
 
 from provider.conformance import ConformancePipelineError, ConformanceReport, normalize_bars
 from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig, tracing
+from provider.core import clock as clock_module
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
 from provider.frames import FrameContractError, empty_frame
@@ -125,7 +126,7 @@ class Worker:
         storage: Store,
         metrics: WorkerMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_clock_ms: Callable[[], int] = clock_module.wall_clock_ms,
         partial_ok: bool = False,
         ts_unit: str | None = None,
     ) -> None:
@@ -152,12 +153,12 @@ class Worker:
 
     async def run(self) -> None:
         """Claim and process windows until :meth:`stop`; then finish or release what is in progress."""
-        log.info("worker started", worker_id=self.settings.worker_id, concurrency=self.settings.concurrency)
+        log.info("worker.started", worker_id=self.settings.worker_id, concurrency=self.settings.concurrency)
         try:
             await self._claim_loop()
         finally:
             await self._drain()
-            log.info("worker stopped", worker_id=self.settings.worker_id)
+            log.info("worker.stopped", worker_id=self.settings.worker_id)
 
     async def _claim_loop(self) -> None:
         backoff_s = 0.1
@@ -169,7 +170,7 @@ class Worker:
             try:
                 leases = await self._claim(free)
             except (CoordinatorUnavailableError, CoordinatorError) as exc:
-                log.warning("claim failed; retrying", error=str(exc), retry_in_s=backoff_s)
+                log.warning("worker.claim_failed", error=str(exc), retry_in_s=backoff_s)
                 await self._sleep_unless_stopping(backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
                 continue
@@ -221,7 +222,7 @@ class Worker:
         if not self._tasks:
             return
         grace_s = self.settings.shutdown_grace_ms / 1000
-        log.info("draining windows", in_progress=len(self._tasks), grace_s=grace_s)
+        log.info("worker.draining", in_progress=len(self._tasks), grace_s=grace_s)
         _, pending = await asyncio.wait(set(self._tasks.values()), timeout=grace_s)
         for task in pending:
             task.cancel()
@@ -281,7 +282,7 @@ class Worker:
         except (_LeaseLost, LeaseLostError) as exc:
             self.metrics.leases_lost.inc()
             tracing.record_error(current, exc)
-            log.warning("lease lost; window abandoned")
+            log.warning("worker.lease_lost")
         except Exception as exc:  # any failure of one window is reported, never kills the worker
             tracing.record_error(current, exc)
             await self._report_failure(lease, exc)
@@ -323,7 +324,7 @@ class Worker:
         self.metrics.last_timestamp.set(time.time())
         took_s = round(time.perf_counter() - started, 3)
         log.info(
-            "window done",
+            "worker.window_done",
             rows=len(frame),
             attempt=lease.attempt,
             took_s=took_s,
@@ -359,7 +360,7 @@ class Worker:
         if report.flags:
             for flag, count in report.flag_counts.items():
                 self.metrics.conformance_flags.labels(flag=flag).inc(count)
-            log.info("window conformance", ok=report.ok, summary=report.summary(), report=_report_fields(report))
+            log.info("worker.window_conformance", ok=report.ok, summary=report.summary(), report=_report_fields(report))
         if report.blocking and not self.partial_ok:
             raise ConformancePipelineError(report)
         return frame
@@ -378,7 +379,7 @@ class Worker:
             except CoordinatorError as exc:
                 if self._clock() >= deadline:
                     raise _LeaseLost(f"could not renew before expiry: {exc}") from None
-                log.warning("renew failed; will retry", error=str(exc))
+                log.warning("worker.renew_failed", error=str(exc))
 
     async def _report_failure(self, lease: Lease, exc: Exception) -> None:
         retryable = not isinstance(exc, (FatalSourceError, FrameContractError, ConformancePipelineError))
@@ -387,17 +388,17 @@ class Worker:
         else:
             reason = f"{type(exc).__name__}: {exc}"[:500]
         self.metrics.failures.labels(reason=type(exc).__name__).inc()
-        log.warning("window failed", reason=reason, retryable=retryable, attempt=lease.attempt)
+        log.warning("worker.window_failed", reason=reason, retryable=retryable, attempt=lease.attempt)
         try:
             await self._coordinator.fail(lease.lease_id, lease.token, reason, retryable=retryable)
         except LeaseLostError:
-            log.info("fail not recorded: lease already lost")
+            log.info("worker.fail_not_recorded")
         except CoordinatorError as report_exc:
-            log.warning("could not report failure; the lease will expire", error=str(report_exc))
+            log.warning("worker.fail_not_reported", error=str(report_exc))
 
     async def _release(self, lease: Lease) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(self._coordinator.release(lease.lease_id)), _RELEASE_TIMEOUT_S)
-            log.info("window released on shutdown")
+            log.info("worker.window_released")
         except (CoordinatorError, TimeoutError) as exc:
-            log.warning("release failed; the lease will expire", error=str(exc))
+            log.warning("worker.release_failed", error=str(exc))

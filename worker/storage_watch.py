@@ -33,7 +33,7 @@ async def poll_once(storage: WalStatusSource, metrics: WorkerMetrics) -> dict[st
     for table, suspended in statuses.items():
         metrics.wal_suspended.labels(table=table).set(1 if suspended else 0)
         if suspended:
-            log.error("storage wal suspended", table=table, fix=f"ALTER TABLE {table} RESUME WAL")
+            log.error("storage.wal_suspended", table=table, fix=f"ALTER TABLE {table} RESUME WAL")
     return statuses
 
 
@@ -45,5 +45,5 @@ async def watch_storage(storage: WalStatusSource, metrics: WorkerMetrics, *, int
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any storage error: report it, try again next period
-            log.warning("storage wal status poll failed", error=str(exc))
+            log.warning("storage.wal_poll_failed", error=str(exc))
         await asyncio.sleep(interval_s)

@@ -1,7 +1,11 @@
 """The pure shared core: time, intervals, ranges, series keys, the window grid, wire models, config, backoff.
 
-Nothing here does I/O at import or call time (``load_config`` reads the one file it is given), reads the
-clock or draws random numbers. Coordinator nodes import only this package, so it stays cheap: numpy, no pandas.
+Nothing here does I/O at import or call time (``load_config`` reads the one file it is given) or draws random
+numbers. Coordinator nodes import only this package, so it stays cheap: numpy, no pandas.
+
+The one declared impure corner is :mod:`provider.core.clock` (``wall_clock_ms``, ``monotonic_s``): the only
+place in the code base that reads the clock for others. Every other module of the core takes time as an
+argument, and every package above takes a clock parameter defaulting to these functions.
 """
 
 from provider.core._backoff import retry_delay_bounds_ms, retry_delay_ms
@@ -48,7 +52,8 @@ from provider.core._ranges import (
 )
 from provider.core._series import SeriesKey, parse_window_id, window_id
 from provider.core._time import INTERVALS, interval_ms, interval_name, ms_to_iso, to_ms
-from provider.core.errors import ConfigError, CoreError, WireFormatError
+from provider.core.clock import monotonic_s, wall_clock_ms
+from provider.core.errors import ConfigError, CoreError, SeamlessDataError, WireFormatError
 
 __all__ = [
     "INTERVALS",
@@ -75,6 +80,7 @@ __all__ = [
     "RenewRequest",
     "SLAConfig",
     "SeamlessConfig",
+    "SeamlessDataError",
     "SeriesKey",
     "STORAGE_DSN_ENV",
     "StorageConfig",
@@ -90,6 +96,7 @@ __all__ = [
     "load_config",
     "merge_ranges",
     "missing_ranges",
+    "monotonic_s",
     "ms_to_iso",
     "parse_window_id",
     "retry_delay_bounds_ms",
@@ -97,6 +104,7 @@ __all__ = [
     "snap_range",
     "subtract_ranges",
     "to_ms",
+    "wall_clock_ms",
     "window_id",
     "window_ranges",
 ]

@@ -1,23 +1,38 @@
-"""Errors of the pure core.
+"""Errors of the pure core, and the common root of every error the project raises on purpose.
 
 Tree::
 
-    ValueError
-    └── CoreError            base of every error raised by provider.core
-        ├── ConfigError      a config key is unknown or its value is not allowed (path, value, allowed)
-        └── WireFormatError  a wire message field is missing or invalid (field, value, allowed)
+    Exception
+    └── SeamlessDataError            common root: one ``except SeamlessDataError`` catches any of them
+        ├── CoreError                root of provider.core (also a ValueError)
+        │   ├── ConfigError          a config key is unknown or its value is not allowed (path, value, allowed)
+        │   └── WireFormatError      a wire message field is missing or invalid (field, value, allowed)
+        ├── SeamlessError            root of provider (provider.errors), the client's CoordinatorError included
+        ├── FrameContractError       a frame breaks the frame contract (provider.frames; also a ValueError)
+        ├── SourceError              root of provider.sources (provider.sources.errors)
+        ├── StorageError             root of provider.storage (provider.storage.errors)
+        └── ApiError                 root of the coordinator service (coordinator.errors): HTTP error bodies
 
-Time, range and series helpers raise plain ``ValueError`` with a message naming the value.
+Rules:
+1. Each package keeps one ``errors.py`` with one root, derived from :class:`SeamlessDataError` and from nothing
+   else of another package, so ``except`` clauses on a package root catch exactly what they caught before.
+2. A class keeps its other bases (``ValueError``, ``LookupError``, ``TimeoutError``, ``ConnectionError``) so
+   callers that catch the builtin keep working.
+3. Time, range and series helpers raise plain ``ValueError`` with a message naming the value.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ConfigError", "CoreError", "WireFormatError"]
+__all__ = ["ConfigError", "CoreError", "SeamlessDataError", "WireFormatError"]
 
 
-class CoreError(ValueError):
+class SeamlessDataError(Exception):
+    """The common root of every package's errors (rule 1)."""
+
+
+class CoreError(SeamlessDataError, ValueError):
     """Base class of the core's errors."""
 
 

@@ -2,7 +2,7 @@
 
 Tree::
 
-    Exception
+    provider.core.errors.SeamlessDataError   the common root of every package's errors
     └── SourceError                  base of every error raised by provider.sources
         ├── SourceSpecError          (also a ValueError) a source spec cannot be opened: unknown scheme, bad
         │                            parameter, missing optional dependency; the message names the spec
@@ -21,6 +21,8 @@ HTTP failures, the status.
 
 from __future__ import annotations
 
+from provider.core.errors import SeamlessDataError
+
 __all__ = [
     "BadResponseError",
     "BannedError",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 
-class SourceError(Exception):
+class SourceError(SeamlessDataError):
     """Base of every error raised by provider.sources; ``source`` names the source, ``status`` the HTTP status."""
 
     def __init__(self, message: str, *, source: str = "", status: int | None = None) -> None:

@@ -18,12 +18,12 @@ from provider.storage._dsn import (
     KINDS,
     STORAGE_DSN_ENV,
     StorageDsn,
-    open_storage,
     parse_dsn,
     read_dsn_file,
     shows_password,
 )
 from provider.storage._memory import MemoryStorage
+from provider.storage._open import open_storage
 from provider.storage.errors import (
     FrameRejectedError,
     SchemaMismatchError,

@@ -1,4 +1,4 @@
-"""Storage DSNs and ``open_storage``: parse and validate once, then open the backend the DSN names.
+"""Storage DSNs: parse and validate once; :mod:`provider.storage._open` opens the backend a DSN names.
 
 Rules:
 1. Schemes: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000`` (reads over the PG wire, writes over ILP/HTTP),
@@ -9,9 +9,8 @@ Rules:
 3. The ``table`` option names the bar table; the ledger (``_windows``) and series (``_series``) tables take it
    as a prefix. It must be a lower-case SQL identifier, so it can be quoted into DDL safely.
 4. Parsing opens no connection, reads no environment and shows no password (see :meth:`StorageDsn.redacted`).
-5. ``open_storage``: options in the DSN query win over :class:`provider.core.StorageConfig`, which wins over the
-   defaults. Drivers are imported only for the backend asked for, so ``memory://`` and ``sqlite:///`` need
-   neither asyncpg nor the questdb client.
+5. This module imports no backend: the backends import :class:`StorageDsn` from here, and the factory that
+   imports them lives in ``_open.py``, so the imports of the package form no circle.
 """
 
 from __future__ import annotations
@@ -22,15 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from provider.core import STORAGE_DSN_ENV, StorageConfig
-from provider.storage._contract import StorageBase
+from provider.core import STORAGE_DSN_ENV
 from provider.storage.errors import StorageConfigError
 
 __all__ = [
     "KINDS",
     "STORAGE_DSN_ENV",
     "StorageDsn",
-    "open_storage",
     "parse_dsn",
     "read_dsn_file",
     "shows_password",
@@ -287,38 +284,3 @@ def parse_dsn(dsn: Any, *, kind: str | None = None) -> StorageDsn:
         allowed = ", ".join(sorted(_OPTIONS[chosen])) or "no options"
         raise StorageConfigError(name, options[name], f"a known option for {chosen}: {allowed}")
     return StorageDsn(**fields)
-
-
-async def open_storage(
-    dsn: str | None = None, *, kind: str | None = None, config: StorageConfig | None = None
-) -> StorageBase:
-    """Open the storage named by ``dsn`` (default: ``config.dsn``), ready to use.
-
-    ``kind="questdb"`` reads a ``postgresql://admin:quest@host:8812/qdb`` DSN as a QuestDB server (ILP over HTTP
-    on the same host, port 9000 unless ``http_port`` is given). Raises :class:`StorageConfigError` naming the bad
-    field, or :class:`StorageUnavailableError` when the server cannot be reached.
-    """
-    settings = config or StorageConfig()
-    parsed = parse_dsn(settings.dsn if dsn is None else dsn, kind=kind)
-    pool_size = parsed.pool_size or settings.pool_size
-    storage: StorageBase
-    if parsed.kind == "memory":
-        from provider.storage._memory import MemoryStorage
-
-        storage = MemoryStorage()
-    elif parsed.kind == "sqlite":
-        from provider.storage._sqlite import SQLiteStorage
-
-        storage = await SQLiteStorage.open(parsed)
-    elif parsed.kind == "postgres":
-        from provider.storage._postgres import PostgresStorage
-
-        storage = await PostgresStorage.open(parsed, pool_size=pool_size)
-    else:
-        from provider.storage._questdb import QuestDBStorage
-
-        timeout_ms = (
-            settings.wal_apply_timeout_ms if parsed.wal_apply_timeout_ms is None else parsed.wal_apply_timeout_ms
-        )
-        storage = await QuestDBStorage.open(parsed, pool_size=pool_size, wal_apply_timeout_ms=timeout_ms)
-    return storage

@@ -109,7 +109,7 @@ class PgPool:
                         self._backend, self._target, f"{what} failed after {attempt} attempts: {exc!r}"
                     ) from exc
                 _log.warning(
-                    "storage_retry",
+                    "storage.retry",
                     backend=self._backend,
                     target=self._target,
                     what=what,

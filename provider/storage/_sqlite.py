@@ -23,7 +23,6 @@ import asyncio
 import itertools
 import sqlite3
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from provider.core import Range, SeriesKey
+from provider.core.clock import wall_clock_ms
 from provider.frames import PRICE_COLUMNS
 from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 from provider.storage._dsn import StorageDsn
@@ -169,7 +169,7 @@ class SQLiteStorage(StorageBase):
             conn.execute(self._sql["delete"], (series_id, request.start_ms, request.end_ms))
             rows = zip(itertools.repeat(series_id), request.ts_ms.tolist(), *(c.tolist() for c in request.columns))
             conn.executemany(self._sql["insert"], rows)
-            written_at = time.time_ns() // 1_000_000
+            written_at = wall_clock_ms()
             ledger_row = (series_id, request.start_ms, request.end_ms, request.rows, written_at, request.source)
             conn.execute(self._sql["ledger"], ledger_row)
             conn.execute("COMMIT")

@@ -2,7 +2,7 @@
 
 Tree::
 
-    Exception
+    provider.core.errors.SeamlessDataError   the common root of every package's errors
     └── StorageError                      base of every error raised by provider.storage
         ├── StorageConfigError            a DSN or option is invalid (field, value, allowed); also a ValueError
         ├── StorageRequestError           a series key, time or window bound is invalid (field, value); a ValueError
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from provider.core.errors import SeamlessDataError
 from provider.frames import FrameContractError
 
 __all__ = [
@@ -43,7 +44,7 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class StorageError(Exception):
+class StorageError(SeamlessDataError):
     """Base class of the storage package's errors."""
 
 

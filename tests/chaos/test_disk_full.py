@@ -4,7 +4,7 @@ over (term 41), and once space returned its RequestVote deposed the leader (the 
 
 Each node's data dir is on its own small FUSE disk (``diskfull_fs.py``, as the power-loss test uses FUSE). A
 writer submits jobs through the two other nodes all along. The leader's disk is filled until ENOSPC; what must
-hold: the node logs a named line (``disk_low``, or ``data_dir_write_failed`` and exit status 74), stands aside or
+hold: the node logs a named line (``disk.low``, or ``disk.data_dir_write_failed`` and exit status 74), stands aside or
 exits, a new leader takes over within one term, and no write through the other two fails. Restarted while the
 disk is still full, the node stands aside from the start: ``/healthz`` 503 ``disk_full``, no candidacy (the
 cluster's term rises by at most 2 over the whole hold, and by 0 in practice), a handful of log lines and no more.
@@ -234,7 +234,7 @@ async def fill_the_leader(cluster: Cluster, disks: list[SmallDisk], report: dict
 
     def named() -> dict[str, Any] | None:
         return next(
-            (e for e in events(cluster, victim, mark) if e.get("event") in ("disk_low", "data_dir_write_failed")),
+            (e for e in events(cluster, victim, mark) if e.get("event") in ("disk.low", "disk.data_dir_write_failed")),
             None,
         )
 
@@ -290,7 +290,7 @@ async def hold_full(cluster: Cluster, victim: int, report: dict[str, Any]) -> No
     loud = [e for e in events(cluster, victim, mark) if e.get("level") in ("warning", "error", "critical")]
     report.setdefault("loud_lines_held_full", []).append(len(loud))
     report.setdefault("held_full_s", []).append(round(time.monotonic() - began, 1))
-    # disk_low and raft_stand_aside at start, one disk_still_low per minute, a commit_index_not_saved at most
+    # disk.low and raft.stand_aside at start, one disk.still_low per minute, a raft.commit_index_not_saved at most
     assert len(loud) <= 3 + int(HOLD_S // 60), [e.get("event") for e in loud]
     assert not [e for e in loud if e.get("event") in ("(text)", "failed _onTick in _autoTickThread")], loud
 
@@ -315,7 +315,7 @@ async def free_and_rejoin(cluster: Cluster, disks: list[SmallDisk], victim: int,
     report.setdefault("term_rise_on_return", []).append(term(cluster) - term_start)
     view = cluster.view(victim)
     assert view is not None and view["role"] == "follower", view
-    assert any(e.get("event") == "raft_rejoin" for e in events(cluster, victim)), "no raft_rejoin line"
+    assert any(e.get("event") == "raft.rejoin" for e in events(cluster, victim)), "no raft.rejoin line"
 
 
 @pytest.mark.timeout(900 if LONG else 120)
@@ -380,7 +380,7 @@ def test_a_journal_that_cannot_grow_ends_its_process_with_74_not_sigbus(tmp_path
         done = write(101, 1000)  # needs a second MiB
         assert done.returncode == EXIT_DATA_DIR, (done.returncode, done.stderr[-2000:])
         lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-        assert [line["event"] for line in lines] == ["data_dir_write_failed"], done.stderr[-2000:]
+        assert [line["event"] for line in lines] == ["disk.data_dir_write_failed"], done.stderr[-2000:]
         assert lines[0]["reason"] == "disk_full" and lines[0]["path"] == str(journal)
         assert lines[0]["free_bytes"] == 0 and lines[0]["errno"] == "ENOSPC"
         plain = FileJournal(str(journal))

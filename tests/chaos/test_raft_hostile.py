@@ -123,7 +123,7 @@ def rejections_logged(cluster: Cluster, index: int) -> list[dict[str, Any]]:
     """The victim's log lines about rejected Raft peers."""
     lines = []
     for raw in cluster.nodes[index].log_path.read_text(errors="replace").splitlines():
-        if '"raft_peer_rejected"' in raw:
+        if '"raft.peer_rejected"' in raw:
             lines.append(json.loads(raw))
     return lines
 

@@ -110,7 +110,7 @@ def test_a_follower_with_a_low_disk_drops_messages_and_holds_its_election_then_r
     with capture_logs() as logs:
         tick(aside, clock, 1)
     assert aside.state == ASIDE and not aside.serving
-    assert [e["event"] for e in logs] == ["disk_low", "raft_stand_aside"]
+    assert [e["event"] for e in logs] == ["disk.low", "raft.stand_aside"]
     assert not aside.accepts({"type": "request_vote"}) and not aside.accepts({"type": "append_entries"})
     assert aside.dropped == 2
     assert not aside.sends({"type": "apply_command"}) and aside.sends({"type": "keepalive"})
@@ -122,7 +122,7 @@ def test_a_follower_with_a_low_disk_drops_messages_and_holds_its_election_then_r
         tick(aside, clock, 1)
     assert aside.state == SERVING and aside.accepts({"type": "append_entries"})
     assert aside.sends({"type": "next_node_idx"})
-    assert [e["event"] for e in logs] == ["disk_recovered", "raft_rejoin"]
+    assert [e["event"] for e in logs] == ["disk.recovered", "raft.rejoin"]
     assert logs[1]["dropped_messages"] == 2 and logs[1]["aside_s"] == 4.0
     assert sync.deadline_s >= time.monotonic() + TIMEOUT_S - 0.05
 
@@ -148,7 +148,7 @@ def test_a_leader_hands_off_before_it_stands_aside(tmp_path: Path) -> None:
     assert aside.sends(heartbeat)  # the third node's timer stays held while the successor stands
     assert not aside.sends({**heartbeat, "entries": [(b"cmd", 10, 3)]})  # nothing appended now leaves
     assert not aside.sends({"type": "append_entries", "serialized": b"dump"})
-    assert logs[0]["event"] == "raft_handed_off" and logs[0]["timeout_now_sent"] is True
+    assert logs[0]["event"] == "raft.handed_off" and logs[0]["timeout_now_sent"] is True
 
 
 def test_a_leader_without_a_successor_stands_aside_after_the_handoff_time(tmp_path: Path) -> None:
@@ -169,7 +169,7 @@ def test_a_node_low_at_start_is_aside_before_its_first_tick(tmp_path: Path) -> N
         aside, sync, _, _ = aside_node(tmp_path, leader=False, free=0)
     assert aside.state == ASIDE and not aside.accepts({"type": "append_entries"})
     assert sync.deadline_s >= time.monotonic() + TIMEOUT_S - 0.05
-    assert [e["event"] for e in logs] == ["disk_low", "raft_stand_aside"] and logs[1]["at"] == "start"
+    assert [e["event"] for e in logs] == ["disk.low", "raft.stand_aside"] and logs[1]["at"] == "start"
 
 
 def test_no_dump_while_aside_nor_right_after_a_failed_one(tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def test_no_dump_while_aside_nor_right_after_a_failed_one(tmp_path: Path) -> Non
     serializer.state = SERIALIZER_STATE.FAILED
     with capture_logs() as logs:
         assert ser.checkSerializing() == (SERIALIZER_STATE.FAILED, 7)
-    assert logs[0]["event"] == "dump_write_failed" and logs[0]["attempt_bytes"] == 4096
+    assert logs[0]["event"] == "raft.dump_write_failed" and logs[0]["attempt_bytes"] == 4096
     assert not (tmp_path / "raft.dump.tmp").exists()
     assert aside.guard.need_bytes == 10 * MIB + 4096
     ser.serialize("state", 2)

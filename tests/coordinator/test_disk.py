@@ -140,7 +140,7 @@ def test_a_term_or_vote_that_cannot_be_saved_is_a_failure_but_a_commit_index_is_
         j.onOneSecondTimer()
         clock.now_s += 1
         j.onOneSecondTimer()
-    assert [e["event"] for e in logs] == ["commit_index_not_saved"]
+    assert [e["event"] for e in logs] == ["raft.commit_index_not_saved"]
     with pytest.raises(Failed) as failed:
         j.setCurrentTerm(2, "node-b")
     assert failed.value.path == str(path) + ".meta"
@@ -171,7 +171,7 @@ def test_a_failed_sync_is_a_failure(tmp_path: Path) -> None:
     ("code", "reason"), [(errno.ENOSPC, "disk_full"), (errno.EDQUOT, "disk_full"), (errno.EIO, "io_error")]
 )
 def test_a_failed_write_ends_the_process_with_74_and_one_named_line(tmp_path: Path, code: int, reason: str) -> None:
-    """write_failed logs data_dir_write_failed (reason, path, errno, free bytes, what to do) and exits 74."""
+    """write_failed logs disk.data_dir_write_failed (reason, path, errno, free bytes, what to do) and exits 74."""
     script = (
         "import sys; from provider.core.obs import configure_logging; from coordinator._disk import write_failed; "
         f"configure_logging('coordinator'); write_failed(sys.argv[1], OSError({code}, 'boom'))"
@@ -182,7 +182,7 @@ def test_a_failed_write_ends_the_process_with_74_and_one_named_line(tmp_path: Pa
     lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     assert len(lines) == 1, done.stderr
     line = lines[0]
-    assert line["event"] == "data_dir_write_failed" and line["level"] == "critical"
+    assert line["event"] == "disk.data_dir_write_failed" and line["level"] == "critical"
     assert line["reason"] == reason and line["path"] == path and line["exit_code"] == EXIT_DATA_DIR
     assert isinstance(line["free_bytes"], int) and line["action"]
 
@@ -199,7 +199,7 @@ class Disk:
 
 def test_the_watchdog_goes_low_below_the_need_and_back_only_at_one_more_reserve(tmp_path: Path) -> None:
     """Need = reserve + the dump's size; low below it, ok again at need + reserve (no flapping at the line); one
-    disk_low line, a reminder at most every minute, one disk_recovered line."""
+    disk.low line, a reminder at most every minute, one disk.recovered line."""
     clock, disk = Clock(), Disk(100 * MIB)
     (tmp_path / "raft.dump").write_bytes(b"d" * MIB)
     guard = DiskGuard(tmp_path, 10 * MIB, free=disk, clock_s=clock)
@@ -209,14 +209,14 @@ def test_the_watchdog_goes_low_below_the_need_and_back_only_at_one_more_reserve(
         (10, 1, True),
         (20, 1, True),  # back above the need, but below need + reserve (21 MiB)
         (10, 30, True),
-        (10, 31, True),  # 62 s after disk_low: the reminder
+        (10, 31, True),  # 62 s after disk.low: the reminder
         (21, 1, False),
     ]
     with capture_logs() as logs:
         for free_mib, later_s, low in steps:
             disk.free, clock.now_s = free_mib * MIB, clock.now_s + later_s
             assert guard.check() is low, (free_mib, guard.report())
-    assert [e["event"] for e in logs] == ["disk_low", "disk_still_low", "disk_recovered"]
+    assert [e["event"] for e in logs] == ["disk.low", "disk.still_low", "disk.recovered"]
     first = logs[0]
     assert first["reason"] == "disk_full" and first["path"] == str(tmp_path) and first["action"]
     assert (first["free_bytes"], first["need_bytes"], first["resume_bytes"]) == (10 * MIB, 11 * MIB, 21 * MIB)

@@ -257,10 +257,10 @@ def test_rejections_are_counted_always_and_logged_once_per_interval_per_host() -
         now[0] += 10.0
         assert guard.reject("10.0.0.5:4004", "frame_too_large", "d")
     assert [(e["event"], e["peer"], e["reason"], e["suppressed"]) for e in logs] == [
-        ("raft_peer_rejected", "10.0.0.5:4000", "frame_too_large", 0),
-        ("raft_peer_rejected", "10.0.0.6:4000", "frame_too_large", 0),
-        ("raft_peer_rejected", "10.0.0.5:4003", "auth_failed", 0),
-        ("raft_peer_rejected", "10.0.0.5:4004", "frame_too_large", 2),
+        ("raft.peer_rejected", "10.0.0.5:4000", "frame_too_large", 0),
+        ("raft.peer_rejected", "10.0.0.6:4000", "frame_too_large", 0),
+        ("raft.peer_rejected", "10.0.0.5:4003", "auth_failed", 0),
+        ("raft.peer_rejected", "10.0.0.5:4004", "frame_too_large", 2),
     ]
     assert all(e["log_level"] == "warning" for e in logs)
     counts = guard.rejections()

@@ -107,5 +107,5 @@ def test_cluster_is_whole_after_fuzzing(fuzz_cluster):
     status, job = http_json("GET", url + f"/v1/jobs/{created['job']['job_id']}", token=cluster.token)
     assert job["job"]["state"] == "done" and job["job"]["completion_ratio"] == 1.0, job
     logs = "".join(node.log_path.read_text(errors="replace") for node in cluster.nodes)
-    for marker in ("apply_failed", "request_failed", "on_applied_failed", "Traceback"):
+    for marker in ("raft.apply_failed", "http.request_failed", "raft.on_applied_failed", "Traceback"):
         assert marker not in logs, f"{marker} in the coordinator logs"

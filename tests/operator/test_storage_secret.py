@@ -77,7 +77,7 @@ def test_pool_children_get_the_dsn_through_the_environment(
     wait_for(lambda: len(command_lines(pgid)) >= 2, 30, "a pool child")
     children = [argv for argv in command_lines(pgid) if b"--autoscale" not in argv]
     assert children and all(b"admin:quest" not in argv and b"--storage" not in argv for argv in children)
-    assert "storage password on the command line" in supervisor.log()
+    assert "worker.password_on_command_line" in supervisor.log()
     series = "ohlcv:synthetic:POOL/USD:1m"
     done = cli("backfill", "--coordinator", ",".join(work_cluster.urls), series, "0", str(30 * MIN_MS), "--wait")
     assert done.returncode == 0, done.stderr

@@ -173,4 +173,4 @@ def test_deeply_nested_bodies_get_400_not_500(secured, which):
             status, answer = send(url, route, authorization=f"Bearer {secured.tokens['operator']}", body=body)
             assert status == 400 and answer["error"]["field"] == "(body)", (route.path, status, answer)
     logs = "".join(node.log_path.read_text(errors="replace") for node in secured.cluster.nodes)
-    assert "request_failed" not in logs and "RecursionError" not in logs
+    assert "http.request_failed" not in logs and "RecursionError" not in logs

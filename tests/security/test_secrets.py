@@ -163,7 +163,7 @@ def test_logs_hold_no_secret(secured, tmp_path):
         path.name: path.read_text(errors="replace")
         for path in (*(node.log_path for node in cluster.nodes), tmp_path / "sec-worker.log")
     }
-    assert all(logs.values()) and "window done" in logs["sec-worker.log"]  # the logs are real and detailed
+    assert all(logs.values()) and "worker.window_done" in logs["sec-worker.log"]  # the logs are real and detailed
     for name, text in logs.items():
         for secret in (*tokens.values(), forged, secured.secret):
             assert secret not in text, f"a secret appears in {name}"

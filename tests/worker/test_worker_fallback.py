@@ -100,7 +100,7 @@ async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path)
                 events.append(json.loads(line))
             except ValueError:
                 continue
-        done_lines = [e for e in events if isinstance(e, dict) and e.get("event") == "window done"]
+        done_lines = [e for e in events if isinstance(e, dict) and e.get("event") == "worker.window_done"]
         by_source = sorted(e["source"] for e in done_lines)
         assert by_source == sorted([primary, primary, fallback]), done_lines
         fell_back = next(e for e in done_lines if e["source"] == fallback)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -116,7 +117,9 @@ async def test_every_shape_through_worker_run(tmp_path):
     testkit = kit.testkit()
     series = {name: f"ohlcv:shapes:{name}:1m" for name in shapes.SHAPES}
     try:
-        env = {"PYTHONPATH": str(plugin_dir), "INGEST_SHAPES_PATH": str(SHAPES_PATH)}
+        # Keep the caller's PYTHONPATH after the plugin's, so the worker runs the code under test.
+        paths = [str(plugin_dir), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {"PYTHONPATH": os.pathsep.join(paths), "INGEST_SHAPES_PATH": str(SHAPES_PATH)}
         stack.start_worker("shapes", dsn, concurrency=4, env=env)
         jobs = {}
         for name, key in series.items():
@@ -147,7 +150,9 @@ async def test_every_shape_through_worker_run(tmp_path):
                 base = synthetic_bars(name, MIN, T0, T0 + SPAN, seed=3)
                 _, expected, flag = shape(base)
                 job = states[name]
-                lines = [e for e in events if e.get("event") == "window conformance" and name in e.get("summary", "")]
+                lines = [
+                    e for e in events if e.get("event") == "worker.window_conformance" and name in e.get("summary", "")
+                ]
                 if expected is not None:
                     assert job["state"] == "done", (name, job, stack.logs())
                     pd.testing.assert_frame_equal(await storage.read(series[name], T0, T0 + SPAN), expected)
@@ -159,7 +164,9 @@ async def test_every_shape_through_worker_run(tmp_path):
                     assert job["state"] == "failed" and job["windows"]["failed"] == 1, (name, job)
                     assert await storage.coverage(series[name]) == []
                     assert lines and flag in lines[0]["report"]["blocking"], (name, lines)
-                    failed = [e for e in events if e.get("event") == "window failed" and name in e.get("reason", "")]
+                    failed = [
+                        e for e in events if e.get("event") == "worker.window_failed" and name in e.get("reason", "")
+                    ]
                     assert len(failed) == 1 and failed[0]["retryable"] is False and flag in failed[0]["reason"]
                     assert "from shapes" in failed[0]["reason"]  # the source that served the blocked window
         finally:

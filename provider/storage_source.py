@@ -1,17 +1,13 @@
-"""The storage data source and the frame plumbing the provider uses to split and join requests.
+"""The STORAGE data source: the provider's reads of bars and coverage from an ``open_storage()`` backend.
 
 Rules:
 1. :class:`StorageDataSource` wraps an ``open_storage()`` object (or opens one lazily from a DSN). Its coverage
    is the storage's coverage ledger, narrowed inward to the bar grid, so a partly covered bar counts as missing
    and no bar is read from two places. It reads all pieces of a request with one ``read`` over their hull,
    then keeps only rows inside the pieces. A request asks the ledger about its own range only
-   (:func:`covered_ranges`), so its cost follows the request, not the history of the series.
-2. :func:`assemble` joins pieces ``((lo, hi), frame)`` that are disjoint half-open ranges: each frame is trimmed
-   to its range and the frames are concatenated in range order. Disjoint ranges make the seams exact: no bar is
-   doubled or dropped where one source ends and the next begins.
-3. :func:`read_pieces` asks any :class:`~provider.strategies.DataSource` for a list of ranges; sources with a
-   ``read_ranges`` method do it in one go. :func:`covered_ranges` likewise uses ``covered_within`` when a
-   source has it, and its whole ``coverage`` otherwise.
+   (``covered_within``), so its cost follows the request, not the history of the series.
+2. :func:`grid_inward` narrows coverage to whole bars; the frame helpers (trim, assemble, pieces) live in
+   :mod:`provider.frames`, and reading any source piece by piece in :mod:`provider._reads`.
 """
 
 from __future__ import annotations
@@ -23,23 +19,10 @@ import numpy as np
 import pandas as pd
 
 from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ranges
-from provider.frames import empty_frame
+from provider.frames import Piece, ts_ns
 from provider.strategies import DataSourcePriority
 
-__all__ = [
-    "Piece",
-    "StorageDataSource",
-    "assemble",
-    "covered_ranges",
-    "grid_inward",
-    "last_ts_ms",
-    "read_pieces",
-    "trim",
-    "ts_ns",
-]
-
-#: A range and the bars the source returned for it.
-Piece = tuple[tuple[int, int], pd.DataFrame]
+__all__ = ["StorageDataSource", "grid_inward"]
 
 
 def grid_inward(ranges: list[tuple[int, int]], interval_ms: int) -> list[tuple[int, int]]:
@@ -51,65 +34,6 @@ def grid_inward(ranges: list[tuple[int, int]], interval_ms: int) -> list[tuple[i
         if b > a:
             out.append((a, b))
     return merge_ranges(out)
-
-
-def ts_ns(frame: pd.DataFrame) -> np.ndarray:
-    """The ``ts`` column of a contract frame as int64 epoch ns, without a copy."""
-    return np.asarray(frame["ts"].array.asi8, dtype=np.int64)
-
-
-def last_ts_ms(frame: pd.DataFrame) -> int:
-    """The ``ts`` of the last row in epoch ms (the frame must not be empty)."""
-    return int(ts_ns(frame)[-1]) // 1_000_000
-
-
-def trim(frame: pd.DataFrame, start_ms: int, end_ms: int) -> pd.DataFrame:
-    """The rows with ``start_ms <= ts < end_ms`` (the same object when nothing goes; order is kept)."""
-    if len(frame) == 0:
-        return frame
-    stamps = ts_ns(frame)
-    lo, hi = start_ms * 1_000_000, end_ms * 1_000_000
-    if stamps.min() >= lo and stamps.max() < hi:
-        return frame
-    mask = (stamps >= lo) & (stamps < hi)
-    return frame.loc[mask].reset_index(drop=True)
-
-
-def assemble(pieces: list[Piece]) -> pd.DataFrame:
-    """One frame from disjoint pieces (see rule 2)."""
-    ordered = sorted(pieces, key=lambda piece: piece[0][0])
-    frames = [trim(frame, lo, hi) for (lo, hi), frame in ordered]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return empty_frame()
-    if len(frames) == 1:
-        return frames[0]
-    return pd.concat(frames, ignore_index=True)
-
-
-async def read_pieces(source: Any, ranges: list[tuple[int, int]], *, node_id: str) -> list[Piece]:
-    """Ask ``source`` for the bars of each range."""
-    if not ranges:
-        return []
-    reader = getattr(source, "read_ranges", None)
-    if reader is not None:
-        pieces: list[Piece] = await reader(ranges, node_id=node_id)
-        return pieces
-    frames = await asyncio.gather(*(source.fetch(lo, hi, node_id=node_id) for lo, hi in ranges))
-    return list(zip(ranges, frames, strict=True))
-
-
-async def covered_ranges(source: Any, ranges: list[tuple[int, int]], *, node_id: str) -> list[tuple[int, int]]:
-    """The parts of ``ranges`` that ``source`` covers; a source with ``covered_within`` is asked about their hull
-    only, any other for its whole coverage."""
-    if not ranges:
-        return []
-    within = getattr(source, "covered_within", None)
-    if within is not None:
-        known = await within(min(lo for lo, _ in ranges), max(hi for _, hi in ranges), node_id=node_id)
-    else:
-        known = await source.coverage(node_id=node_id)
-    return intersect_ranges(ranges, known)
 
 
 class StorageDataSource:

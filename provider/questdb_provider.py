@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 from provider.core import SeriesKey, snap_range
-from provider.datasources import StorageDataSource
 from provider.seamless import SeamlessDataProvider
+from provider.storage_source import StorageDataSource
 from provider.strategies import DataAvailabilityStrategy
 
 __all__ = ["EnhancedQuestDBProvider", "QMTLFetcherAdapter", "QuestDBLoader", "adapt_fetcher", "questdb_storage"]

@@ -12,7 +12,13 @@ from provider.conformance import normalize_bars
 from provider.core import window_ranges
 from provider.core.obs import new_registry
 from provider.frames import ts_ms
-from provider.questdb import EnhancedQuestDBProvider, QMTLFetcherAdapter, QuestDBLoader, adapt_fetcher, questdb_storage
+from provider.questdb_provider import (
+    EnhancedQuestDBProvider,
+    QMTLFetcherAdapter,
+    QuestDBLoader,
+    adapt_fetcher,
+    questdb_storage,
+)
 from provider.reports import MemoryReportSink
 from provider.sources import open_source
 

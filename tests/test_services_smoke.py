@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import asyncpg
-import devservices
 import pandas as pd
 import pytest
 from questdb import Sender
+
+from devkit import services as devservices
 
 WINDOW_START = datetime(2024, 3, 1)  # naive UTC: asyncpg rejects aware datetimes for QuestDB TIMESTAMP
 WINDOW_END = WINDOW_START + timedelta(days=2)  # two DAY partitions

@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import devservices  # tests/conftest.py puts scripts/ on sys.path; tests/alerts/conftest.py the kits
 import pytest
 import yaml
-from coordinator_testkit import Cluster, free_port, http_json, make_cluster
-from e2e_kit import Exchange, WorkerPool
-from prom_kit import RULES, Prometheus
 
+from devkit import services as devservices
+from devkit.cluster import Cluster, make_cluster
+from devkit.polling import http_json
+from devkit.ports import free_port
+from devkit.workers import Exchange, WorkerPool
 from provider import SeamlessDataProvider
 from provider.core.obs import new_registry
 from provider.sources import open_source
+
+from .prom_kit import RULES, Prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, Cluster, call
 
 from coordinator.api import build_app
 from coordinator.node import CoordinatorNode, NodeSettings
 from coordinator.openapi import build_openapi, render_markdown
+from devkit.api import call
+from devkit.cluster import MIN, Cluster
 from provider.core import AppConfig
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

@@ -16,7 +16,6 @@ from typing import Any
 
 import pysyncobj.pickle as syncobj_pickle
 import pytest
-from coordinator_testkit import wait_for
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.poller import createPoller
@@ -35,6 +34,7 @@ from coordinator._raft_transport import (
 )
 from coordinator.raft import MAX_BATCH, RaftNode, RaftSettings, TableConsumer
 from coordinator.table import Table
+from devkit.polling import wait_for
 
 SECRET = "a-cluster-secret-of-some-length"
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import devservices  # tests/conftest.py puts scripts/ on sys.path
 import numpy as np
 import pandas as pd
 import pytest
 
+from devkit import services as devservices
 from provider.frames import frame_from_arrays
 
 BACKENDS = [

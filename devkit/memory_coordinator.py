@@ -1,6 +1,8 @@
 """An in-memory coordinator for worker unit tests: the real pure lease table behind the client's interface.
 
-Time is a manual clock (``now_ms``), so tests expire leases by moving it, never by sleeping.
+Rules:
+1. Time is a manual clock (``now_ms``), so tests expire leases by moving it, never by sleeping.
+2. Every call is recorded in ``calls`` and answered as the HTTP client would: the same values and errors.
 """
 
 from __future__ import annotations

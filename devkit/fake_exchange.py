@@ -306,7 +306,9 @@ class FakeExchange:
             await asyncio.sleep(fault.delay_s)
         return None
 
-    def _rows(self, symbol: str, interval: str | None, start: int | None, end: int | None, limit: str | None) -> list:
+    def _rows(
+        self, symbol: str, interval: str | None, start: int | None, end: int | None, limit: str | None
+    ) -> list[list[Any]]:
         if symbol not in self.pairs:
             raise _BinanceError(-1121, "Invalid symbol.")
         if interval not in INTERVALS:

@@ -79,7 +79,7 @@ _DIRECT_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def _http_ok(url: str, timeout_s: float = 1.0) -> bool:
     try:
         with _DIRECT_HTTP.open(url, timeout=timeout_s) as response:
-            return response.status == 200
+            return bool(response.status == 200)
     except (OSError, http.client.HTTPException):
         return False
 

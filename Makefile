@@ -42,12 +42,12 @@ test: venv
 
 ## demo: 3 coordinators, a worker pool, SQLite and a synthetic exchange on loopback; backfill, read back, stop.
 demo: venv
-	$(PY) scripts/demo.py $(DEMO_ARGS)
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 ## bench: every bench/ script (medians, ratios against baselines from the same run) -> bench/results/.
 bench: venv
 	bash scripts/install_test_deps.sh
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 ## lint: ruff (lint + format check) and mypy (strict).
 lint: venv
@@ -62,7 +62,7 @@ format: venv
 ## services: run QuestDB and PostgreSQL in the foreground for development (Ctrl-C stops them).
 services: venv
 	bash scripts/install_test_deps.sh
-	$(PY) scripts/devservices.py all
+	$(PY) -m devkit.services all
 
 clean:
 	rm -rf $(VENV) .venv-latest $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -12,7 +12,7 @@ the last windows finishing one by one, would flatter or understate it).
 2. Unlimited: bars/s of the same pipeline with no exchange limit, next to the raw storage write rate (the
    backend's ``write_window`` called directly with the same frames, no coordinator, no HTTP).
 
-Run: ``.venv/bin/python bench/bench_backfill.py [--runs 3] [--rps 20] [--storage sqlite|questdb]``.
+Run: ``.venv/bin/python -m bench.bench_backfill [--runs 3] [--rps 20] [--storage sqlite|questdb]``.
 """
 
 from __future__ import annotations
@@ -22,23 +22,17 @@ import asyncio
 import secrets
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests" / "coordinator"))
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
 import yaml
-from _common import emit, table
-from coordinator_testkit import http_json, make_cluster
-from e2e_kit import Exchange, WorkerPool
 
+from bench._common import emit, table
+from devkit.cluster import make_cluster
+from devkit.polling import http_json
+from devkit.workers import Exchange, WorkerPool
 from provider.sources import open_source
 from provider.storage import open_storage
 
@@ -168,7 +162,7 @@ def main() -> None:
     parser.add_argument("--storage", choices=("sqlite", "questdb"), default="questdb")
     args = parser.parse_args()
 
-    import devservices
+    from devkit import services as devservices
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     questdb = devservices.QuestDBServer() if args.storage == "questdb" else None

@@ -19,7 +19,7 @@ What is measured:
   leader, forwarded by a follower) against ``?consistency=stale`` (the node's own replica): sequential p50 and
   the rate of ``--read-clients`` concurrent readers.
 
-Run: ``.venv/bin/python bench/bench_coordinator.py [--duration 8] [--clients 64] [--kills 20] [--max-windows 1]``;
+Run: ``.venv/bin/python -m bench.bench_coordinator [--duration 8] [--clients 64] [--kills 20] [--max-windows 1]``;
 ``--only failover`` runs the leader kills alone.
 Prints a markdown table and a ``RESULT {json}`` line. Needs ``etcd`` (Debian ``etcd-server``) for the baseline;
 it is installed with apt-get when missing, or skipped with ``--no-etcd``.
@@ -32,7 +32,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,24 +44,18 @@ from typing import Any
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench._common import emit, table
+from bench._failover import caught_up, coordinator_leader, failover_once, get_json, read_cost, terms
+from devkit.launcher import peers_of, serve_argv
+from devkit.ports import LOOPBACK, free_port
 
-from _common import emit, table
-from _failover import caught_up, coordinator_leader, failover_once, get_json, read_cost, terms
-
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 CONFIG = {
     "seamless_data_provider": {"backfill_config": {"distributed_lease_ttl_ms": 60_000, "window_bars": 1}},
     "coordinator": {"max_windows_per_job": 10_000_000},
 }
 JOB_WINDOWS = 20_000
 Cycle = Callable[[aiohttp.ClientSession, str, int, list[float]], Awaitable[int]]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -110,30 +103,19 @@ def coordinator_cluster(root: Path, log_level: str) -> Cluster:
     (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     rafts = [f"{HOST}:{free_port()}" for _ in range(3)]
     cluster = Cluster(root)
-    exe = Path(sys.executable).parent / "coordinator"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "coordinator"]
     for i in range(3):
         port = free_port()
         cluster.urls.append(f"http://{HOST}:{port}")
         cluster.args.append(
-            [
-                *cmd,
-                "serve",
-                "--node-id",
-                f"n{i}",
-                "--raft",
-                rafts[i],
-                "--peers",
-                ",".join(r for r in rafts if r != rafts[i]),
-                "--http",
-                f"{HOST}:{port}",
-                "--data-dir",
-                str(root / f"data{i}"),
-                "--config",
-                str(root / "config.yaml"),
-                "--log-level",
-                log_level,
-            ]
+            serve_argv(
+                node_id=f"n{i}",
+                raft=rafts[i],
+                peers=peers_of(rafts, i),
+                http=f"{HOST}:{port}",
+                data_dir=root / f"data{i}",
+                config=root / "config.yaml",
+                log_level=log_level,
+            )
         )
         cluster.procs.append(None)
     for i in range(3):

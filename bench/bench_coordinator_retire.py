@@ -6,7 +6,7 @@ and cancelling needs no worker) once ``backfill_windows`` is 0 and ``backfill_jo
 every node. Reported: RSS per node at each step and the ratio to the fresh node (the acceptance of issue 16: within
 1.2x).
 
-Run: ``.venv/bin/python bench/bench_coordinator_retire.py [--windows 1000000]`` (a few minutes on 2 cores).
+Run: ``.venv/bin/python -m bench.bench_coordinator_retire [--windows 1000000]`` (a few minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _cluster_probes import node_rss
-from _common import emit, table
-from bench_coordinator import CONFIG, coordinator_cluster, coordinator_leader, get_json
+from bench._cluster_probes import node_rss
+from bench._common import emit, table
+from bench.bench_coordinator import CONFIG, coordinator_cluster, coordinator_leader, get_json
 
 JOB_WINDOWS = 20_000
 

@@ -29,7 +29,7 @@ entry, so its commit time and the elections it causes show the largest job one e
 At 10,000 windows the load completes most of the table, so jobs of ``TOPUP_WINDOWS`` top it up whenever fewer
 than ``TOPUP_BELOW`` windows are pending: sizes are the windows in the table when each point starts.
 
-Run: ``.venv/bin/python bench/bench_coordinator_scale.py [--sizes 10000 100000 1000000] [--runs 5]``.
+Run: ``.venv/bin/python -m bench.bench_coordinator_scale [--sizes 10000 100000 1000000] [--runs 5]``.
 Prints markdown tables and a ``RESULT {json}`` line; about 6-7 minutes on 2 cores. Small first try:
 ``--sizes 5000 20000 --runs 2 --kills 1 --job-sizes 10000 --compaction-max-s 15`` (under a minute).
 """
@@ -43,7 +43,6 @@ import copy
 import itertools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,12 +51,10 @@ from typing import Any
 import aiohttp
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _cluster_probes import CompactionWatch, GcProbe, node_rss
-from _common import emit, table
-from _failover import coordinator_leader, failover_once, get_json
-from bench_coordinator import (
+from bench._cluster_probes import CompactionWatch, GcProbe, node_rss
+from bench._common import emit, table
+from bench._failover import coordinator_leader, failover_once, get_json
+from bench.bench_coordinator import (
     CONFIG,
     Cluster,
     coordinator_cluster,

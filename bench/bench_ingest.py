@@ -6,30 +6,24 @@ finite values, ``high >= low``) and no copy. Measured against the fetch of the s
 
 1. the synthetic source (``synthetic:7``: numpy generation, no I/O): the cheapest fetch there is, so the
    harshest denominator;
-2. the Binance source against the loopback fake exchange (scripts/fake_exchange.py): HTTP + JSON parsing, 1000
+2. the Binance source against the loopback fake exchange (devkit.fake_exchange): HTTP + JSON parsing, 1000
    bars per request, as a worker fetches (``--exchange-bars`` bars, the ratio is per bar).
 
 Target: normalize / fetch <= 0.05 for 10^6 bars. Also shown: a shape that needs work (``ts`` in pandas 3's
 default ``us``, int volumes), the normalization cost a user's frame pays.
 
-Run: ``.venv/bin/python bench/bench_ingest.py [--runs 5] [--bars 1000000] [--exchange-bars 100000]``.
+Run: ``.venv/bin/python -m bench.bench_ingest [--runs 5] [--bars 1000000] [--exchange-bars 100000]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import numpy as np
-from _common import emit, median_time_s, table
 
+from bench._common import emit, median_time_s, table
 from provider.conformance import normalize_bars
 from provider.core import SeriesKey
 from provider.sources import open_source
@@ -55,7 +49,7 @@ def _normalize(frame: object, bars: int) -> object:
 
 
 async def _exchange_fetch_s(bars: int, runs: int) -> float:
-    from fake_exchange import FakeExchange
+    from devkit.fake_exchange import FakeExchange
 
     async with FakeExchange(seed=7) as exchange:
         samples = []

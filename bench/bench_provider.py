@@ -10,9 +10,9 @@
    read from QuestDB through the storage.
 
 QuestDB: ``--dsn questdb://...`` (a running server) or, by default, one started from its jar by
-scripts/devservices.py. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
+devkit.services. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
 
-Run: ``.venv/bin/python bench/bench_provider.py [--runs 5] [--bars 1000000]``.
+Run: ``.venv/bin/python -m bench.bench_provider [--runs 5] [--bars 1000000]``.
 """
 
 from __future__ import annotations
@@ -24,20 +24,14 @@ import itertools
 import os
 import secrets
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 import asyncpg
 import numpy as np
 import pandas as pd
-from _common import emit, table
 
+from bench._common import emit, table
 from provider.core import SeriesKey
 from provider.core.obs import configure_logging, new_registry
 from provider.frames import frame_from_arrays

@@ -17,9 +17,9 @@ History curve (``--history``): the newest 900 bars of a series whose ledger hold
 request is the same at every size, only the history of the series grows.
 
 QuestDB: ``--dsn questdb://...`` (a running server) or, by default, one started from its jar by
-scripts/devservices.py. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
+devkit.services. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
 
-Run: ``.venv/bin/python bench/bench_provider_scale.py [--max-exp 7] [--runs 5] [--large-runs 2]``.
+Run: ``.venv/bin/python -m bench.bench_provider_scale [--max-exp 7] [--runs 5] [--large-runs 2]``.
 """
 
 from __future__ import annotations
@@ -36,18 +36,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT / "scripts"))
-
 import asyncpg
 import numpy as np
 import pandas as pd
-from _common import emit, table
-from bench_provider import raw_read
-from bench_storage import wait_applied
 from questdb import Sender
 
+from bench._common import emit, table
+from bench.bench_provider import raw_read
+from bench.bench_storage import wait_applied
 from provider.core import SeriesKey
 from provider.core.obs import configure_logging, new_registry
 from provider.reports import MemoryReportSink

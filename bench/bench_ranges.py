@@ -4,21 +4,17 @@ The baseline does the same work the obvious way (expand every range into its bar
 ranges) on a smaller input; both are reported as cost per range so the ratio compares like with like.
 Also prints the coverage-math curve from 10^3 to 10^6 windows.
 
-Run: ``.venv/bin/python bench/bench_ranges.py [--runs 5]``.
+Run: ``.venv/bin/python -m bench.bench_ranges [--runs 5]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from _common import emit, median_time_s, table
 
+from bench._common import emit, median_time_s, table
 from provider.core import merge_ranges, missing_ranges, subtract_ranges
 
 STEP = 60_000  # 1m bars

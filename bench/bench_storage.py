@@ -21,8 +21,8 @@ the end, because QuestDB deletes dropped partitions in the background and that w
 Targets: backend write >= 0.8 x raw, backend read >= 0.8 x raw, coverage under 50 ms. Medians of ``--runs``
 runs (coverage: of 8 calls per run), after a warm-up round on throw-away tables.
 
-Run: ``.venv/bin/python bench/bench_storage.py [--runs 5] [--dsn questdb://...]`` (default: a QuestDB started
-from its jar with scripts/devservices.py, removed afterwards).
+Run: ``.venv/bin/python -m bench.bench_storage [--runs 5] [--dsn questdb://...]`` (default: a QuestDB started
+from its jar with devkit.services, removed afterwards).
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ import asyncio
 import gc
 import os
 import statistics
-import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -43,12 +41,7 @@ import numpy as np
 import pandas as pd
 from questdb import Sender
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from _common import emit, table
-
+from bench._common import emit, table
 from provider.core import intersect_ranges, merge_ranges
 from provider.frames import frame_from_arrays
 from provider.storage import open_storage, parse_dsn
@@ -379,7 +372,7 @@ def main() -> None:
     with ExitStack() as stack:
         dsn = args.dsn
         if dsn is None:
-            import devservices
+            from devkit import services as devservices
 
             server = stack.enter_context(devservices.QuestDBServer())
             dsn = server.dsn

@@ -6,7 +6,7 @@ key cap (each evicts the oldest idle key). The baseline, measured in the same ru
 submission cost before (a heapify of every pending window): the ratio column is our submission cost over it.
 A flat curve means cost independent of state.
 
-Run: ``.venv/bin/python bench/bench_table_cost.py [--sizes 10000 100000 1000000] [--runs 5]``.
+Run: ``.venv/bin/python -m bench.bench_table_cost [--sizes 10000 100000 1000000] [--runs 5]``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import heapq
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import emit, median_time_s, table
-
+from bench._common import emit, median_time_s, table
 from coordinator.table import Table
 
 SERIES = "ohlcv:bench:AAA/USD:1m"

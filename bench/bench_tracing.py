@@ -12,7 +12,7 @@ read of 1,000 bars with the cache off (cache, storage and conformance spans). ``
 interleaved run by run; ``on`` comes last (a tracer provider cannot be uninstalled). Medians of ``--runs`` runs
 of ``--calls`` fetches each.
 
-Run: ``.venv/bin/python bench/bench_tracing.py [--runs 7] [--calls 500]``.
+Run: ``.venv/bin/python -m bench.bench_tracing [--runs 7] [--calls 500]``.
 """
 
 from __future__ import annotations
@@ -21,20 +21,16 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import emit, table
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from bench._common import emit, table
 from provider.core import SeriesKey, tracing
 from provider.core.obs import configure_logging, new_registry
 from provider.reports import MemoryReportSink

@@ -1,8 +1,9 @@
-"""`make bench`: run every bench/bench_*.py, collect their RESULT lines into one JSON file and one markdown file.
+"""`make bench` (``python -m bench.run_all``): run every bench/bench_*.py as a module, collect their RESULT
+lines into one JSON file and one markdown file.
 
 Each script prints its own tables (medians of several runs, ratios against baselines measured in the same run)
 and one ``RESULT {json}`` line. Results land in bench/results/ (git-ignored): ``results.json`` and
-``results.md``. Run one script alone with ``.venv/bin/python bench/bench_NAME.py --help``.
+``results.md``. Run one script alone from the repository root with ``.venv/bin/python -m bench.bench_NAME --help``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 
 
 def main() -> int:
@@ -31,7 +33,8 @@ def main() -> int:
     for script in scripts:
         print(f"== {script.name}", flush=True)
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=False)
+        module = f"bench.{script.stem}"
+        proc = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, check=False, cwd=ROOT)
         took_s = time.monotonic() - started
         print(proc.stdout, flush=True)
         if proc.returncode != 0:

@@ -5,6 +5,8 @@ offline synthetic exchange; submits a multi-symbol backfill; shows a progress ba
 completion ratio; reads the bars back through the provider; prints a summary. Ctrl-C stops everything too.
 
 Point it at a real exchange and QuestDB with ``--source binance --storage questdb://admin:quest@HOST:8812/``.
+Run it from the repository root as ``python -m scripts.demo`` (what `make demo` does): the processes' command
+lines come from the development harness (devkit.launcher).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +25,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from devkit.launcher import peers_of, serve_argv, worker_argv
+from devkit.ports import LOOPBACK, free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 DAY_MS = 86_400_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Stack:
@@ -52,53 +49,32 @@ class Stack:
         return proc
 
     def start_cluster(self, nodes: int = 3) -> None:
-        raft = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
-        http = [f"127.0.0.1:{free_port()}" for _ in range(nodes)]
+        addresses = [f"{LOOPBACK}:{port}" for port in free_ports(2 * nodes)]
+        raft, http = addresses[:nodes], addresses[nodes:]
         self.urls = [f"http://{h}" for h in http]
         for i in range(nodes):
-            peers = ",".join(r for j, r in enumerate(raft) if j != i)
             node_dir = self.data_dir / f"node{i + 1}"
             node_dir.mkdir(parents=True, exist_ok=True)
-            self.spawn(
-                [
-                    str(BIN / "coordinator"),
-                    "serve",
-                    "--node-id",
-                    f"n{i + 1}",
-                    "--raft",
-                    raft[i],
-                    "--peers",
-                    peers,
-                    "--http",
-                    http[i],
-                    "--data-dir",
-                    str(node_dir),
-                    "--config",
-                    str(self.data_dir / "demo.yml"),
-                ],
-                f"coordinator-n{i + 1}",
+            argv = serve_argv(
+                node_id=f"n{i + 1}",
+                raft=raft[i],
+                peers=peers_of(raft, i),
+                http=http[i],
+                data_dir=node_dir,
+                config=self.data_dir / "demo.yml",
             )
+            self.spawn(argv, f"coordinator-n{i + 1}")
 
     def start_workers(self, autoscale: str, source: str, storage: str) -> None:
-        self.spawn(
-            [
-                str(BIN / "worker"),
-                "run",
-                "--coordinator",
-                ",".join(self.urls),
-                "--source",
-                source,
-                "--storage",
-                storage,
-                "--autoscale",
-                autoscale,
-                "--config",
-                str(self.data_dir / "demo.yml"),
-                "--worker-id",
-                "demo",
-            ],
-            "workers",
+        argv = worker_argv(
+            coordinators=self.urls,
+            source=source,
+            storage=storage,
+            autoscale=autoscale,
+            config=self.data_dir / "demo.yml",
+            worker_id="demo",
         )
+        self.spawn(argv, "workers")
 
     def stop(self, grace_s: float = 15.0) -> None:
         for proc in reversed(self.procs):  # workers first, then coordinators

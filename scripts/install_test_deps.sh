@@ -4,10 +4,10 @@
 #   promtool (alert rule tests)                                             <- prometheus
 #   etcd (lease/Raft peer for side-by-side benchmarks)                      <- etcd-server
 #   java and mvn (QuestDB server jar from Maven Central)                    <- default-jdk-headless, maven
-#   python3 (runs scripts/devservices.py)                                   <- python3
+#   python3 (runs python -m devkit.services)                                <- python3
 #   headless Chromium and chromedriver (status page browser tests)          <- chromium, chromium-driver
 #   fusermount3 and libfuse3 (the power-loss filesystem of the fsync tests)  <- fuse3
-# then the QuestDB jar into .cache/questdb (scripts/devservices.py fetch-questdb).
+# then the QuestDB jar into .cache/questdb (python -m devkit.services fetch-questdb).
 #
 # Rules: idempotent and quick when everything is there (no apt-get at all); `apt-get update` runs once, and only
 # when something must be installed; no recommended packages; installed daemons are not started (a temporary
@@ -53,5 +53,5 @@ if ((${#missing[@]} > 0)); then
         apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-python3 "$repo_dir/scripts/devservices.py" fetch-questdb >/dev/null
+(cd "$repo_dir" && python3 -m devkit.services fetch-questdb >/dev/null)
 echo "install_test_deps: ok (postgresql, promtool, etcd, java, mvn, chromium, chromedriver, QuestDB jar present)"

@@ -2,9 +2,9 @@
 
 Rules:
 1. A server starts only when a test asks for it, lives for the whole session and always stops at its end
-   (servers come from scripts/devservices.py; `bash scripts/install_test_deps.sh` installs what they need).
+   (servers come from devkit.services; `bash scripts/install_test_deps.sh` installs what they need).
 2. SEAMLESS_TEST_QUESTDB_DSN / SEAMLESS_TEST_POSTGRES_DSN point the fixtures at servers already running
-   (`python scripts/devservices.py questdb` prints the line to export); the fixture then yields an endpoint with
+   (`python -m devkit.services questdb` prints the line to export); the fixture then yields an endpoint with
    the same attributes (``dsn``, ``pg_dsn``, ``ilp_conf``, ``http_port``, ...) and owns nothing.
 3. Tests share one server per session: each test creates its own uniquely named tables and never restarts it.
 4. Fixtures other packages share go here; fixtures of one package go in that package's conftest.py.
@@ -13,15 +13,11 @@ Rules:
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-import devservices
+from devkit import services as devservices
 
 QUESTDB_DSN_ENV = "SEAMLESS_TEST_QUESTDB_DSN"
 POSTGRES_DSN_ENV = "SEAMLESS_TEST_POSTGRES_DSN"

@@ -1,4 +1,4 @@
-"""`make demo` (scripts/demo.py) runs the whole system on loopback, prints its summary and leaves nothing running."""
+"""`make demo` (`python -m scripts.demo`) runs the whole system on loopback, prints its summary, stops it all."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def test_demo_backfills_reads_back_and_stops_everything(tmp_path: Path) -> None:
     out = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "scripts" / "demo.py"),
+            "-m",
+            "scripts.demo",
             "--days",
             "2",
             "--symbols",
@@ -34,6 +35,7 @@ def test_demo_backfills_reads_back_and_stops_everything(tmp_path: Path) -> None:
         text=True,
         timeout=280,
         check=False,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("ohlcv:synthetic:")]

@@ -1,4 +1,4 @@
-"""Smoke tests of the real servers the integration tests run on (scripts/devservices.py, tests/conftest.py).
+"""Smoke tests of the real servers the integration tests run on (devkit/services, tests/conftest.py).
 
 They prove what every storage test relies on: asyncpg and ILP/HTTP both reach the session QuestDB, DEDUP UPSERT
 makes a re-sent window idempotent, applied rows survive a restart, stopping leaves no process behind, and the
@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import asyncpg
-import devservices
 import pandas as pd
 import pytest
 from questdb import Sender
+
+from devkit import services as devservices
 
 WINDOW_START = datetime(2024, 3, 1)  # naive UTC: asyncpg rejects aware datetimes for QuestDB TIMESTAMP
 WINDOW_END = WINDOW_START + timedelta(days=2)  # two DAY partitions

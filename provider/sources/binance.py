@@ -1,7 +1,7 @@
 """The Binance spot klines source (REST, aiohttp).
 
 Spec: ``binance[:BASE_URL][?timeout_s=SECONDS]`` — ``BASE_URL`` defaults to https://api.binance.com; tests
-point it at the loopback fake exchange (scripts/fake_exchange.py).
+point it at the loopback fake exchange (devkit/fake_exchange.py).
 
 Rules:
 1. One request is ``GET {BASE_URL}/api/v3/klines?symbol=BTCUSDT&interval=1m&startTime=S&endTime=E&limit=L`` with

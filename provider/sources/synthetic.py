@@ -6,7 +6,7 @@ fraction of bars that are missing, from 0 (default) to 0.99.
 Rules:
 1. Every bar is a pure function of ``(market_key(symbol), interval_ms, open time, seed)``: any bar can be
    computed alone, so overlapping ranges give identical rows, and the loopback fake exchange
-   (scripts/fake_exchange.py) serves exactly these bars. The series' source field is ignored, and symbols that
+   (devkit/fake_exchange.py) serves exactly these bars. The series' source field is ignored, and symbols that
    differ only by ``/`` or case are the same market (``BTC/USDT`` and ``BTCUSDT``).
 2. Randomness is a counter hash (splitmix64) of the bar index, never a stateful generator. Prices are a sum of
    linearly interpolated hash noise over 20 octaves (scale 2**k bars, amplitude ~ sqrt(2**k)): a random walk

@@ -7,9 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import prom_kit  # tests/alerts/conftest.py puts this directory on sys.path
 import pytest
 import yaml
+
+from . import prom_kit
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "alert_rules.yml"

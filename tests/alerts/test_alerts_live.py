@@ -2,7 +2,7 @@
 fires on a healthy run.
 
 The stack, all on loopback: 3 ``coordinator serve`` nodes, one ``worker run`` on QuestDB (dev mode, so a WAL can be
-suspended) fed by scripts/fake_exchange.py, two providers in this process sharing one registry served by
+suspended) fed by devkit/fake_exchange.py, two providers in this process sharing one registry served by
 ``provider.serve_metrics``, and the ``prometheus`` binary on configs generated from the repo's files (prom_kit.py:
 one minute lasts two seconds). Each condition is provoked the way it happens in production; the test waits on
 Prometheus' /api/v1/alerts with deadlines.
@@ -20,16 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import devservices  # tests/conftest.py puts scripts/ on sys.path; tests/alerts/conftest.py the kits
 import pytest
 import yaml
-from coordinator_testkit import Cluster, free_port, http_json, make_cluster
-from e2e_kit import Exchange, WorkerPool
-from prom_kit import RULES, Prometheus
 
+from devkit import services as devservices
+from devkit.cluster import Cluster, make_cluster
+from devkit.polling import http_json
+from devkit.ports import free_port
+from devkit.workers import Exchange, WorkerPool
 from provider import SeamlessDataProvider
 from provider.core.obs import new_registry
 from provider.sources import open_source
+
+from .prom_kit import RULES, Prometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from chaos_env import ChaosEnv
-from coordinator_testkit import wait_for
-from recorder import LogicalOp
 
+from devkit.polling import wait_for
 from provider.core import subtract_ranges, window_id, window_ranges
 from provider.sources import open_source
 from provider.storage import open_storage
+
+from .chaos_env import ChaosEnv
+from .recorder import LogicalOp
 
 __all__ = ["DataCheck", "HistoryCheck", "check_cluster", "check_data", "check_history", "scenario_windows"]
 

@@ -25,12 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import devservices  # scripts/ is on sys.path (tests/conftest.py)
 import yaml
-from coordinator_testkit import Cluster, Node, coordinator_cmd, free_port, http_json, wait_for
-from e2e_kit import Exchange, WorkerPool, WorkerProc
-from netlab import NetLab
-from recorder import LogicalOp, RecordingProxy, merge_history
+
+from devkit import services as devservices
+from devkit.cluster import Cluster, Node
+from devkit.launcher import peers_of, serve_argv
+from devkit.polling import http_json, wait_for
+from devkit.ports import free_port
+from devkit.workers import Exchange, WorkerPool, WorkerProc
+
+from .netlab import NetLab
+from .recorder import LogicalOp, RecordingProxy, merge_history
 
 __all__ = ["CHAOS_CONFIG", "GAPS", "SPAN_MS", "SYMBOLS", "T0", "ChaosEnv"]
 
@@ -142,28 +147,17 @@ class ChaosEnv:
             https = [f"{h}:{free_port(h)}" for h in hosts]
         cluster = Cluster(self.root, token=self.operator_token)
         for i in range(3):
-            prefix = self.lab.exec_prefix(i) if self.lab else []
-            args = [
-                *prefix,
-                *coordinator_cmd(),
-                "serve",
-                "--node-id",
-                f"n{i}",
-                "--raft",
-                rafts[i],
-                "--peers",
-                ",".join(r for r in rafts if r != rafts[i]),
-                "--http",
-                https[i],
-                "--data-dir",
-                str(self.root / f"node{i}"),
-                "--config",
-                str(self.root / "coordinator.yaml"),
-                "--token-file",
-                str(self.root / "tokens.txt"),
-                "--cluster-secret-file",
-                str(self.root / "secret.txt"),
-            ]
+            args = serve_argv(
+                node_id=f"n{i}",
+                raft=rafts[i],
+                peers=peers_of(rafts, i),
+                http=https[i],
+                data_dir=self.root / f"node{i}",
+                config=self.root / "coordinator.yaml",
+                token_file=self.root / "tokens.txt",
+                cluster_secret_file=self.root / "secret.txt",
+                prefix=self.lab.exec_prefix(i) if self.lab else (),
+            )
             cluster.nodes.append(
                 Node(i, f"n{i}", rafts[i], https[i], self.root / f"node{i}", args, self.root / f"node{i}.log")
             )

@@ -17,8 +17,9 @@ import signal
 import time
 from collections.abc import Callable
 
-from chaos_env import ChaosEnv
-from coordinator_testkit import wait_for
+from devkit.polling import wait_for
+
+from .chaos_env import ChaosEnv
 
 __all__ = ["FAULTS", "Fault"]
 

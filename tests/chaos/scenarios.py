@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos_checks import check_cluster, check_data, check_history, scenario_windows
-from chaos_env import BARS_PER_WINDOW, SPAN_MS, SYMBOLS, T0, ChaosEnv
-from faults import FAULTS
+from .chaos_checks import check_cluster, check_data, check_history, scenario_windows
+from .chaos_env import BARS_PER_WINDOW, SPAN_MS, SYMBOLS, T0, ChaosEnv
+from .faults import FAULTS
 
 __all__ = ["LONG", "Row", "plan", "render_report", "run_scenario", "seeds"]
 

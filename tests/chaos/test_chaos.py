@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from chaos_env import ChaosEnv
-from lease_check import build_lease_check, check_history
-from recorder import LogicalOp, write_history
-from scenarios import LONG, Row, plan, render_report, run_scenario, save_report, seeds
+
+from .chaos_env import ChaosEnv
+from .lease_check import build_lease_check, check_history
+from .recorder import LogicalOp, write_history
+from .scenarios import LONG, Row, plan, render_report, run_scenario, save_report, seeds
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.questdb, pytest.mark.slow]
 

@@ -31,9 +31,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, SERIES, Cluster, call, http_json, make_cluster, wait_for
 from pysyncobj.journal import FileJournal
-from scenarios import LONG
+
+from devkit.api import call
+from devkit.cluster import MIN, SERIES, Cluster, make_cluster
+from devkit.polling import http_json, wait_for
+
+from .scenarios import LONG
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 

@@ -22,8 +22,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, Cluster, make_cluster, metric, with_fd_limit
-from scenarios import LONG
+
+from devkit.api import metric
+from devkit.cluster import FAST_CONFIG, MIN, Cluster, make_cluster, with_fd_limit
+
+from .scenarios import LONG
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 

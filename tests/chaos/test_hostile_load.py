@@ -15,11 +15,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import Cluster, call, make_cluster
-from scenarios import LONG
 
+from devkit.api import call
+from devkit.cluster import Cluster, make_cluster
 from provider.client import CoordinatorClient
 from provider.errors import CoordinatorCapacityError
+
+from .scenarios import LONG
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
 

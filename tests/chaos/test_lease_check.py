@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lease_check import check_history
+
+from .lease_check import check_history
 
 pytestmark = [pytest.mark.chaos]
 

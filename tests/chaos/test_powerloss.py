@@ -21,7 +21,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, SERIES, Cluster, call, make_cluster, wait_for
+
+from devkit.api import call
+from devkit.cluster import MIN, SERIES, Cluster, make_cluster
+from devkit.polling import wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 

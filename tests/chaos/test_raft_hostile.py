@@ -28,8 +28,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, Cluster, http_json, make_cluster, wait_for
-from scenarios import LONG
+
+from devkit.cluster import FAST_CONFIG, Cluster, make_cluster
+from devkit.polling import http_json, wait_for
+
+from .scenarios import LONG
 
 pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 

@@ -4,14 +4,9 @@ client retries), and meanwhile the renew loop is told the lease is gone. Found i
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "worker"))
-
-from memory_coordinator import MemoryCoordinator
-
+from devkit.memory_coordinator import MemoryCoordinator
 from provider.sources import open_source
 from provider.storage import open_storage
 from worker.daemon import Worker, WorkerSettings

@@ -1,19 +1,15 @@
-"""Fixtures of the coordinator tests; the helpers live in ``coordinator_testkit.py`` (put on sys.path here)."""
+"""Fixtures of the coordinator tests; the cluster helpers live in the harness (devkit.cluster)."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from coordinator_testkit import FAST_CONFIG, Cluster, make_cluster
+from devkit.cluster import FAST_CONFIG, Cluster, make_cluster
 
 
 @pytest.fixture

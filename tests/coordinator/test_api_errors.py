@@ -6,7 +6,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, SERIES, Cluster, call
+
+from devkit.api import call
+from devkit.cluster import MIN, SERIES, Cluster
 
 pytestmark = [pytest.mark.cluster]
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from coordinator_testkit import free_port
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
 from pysyncobj.config import SERIALIZER_STATE
 from structlog.testing import capture_logs
@@ -26,6 +25,7 @@ from coordinator._aside import (
 )
 from coordinator._disk import DiskGuard
 from coordinator.api import _stood_aside
+from devkit.ports import free_port
 
 MIB = 2**20
 TIMEOUT_S = 0.5

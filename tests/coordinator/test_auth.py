@@ -10,11 +10,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from click.testing import CliRunner
-from coordinator_testkit import MIN, SERIES, Cluster, call, coordinator_cmd, free_port, http_json, wait_for
 
 from coordinator.auth import TokenTable
 from coordinator.cli import main
 from coordinator.errors import AuthError
+from devkit.api import call
+from devkit.cluster import MIN, SERIES, Cluster
+from devkit.launcher import coordinator_cmd
+from devkit.polling import http_json, wait_for
+from devkit.ports import free_port
 
 READER = "reader-token-0123456789"
 WORKER = "worker-token-0123456789"

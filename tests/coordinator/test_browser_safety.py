@@ -9,9 +9,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from coordinator_testkit import MIN, Cluster, call
 
 from coordinator._browser import browser_refusal
+from devkit.api import call
+from devkit.cluster import MIN, Cluster
 
 
 def refusal(method: str, headers: dict[str, str], **allowed: Any) -> tuple[int | None, str | None]:

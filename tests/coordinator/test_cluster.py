@@ -9,8 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, Cluster, call, coordinator_cmd, http_json, wait_for
 
+from devkit.api import call
+from devkit.cluster import MIN, Cluster
+from devkit.launcher import coordinator_cmd
+from devkit.polling import http_json, wait_for
 from provider.core import Job, Lease, LeaseInfo
 
 pytestmark = [pytest.mark.cluster]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 from aiohttp import web
-from coordinator_testkit import free_port
 
 from coordinator._connections import (
     FD_RESERVE,
@@ -25,6 +24,7 @@ from coordinator._connections import (
     connection_limits,
     raise_fd_limit,
 )
+from devkit.ports import free_port
 from provider.core import CoordinatorConfig
 
 HOST = "127.0.0.1"

@@ -13,10 +13,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from coordinator_testkit import free_port
 
 from coordinator.forward import LONG_POLL_ROUTE, Forwarder
 from coordinator.metrics import ClusterFigures, CoordinatorMetrics
+from devkit.ports import free_port
 from provider.core import CoordinatorConfig
 from provider.core.obs import new_registry
 

@@ -7,8 +7,9 @@ import secrets
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, Cluster, call
 
+from devkit.api import call
+from devkit.cluster import MIN, Cluster
 from provider.client import CoordinatorClient
 
 pytestmark = [pytest.mark.cluster]

@@ -13,7 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, Cluster, http_json, make_cluster, wait_for
+
+from devkit.cluster import FAST_CONFIG, MIN, Cluster, make_cluster
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster]
 

@@ -7,12 +7,13 @@ import pickle
 from typing import Any
 
 import pytest
-from coordinator_testkit import MIN, metric
 
 from coordinator.auth import UNAUTHENTICATED, TokenTable
 from coordinator.errors import AuthError
 from coordinator.metrics import OTHER, ClusterFigures, CoordinatorMetrics
 from coordinator.table import Table
+from devkit.api import metric
+from devkit.cluster import MIN
 from provider.core.obs import new_registry
 
 OTHER_LABELS = f'job_id="{OTHER}",series="{OTHER}"'

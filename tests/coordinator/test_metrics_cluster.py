@@ -10,7 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, Cluster, call, metric, wait_for
+
+from devkit.api import call, metric
+from devkit.cluster import FAST_CONFIG, MIN, Cluster
+from devkit.polling import wait_for
 
 pytestmark = [pytest.mark.cluster]
 

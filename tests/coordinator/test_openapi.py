@@ -8,11 +8,12 @@ from typing import Any, ClassVar
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, Cluster, call
 
 from coordinator.api import build_app
 from coordinator.node import CoordinatorNode, NodeSettings
 from coordinator.openapi import build_openapi, model_schema, render_markdown
+from devkit.api import call
+from devkit.cluster import MIN, Cluster
 from provider.core import WIRE_MODELS, AppConfig, ClaimRequest, WireFormatError
 from provider.core._models import wire
 

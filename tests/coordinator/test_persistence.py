@@ -9,7 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import MIN, SERIES, Cluster, call, http_json, wait_for
+
+from devkit.api import call
+from devkit.cluster import MIN, SERIES, Cluster
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pysyncobj.pickle as syncobj_pickle
 import pytest
-from coordinator_testkit import wait_for
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.poller import createPoller
@@ -35,6 +34,8 @@ from coordinator._raft_transport import (
 )
 from coordinator.raft import MAX_BATCH, RaftNode, RaftSettings, TableConsumer
 from coordinator.table import Table
+from devkit.polling import wait_for
+from devkit.ports import free_port
 
 SECRET = "a-cluster-secret-of-some-length"
 
@@ -339,9 +340,7 @@ def test_trust_lifts_the_handshake_limit(guarded: Any) -> None:
 
 
 def _free_addr() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def one_node(tmp_path: Path, password: str | None = None) -> tuple[RaftNode, tuple[str, int]]:

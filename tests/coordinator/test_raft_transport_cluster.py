@@ -10,7 +10,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, Cluster, call, http_json, wait_for
+
+from devkit.api import call
+from devkit.cluster import FAST_CONFIG, MIN, Cluster
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

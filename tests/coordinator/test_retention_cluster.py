@@ -8,8 +8,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, SERIES, Cluster, call, http_json, wait_for
 
+from devkit.api import call
+from devkit.cluster import FAST_CONFIG, MIN, SERIES, Cluster
+from devkit.polling import http_json, wait_for
 from provider.core import Job
 
 pytestmark = [pytest.mark.cluster]

@@ -9,9 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from coordinator_testkit import FAST_CONFIG, MIN, SERIES, Cluster, call, http_json, wait_for
 
 from coordinator._snapshot import MAGIC
+from devkit.api import call
+from devkit.cluster import FAST_CONFIG, MIN, SERIES, Cluster
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster]
 

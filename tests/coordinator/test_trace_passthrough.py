@@ -6,7 +6,8 @@ import secrets
 
 import aiohttp
 import pytest
-from coordinator_testkit import Cluster
+
+from devkit.cluster import Cluster
 
 MIN = 60_000
 TP = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"

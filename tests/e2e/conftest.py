@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "coordinator"))
-
-from coordinator_testkit import Cluster, make_cluster  # noqa: E402
-from e2e_kit import Exchange, WorkerPool  # noqa: E402
+from devkit.cluster import Cluster, make_cluster
+from devkit.workers import Exchange, WorkerPool
 
 #: Lease TTL of 3 s: expiry scenarios take seconds; window of 500 1m bars = one exchange request.
 E2E_CONFIG: dict[str, Any] = {

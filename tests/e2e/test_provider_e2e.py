@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import secrets
-import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 
+from devkit.stack import start_stack
 from provider import EnhancedQuestDBProvider, MemoryReportSink
 from provider.client import CoordinatorClient
 from provider.core import BackfillConfig, SeriesKey, window_ranges
@@ -25,17 +23,6 @@ WINDOW_BARS = 120
 START = 1_700_000_000_000 // MIN * MIN + 7 * MIN  # not window-aligned on purpose
 
 
-def _stack_module() -> Any:
-    name = "provider_stack"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "provider" / "stack.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.mark.questdb
 @pytest.mark.cluster
 @pytest.mark.slow
@@ -43,7 +30,7 @@ async def test_auto_backfill_of_an_empty_range_returns_the_exact_bars(questdb, t
     """AUTO_BACKFILL through 3 coordinators and 2 workers into QuestDB returns exactly the source's bars."""
     table = f"e2e_{secrets.token_hex(4)}"
     dsn = f"{questdb.dsn}&table={table}" if "?" in questdb.dsn else f"{questdb.dsn}?table={table}"
-    stack = await asyncio.to_thread(_stack_module().start_stack, tmp_path, size=3, window_bars=WINDOW_BARS)
+    stack = await asyncio.to_thread(start_stack, tmp_path, size=3, window_bars=WINDOW_BARS)
     client = CoordinatorClient(stack.urls)
     progress: list[float] = []
     provider = EnhancedQuestDBProvider(

@@ -14,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from coordinator_testkit import Cluster, wait_for
-from otlp_collector import Collector, SpanRecord, start_collector
 
+from devkit.cluster import Cluster
+from devkit.polling import wait_for
 from provider.core import window_ranges
+
+from .otlp_collector import Collector, SpanRecord, start_collector
 
 HERE = Path(__file__).resolve().parent
 SERIES = "ohlcv:binance:ETH/USDT:1m"

@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from coordinator_testkit import http_json, wait_for
-from e2e_kit import WorkerPool, wait_any_job_done
 
+from devkit.polling import http_json, wait_for
+from devkit.workers import WorkerPool, wait_any_job_done
 from provider.core import subtract_ranges, window_ranges
 from provider.sources import open_source
 from provider.storage import open_storage

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "coordinator"))
+from devkit.cluster import Cluster, make_cluster
 
-from coordinator_testkit import Cluster, make_cluster
-
-#: Short long-polls (fuzzed claims may ask for 300 s), a small body cap (fuzzed bodies grow), a long TTL.
 FUZZ_CONFIG: dict[str, Any] = {
     "seamless_data_provider": {"backfill_config": {"distributed_lease_ttl_ms": 60_000, "window_bars": 60}},
     "coordinator": {

@@ -13,11 +13,11 @@ import secrets
 
 import pytest
 import schemathesis
-from coordinator_testkit import http_json, wait_for
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi import checks
 
 from coordinator.routes import ROUTES
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

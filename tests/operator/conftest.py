@@ -1,29 +1,24 @@
 """Fixtures of the operator tests (lease_recover.py, the status page, docker-compose.yml).
 
-The cluster helpers come from ``tests/coordinator/coordinator_testkit.py`` (put on sys.path here, like the
-coordinator tests do) and ``operator_kit.py``. One auth-enabled 3-node cluster serves every test of this package;
-each test works on its own series and submits its jobs with a priority above every earlier job, so its claims take
-its own windows.
+The cluster and worker helpers come from the harness (devkit.cluster, devkit.workers) and ``operator_kit.py``.
+One auth-enabled 3-node cluster serves every test of this package; each test works on its own series and submits
+its jobs with a priority above every earlier job, so its claims take its own windows.
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "coordinator"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # e2e_kit: workers, the loopback exchange
-
 import yaml
-from coordinator_testkit import Cluster, make_cluster
-from e2e_kit import WorkerPool
-from operator_kit import OPERATOR_CONFIG, OPERATOR_TOKEN, READER_TOKEN, WORKER_TOKEN, Ops
+
+from devkit.cluster import Cluster, make_cluster
+from devkit.workers import WorkerPool
+
+from .operator_kit import OPERATOR_CONFIG, OPERATOR_TOKEN, READER_TOKEN, WORKER_TOKEN, Ops
 
 
 @pytest.fixture(scope="session")

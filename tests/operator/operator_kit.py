@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coordinator_testkit import MIN, Cluster, http_json
+from devkit.cluster import MIN, Cluster
+from devkit.polling import http_json
 
 OPERATOR_TOKEN = "op-0123456789abcdef0123"
 WORKER_TOKEN = "wk-0123456789abcdef0123"

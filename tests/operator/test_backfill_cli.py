@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from coordinator_testkit import Cluster, http_json, wait_for
-from e2e_kit import Exchange, WorkerPool
 
+from devkit.cluster import Cluster
+from devkit.polling import http_json, wait_for
+from devkit.workers import Exchange, WorkerPool
 from ops.backfill import backfill
 from provider.storage import open_storage
 

@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-import lease_recover  # tests/conftest.py puts scripts/ on sys.path
+import lease_recover  # scripts/ is on pytest's pythonpath (pyproject.toml)
 import lease_recover_qmtl
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lease_recover  # tests/conftest.py puts scripts/ on sys.path
+import lease_recover  # scripts/ is on pytest's pythonpath (pyproject.toml)
 import pytest
-from coordinator_testkit import free_port
-from operator_kit import OPERATOR_TOKEN, WINDOW_MS, WORKER_TOKEN, Ops
 
+from devkit.ports import free_port
 from provider.core import window_id
+
+from .operator_kit import OPERATOR_TOKEN, WINDOW_MS, WORKER_TOKEN, Ops
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lease_recover.py"
 

@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import lease_recover  # tests/conftest.py puts scripts/ on sys.path
+import lease_recover  # scripts/ is on pytest's pythonpath (pyproject.toml)
 import lease_recover_qmtl
 import pytest
-from operator_kit import WORKER_TOKEN, Ops
+
+from .operator_kit import WORKER_TOKEN, Ops
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lease_recover.py"
 

@@ -10,9 +10,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser_kit import Browser, dump_dom, start_driver
-from coordinator_testkit import free_port, http_json, wait_for
-from operator_kit import READER_TOKEN, WORKER_TOKEN, Ops
+
+from devkit.polling import http_json, wait_for
+from devkit.ports import free_port
+
+from .browser_kit import Browser, dump_dom, start_driver
+from .operator_kit import READER_TOKEN, WORKER_TOKEN, Ops
 
 #: A symbol a series may legally carry (1-64 printable chars) that is also markup with a script in it.
 HOSTILE_SYMBOL = "<img src=x onerror=\"document.title='pwned'\">&amp;"

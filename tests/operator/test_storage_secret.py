@@ -9,11 +9,13 @@ import secrets
 from pathlib import Path
 
 import pytest
-from coordinator_testkit import Cluster, wait_for
-from e2e_kit import WorkerPool
-from test_verify_cli import cli
 
+from devkit.cluster import Cluster
+from devkit.polling import wait_for
+from devkit.workers import WorkerPool
 from provider.storage import open_storage
+
+from .test_verify_cli import cli
 
 pytestmark = [pytest.mark.cluster, pytest.mark.questdb]
 

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from coordinator_testkit import Cluster
-from e2e_kit import WorkerPool
 
+from devkit.cluster import Cluster
+from devkit.workers import WorkerPool
 from ops._verify_checks import compare_to_source, plan_windows, stored_findings
 from ops.verify import verify
 from provider.frames import frame_from_arrays

@@ -7,7 +7,6 @@ range the tests ask for, so every bar asked is closed unless a test moves the cl
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -143,10 +142,7 @@ async def make_provider(
 
 @pytest.fixture
 def fake_exchange_cls() -> Any:
-    """The FakeExchange class of scripts/fake_exchange.py."""
-    scripts = str(ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
-    from fake_exchange import FakeExchange
+    """The FakeExchange class of devkit.fake_exchange."""
+    from devkit.fake_exchange import FakeExchange
 
     return FakeExchange

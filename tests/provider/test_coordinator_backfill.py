@@ -137,9 +137,8 @@ async def test_partial_fill_submits_and_does_not_wait(storage, make_provider):
 @pytest.mark.slow
 async def test_hundred_concurrent_fetches_through_a_real_cluster(tmp_path, fake_exchange_cls, make_provider):
     """100 concurrent fetches through coordinators and a worker send one exchange request per window."""
+    from devkit.stack import start_stack
     from provider.storage import open_storage
-
-    from .stack import start_stack
 
     dsn = f"sqlite:///{tmp_path / 'bars.db'}"
     stack = await asyncio.to_thread(start_stack, tmp_path, size=1, window_bars=WINDOW_BARS)

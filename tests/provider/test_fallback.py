@@ -1,7 +1,7 @@
 """A fallback chain of sources: Binance first, then ccxt's binance driver against a second loopback exchange.
 
 The first exchange answers 500 to every request for one window; after its retries the second source serves that
-window, once, and the reports say so. The exchanges are the only stand-ins (scripts/fake_exchange.py).
+window, once, and the reports say so. The exchanges are the only stand-ins (devkit/fake_exchange.py).
 """
 
 from __future__ import annotations

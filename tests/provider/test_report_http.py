@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 import structlog
 from aiohttp import web
 
+from devkit.ports import free_port
 from provider.metrics import ProviderMetrics
 from provider.reports import URI_HEADER, HttpReportSink, open_report_sink
 from provider.sla import SLAPolicy
@@ -65,10 +65,7 @@ async def collector() -> AsyncIterator[Collector]:
 
 def _dead_url() -> str:
     """A loopback URL where nothing listens (a port just bound and released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/collect"
+    return f"http://127.0.0.1:{free_port()}/collect"
 
 
 def _report(node_id: str, n: int) -> dict[str, Any]:

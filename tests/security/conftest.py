@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-for path in (HERE, HERE.parent / "coordinator", HERE.parent / "e2e"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from devkit.cluster import Cluster, make_cluster
 
-from coordinator_testkit import Cluster, make_cluster  # noqa: E402
-from security_kit import SECURE_CONFIG  # noqa: E402
+from .security_kit import SECURE_CONFIG
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from coordinator_testkit import http_json, wait_for
 
 from coordinator.auth import ROLES
 from coordinator.routes import ROUTES, Route
+from devkit.polling import http_json, wait_for
 
 pytestmark = [pytest.mark.cluster]
 

@@ -14,12 +14,13 @@ import asyncpg
 import pandas as pd
 import pytest
 import yaml
-from coordinator_testkit import http_json, wait_for
-from e2e_kit import WorkerPool
-from security_kit import SECURE_CONFIG
 
+from devkit.polling import http_json, wait_for
+from devkit.workers import WorkerPool
 from provider.sources import open_source
 from provider.storage import open_storage
+
+from .security_kit import SECURE_CONFIG
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -22,13 +22,15 @@ from typing import Any
 
 import pytest
 import yaml
-from coordinator_testkit import http_json, make_cluster, wait_for
-from e2e_kit import WorkerPool
 from pysyncobj import SyncObj, SyncObjConf
-from security_kit import SECURE_CONFIG
 
 from coordinator.raft import TableConsumer
 from coordinator.table import Table
+from devkit.cluster import make_cluster
+from devkit.polling import http_json, wait_for
+from devkit.workers import WorkerPool
+
+from .security_kit import SECURE_CONFIG
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

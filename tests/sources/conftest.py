@@ -1,23 +1,16 @@
 """Fixtures of the sources tests: the loopback fake exchange and an injected clock.
 
-scripts/ is put on sys.path so tests import the fake exchange exactly as other suites do
-(``from fake_exchange import FakeExchange``).
+The exchange is devkit.fake_exchange, the one other suites use too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
 
 
 class FakeClock:
@@ -45,7 +38,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def make_exchange() -> Callable[..., AbstractAsyncContextManager[Any]]:
     """``async with make_exchange(**kwargs) as ex`` starts a FakeExchange on a free loopback port."""
-    from fake_exchange import FakeExchange
+    from devkit.fake_exchange import FakeExchange
 
     return FakeExchange
 
@@ -53,7 +46,7 @@ def make_exchange() -> Callable[..., AbstractAsyncContextManager[Any]]:
 @pytest.fixture
 async def exchange() -> AsyncIterator[Any]:
     """A fake exchange on a free loopback port serving ``synthetic:7``."""
-    from fake_exchange import FakeExchange
+    from devkit.fake_exchange import FakeExchange
 
     async with FakeExchange(seed=7) as ex:
         yield ex

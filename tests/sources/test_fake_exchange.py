@@ -15,7 +15,7 @@ from provider.sources.synthetic import synthetic_arrays
 
 T0_MS = 1_700_000_040_000
 MINUTE_MS = 60_000
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "fake_exchange.py"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def get(url: str, **params: Any) -> tuple[int, dict[str, str], Any]:
@@ -132,10 +132,11 @@ async def test_exchange_info_lists_the_markets(exchange: Any) -> None:
 
 
 async def test_command_line_prints_its_url_and_serves_until_sigterm() -> None:
-    """`python scripts/fake_exchange.py --port 0 --seed 7` prints a URL, serves synthetic:7, and exits 0 on TERM."""
+    """`python -m devkit.fake_exchange --port 0 --seed 7` prints a URL, serves synthetic:7, and exits 0 on TERM."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(SCRIPT),
+        "-m",
+        "devkit.fake_exchange",
         "--port",
         "0",
         "--seed",
@@ -144,6 +145,7 @@ async def test_command_line_prints_its_url_and_serves_until_sigterm() -> None:
         "600",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
     )
     try:
         assert process.stdout is not None

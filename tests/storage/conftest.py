@@ -1,7 +1,7 @@
 """Fixtures for the storage tests: one ``storage_dsn`` per backend, each test on fresh tables.
 
 The real servers are the session fixtures ``questdb`` and ``postgres`` of tests/conftest.py; tests that must
-restart or reconfigure a server start their own from scripts/devservices.py (``private_questdb``).
+restart or reconfigure a server start their own from devkit.services (``private_questdb``).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import devservices  # tests/conftest.py puts scripts/ on sys.path
 import numpy as np
 import pandas as pd
 import pytest
 
+from devkit import services as devservices
 from provider.frames import frame_from_arrays
 
 BACKENDS = [

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from memory_coordinator import MemoryCoordinator
-
+from devkit.memory_coordinator import MemoryCoordinator
 from provider.core import BackfillConfig, WorkerConfig
 from provider.sources import open_source
 from provider.sources.errors import FatalSourceError, RetryableSourceError

@@ -1,22 +1,22 @@
 """``worker run --source binance:A --fallback-source binance:B``: a window A cannot serve is served by B, once.
 
-Real coordinator and worker processes; the two exchanges are loopback stand-ins (scripts/fake_exchange.py)
+Real coordinator and worker processes; the two exchanges are loopback stand-ins (devkit.fake_exchange)
 served from this test's event loop, the first answering 500 to every request for one window.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
 from aiohttp import web
 
+from devkit.fake_exchange import FakeExchange
+from devkit.polling import http_json, wait_for
+from devkit.stack import start_stack
 from provider.sources import open_source
 from provider.storage import open_storage
 
@@ -29,26 +29,14 @@ T0 = (1_700_000_000_000 // SPAN) * SPAN
 BROKEN = T0 + SPAN
 
 
-def _load(name: str, path: Path) -> Any:
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path):
     """Every bar is stored; the worker's log and the storage ledger name the fallback for the broken window and
     the first source for the others; B is asked for it once."""
-    kit = _load("provider_stack_for_worker_fallback", ROOT / "tests" / "provider" / "stack.py")
-    fake = _load("fake_exchange", ROOT / "scripts" / "fake_exchange.py")
 
-    class WindowFailingExchange(fake.FakeExchange):  # type: ignore[misc, name-defined]
+    class WindowFailingExchange(FakeExchange):
         async def _klines(self, request: web.Request) -> web.Response:
             if request.query.get("startTime") == str(BROKEN):
                 return web.json_response({"code": -1000, "msg": "internal error"}, status=500)
@@ -56,14 +44,13 @@ async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path)
             return response
 
     dsn = f"sqlite:///{tmp_path / 'bars.db'}"
-    stack = await asyncio.to_thread(kit.start_stack, tmp_path, size=1, window_bars=WINDOW_BARS)
-    testkit = kit.testkit()
+    stack = await asyncio.to_thread(start_stack, tmp_path, size=1, window_bars=WINDOW_BARS)
     try:
-        async with WindowFailingExchange(seed=7) as first, fake.FakeExchange(seed=7) as second:
+        async with WindowFailingExchange(seed=7) as first, FakeExchange(seed=7) as second:
             primary, fallback = f"binance:{first.url}", f"binance:{second.url}"
             stack.start_worker(primary, dsn, concurrency=1, extra_args=("--fallback-source", fallback))
             status, body = await asyncio.to_thread(
-                testkit.http_json,
+                http_json,
                 "POST",
                 f"{stack.urls[0]}/v1/jobs",
                 {"series": SERIES, "start": T0, "end": T0 + 3 * SPAN},
@@ -72,13 +59,13 @@ async def test_worker_falls_back_for_the_window_the_first_source_fails(tmp_path)
             job_id = body["job"]["job_id"]
 
             def done() -> bool:
-                _, answer = testkit.http_json("GET", f"{stack.urls[0]}/v1/jobs/{job_id}")
+                _, answer = http_json("GET", f"{stack.urls[0]}/v1/jobs/{job_id}")
                 job = answer.get("job", answer)
                 if job["state"] == "failed":
                     raise AssertionError(f"job failed: {job}\n{stack.logs()}")
                 return bool(job["state"] == "done")
 
-            await asyncio.to_thread(testkit.wait_for, done, 120, "the job to finish")
+            await asyncio.to_thread(wait_for, done, 120, "the job to finish")
             starts_first = {s: n for (_, s), n in first.by_start.items()}
             starts_second = {s: n for (_, s), n in second.by_start.items()}
             assert starts_second == {BROKEN: 1}

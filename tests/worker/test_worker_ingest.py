@@ -12,7 +12,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from devkit.polling import http_json, wait_for
+from devkit.stack import start_stack
 from provider.sources import ENTRY_POINT_GROUP
 from provider.sources.synthetic import synthetic_bars
 from provider.storage import open_storage
@@ -72,17 +73,6 @@ def _shapes() -> Any:
     return module
 
 
-def _stack_module() -> Any:
-    name = "provider_stack_for_worker_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "provider" / "stack.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def _install_plugin(root: Path) -> None:
     dist = root / "shapes_plugin-1.0.dist-info"
     dist.mkdir(parents=True)
@@ -109,12 +99,10 @@ def _log_events(text: str) -> list[dict[str, Any]]:
 async def test_every_shape_through_worker_run(tmp_path):
     """Each shape's window ends stored exactly (flag logged) or failed non-retryably (flag logged, nothing stored)."""
     shapes = _shapes()
-    kit = _stack_module()
     plugin_dir = tmp_path / "plugin"
     _install_plugin(plugin_dir)
     dsn = f"sqlite:///{tmp_path / 'bars.db'}"
-    stack = await asyncio.to_thread(kit.start_stack, tmp_path, size=1, window_bars=WINDOW_BARS)
-    testkit = kit.testkit()
+    stack = await asyncio.to_thread(start_stack, tmp_path, size=1, window_bars=WINDOW_BARS)
     series = {name: f"ohlcv:shapes:{name}:1m" for name in shapes.SHAPES}
     try:
         # Keep the caller's PYTHONPATH after the plugin's, so the worker runs the code under test.
@@ -123,16 +111,14 @@ async def test_every_shape_through_worker_run(tmp_path):
         stack.start_worker("shapes", dsn, concurrency=4, env=env)
         jobs = {}
         for name, key in series.items():
-            status, body = testkit.http_json(
-                "POST", f"{stack.urls[0]}/v1/jobs", {"series": key, "start": T0, "end": T0 + SPAN}
-            )
+            status, body = http_json("POST", f"{stack.urls[0]}/v1/jobs", {"series": key, "start": T0, "end": T0 + SPAN})
             assert status in (200, 201), body
             jobs[name] = body["job"]["job_id"]
 
         def ended() -> dict[str, dict[str, Any]] | None:
             states = {}
             for name, job_id in jobs.items():
-                _, body = testkit.http_json("GET", f"{stack.urls[0]}/v1/jobs/{job_id}")
+                _, body = http_json("GET", f"{stack.urls[0]}/v1/jobs/{job_id}")
                 job = body.get("job", body)
                 if job["state"] not in ("done", "failed"):
                     return None
@@ -140,7 +126,7 @@ async def test_every_shape_through_worker_run(tmp_path):
             return states
 
         try:
-            states = await asyncio.to_thread(testkit.wait_for, ended, 180, "every shape's job to end")
+            states = await asyncio.to_thread(wait_for, ended, 180, "every shape's job to end")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{stack.logs()}") from None
         events = _log_events((tmp_path / "worker0.log").read_text(errors="replace"))

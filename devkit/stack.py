@@ -1,38 +1,22 @@
-"""Real coordinator clusters and worker processes for the provider's integration and end-to-end tests.
+"""A coordinator cluster plus ``worker run`` processes, for the provider's and the worker's end-to-end tests.
 
-Clusters come from tests/coordinator/coordinator_testkit.py (loaded by path, since test folders are not
-packages); workers are ``worker run`` processes. Everything started here is killed by :meth:`Stack.close`.
+Rules:
+1. The cluster comes from devkit.cluster and the workers' argv from devkit.launcher; workers log to
+   ``root/worker{N}.log`` and read ``root/coordinator.yaml``, the cluster's own config.
+2. Everything started here is stopped by :meth:`Stack.close`: workers gently (SIGTERM, SIGKILL after 15 s),
+   then the cluster (kill -9).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def testkit() -> Any:
-    """The coordinator testkit module."""
-    name = "coordinator_testkit"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "coordinator" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def worker_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "worker"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "worker.cli"]
+from devkit.cluster import Cluster, make_cluster
+from devkit.launcher import worker_argv
 
 
 @dataclass
@@ -40,7 +24,7 @@ class Stack:
     """A started cluster plus worker processes."""
 
     root: Path
-    cluster: Any
+    cluster: Cluster
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -57,23 +41,15 @@ class Stack:
         env: dict[str, str] | None = None,
     ) -> None:
         index = len(self.workers)
-        args = [
-            *worker_cmd(),
-            "run",
-            "--coordinator",
-            ",".join(self.urls),
-            "--source",
-            source,
-            "--storage",
-            storage_dsn,
-            "--worker-id",
-            f"w{index}",
-            "--concurrency",
-            str(concurrency),
-            "--config",
-            str(self.root / "coordinator.yaml"),
-            *extra_args,
-        ]
+        args = worker_argv(
+            coordinators=self.urls,
+            source=source,
+            storage=storage_dsn,
+            worker_id=f"w{index}",
+            concurrency=concurrency,
+            config=self.root / "coordinator.yaml",
+            extra=extra_args,
+        )
         environ = {**os.environ, **(env or {})}
         with (self.root / f"worker{index}.log").open("ab") as log:
             self.workers.append(
@@ -101,12 +77,11 @@ class Stack:
 
 def start_stack(root: Path, *, size: int, window_bars: int) -> Stack:
     """Start ``size`` coordinators (windows of ``window_bars``) and wait for a leader."""
-    kit = testkit()
     config = {
         "seamless_data_provider": {"backfill_config": {"window_bars": window_bars, "retry_backoff_ms": 50}},
         "worker": {"claim_wait_ms": 200},
     }
-    cluster = kit.make_cluster(root, size=size, config=config)
+    cluster = make_cluster(root, size=size, config=config)
     for index in range(size):
         cluster.start(index)
     stack = Stack(root, cluster)

@@ -1,6 +1,8 @@
 """An in-memory coordinator for worker unit tests: the real pure lease table behind the client's interface.
 
-Time is a manual clock (``now_ms``), so tests expire leases by moving it, never by sleeping.
+Rules:
+1. Time is a manual clock (``now_ms``), so tests expire leases by moving it, never by sleeping.
+2. Every call is recorded in ``calls`` and answered as the HTTP client would: the same values and errors.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class MemoryCoordinator:
             series=series, start=start, end=end, window_bars=self.window_bars, max_windows=10_000, now_ms=self.now_ms
         )
         assert result.ok, result
-        return result.value["job"]
+        job: dict[str, Any] = result.value["job"]
+        return job
 
     def job(self, job_id: str) -> dict[str, Any]:
         job = self.table.job(job_id)
@@ -37,7 +40,8 @@ class MemoryCoordinator:
         return job
 
     def expire(self) -> list[Any]:
-        return self.table.expire(now_ms=self.now_ms, max_attempts=self.max_attempts).value["expired"]
+        expired: list[Any] = self.table.expire(now_ms=self.now_ms, max_attempts=self.max_attempts).value["expired"]
+        return expired
 
     @staticmethod
     def _raise(result: Any) -> None:

@@ -1,7 +1,11 @@
-"""Processes of the end-to-end tests: the loopback exchange and `worker run` daemons, next to the coordinator
-cluster of tests/coordinator/coordinator_testkit.py and the QuestDB of tests/conftest.py.
+"""Processes around a coordinator cluster: ``worker run`` daemons and the loopback exchange.
 
-Every process runs in its own session and is killed at teardown; waits poll with deadlines.
+The exchange is devkit.fake_exchange in a process of its own, driven through its admin routes; workers get
+their argv from devkit.launcher and a free metrics port each.
+
+Rules:
+1. Every process runs in its own session and is killed (kill -9 of its group) by its owner's teardown.
+2. Waits poll with deadlines (devkit.polling); a worker counts as up once its metrics answer.
 """
 
 from __future__ import annotations
@@ -12,31 +16,38 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator_testkit import free_port, http_json, wait_for
+from devkit.launcher import worker_argv
+from devkit.polling import http_json, wait_for
+from devkit.ports import LOOPBACK, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+__all__ = ["Exchange", "WorkerPool", "WorkerProc", "wait_any_job_done", "wait_job_done"]
+
+#: The repository root: ``python -m devkit.fake_exchange`` runs from it.
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
 class Exchange:
-    """scripts/fake_exchange.py in a subprocess, driven through its admin routes."""
+    """devkit.fake_exchange in a subprocess, driven through its admin routes."""
 
     proc: subprocess.Popen[str]
     url: str
 
     @classmethod
     def start(cls, *args: str) -> Exchange:
+        """Start it on a free port with the CLI ``args`` of devkit.fake_exchange; return once it printed its URL."""
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "scripts" / "fake_exchange.py"), "--port", "0", *args],
+            [sys.executable, "-m", "devkit.fake_exchange", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
             start_new_session=True,
+            cwd=ROOT,
         )
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -46,14 +57,18 @@ class Exchange:
         return cls(proc, url)
 
     def admin(self, path: str, body: Any = None) -> Any:
+        """Call ``/_admin/{path}`` (POST with a body, else GET); fail unless it answers 200."""
         status, answer = http_json("POST" if body is not None else "GET", f"{self.url}/_admin/{path}", body)
         assert status == 200, answer
         return answer
 
     def stats(self) -> dict[str, Any]:
-        return self.admin("stats")
+        """The exchange's request accounting."""
+        stats: dict[str, Any] = self.admin("stats")
+        return stats
 
     def stop(self) -> None:
+        """kill -9 the exchange and close its pipe."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -72,19 +87,23 @@ class WorkerProc:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProc:
+        """Spawn it, appending its output to its log."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         return self
 
     @property
     def alive(self) -> bool:
+        """Whether the process runs."""
         return self.proc is not None and self.proc.poll() is None
 
     def signal(self, sig: int) -> None:
+        """Send ``sig`` to the process itself (not its group)."""
         assert self.proc is not None
         os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
+        """kill -9 its process group, and reap it."""
         if self.proc is not None and self.proc.poll() is None:
             with_group = os.getpgid(self.proc.pid)
             os.killpg(with_group, signal.SIGKILL)
@@ -92,9 +111,7 @@ class WorkerProc:
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples as {name{labels}: value}."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as answer:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{self.metrics_port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
         samples: dict[str, float] = {}
         for line in text.splitlines():
@@ -104,9 +121,11 @@ class WorkerProc:
         return samples
 
     def metric_sum(self, prefix: str) -> float:
+        """The sum of every sample of the metric ``prefix`` (all label sets)."""
         return sum(v for k, v in self.metrics().items() if re.match(re.escape(prefix) + r"(\{|$)", k))
 
     def log(self) -> str:
+        """Everything the worker logged so far."""
         return self.log_path.read_text(errors="replace")
 
 
@@ -122,26 +141,18 @@ class WorkerPool:
     workers: list[WorkerProc] = field(default_factory=list)
 
     def start(self, name: str, *extra: str, concurrency: int = 2) -> WorkerProc:
-        port = free_port("127.0.0.1")
-        args = [
-            str(BIN / "worker"),
-            "run",
-            "--coordinator",
-            ",".join(self.coordinators),
-            "--source",
-            self.source,
-            "--storage",
-            self.storage,
-            "--worker-id",
-            name,
-            "--concurrency",
-            str(concurrency),
-            "--config",
-            str(self.config),
-            "--metrics-port",
-            str(port),
-            *extra,
-        ]
+        """Start worker ``name`` (more CLI flags in ``extra``); return once its metrics answer."""
+        port = free_port(LOOPBACK)
+        args = worker_argv(
+            coordinators=self.coordinators,
+            source=self.source,
+            storage=self.storage,
+            worker_id=name,
+            concurrency=concurrency,
+            config=self.config,
+            metrics_port=port,
+            extra=extra,
+        )
         worker = WorkerProc(name, args, self.root / f"{name}.log", port).start()
         self.workers.append(worker)
 
@@ -154,6 +165,7 @@ class WorkerPool:
         return worker
 
     def kill_all(self) -> None:
+        """kill -9 every worker this pool started."""
         for worker in self.workers:
             worker.kill()
 
@@ -166,7 +178,8 @@ def wait_job_done(cluster_url: str, job_id: str, timeout_s: float) -> dict[str, 
         job = body.get("job", body) if status == 200 else None
         return job if job and job["state"] != "running" else None
 
-    return wait_for(finished, timeout_s, f"job {job_id} to finish", interval_s=0.2)
+    done: dict[str, Any] = wait_for(finished, timeout_s, f"job {job_id} to finish", interval_s=0.2)
+    return done
 
 
 def wait_any_job_done(urls: list[str], job_ids: list[str], timeout_s: float) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
-#!/usr/bin/env python
 """A loopback exchange that speaks the Binance spot klines API, serves synthetic bars and injects faults.
 
-Use it in tests (``async with FakeExchange(seed=7) as ex: ex.url``, after putting scripts/ on sys.path) or run it
-(``python scripts/fake_exchange.py --port 0 --rpm 600 --seed 7`` prints its URL, then serves until SIGINT/SIGTERM).
+Use it in tests (``async with FakeExchange(seed=7) as ex: ex.url``; devkit.workers.Exchange runs it in a process of
+its own) or run it from the repository root (``python -m devkit.fake_exchange --port 0 --rpm 600 --seed 7`` prints
+its URL, then serves until SIGINT/SIGTERM).
 
 Rules:
 1. Bars: ``GET /api/v3/klines`` answers exactly the bars ``synthetic:SEED?gaps=G`` gives for the symbol (the
@@ -306,7 +306,9 @@ class FakeExchange:
             await asyncio.sleep(fault.delay_s)
         return None
 
-    def _rows(self, symbol: str, interval: str | None, start: int | None, end: int | None, limit: str | None) -> list:
+    def _rows(
+        self, symbol: str, interval: str | None, start: int | None, end: int | None, limit: str | None
+    ) -> list[list[Any]]:
         if symbol not in self.pairs:
             raise _BinanceError(-1121, "Invalid symbol.")
         if interval not in INTERVALS:

@@ -170,6 +170,7 @@ async def test_every_alert_fires_in_prometheus_and_none_on_a_healthy_run(tmp_pat
         backfiller=gappy_source,
         registry=registry,
         partial_ok=True,
+        report_sink=f"http://127.0.0.1:{free_port('127.0.0.1')}/reports",  # nothing listens: reports are dropped
     )
     prom: Prometheus | None = None
     try:
@@ -204,7 +205,8 @@ async def test_every_alert_fires_in_prometheus_and_none_on_a_healthy_run(tmp_pat
         await until(lambda: stack.record() is not None and prom.evaluated_after(watch_from + 5), 30, "5 s of rules")
         assert stack.seen == {}, f"alerts on a healthy run: {stack.first}"
 
-        # -- phase A: suspend the worker's WAL (its writes then fail), stale keyed leases, slow and gappy fetches.
+        # -- phase A: suspend the worker's WAL (its writes then fail), stale keyed leases, slow and gappy fetches
+        # (whose reports go to a collector that is not there).
         conn = await asyncpg.connect(dev_questdb.pg_dsn)
         try:
             await conn.execute(f'ALTER TABLE "{table}" SUSPEND WAL')
@@ -232,7 +234,9 @@ async def test_every_alert_fires_in_prometheus_and_none_on_a_healthy_run(tmp_pat
             # -- phase B: no worker left while a job waits.
             worker.kill()
             stalled = stack.submit("ohlcv:binance:BNB/BTC:1m", 2)
-            await stack.wait_firing({"SeamlessSLAP99Degraded", "SeamlessConformanceFlagSpike"}, 90)
+            await stack.wait_firing(
+                {"SeamlessSLAP99Degraded", "SeamlessConformanceFlagSpike", "SeamlessReportsDropped"}, 90
+            )
         await stack.wait_firing({"SeamlessBackfillStalled", "SeamlessPendingWithoutWorkers"}, 90)
         assert (stack.job(stalled) or {}).get("completion_ratio") == 0.0
 

@@ -8,6 +8,7 @@ strategy itself; the operations come from ``coordinator.routes.ROUTES``, the lis
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 
@@ -18,6 +19,9 @@ from schemathesis.specs.openapi import checks
 
 from coordinator.routes import ROUTES
 from devkit.polling import http_json, wait_for
+
+#: Log events that mean the coordinator failed, not the request.
+FAILURE_EVENTS = frozenset({"raft.apply_failed", "http.request_failed", "raft.on_applied_failed"})
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -106,6 +110,10 @@ def test_cluster_is_whole_after_fuzzing(fuzz_cluster):
         assert http_json("POST", url + "/v1/windows/complete", body, token=cluster.token)[0] == 200
     status, job = http_json("GET", url + f"/v1/jobs/{created['job']['job_id']}", token=cluster.token)
     assert job["job"]["state"] == "done" and job["job"]["completion_ratio"] == 1.0, job
-    logs = "".join(node.log_path.read_text(errors="replace") for node in cluster.nodes)
-    for marker in ("raft.apply_failed", "http.request_failed", "raft.on_applied_failed", "Traceback"):
-        assert marker not in logs, f"{marker} in the coordinator logs"
+    # Judge the log records, not their text: Hypothesis draws strings from constants in our source, so a refused
+    # request's logged message may well contain "raft.apply_failed" as a field name it was sent.
+    lines = "".join(node.log_path.read_text(errors="replace") for node in cluster.nodes).splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [line for line in lines if not line.startswith("{") and line.strip()] == [], "non-JSON output (a traceback?)"
+    bad = [r for r in records if r.get("event") in FAILURE_EVENTS or "exception" in r]
+    assert bad == [], bad[:3]

@@ -32,7 +32,7 @@ import click
 
 from ops._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, cluster_options, parse_range
 from ops._verify_checks import WindowCheck, compare_to_source, plan_windows, stored_findings
-from provider.core import STORAGE_DSN_ENV, SeriesKey, interval_ms, ms_to_iso
+from provider.core import STORAGE_DSN_ENV, SeriesKey, interval_ms, ms_to_iso, wall_clock_ms
 
 __all__ = ["verify", "verify_metrics"]
 
@@ -45,7 +45,7 @@ def verify_metrics(checks: list[WindowCheck], registry: Any = None) -> Any:
 
     registry = registry if registry is not None else new_registry()
     Gauge("seamless_verify_last_run_timestamp_seconds", "Unix time of the last verify", registry=registry).set(
-        time.time()
+        wall_clock_ms() / 1000
     )
     Gauge("seamless_verify_windows_checked", "Windows the last verify checked", registry=registry).set(len(checks))
     Gauge("seamless_verify_windows_differing", "Windows with findings", registry=registry).set(

@@ -321,7 +321,7 @@ class Worker:
         lap("complete_s")
         self.metrics.rows_written.inc(len(frame))
         self.metrics.windows_done.inc()
-        self.metrics.last_timestamp.set(time.time())
+        self.metrics.last_timestamp.set(self._wall_clock_ms() / 1000)
         took_s = round(time.perf_counter() - started, 3)
         log.info(
             "worker.window_done",

@@ -10,13 +10,12 @@ Rules:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from provider.core import Range, SeriesKey, merge_ranges
+from provider.core import Range, SeriesKey, merge_ranges, wall_clock_ms
 from provider.frames import PRICE_COLUMNS
 from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
 
@@ -50,7 +49,7 @@ class MemoryStorage(StorageBase):
         values = np.concatenate((state.values[:, keep], np.vstack(request.columns)), axis=1)
         order = np.argsort(ts_ms, kind="stable")
         state.ts_ms, state.values = ts_ms[order], values[:, order]
-        written_at_ms = time.time_ns() // 1_000_000
+        written_at_ms = wall_clock_ms()
         state.windows[request.start_ms] = LedgerWindow(
             request.start_ms, request.end_ms, request.rows, request.source, written_at_ms
         )

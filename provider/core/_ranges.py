@@ -83,29 +83,28 @@ def merge_ranges(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:
     return _to_list(_merged(_as_array(ranges)))
 
 
-def _membership(points: np.ndarray, merged: np.ndarray) -> np.ndarray:
-    """For each point, whether it lies inside one of the merged (disjoint, sorted) ranges."""
-    if len(merged) == 0:
-        return np.zeros(len(points), dtype=bool)
-    idx = np.searchsorted(merged[:, 0], points, side="right") - 1
-    inside = idx >= 0
-    inside[inside] = points[inside] < merged[idx[inside], 1]
-    return inside
-
-
 def _combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b: bool) -> list[Range]:
     ma, mb = _merged(_as_array(a)), _merged(_as_array(b))
     if len(ma) == 0:
         return []
     if len(mb) == 0:
         return [] if keep_b else _to_list(ma)
-    # Elementary segments between consecutive boundary points are either wholly in or wholly out of each set.
-    # Both halves are already sorted, so the stable sort (timsort) only has to merge two runs.
-    points = np.sort(np.concatenate((ma.ravel(), mb.ravel())), kind="stable")
-    points = points[np.concatenate(([True], points[1:] != points[:-1]))]  # np.unique is far slower here
-    seg_start, seg_end = points[:-1], points[1:]
-    keep = _membership(seg_start, ma) & (_membership(seg_start, mb) == keep_b)
-    return _to_list(_merged(np.column_stack((seg_start[keep], seg_end[keep]))))
+    # One sweep over the boundaries of both sets. A merged set's flattened bounds strictly increase, so just
+    # after a point p we are inside the set when an odd number of its bounds are <= p. Both halves are sorted:
+    # the stable sort (timsort) only merges two runs.
+    bounds_a = ma.ravel()
+    points = np.concatenate((bounds_a, mb.ravel()))
+    order = np.argsort(points, kind="stable")
+    points = points[order]
+    seen_a = np.cumsum(order < len(bounds_a))
+    seen_b = np.arange(1, len(points) + 1) - seen_a
+    last = np.flatnonzero(np.append(points[1:] != points[:-1], True))  # the state after all bounds at a point
+    inside_a, inside_b = (seen_a[last] & 1).astype(bool), (seen_b[last] & 1).astype(bool)
+    keep = inside_a & (inside_b if keep_b else ~inside_b)
+    # Runs of kept segments start where keep turns on and end where it turns off; it is off after the last point.
+    edges = np.diff(keep.view(np.int8), prepend=np.int8(0))
+    points = points[last]
+    return _to_list(np.column_stack((points[edges == 1], points[edges == -1])))
 
 
 def intersect_ranges(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]]) -> list[Range]:

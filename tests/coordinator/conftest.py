@@ -11,10 +11,24 @@ import pytest
 
 from devkit.cluster import FAST_CONFIG, Cluster, make_cluster
 
+#: Each test's reports by phase (setup, call, teardown), so fixtures can tell at teardown whether it failed.
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item."""
+    report = yield
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    return report
+
 
 @pytest.fixture
-def cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Cluster]]:
-    """Build and start clusters; all of them are killed (kill -9) at teardown, logs shown on failure."""
+def cluster_factory(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Cluster]]:
+    """Build and start clusters; all of them are killed (kill -9) at teardown. When the test failed, the node logs'
+    tails are printed (pytest shows them with the failure) and the cluster's folder is kept; else it is removed."""
     made: list[Cluster] = []
 
     def factory(size: int = 3, config: dict[str, Any] | None = None, **kwargs: Any) -> Cluster:
@@ -25,9 +39,13 @@ def cluster_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         return cluster
 
     yield factory
+    failed = any(report.failed for report in request.node.stash.get(_REPORTS, {}).values())
     for cluster in made:
         cluster.kill_all()
-        shutil.rmtree(cluster.root, ignore_errors=True)
+        if failed:
+            print(f"cluster kept in {cluster.root}\n{cluster.logs()}")
+        else:
+            shutil.rmtree(cluster.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -131,6 +131,14 @@ class Fault:
 class MemoryReplica:
     """A :class:`coordinator.seams.Replica` over one in-process table (rules 2-4)."""
 
+    @staticmethod
+    def of(node: Any) -> MemoryReplica:
+        """The fake behind ``node`` (a :class:`~coordinator.node.CoordinatorNode` built on one)."""
+        replica = node.replica
+        if not isinstance(replica, MemoryReplica):
+            raise TypeError(f"{node!r} runs on {type(replica).__name__}, not a MemoryReplica")
+        return replica
+
     def __init__(
         self,
         table: Table,

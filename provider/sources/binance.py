@@ -161,7 +161,10 @@ class BinanceSource:
 
     async def _get_json(self, path: str, params: dict[str, str], *, what: str) -> Any:
         await self.limits.admit(KLINES_WEIGHT, source=self.name)
-        attributes = lambda: {"http.request.method": "GET", "url.path": path, "seamless.source": self.name, **params}  # noqa: E731
+
+        def attributes() -> dict[str, str]:
+            return {"http.request.method": "GET", "url.path": path, "seamless.source": self.name, **params}
+
         with tracing.span(f"exchange GET {path}", kind=tracing.SpanKind.CLIENT, attributes=attributes) as current:
             return await self._send(path, params, what, current)
 

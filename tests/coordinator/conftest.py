@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from coordinator._memory import ManualClock
 from devkit.cluster import FAST_CONFIG, Cluster, make_cluster
 
 #: Each test's reports by phase (setup, call, teardown), so fixtures can tell at teardown whether it failed.
@@ -46,6 +47,12 @@ def cluster_factory(
             print(f"cluster kept in {cluster.root}\n{cluster.logs()}")
         else:
             shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@pytest.fixture
+async def clock() -> ManualClock:
+    """A manual clock for in-process node tests (``coordinator._memory``)."""
+    return ManualClock()
 
 
 @pytest.fixture(scope="session")

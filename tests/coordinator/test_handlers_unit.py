@@ -32,17 +32,6 @@ MIN = 60_000
 Serve = Callable[[str, str | None], Awaitable[tuple[CoordinatorNode, TestClient[Any, Any]]]]
 
 
-def fake(node: CoordinatorNode) -> MemoryReplica:
-    replica = node.replica
-    assert isinstance(replica, MemoryReplica)
-    return replica
-
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
 @pytest.fixture
 async def serve(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Serve]:
     """Start a node at Raft address ``raft`` that believes ``leader`` leads, and its HTTP app; all stopped after."""
@@ -74,7 +63,7 @@ def job_body(windows: int = 1) -> dict[str, Any]:
 def announce(node: CoordinatorNode, raft: str, client: TestClient[Any, Any]) -> None:
     """Put ``raft``'s HTTP address (``client``'s server) into ``node``'s replica, as its announcement would."""
     url = str(client.make_url("")).rstrip("/")
-    fake(node).apply("announce", node_id=raft, raft=raft, http=url)
+    MemoryReplica.of(node).apply("announce", node_id=raft, raft=raft, http=url)
 
 
 async def test_a_job_is_created_claimed_and_completed_through_the_handlers(serve: Serve) -> None:
@@ -90,22 +79,22 @@ async def test_a_job_is_created_claimed_and_completed_through_the_handlers(serve
         "/v1/windows/complete", json={"lease_id": lease["lease_id"], "token": lease["token"], "rows": 900}
     )
     assert done.status == 200
-    barriers = fake(node).applied.count("barrier")
+    barriers = MemoryReplica.of(node).applied.count("barrier")
     answer = await client.get(f"/v1/jobs/{job_id}")
     assert answer.status == 200
     assert (await answer.json())["job"]["state"] == "done"
-    assert fake(node).applied.count("barrier") == barriers + 1
+    assert MemoryReplica.of(node).applied.count("barrier") == barriers + 1
     assert answer.headers["X-Consistency"] == "linearizable"
-    assert int(answer.headers["X-Raft-Applied-Index"]) == fake(node).last_applied
+    assert int(answer.headers["X-Raft-Applied-Index"]) == MemoryReplica.of(node).last_applied
 
 
 async def test_a_stale_read_commits_no_barrier(serve: Serve) -> None:
     """``?consistency=stale`` reads this replica as it is: nothing is submitted."""
     node, client = await serve(LEADER, LEADER)
-    before = list(fake(node).submitted)
+    before = list(MemoryReplica.of(node).submitted)
     answer = await client.get("/v1/jobs?consistency=stale")
     assert answer.status == 200 and answer.headers["X-Consistency"] == "stale"
-    assert fake(node).submitted == before
+    assert MemoryReplica.of(node).submitted == before
 
 
 async def test_a_follower_forwards_a_write_to_the_leader(serve: Serve) -> None:
@@ -119,7 +108,7 @@ async def test_a_follower_forwards_a_write_to_the_leader(serve: Serve) -> None:
     job_id = (await created.json())["job"]["job_id"]
     assert leader.read(lambda t: t.job(job_id)) is not None
     assert follower.read(lambda t: t.job(job_id)) is None
-    assert "submit_job" not in fake(follower).submitted
+    assert "submit_job" not in MemoryReplica.of(follower).submitted
 
 
 async def test_a_forwarded_request_that_finds_a_follower_gets_421_naming_the_leader(serve: Serve) -> None:
@@ -163,7 +152,7 @@ async def test_health_follows_the_replica(serve: Serve) -> None:
     """/readyz is ok on a leader; /healthz is 503 ``disk_full`` while the node stands aside for its disk."""
     node, client = await serve(LEADER, LEADER)
     assert (await client.get("/readyz")).status == 200
-    fake(node).serving = False
+    MemoryReplica.of(node).serving = False
     answer = await client.get("/healthz")
     assert answer.status == 503
     body = await answer.json()
@@ -173,9 +162,9 @@ async def test_health_follows_the_replica(serve: Serve) -> None:
 async def test_the_cluster_view_shows_the_replica(serve: Serve) -> None:
     """/v1/cluster reports role, term, indexes and each peer's connection as the replica sees them."""
     node, client = await serve(LEADER, LEADER)
-    fake(node).disconnected.add(FOLLOWER)
+    MemoryReplica.of(node).disconnected.add(FOLLOWER)
     body = await (await client.get("/v1/cluster")).json()
-    assert body["role"] == "leader" and body["term"] == fake(node).term
-    assert body["last_applied"] == fake(node).last_applied
+    assert body["role"] == "leader" and body["term"] == MemoryReplica.of(node).term
+    assert body["last_applied"] == MemoryReplica.of(node).last_applied
     peers = {m["raft"]: m for m in body["members"]}
     assert peers[LEADER]["role"] == "leader" and peers[FOLLOWER]["connected"] is False

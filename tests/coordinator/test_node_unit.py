@@ -48,17 +48,6 @@ def memory_node(tmp_path: Path, clock: ManualClock, config: AppConfig | None = N
     return CoordinatorNode(settings, config or node_config(), clock=clock, replica=factory)
 
 
-def fake(node: CoordinatorNode) -> MemoryReplica:
-    replica = node.replica
-    assert isinstance(replica, MemoryReplica)
-    return replica
-
-
-@pytest.fixture
-async def clock() -> ManualClock:
-    return ManualClock()
-
-
 @pytest.fixture
 async def node(tmp_path: Path, clock: ManualClock) -> AsyncIterator[CoordinatorNode]:
     """A started leader node (reaper, announce and retention loops running on the manual clock)."""
@@ -110,7 +99,7 @@ async def test_the_reaper_returns_an_expired_lease_to_pending_once_the_clock_pas
     assert window_states(node, job["job_id"]) == ["leased"]
     await clock.advance(0.3 + REAP_INTERVAL_MS / 1000)
     assert window_states(node, job["job_id"]) == ["pending"]
-    assert fake(node).applied.count("expire") == 1
+    assert MemoryReplica.of(node).applied.count("expire") == 1
     assert node.read(lambda t: t.lease_infos(clock.wall_ms())) == []
     again = (await node.claim("w2", 1, 0, "c:w", "claim-2"))["leases"][0]
     assert again["attempt"] == 2 and again["token"] > lease["token"]
@@ -123,11 +112,11 @@ async def test_a_follower_never_reaps_and_a_new_leader_waits_for_its_grace(
     here) has passed since its election, so workers can renew across the election gap."""
     job = (await submit(node))["job"]
     await node.claim("w1", 1, 0, "c:w", "claim-1")
-    fake(node).elect(OTHER)
+    MemoryReplica.of(node).elect(OTHER)
     await clock.advance(5 * TTL_MS / 1000)
     assert window_states(node, job["job_id"]) == ["leased"]
-    assert "expire" not in fake(node).submitted
-    fake(node).elect(RAFT)
+    assert "expire" not in MemoryReplica.of(node).submitted
+    MemoryReplica.of(node).elect(RAFT)
     await clock.advance(TTL_MS / 1000 - 0.3)
     assert window_states(node, job["job_id"]) == ["leased"]
     await clock.advance(0.3 + REAP_INTERVAL_MS / 1000)
@@ -138,10 +127,10 @@ async def test_reap_once_does_nothing_when_no_lease_is_due(node: CoordinatorNode
     """A pass finds the earliest expiry in the replica and submits nothing before it is due."""
     await submit(node)
     await node.claim("w1", 1, 0, "c:w", "claim-1")
-    before = list(fake(node).submitted)
+    before = list(MemoryReplica.of(node).submitted)
     await clock.advance(TTL_MS / 1000 / 2)
     assert await node.reap_once() == []
-    assert fake(node).submitted == before
+    assert MemoryReplica.of(node).submitted == before
 
 
 # -- the long-poll claim ----------------------------------------------------------------------------------------
@@ -167,7 +156,7 @@ async def test_a_waiting_claim_answers_empty_when_its_wait_is_over(node: Coordin
     assert not claim.done()
     await clock.advance(0.1)
     assert claim.done() and claim.result() == {"leases": []}
-    assert "claim" not in fake(node).submitted  # nothing pending: nothing was committed
+    assert "claim" not in MemoryReplica.of(node).submitted  # nothing pending: nothing was committed
 
 
 async def test_a_claim_waits_at_most_max_claim_wait_ms(tmp_path: Path, clock: ManualClock) -> None:
@@ -192,13 +181,14 @@ async def test_a_maybe_applied_write_is_retried_and_applied_once(
 ) -> None:
     """LEADER_CHANGED after (the acknowledgement was lost) or before (the command was lost) the apply: the node
     sends the command again with the same request id after a 10 ms pause, and the table holds it exactly once."""
-    fake(node).fail_next("LEADER_CHANGED", applied=applied)
+    MemoryReplica.of(node).fail_next("LEADER_CHANGED", applied=applied)
     task = asyncio.create_task(submit(node, "job-1"))
     await clock.advance(0.01)
     value = await asyncio.wait_for(task, 1)
     assert value["created"] is True
-    assert fake(node).submitted.count("submit_job") == 2
-    assert fake(node).applied.count("submit_job") == (2 if applied else 1)  # the second apply is the de-duplicated one
+    assert MemoryReplica.of(node).submitted.count("submit_job") == 2
+    # The second apply is the de-duplicated one.
+    assert MemoryReplica.of(node).applied.count("submit_job") == (2 if applied else 1)
     assert len(node.read(lambda t: t.jobs_page(10, 0, None, None))[0]) == 1
     assert node.metrics.registry.get_sample_value("coordinator_commit_retries_total") == 1
 
@@ -206,11 +196,11 @@ async def test_a_maybe_applied_write_is_retried_and_applied_once(
 async def test_without_a_request_id_a_maybe_applied_write_is_not_retried(node: CoordinatorNode) -> None:
     """A command without request id cannot be de-duplicated: after a "maybe applied" outcome the node answers 503
     ``timeout`` instead of risking a second apply; a definite failure (not applied) is still retried."""
-    fake(node).fail_next("UNKNOWN_OUTCOME", applied=True)
+    MemoryReplica.of(node).fail_next("UNKNOWN_OUTCOME", applied=True)
     with pytest.raises(UnavailableError) as caught:
         await node.execute("barrier", {}, "", "")
     assert caught.value.code == "timeout"
-    assert fake(node).submitted.count("barrier") == 1
+    assert MemoryReplica.of(node).submitted.count("barrier") == 1
 
 
 async def test_a_write_that_never_commits_times_out_after_commit_timeout_ms(
@@ -219,20 +209,20 @@ async def test_a_write_that_never_commits_times_out_after_commit_timeout_ms(
     """Retries stop at ``coordinator.commit_timeout_ms`` of the node's clock; the answer says the command may have
     been applied and how to retry safely."""
     for _ in range(1_000):
-        fake(node).fail_next("TIMEOUT", applied=False)
+        MemoryReplica.of(node).fail_next("TIMEOUT", applied=False)
     task = asyncio.create_task(submit(node, "job-1"))
     await clock.advance(node.cfg.commit_timeout_ms / 1000)
     with pytest.raises(UnavailableError, match="same X-Client-Id and X-Request-Id") as caught:
         await asyncio.wait_for(task, 1)
     assert caught.value.code == "timeout"
-    assert fake(node).applied.count("submit_job") == 0
+    assert MemoryReplica.of(node).applied.count("submit_job") == 0
 
 
 async def test_a_leader_change_under_a_write_names_the_new_leader(node: CoordinatorNode, clock: ManualClock) -> None:
     """The leader loses leadership while its command is in flight: the retry finds another leader (whose HTTP
     address the cluster learnt from its announcement) and raises NotLeaderError naming it, so the API forwards."""
-    fake(node).apply("announce", node_id="n2", raft=OTHER, http=OTHER_HTTP)
-    fake(node).fail_next("LEADER_CHANGED", applied=False, elect=True, new_leader=OTHER)
+    MemoryReplica.of(node).apply("announce", node_id="n2", raft=OTHER, http=OTHER_HTTP)
+    MemoryReplica.of(node).fail_next("LEADER_CHANGED", applied=False, elect=True, new_leader=OTHER)
     task = asyncio.create_task(submit(node, "job-1"))
     await clock.advance(0.01)
     with pytest.raises(NotLeaderError) as caught:
@@ -245,11 +235,11 @@ async def test_a_leader_change_under_a_write_names_the_new_leader(node: Coordina
 
 async def test_a_write_waits_for_an_election_and_then_commits(node: CoordinatorNode, clock: ManualClock) -> None:
     """During an election (no leader known) a write waits; once this node wins, it commits without error."""
-    fake(node).elect(None)
+    MemoryReplica.of(node).elect(None)
     task = asyncio.create_task(submit(node, "job-1"))
     await clock.advance(1.0)
     assert not task.done()
-    fake(node).elect(RAFT)
+    MemoryReplica.of(node).elect(RAFT)
     await clock.advance(0.01)
     assert (await asyncio.wait_for(task, 1))["created"] is True
 
@@ -257,7 +247,7 @@ async def test_a_write_waits_for_an_election_and_then_commits(node: CoordinatorN
 async def test_without_a_leader_a_write_fails_after_leader_wait_ms(node: CoordinatorNode, clock: ManualClock) -> None:
     """An election without a winner: the write waits ``coordinator.leader_wait_ms`` and then raises 503
     ``no_leader``, having submitted nothing."""
-    fake(node).elect(None)
+    MemoryReplica.of(node).elect(None)
     task = asyncio.create_task(submit(node, "job-1"))
     await clock.advance(node.cfg.leader_wait_ms / 1000 - 0.05)
     assert not task.done()
@@ -265,12 +255,12 @@ async def test_without_a_leader_a_write_fails_after_leader_wait_ms(node: Coordin
     with pytest.raises(UnavailableError) as caught:
         await asyncio.wait_for(task, 1)
     assert caught.value.code == "no_leader"
-    assert "submit_job" not in fake(node).submitted
+    assert "submit_job" not in MemoryReplica.of(node).submitted
 
 
 async def test_a_node_standing_aside_refuses_at_once(node: CoordinatorNode) -> None:
     """A node whose disk is low answers 503 ``disk_full`` without waiting for a leader (node.py rule 7)."""
-    fake(node).serving = False
+    MemoryReplica.of(node).serving = False
     with pytest.raises(UnavailableError) as caught:
         await submit(node, "job-1")
     assert caught.value.code == "disk_full"

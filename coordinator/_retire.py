@@ -13,8 +13,9 @@ Rules:
 4. The series grid (``window_bars``) stays, so a later job over the same range uses the same window ids; its
    windows are created afresh as pending. Coverage truth is the storage ledger: the provider submits only what
    storage lacks, and workers store idempotently.
-5. After dropping many windows the window dict is rebuilt, because a Python dict never shrinks by itself; claim
-   heap entries and remembered tokens of completes that point at dropped windows are forgotten.
+5. Dropped windows leave holes in their blocks, and the store settles them at the end of the command: empty
+   blocks go, mostly empty ones are split (``_windows.py`` rule 2). Single claim-heap entries and remembered tokens
+   of completes that point at dropped windows are forgotten, and so are run entries with no window left.
 6. One command drops about ``MAX_DROPPED_PER_COMMAND`` windows at most (it stops before the next job once it
    dropped that many, answering ``more: true``): the apply holds every node like a job submission of that size
    does (0.35 s for 100,000 windows, below the election timeout). The leader sweeps again at once.
@@ -32,8 +33,6 @@ from coordinator._state import TableState, invalid, is_int
 
 __all__ = ["RetireCommands"]
 
-#: Rebuild the window dict when a sweep drops at least this many windows (rule 5).
-_REBUILD_MIN_DROPPED = 10_000
 #: A command stops retiring further jobs once it dropped this many windows (rule 6).
 MAX_DROPPED_PER_COMMAND = 100_000
 
@@ -69,9 +68,8 @@ class RetireCommands(TableState):
                 dropped += self._retire_job(job, now)
                 retired.append(job.job_id)
         if dropped:
+            self._windows.settle()
             self._forget_dropped()
-        if dropped >= _REBUILD_MIN_DROPPED:
-            self._windows = dict(self._windows)
         return Result.success({"stamped": stamped, "retired": retired, "windows_dropped": dropped, "more": more})
 
     def _forget_dropped(self) -> None:
@@ -79,11 +77,18 @@ class RetireCommands(TableState):
         tokens of completes, which can only answer lease_lost now. Kept, they would also pin the memory of the
         windows around them (the allocator returns a page only when nothing on it is alive)."""
         windows = self._windows
-        self._ready = [e for e in self._ready if (e[3], e[2]) in windows]
+        self._ready = [e for e in self._ready if self._entry_alive(e)]
         heapq.heapify(self._ready)
         self._delayed = [e for e in self._delayed if (e[4], e[3]) in windows]
         heapq.heapify(self._delayed)
         self._done_tokens = OrderedDict((tok, key) for tok, key in self._done_tokens.items() if key in windows)
+
+    def _entry_alive(self, entry: tuple[Any, ...]) -> bool:
+        """Whether a claim-heap entry still points at a window: a single entry's own, any of a run's."""
+        if len(entry) == 4:
+            return (entry[3], entry[2]) in self._windows
+        span = self._series[entry[3]].span_ms
+        return next(self._windows.in_range(entry[3], entry[2] // span, entry[4] // span), None) is not None
 
     def _retire_job(self, job: JobRec, now: int) -> int:
         """Retire one finished job; returns how many windows left the table."""
@@ -91,21 +96,18 @@ class RetireCommands(TableState):
         self._jobs_retired += 1
         if self._job_index.get((job.series, job.start, job.end, job.priority)) == job.job_id:
             del self._job_index[(job.series, job.start, job.end, job.priority)]
-        span = self._series[job.series].span_ms
         dropped = 0
         left: dict[tuple[str, ...], tuple[str, ...]] = {}  # shared job-id tuples stay shared (table.py rule 9)
-        for start in range(job.w_lo, job.w_hi, span):
-            window = self._windows.get((job.series, start))
-            if window is None:
-                continue
+        for window in self._job_windows(job):
             if job.job_id in window.jobs:
                 jobs = window.jobs
-                window.jobs = left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id))
+                self._set_jobs(
+                    window, left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id)), now
+                )
             if window.jobs or window.state == LEASED:
-                self._rerank(window, now)  # the rank is always the best live job's (snapshots rebuild it so)
                 continue
-            del self._windows[(job.series, start)]
             self._window_counts[window.state] -= 1
+            self._windows.remove(window)
             dropped += 1
         return dropped
 

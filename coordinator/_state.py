@@ -12,8 +12,11 @@ Rules:
    (``node.py``); a request id replayed with another body, or for another command, is a ``conflict`` and never
    returns the first caller's answer. Ids without a fingerprint (older journals) are matched by id alone.
 4. Claim order lives in a heap of ``(-priority, job seq, start, series)`` entries with lazy deletion: an entry
-   is valid only while its window is pending and still has that rank. Windows in retry backoff wait in a second
-   heap ordered by ``not_before_ms``. Lease expiries live in a third heap, also lazily cleaned.
+   is valid only while its window is pending and still has that rank. The windows a job creates enter it as one
+   run entry ``(-priority, job seq, start, series, end)`` that stands for every window of ``[start, end)`` (a
+   claim takes the first and puts the rest back), so the heap holds O(jobs + windows touched since), not one
+   entry per window. Windows in retry backoff wait in a second heap ordered by ``not_before_ms``. Lease expiries
+   live in a third heap, also lazily cleaned.
 5. Pure: no I/O, clock, randomness, logging, asyncio or pysyncobj (DESIGN.md section 1).
 6. Per-client load: ``_owners[owner] = [live jobs, outstanding windows]`` over the owner's running jobs (outstanding
    = pending + leased windows of each job, counted per job), kept in step wherever a job's counts change, so the
@@ -46,9 +49,9 @@ from coordinator._records import (
     LeaseRec,
     Result,
     SeriesRec,
-    WindowRec,
     lease_id_of,
 )
+from coordinator._windows import Window, WindowStore
 from provider.core import window_id
 
 __all__ = [
@@ -84,7 +87,7 @@ def fingerprint(op: str, kwargs: dict[str, Any]) -> str:
     return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
 
 
-def window_value(window: WindowRec) -> dict[str, Any]:
+def window_value(window: Window) -> dict[str, Any]:
     """A window as the lease commands answer it (``WindowAnswer`` in the OpenAPI document)."""
     return {
         "window_id": window_id(window.series, window.start),
@@ -131,7 +134,7 @@ class TableState:
         self._job_seq = 0
         self._stale_claims = 0
         self._series: dict[str, SeriesRec] = {}
-        self._windows: dict[tuple[str, int], WindowRec] = {}
+        self._windows = WindowStore(self._rank_of)
         self._jobs: dict[str, JobRec] = {}
         self._job_index: dict[tuple[str, int, int, int], str] = {}
         self._leases: dict[int, LeaseRec] = {}
@@ -147,7 +150,8 @@ class TableState:
         self._running: dict[str, JobRec] = {}
         #: Jobs retired so far (derived, rule 7).
         self._jobs_retired = 0
-        self._ready: list[tuple[int, int, int, str]] = []
+        #: Single entries (rank, start, series) and run entries (rank, start, series, end): rule 4.
+        self._ready: list[tuple[Any, ...]] = []
         self._delayed: list[tuple[int, int, int, int, str]] = []
         self._expiry: list[tuple[int, int]] = []
         self._done_tokens: OrderedDict[int, tuple[str, int]] = OrderedDict()
@@ -206,11 +210,11 @@ class TableState:
         heapq.heappush(self._expiry, (rec.expires_at_ms, token))
         return rec
 
-    def _can(self, window: WindowRec, event: str) -> bool:
+    def _can(self, window: Window, event: str) -> bool:
         """Whether ``event`` is a legal move of ``window`` now (``_lifecycle.py``): asked before any mutation."""
         return next_state(window.state, event) is not None
 
-    def _move(self, window: WindowRec, event: str) -> None:
+    def _move(self, window: Window, event: str) -> None:
         """Move ``window`` along the lifecycle table (rule 8) and keep every count in step; an illegal move (which
         the caller has ruled out with :meth:`_can`) changes nothing."""
         state = next_state(window.state, event)
@@ -232,7 +236,7 @@ class TableState:
             if load_change:  # only then may a job start or stop running (rule 7)
                 self._track(job)
 
-    def _reset(self, window: WindowRec, event: str, now: int) -> None:
+    def _reset(self, window: Window, event: str, now: int) -> None:
         """A move that starts the window afresh (requeue, mark done, job retry, reopen): lease revoked, attempts,
         backoff and error cleared."""
         self._drop_window_lease(window)
@@ -243,7 +247,7 @@ class TableState:
         self._move(window, event)
         self._enqueue(window, now)
 
-    def _lease_value(self, window: WindowRec, lease: LeaseRec) -> dict[str, Any]:
+    def _lease_value(self, window: Window, lease: LeaseRec) -> dict[str, Any]:
         """A granted window as the claim answers it (the wire shape of :class:`provider.core.Lease`)."""
         value = {
             "lease_id": lease_id_of(lease.token),
@@ -260,7 +264,7 @@ class TableState:
             value["traces"] = traces
         return value
 
-    def _traces(self, window: WindowRec) -> list[str]:
+    def _traces(self, window: Window) -> list[str]:
         """The ``traceparent`` of each traced job of ``window``, the claim-ranking job first (at most 8)."""
         jobs = [self._jobs[job_id] for job_id in window.jobs]
         traced = sorted((j for j in jobs if j.trace), key=lambda j: (-j.priority, j.seq))
@@ -283,7 +287,7 @@ class TableState:
         if load == [0, 0]:
             del self._owners[owner]
 
-    def _enqueue(self, window: WindowRec, now: int) -> None:
+    def _enqueue(self, window: Window, now: int) -> None:
         """Offer a pending window to claims (again); stale heap entries are skipped when popped."""
         if window.rank is None or window.state != PENDING:
             return
@@ -293,21 +297,22 @@ class TableState:
         else:
             heapq.heappush(self._ready, entry)
 
-    def _rerank(self, window: WindowRec, now: int) -> None:
-        best: tuple[int, int] | None = None
-        for job_id in window.jobs:
-            rank = claim_rank(self._jobs[job_id])
-            if best is None or rank < best:
-                best = rank
-        if best != window.rank:
-            window.rank = best
+    def _rank_of(self, jobs: tuple[str, ...]) -> tuple[int, int] | None:
+        """The claim rank of a window covered by ``jobs``: the best of theirs (``_windows.py`` rule 4)."""
+        return min((claim_rank(self._jobs[job_id]) for job_id in jobs), default=None)
+
+    def _set_jobs(self, window: Window, jobs: tuple[str, ...], now: int) -> None:
+        """Give ``window`` a new job set; offer it to claims again when that changes its rank."""
+        before = window.rank
+        window.jobs = jobs
+        if window.rank != before:
             self._enqueue(window, now)
 
-    def _job_windows(self, job: JobRec) -> list[WindowRec]:
+    def _job_windows(self, job: JobRec) -> list[Window]:
         span = self._series[job.series].span_ms
-        return [self._windows[(job.series, start)] for start in range(job.w_lo, job.w_hi, span)]
+        return list(self._windows.in_range(job.series, job.w_lo // span, job.w_hi // span))
 
-    def _drop_window_lease(self, window: WindowRec) -> None:
+    def _drop_window_lease(self, window: Window) -> None:
         if window.lease:
             self._leases.pop(window.lease, None)
             window.lease = 0
@@ -332,12 +337,14 @@ class TableState:
         job = self._jobs.get(job_id)
         if job is None:
             return None
+        if job.retired_at_ms:
+            return []
         found = [
-            self.window_info(series, start)
-            for (series, start), window in self._windows.items()
-            if series == job.series and job_id in window.jobs and (state is None or window.state == state)
+            self.window_info(window.series, window.start)
+            for window in self._job_windows(job)
+            if job_id in window.jobs and (state is None or window.state == state)
         ]
-        return sorted((w for w in found if w is not None), key=lambda w: int(w["start"]))
+        return [w for w in found if w is not None]
 
     def jobs(self) -> list[dict[str, Any]]:
         return [job.public() for job in self._jobs.values()]

@@ -64,7 +64,6 @@ from coordinator._records import (
     LeaseRec,
     Result,
     SeriesRec,
-    WindowRec,
     lease_id_of,
     token_of_lease_id,
 )
@@ -81,19 +80,18 @@ from coordinator._state import (
     not_found,
     window_value,
 )
-from provider.core import SeriesKey, retry_delay_bounds_ms, snap_range, window_id, window_ranges
+from coordinator._windows import Window
+from provider.core import SeriesKey, retry_delay_bounds_ms, snap_range, window_id
 
 __all__ = ["COMMANDS", "Result", "Table"]
 
 _MAX_REASON_CHARS = 500
 _MAX_WINDOWS_PER_CLAIM = 1000
-#: New windows below 1/16 of the queue are pushed one by one (k log n < n), more are merged by a heapify.
-_HEAPIFY_RATIO = 16
 #: Retry-After of a refusal by the admission limits (jobs take minutes; a client should not hammer).
 _ADMISSION_RETRY_MS = 5_000
 
 
-def _reopens(window: WindowRec, job_end: int, now: int, step: int) -> bool:
+def _reopens(window: Window, job_end: int, now: int, step: int) -> bool:
     """A window completed before it closed holds bars up to its completion; re-open it when a job needs bars
     that have closed since (workers store closed bars only)."""
     if window.done_at_ms >= window.end:
@@ -232,38 +230,29 @@ class Table(OperatorCommands, RetireCommands):
         )
 
     def _attach_windows(self, job: JobRec, name: str, step: int, bars: int, now: int) -> None:
-        """Create the job's unknown windows and join the known ones (re-opening those completed too early)."""
+        """Create the job's unknown windows and join the known ones (re-opening those completed too early). The
+        cells without a window become fresh pending windows in whole blocks, each run offered to claims by one
+        heap entry (``_state.py`` rule 4): a big job costs O(1) Python objects, not one per window."""
         rank = claim_rank(job)
+        span = step * bars
         only_this_job = (job.job_id,)  # one tuple shared by every window this job creates (memory, rule 9)
         joined: dict[tuple[str, ...], tuple[str, ...]] = {}  # and one per job set it joins
-        fresh: list[tuple[int, int, int, str]] = []
-        for w_start, w_end in window_ranges(job.start, job.end, step, bars):
-            window = self._windows.get((name, w_start))
-            if window is None:  # the common case, kept cheap: big jobs are applied in one Raft entry
-                window = self._windows[(name, w_start)] = WindowRec(name, w_start, w_end)
-                window.jobs = only_this_job
-                window.rank = rank
-                fresh.append((rank[0], rank[1], w_start, name))
+        fresh = 0
+        for cell in self._windows.cells(name, job.w_lo // span, job.w_hi // span):
+            if not isinstance(cell, Window):  # the common case, kept cheap: big jobs are applied in one Raft entry
+                ka, kb = cell
+                self._windows.fill(name, span, ka, kb, only_this_job)
+                heapq.heappush(self._ready, (rank[0], rank[1], ka * span, name, kb * span))
+                fresh += kb - ka
                 continue
-            window.jobs = joined.get(window.jobs) or joined.setdefault(window.jobs, (*window.jobs, job.job_id))
+            window = cell
+            jobs = window.jobs
+            self._set_jobs(window, joined.get(jobs) or joined.setdefault(jobs, (*jobs, job.job_id)), now)
             job.counts[window.state] += 1
             if self._can(window, REOPEN) and _reopens(window, job.end, now, step):
                 self._reset(window, REOPEN, now)  # completed before it closed: fetch the bars closed since
-            self._rerank(window, now)
-        self._window_counts[PENDING] += len(fresh)
-        job.counts[PENDING] += len(fresh)
-        self._queue_fresh(fresh)
-
-    def _queue_fresh(self, fresh: list[tuple[int, int, int, str]]) -> None:
-        """Offer new windows to claims at O(k log n) for k new of n queued, never O(n) (rule 10): a small job
-        submitted while a million windows are pending must not stall the apply thread. A batch at least as big
-        as the queue it joins is cheaper merged in one heapify."""
-        if len(fresh) * _HEAPIFY_RATIO < len(self._ready):
-            for entry in fresh:
-                heapq.heappush(self._ready, entry)
-        else:
-            self._ready.extend(fresh)
-            heapq.heapify(self._ready)
+        self._window_counts[PENDING] += fresh
+        job.counts[PENDING] += fresh
 
     @command
     def cancel_job(self, *, job_id: Any, now_ms: Any, client_id: Any = "", request_id: Any = "") -> Result:
@@ -289,8 +278,9 @@ class Table(OperatorCommands, RetireCommands):
         for window in self._job_windows(job):
             if job.job_id in window.jobs:
                 jobs = window.jobs
-                window.jobs = left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id))
-            self._rerank(window, now)
+                self._set_jobs(
+                    window, left.get(jobs) or left.setdefault(jobs, tuple(j for j in jobs if j != job.job_id)), now
+                )
         return Result.success({"job": job.public()})
 
     @command
@@ -343,6 +333,12 @@ class Table(OperatorCommands, RetireCommands):
         granted: list[dict[str, Any]] = []
         while len(granted) < max_windows and self._ready:
             entry = heapq.heappop(self._ready)
+            if len(entry) == 5:  # a run (_state.py rule 4): take its first window, put the rest back
+                rank0, rank1, start, series, end = entry
+                after = start + self._series[series].span_ms
+                if after < end:
+                    heapq.heappush(self._ready, (rank0, rank1, after, series, end))
+                entry = (rank0, rank1, start, series)
             window = self._windows.get((entry[3], entry[2]))
             if window is None or not self._can(window, CLAIM) or window.rank != (entry[0], entry[1]):
                 continue
@@ -542,6 +538,7 @@ class Table(OperatorCommands, RetireCommands):
         if loaded is None:
             return False
         self.__dict__.update(loaded.__dict__)
+        self._windows.sets.rank_of = self._rank_of  # ranks of new job sets come from this table's jobs
         return True
 
 

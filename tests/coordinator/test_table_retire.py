@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytest
@@ -155,16 +154,15 @@ def test_a_bad_retention_is_invalid(retention: Any) -> None:
     assert t.snapshot() == before
 
 
-def test_the_window_dict_shrinks_after_a_large_retirement() -> None:
-    """Dropping many windows rebuilds the dict, so its memory goes back (a dict never shrinks by itself)."""
+def test_the_window_blocks_go_after_a_large_retirement() -> None:
+    """Dropping every window drops the blocks that held them, so their memory goes back at once."""
     t = Table()
-    fresh_size = sys.getsizeof(t._windows)
     job_id = t.submit_job(series=S1, start=0, end=20_000 * MIN, window_bars=1, max_windows=20_000, now_ms=1)
     assert job_id.ok
     while t.pending_count():
         finish_all(t, 100)
     retire(t, 100, 0)
-    assert len(t._windows) == 0 and sys.getsizeof(t._windows) == fresh_size
+    assert len(t._windows) == 0 and t._windows.blocks == []
     assert not t._done_tokens  # their windows are gone: nothing to answer idempotently, memory to release
 
 
@@ -186,14 +184,14 @@ def test_one_command_drops_a_bounded_number_of_windows_and_says_more(monkeypatch
 
 
 def test_claim_heap_entries_of_dropped_windows_are_forgotten() -> None:
-    """A cancelled job's never-claimed windows leave the claim heap with them (they pinned memory otherwise); a
-    live job's entries stay and its windows are still granted."""
+    """A cancelled job's never-claimed windows leave the claim heap with them; the live job's run entry (one for
+    its windows) stays and its windows are still granted."""
     t = Table()
     gone = submit(t, 0, 60 * MIN)
     live = submit(t, 120 * MIN, 150 * MIN)
     assert t.cancel_job(job_id=gone, now_ms=5).ok
     assert retire(t, 6, 0).value["windows_dropped"] == 4
-    assert sorted(entry[2] for entry in t._ready) == [120 * MIN, 135 * MIN]
+    assert [entry[2:] for entry in t._ready] == [(120 * MIN, S1, 150 * MIN)]
     leases = t.claim(worker_id="w", max_windows=10, ttl_ms=TTL, now_ms=7).value["leases"]
     assert [lease["start"] for lease in leases] == [120 * MIN, 135 * MIN]
     assert t.job(live)["windows"]["leased"] == 2  # type: ignore[index]

@@ -151,3 +151,18 @@ def test_windows_of_one_job_share_one_job_id_tuple_before_and_after_a_restart() 
         assert only_first == ("job-1",) and shared == ("job-1", "job-2")
         assert all(windows[(S1, k * 15 * MIN)].jobs is only_first for k in range(20))
         assert all(windows[(S1, k * 15 * MIN)].jobs is shared for k in range(20, 40))
+
+
+def test_a_format4_dump_of_the_row_per_window_release_loads_into_blocks() -> None:
+    """The committed fixture was written by the code before the window blocks (format 4: a row per window) from
+    ``rich_table()``; it loads into the same table, behaves the same, and is rewritten in the current format."""
+    old = decode((FIXTURE.parent / "table-format4.dump").read_bytes())
+    assert old is not None
+    t = rich_table()
+    assert old.snapshot() == t.snapshot()
+    assert old.stats() == t.stats() and old.next_expiry_ms() == t.next_expiry_ms()
+    loaded = Table()
+    assert loaded.import_state((FIXTURE.parent / "table-format4.dump").read_bytes())
+    assert drive(loaded) == drive(t)
+    again = dump_and_load(loaded)
+    assert again.snapshot() == loaded.snapshot() and encode(again).startswith(MAGIC)

@@ -290,7 +290,7 @@ class LeaseTableMachine(RuleBasedStateMachine):
 
     @rule()
     def restart(self) -> None:
-        """A node restarting from a format-2 dump (pickled as pysyncobj does) goes on exactly like the original."""
+        """A node restarting from a dump (pickled as pysyncobj does) goes on exactly like the original."""
         restored = Table()
         assert restored.import_state(pickle.loads(pickle.dumps(self.t.export_state(), protocol=2)))
         assert restored.snapshot() == self.t.snapshot() and restored.stats() == self.t.stats()

@@ -73,7 +73,9 @@ class SeriesRec:
 
 
 class WindowRec:
-    """One window ``[start, end)`` of a series, shared by every job that covers it."""
+    """One window ``[start, end)`` of a series as format-1 dumps pickled it; kept so that those dumps still load.
+    The table keeps its windows as columns (``_windows.py``) and works on :class:`coordinator._windows.Window`
+    views with these same attribute names."""
 
     __slots__ = (
         "attempts",

@@ -117,7 +117,10 @@ class BudgetAgent:
         blocked_ms = int(answer.get("blocked_ms") or 0)
         if blocked_ms > 0:
             reason = str(answer.get("blocked_reason") or "banned")
-            self.limits.gate.block(blocked_ms / 1000, reason, notify=False)
+            gate = self.limits.gate
+            before = gate.until_s
+            if gate.block(blocked_ms / 1000, reason, notify=False) > before + 0.05:
+                log.info("budget.block_received", source=self.source, reason=reason, blocked_ms=blocked_ms)
         self._apply((answer["requests_per_minute"], answer["weight_per_minute"]), "shared")
 
     def _body(self, wait_ms: int, *, leave: bool = False) -> dict[str, Any]:

@@ -15,13 +15,16 @@ Rules:
    at once in an extra heartbeat that does not wait; a block the coordinator reports (another worker's ban) closes
    this process's gate with ``notify=False`` (never echoed back).
 5. :meth:`BudgetAgent.leave` (graceful stop, after the windows drained) frees the share at once.
-6. The clock is injected (``time.monotonic`` by default).
+6. The clock and the random generator are injected (``time.monotonic``, ``random.Random()`` by default). A bucket
+   that starts (or resumes from 0) owes a random fraction of a request, so workers granted their shares by one
+   broadcast do not send in lockstep.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -66,6 +69,7 @@ class BudgetAgent:
         wait_ms: int = 1_000,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[BudgetAgent], Any] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if shared[0] <= 0 and shared[1] <= 0:
             raise ValueError(f"shared limits {shared!r}: at least one of requests and weight per minute must be > 0")
@@ -78,6 +82,8 @@ class BudgetAgent:
         self.wait_ms = wait_ms
         self._clock = clock
         self._on_change = on_change
+        #: Draws the start delay of a resumed bucket (workers resumed together must not send in lockstep).
+        self._rng = rng if rng is not None else random.Random()
         #: ``starting`` (nothing admitted), ``shared`` (a grant holds) or ``floor`` (rule 3).
         self.mode = "starting"
         self.using: Amounts = (None, None)
@@ -95,7 +101,7 @@ class BudgetAgent:
         using = tuple(grant[q] if self.shared[q] > 0 else self.floor[q] for q in (0, 1))
         amounts: Amounts = (using[0], using[1])
         if amounts != self.using or mode != self.mode:
-            self.limits.budget.retune(*amounts)
+            self.limits.budget.retune(*amounts, start_delay=self._rng.random())
             if mode != self.mode:
                 log.info("budget.mode_changed", source=self.source, mode=mode, previous=self.mode)
             self.using, self.mode = amounts, mode

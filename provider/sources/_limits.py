@@ -179,10 +179,15 @@ class RateBudget:
             raise ValueError(f"workers {workers!r} must be an int >= 1")
         return cls(requests_per_minute / workers, weight_per_minute / workers, **kwargs)
 
-    def retune(self, requests_per_minute: float | None, weight_per_minute: float | None) -> None:
+    def retune(
+        self, requests_per_minute: float | None, weight_per_minute: float | None, *, start_delay: float = 0.0
+    ) -> None:
         """Change the limits of a running budget (rule 6): ``None`` = unlimited, 0 = nothing admitted. A bucket
-        keeps its tokens up to its new capacity; a new bucket starts empty (a share changing hands never adds a
-        burst)."""
+        keeps its tokens up to its new capacity; a new (or resumed) bucket starts empty (a share changing hands
+        never adds a burst), owing ``start_delay`` (0 to 1) of a request: workers resumed by one broadcast then do
+        not send in lockstep."""
+        if not 0 <= start_delay <= 1:
+            raise ValueError(f"start_delay {start_delay!r} must be from 0 to 1")
         now = self._clock()
         self._retuned = True
         for name, limit in (("requests", requests_per_minute), ("weight", weight_per_minute)):
@@ -193,8 +198,8 @@ class RateBudget:
                 self._buckets.pop(name, None)
                 continue
             capacity = max(1.0, limit * self._burst_ratio) if limit > 0 else 1.0
-            if bucket is None:
-                self._buckets[name] = _Bucket(limit / 60.0, capacity, 0.0, now)
+            if bucket is None or bucket.rate_per_s == 0:
+                self._buckets[name] = _Bucket(limit / 60.0, capacity, -start_delay if limit > 0 else 0.0, now)
                 continue
             bucket.refill(now)
             bucket.rate_per_s, bucket.capacity = limit / 60.0, capacity

@@ -8,12 +8,14 @@ Rules:
    a heartbeat that cannot get through must not outlive the share it renews.
 3. ``worker_budget_share_per_minute{source,quantity}`` shows what the process applies, and
    ``worker_budget_fallback{source}`` is 1 while it runs on the floor (docs/worker.md).
+4. A stopping worker leaves the budget once its windows are past their fetches, not after its writes drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,7 @@ class SharedBudgets:
     agents: list[BudgetAgent] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     clients: list[Any] = field(default_factory=list)
+    left: bool = False
 
     @classmethod
     def start(
@@ -79,8 +82,17 @@ class SharedBudgets:
         task = asyncio.create_task(agent.run(), name=f"budget-{spec}")
         return cls([agent], [task], [client])
 
+    async def leave_after(self, done: Awaitable[None]) -> None:
+        """Leave as soon as ``done`` (the worker's :meth:`~worker.daemon.Worker.source_done`): a stopping worker
+        hands its share back before its last writes drain, so the others use it at once."""
+        await done
+        await self.leave()
+
     async def leave(self) -> None:
-        """Stop the agents, free their shares, close their clients."""
+        """Stop the agents, free their shares, close their clients (once)."""
+        if self.left:
+            return
+        self.left = True
         for agent in self.agents:
             agent.stop()
         for task in self.tasks:

@@ -187,9 +187,11 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     watch = asyncio.create_task(
         watch_storage(storage, metrics, interval_s=worker_cfg.storage_check_interval_ms / 1000), name="storage-watch"
     )
+    leaver = asyncio.create_task(budget.leave_after(worker.source_done()), name="budget-leave")
     try:
         await worker.run()
     finally:
+        leaver.cancel()
         await budget.leave()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):

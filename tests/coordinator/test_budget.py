@@ -183,3 +183,28 @@ def test_grants_in_use_never_sum_above_the_limit(ops: list[tuple[str, int, int]]
             grants[worker] = (share.grant[0] or 0.0, now + TTL)
         total = sum(g for g, lapse in grants.values() if lapse > now)
         assert total <= LIMIT + 1e-6, (total, grants)
+
+
+async def test_a_new_leader_term_rebuilds_the_board_from_heartbeats() -> None:
+    """Failover: the next term's board starts empty; a worker re-registering with the share it uses and the ban its
+    gate still holds keeps that share (no increase during the grace) and the ban is known again for every worker."""
+    from coordinator._memory import ManualClock
+    from coordinator.budget import BudgetService
+    from provider.core import BudgetHeartbeatRequest
+
+    clock = ManualClock()
+    service = BudgetService(clock, TTL)
+
+    def request(worker: str, using: float, **extra: object) -> BudgetHeartbeatRequest:
+        body = {"worker_id": worker, "source": SRC, "requests_per_minute": 1200, "using_requests_per_minute": using}
+        return BudgetHeartbeatRequest.from_dict({**body, **extra})
+
+    first = await service.heartbeat(request("a", 600.0, blocked_ms=20_000, blocked_reason="banned"), term=1)
+    assert isinstance(first, Share) and first.blocked_ms == 20_000
+    again = await service.heartbeat(request("a", 600.0, blocked_ms=19_000, blocked_reason="banned"), term=2)
+    assert isinstance(again, Share)
+    assert again.grant == (600.0, None)  # kept, not raised to 1200 during the new board's grace
+    other = await service.heartbeat(request("b", 0.0), term=2)
+    assert isinstance(other, Share)
+    assert other.grant == (0.0, None) and other.blocked_reason == "banned" and other.blocked_ms == 19_000
+    assert service.blocks == {(SRC, "banned"): 2}

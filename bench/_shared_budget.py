@@ -108,7 +108,7 @@ def _phase_rates(progress: list[tuple[float, int]], bounds: list[float]) -> list
 
 
 def run_autoscale(
-    root: Path, storage: str, rps: float, seconds: float, steady: Any
+    root: Path, storage: str, rps: float, seconds: float, steady: Any, trace: list[Any] | None = None
 ) -> tuple[float, dict[str, int], list[float]]:
     """Rule 1: bars/s (steady state), the exchange's non-200 answers, and bars/s of each phase of one 2 -> 8 -> 2
     run."""
@@ -134,6 +134,10 @@ def run_autoscale(
             elapsed = time.perf_counter() - started
             done, finished = _done(cluster.urls[0], jobs)
             progress.append((elapsed, done))
+            if trace is not None:
+                budget = http_json("GET", cluster.urls[0] + "/v1/budget")[1]
+                grants = [m["granted"][0] for src in budget.get("sources", []) for m in src["members"].values()]
+                trace.append((round(elapsed, 2), exchange.stats()["statuses"].get("200", 0), len(grants), sum(grants)))
             if finished:
                 break
             if phase == 0 and elapsed >= seconds / 3:

@@ -11,8 +11,15 @@ the last windows finishing one by one, would flatter or understate it).
    1, 2, 4 and 8 workers (``--max-workers 4`` stops at 4).
 2. Unlimited: bars/s of the same pipeline with no exchange limit, next to the raw storage write rate (the
    backend's ``write_window`` called directly with the same frames, no coordinator, no HTTP).
+3. Autoscaling with the shared exchange budget (``bench/_shared_budget.py``): a pool 2 -> 8 -> 2 during one
+   backfill longer than the exchange's sliding minute; fraction of the bound and refused requests, next to a fixed
+   pool of 4 with the hand split (``limit / 4``) over the same windows.
+4. Ban propagation: per ban, requests refused with 418, when the last request reached the exchange after the
+   announcing 418, and how long the coordinator took to tell the other workers; medians, next to the same pool
+   with per-process budgets.
 
-Run: ``.venv/bin/python -m bench.bench_backfill [--runs 3] [--rps 20] [--storage sqlite|questdb]``.
+Run: ``.venv/bin/python -m bench.bench_backfill [--runs 3] [--rps 20] [--storage sqlite|questdb]
+[--parts bounded,free,autoscale,bans] [--autoscale-seconds 90] [--ban-trials 5]``.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from bench import _shared_budget
 from bench._common import emit, table
 from devkit.cluster import make_cluster
 from devkit.polling import http_json
@@ -153,6 +161,106 @@ def storage_dsn(kind: str, root: Path, questdb: Any) -> str:
     return f"sqlite:///{root / ('bench-' + secrets.token_hex(4) + '.db')}"
 
 
+def bounded_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[str, Any]:
+    """Curve 1: fixed pools with the hand split."""
+    counts = [n for n in (1, 2, 4, 8) if n <= args.max_workers]
+    bound = args.rps * BARS_PER_WINDOW
+    windows = int(args.rps * args.seconds)
+    bounded = []
+    for n in counts:
+        rates, refused = [], []
+        for run in range(args.runs):
+            root = tmp / f"bounded-{n}-{run}"
+            root.mkdir()
+            rate, statuses = run_backfill(root, storage_dsn(args.storage, root, questdb), n, windows, args.rps)
+            rates.append(rate)
+            refused.append(sum(statuses.values()))
+        median = statistics.median(rates)
+        bounded.append([n, median, bound, median / bound, max(refused)])
+    print(f"## Rate-limited exchange ({args.rps:.0f} requests/s x {BARS_PER_WINDOW} bars; median of {args.runs})\n")
+    print(table(["workers", "bars/s", "bound bars/s", "ratio", "refused requests (worst run)"], bounded))
+    return {"bounded": {str(r[0]): {"bars_per_s": r[1], "ratio": r[3]} for r in bounded}}
+
+
+def free_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[str, Any]:
+    """Curve 2: no exchange limit, against raw write_window."""
+    free_rates, raw_rates = [], []
+    for run in range(args.runs):
+        root = tmp / f"free-{run}"
+        root.mkdir()
+        free_rates.append(run_backfill(root, storage_dsn(args.storage, root, questdb), FREE_WORKERS, 200, None)[0])
+        raw_rates.append(asyncio.run(raw_write_rate(storage_dsn(args.storage, root, questdb), 200)))
+    free, raw = statistics.median(free_rates), statistics.median(raw_rates)
+    print(f"\n## No exchange limit, {FREE_WORKERS} workers, {args.storage} (median of {args.runs})\n")
+    print(table(["pipeline bars/s", "raw write_window bars/s", "ratio"], [[free, raw, free / raw]]))
+    return {"unlimited_bars_per_s": free, "raw_write_bars_per_s": raw, "unlimited_ratio": free / raw}
+
+
+def autoscale_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[str, Any]:
+    """Curve 3: the pool 2 -> 8 -> 2 on the shared budget, and the fixed pool of 4 over the same windows."""
+    bound = args.rps * BARS_PER_WINDOW
+    windows = int(args.rps * args.autoscale_seconds)
+    rows, out = [], {}
+    for kind in ("fixed 4, limit/4 each", "autoscale 2-8-2, shared budget"):
+        rates, refused, phases = [], [], []
+        for run in range(args.runs):
+            root = tmp / f"as-{len(rows)}-{run}"
+            root.mkdir()
+            dsn = storage_dsn(args.storage, root, questdb)
+            if kind.startswith("fixed"):
+                rate, statuses = run_backfill(root, dsn, 4, windows, args.rps)
+            else:
+                rate, statuses, phase_rates = _shared_budget.run_autoscale(
+                    root, dsn, args.rps, args.autoscale_seconds, steady_rate
+                )
+                phases.append(phase_rates)
+            rates.append(rate)
+            refused.append(sum(statuses.values()))
+        median = statistics.median(rates)
+        by_phase = " / ".join(f"{statistics.median(p):,.0f}" for p in zip(*phases, strict=True)) if phases else "-"
+        rows.append([kind, median, median / bound, by_phase, max(refused)])
+        out[kind.split()[0]] = {
+            "bars_per_s": median,
+            "ratio": median / bound,
+            "refused_worst": max(refused),
+            "runs": rates,
+            "phases": phases,
+        }
+    title = f"## Autoscaling pool on the shared budget ({args.rps:.0f} requests/s, {windows} windows; median of"
+    print(f"\n{title} {args.runs})\n")
+    print(table(["pool", "bars/s", "ratio to bound", "bars/s by phase", "refused (worst run)"], rows))
+    return {"autoscale": out}
+
+
+def bans_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[str, Any]:
+    """Curve 4: ban propagation, shared budget against per-process budgets."""
+    rows, out = [], {}
+    for shared in (False, True):
+        root = tmp / f"bans-{shared}"
+        root.mkdir()
+        records = _shared_budget.run_bans(root, storage_dsn(args.storage, root, questdb), 8.0, args.ban_trials, shared)
+        med = _shared_budget.summarize(records)
+        name = "shared budget" if shared else "per-process budgets"
+        rows.append(
+            [
+                name,
+                med["refused_418"],
+                med["last_request_after_s"] * 1000,
+                med["told_workers"],
+                med["propagation_s"] * 1000,
+            ]
+        )
+        out[name] = {**med, "records": records}
+    ban_s = _shared_budget.BAN_S
+    print(f"\n## Ban propagation (4 workers, 8 requests/s, {args.ban_trials} bans of {ban_s:g} s; medians)\n")
+    headers = ["budgets", "418s per ban", "last request after the 418 (ms)", "workers told", "told within (ms)"]
+    print(table(headers, rows))
+    return {"bans": out}
+
+
+PARTS = {"bounded": bounded_part, "free": free_part, "autoscale": autoscale_part, "bans": bans_part}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs per figure (median reported)")
@@ -160,7 +268,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0, help="target length of one bounded run")
     parser.add_argument("--max-workers", type=int, default=8, choices=(4, 8))
     parser.add_argument("--storage", choices=("sqlite", "questdb"), default="questdb")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--autoscale-seconds", type=float, default=90.0, help="length of one autoscaling run")
+    parser.add_argument("--ban-trials", type=int, default=5, help="bans per ban-propagation run")
     args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts {', '.join(unknown)}: not one of {', '.join(PARTS)}")
 
     from devkit import services as devservices
 
@@ -169,43 +284,10 @@ def main() -> None:
     try:
         if questdb is not None:
             questdb.start()
-        counts = [n for n in (1, 2, 4, 8) if n <= args.max_workers]
-        bound = args.rps * BARS_PER_WINDOW
-        windows = int(args.rps * args.seconds)
-        bounded = []
-        for n in counts:
-            rates, refused = [], []
-            for run in range(args.runs):
-                root = tmp / f"bounded-{n}-{run}"
-                root.mkdir()
-                rate, statuses = run_backfill(root, storage_dsn(args.storage, root, questdb), n, windows, args.rps)
-                rates.append(rate)
-                refused.append(sum(statuses.values()))
-            median = statistics.median(rates)
-            bounded.append([n, median, bound, median / bound, max(refused)])
-        print(f"## Rate-limited exchange ({args.rps:.0f} requests/s x {BARS_PER_WINDOW} bars; median of {args.runs})\n")
-        print(table(["workers", "bars/s", "bound bars/s", "ratio", "refused requests (worst run)"], bounded))
-
-        free_rates, raw_rates = [], []
-        for run in range(args.runs):
-            root = tmp / f"free-{run}"
-            root.mkdir()
-            free_rates.append(run_backfill(root, storage_dsn(args.storage, root, questdb), FREE_WORKERS, 200, None)[0])
-            raw_rates.append(asyncio.run(raw_write_rate(storage_dsn(args.storage, root, questdb), 200)))
-        free, raw = statistics.median(free_rates), statistics.median(raw_rates)
-        print(f"\n## No exchange limit, {FREE_WORKERS} workers, {args.storage} (median of {args.runs})\n")
-        print(table(["pipeline bars/s", "raw write_window bars/s", "ratio"], [[free, raw, free / raw]]))
-        emit(
-            "backfill",
-            {
-                "storage": args.storage,
-                "rps": args.rps,
-                "bounded": {str(r[0]): {"bars_per_s": r[1], "ratio": r[3]} for r in bounded},
-                "unlimited_bars_per_s": free,
-                "raw_write_bars_per_s": raw,
-                "unlimited_ratio": free / raw,
-            },
-        )
+        results: dict[str, Any] = {"storage": args.storage, "rps": args.rps}
+        for part in parts:
+            results.update(PARTS[part](args, tmp, questdb))
+        emit("backfill", results)
     finally:
         if questdb is not None:
             questdb.stop()

@@ -22,12 +22,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from coordinator._call import Call
-from coordinator.errors import BadRequestError, NotFoundError
+from coordinator.budget import share_body
+from coordinator.errors import BadRequestError, NotFoundError, from_result
 from coordinator.node import CoordinatorNode
 from coordinator.routes import METRICS_DETAIL_ROLE, Route
 from provider.core import (
     JOB_STATES,
     WIRE_MODELS,
+    BudgetHeartbeatRequest,
     ClaimRequest,
     CompleteRequest,
     FailRequest,
@@ -315,6 +317,26 @@ class Handlers:
         req = parse(KeyFinishRequest, call.body)
         value = await self._run(call, "key_fail", {"key": req.key, "token": req.token, "reason": req.reason})
         return web.json_response(value)
+
+    # -- shared exchange budgets (soft state of the leader: ``budget.py``) ------------------------------------
+
+    async def budget_heartbeat(self, call: Call) -> web.Response:
+        req = parse(BudgetHeartbeatRequest, call.body)
+        await self.node.await_leader()  # a follower forwards (NotLeaderError)
+        share = await self.node.budget.heartbeat(req, self.node.term)
+        if isinstance(share, str):
+            raise from_result("capacity", share, "source")
+        if share.blocked_ms and req.blocked_ms:
+            log.info("budget.block_reported", source=req.source, worker_id=req.worker_id, reason=req.blocked_reason)
+        return web.json_response(share_body(share, self.node.budget.ttl_ms))
+
+    async def budget_view(self, call: Call) -> web.Response:
+        await self.node.await_leader()
+        budget = self.node.budget
+        budget.expire(self.node.term)
+        board = budget.board
+        now_ms = int(self.node.clock.monotonic_s() * 1000)
+        return web.json_response({"sources": board.view(now_ms) if board is not None else []})
 
     # -- cluster and service routes -----------------------------------------------------------------------------
 

@@ -239,6 +239,10 @@ class CoordinatorMetrics:
             )
         )
 
+    def register(self, collector: _C) -> _C:
+        """Register a collector of another module in both views (it must not label by job id or series)."""
+        return self._shared(collector)
+
     def _shared(self, collector: _C) -> _C:
         """Register ``collector`` in both views."""
         self.registry.register(collector)

@@ -37,6 +37,7 @@ from coordinator._admission import Admission
 from coordinator._connections import ConnectionGuard, connection_limits, fd_limit
 from coordinator._retention import retention_loop
 from coordinator._state import FINGERPRINT_SEP, fingerprint
+from coordinator.budget import BudgetService
 from coordinator.errors import ApiError, NotLeaderError, UnavailableError, from_result
 from coordinator.metrics import ClusterFigures, ConnectionFigures, CoordinatorMetrics
 from coordinator.raft import RaftNode, RaftSettings
@@ -120,6 +121,9 @@ class CoordinatorNode:
         self.metrics = CoordinatorMetrics(new_registry(), self.figures, self.connection_figures)
         #: Leader-side admission of new jobs: submission rate per client, shedding while Raft is backed up.
         self.admission = Admission(self.cfg.max_submits_per_s_per_client, self.cfg.shed_backlog_commands)
+        #: Shared exchange budgets: soft state of the leader (``budget.py``), never replicated.
+        self.budget = BudgetService(clock, self.cfg.budget_ttl_ms)
+        self.metrics.register(self.budget.collector())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._work = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

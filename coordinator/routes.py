@@ -246,6 +246,28 @@ ROUTES: tuple[Route, ...] = (
         write=True,
     ),
     Route(
+        "POST",
+        "/v1/budget/heartbeat",
+        "budget_heartbeat",
+        "worker",
+        "Shared exchange budget: register or refresh a worker of a source, report a ban; answers the worker's share "
+        "of the source's limits and the source's block, at once when they changed, else after up to wait_ms",
+        "BudgetHeartbeatRequest",
+        "BudgetShare",
+        errors=(*_WRITE, 429),
+        write=True,
+    ),
+    Route(
+        "GET",
+        "/v1/budget",
+        "budget_view",
+        "reader",
+        "Shared exchange budgets on the leader: per source its live workers, bound, shares and block",
+        answer="BudgetView",
+        errors=_READ,
+        read=True,
+    ),
+    Route(
         "GET",
         "/v1/cluster",
         "cluster",

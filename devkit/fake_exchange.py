@@ -22,7 +22,8 @@ Rules:
    ``POST /_admin/ban``, ``POST /_admin/limits``, ``POST /_admin/reset``, ``GET /_admin/stats``.
 4. Accounting: every API request is counted (total, per status, klines per (symbol, startTime)). The first 418
    of a ban tells the client; any request arriving after that and before the ban ends is recorded in
-   ``during_ban`` (monotonic seconds): a well-behaved client leaves it empty.
+   ``during_ban`` (monotonic seconds): a well-behaved client leaves it empty. ``ban_notices`` holds the time of
+   each 418 that announced a ban, so ``max(during_ban) - ban_notices[-1]`` is how long the clients went on.
 """
 
 from __future__ import annotations
@@ -104,10 +105,17 @@ class FakeExchange:
         self.reset()
 
     # -- control ---------------------------------------------------------------------------------------------
-    def set_rate_limit(self, *, rpm: int | None = None, rps: int | None = None) -> None:
-        """Limit API requests per minute or per second (sliding window); both None = unlimited."""
-        self._limit: int | None = rps or rpm or None
-        self._window_s = 1.0 if rps else 60.0
+    def set_rate_limit(
+        self, *, rpm: int | None = None, rps: int | None = None, limit: int | None = None, window_s: float | None = None
+    ) -> None:
+        """Limit API requests per minute, per second, or ``limit`` per ``window_s`` seconds (sliding window; a short
+        window lets a test see a per-minute budget's overshoot in seconds); all None = unlimited."""
+        if limit is not None and window_s is not None:
+            self._limit: int | None = limit
+            self._window_s = float(window_s)
+        else:
+            self._limit = rps or rpm or None
+            self._window_s = 1.0 if rps else 60.0
         self._recent: deque[float] = deque()
 
     def reset(self) -> None:
@@ -120,6 +128,8 @@ class FakeExchange:
         self.statuses: Counter[int] = Counter()
         self.by_start: Counter[tuple[str, int | None]] = Counter()
         self.during_ban: list[float] = []
+        #: Monotonic seconds of each 418 that told a client of a new ban (the first 418 of each ban).
+        self.ban_notices: list[float] = []
         self.bans = 0
         self._weight_minute, self._weight_used = -1, 0
 
@@ -171,6 +181,7 @@ class FakeExchange:
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "by_start": [[s, t, n] for (s, t), n in sorted(self.by_start.items(), key=str)],
             "during_ban": list(self.during_ban),
+            "ban_notices": list(self.ban_notices),
             "bans": self.bans,
             "pending_faults": [asdict(f) for f in self.faults],
         }
@@ -233,6 +244,8 @@ class FakeExchange:
         if now < self._ban_until:
             if self._ban_announced:
                 self.during_ban.append(now)
+            else:
+                self.ban_notices.append(now)
             self._ban_announced = True
             return self._limited(418, self._ban_until - now, "Way too many requests; IP banned.")
         if now < self._cooldown_until:
@@ -240,6 +253,7 @@ class FakeExchange:
             if self._strikes <= self.tolerance:
                 return self._limited(429, self._cooldown_until - now, "Too many requests; still cooling down.")
             self._start_ban(now, self.ban_s, announced=True)
+            self.ban_notices.append(now)
             return self._limited(418, self.ban_s, "Way too many requests during a 429; IP banned.")
         self._strikes = 0
         while self._recent and self._recent[0] <= now - self._window_s:
@@ -301,6 +315,7 @@ class FakeExchange:
             return self._limited(429, fault.retry_after_s, "Too many requests (injected).")
         if fault.kind == "ban":
             self._start_ban(now, fault.seconds, announced=True)
+            self.ban_notices.append(now)
             return self._limited(418, fault.seconds, "IP banned (injected).")
         if fault.kind == "delay":
             await asyncio.sleep(fault.delay_s)
@@ -395,7 +410,9 @@ class FakeExchange:
     async def _admin_limits(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
-            self.set_rate_limit(rpm=body.get("rpm"), rps=body.get("rps"))
+            self.set_rate_limit(
+                rpm=body.get("rpm"), rps=body.get("rps"), limit=body.get("limit"), window_s=body.get("window_s")
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             return _json({"error": {"code": "bad_limits", "message": str(exc)}}, 400)
         return self._stats_response()

@@ -353,6 +353,18 @@ class CoordinatorClient:
 
     # -- QMTL keyed leases -------------------------------------------------------------------------------
 
+    async def budget_heartbeat(self, body: dict[str, Any], *, wait_ms: int = 0) -> dict[str, Any]:
+        """Shared exchange budget: report a worker of a source (``BudgetHeartbeatRequest`` fields), get its share;
+        the leader holds the call up to ``wait_ms`` when nothing changed (docs/coordinator.md)."""
+        answer: dict[str, Any] = await self.request(
+            "POST", "/v1/budget/heartbeat", {**body, "wait_ms": wait_ms}, timeout_s=self._timeout_s + wait_ms / 1000
+        )
+        return answer
+
+    async def budget(self) -> Any:
+        """Shared exchange budgets on the leader: per source its workers, bound, shares and block."""
+        return await self.request("GET", "/v1/budget")
+
     async def claim_key(self, key: str, lease_ms: int) -> Any:
         """QMTL: claim the keyed lease ``key`` for ``lease_ms``."""
         return await self.request("POST", "/v1/leases/claim", {"key": key, "lease_ms": lease_ms})

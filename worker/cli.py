@@ -25,6 +25,7 @@ from provider.core.obs import configure_logging, get_logger, new_registry, run_s
 from provider.core.tracing import configure_tracing
 from provider.metrics_http import MetricsServer, serve_metrics
 from worker.autoscale import AutoscalePolicy, Supervisor, parse_autoscale, python_argv
+from worker.budget_wiring import SharedBudgets
 from worker.metrics import WorkerMetrics
 from worker.storage_watch import watch_storage
 
@@ -177,17 +178,21 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     settings = WorkerSettings.from_config(worker_id, worker_cfg, backfill)
     metrics = WorkerMetrics()
     storage = await open_storage(opts["storage_dsn"] or config.storage.dsn)
-    source = _open_sources(opts, config, metrics)
+    source, limits = _open_sources(opts, config, metrics)
     client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
+    budget = SharedBudgets.start(opts, config, worker_id, limits, metrics, _token(opts))
     worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
     _stop_on_signals(worker.stop)
     runner = await _serve_metrics(opts, metrics.registry) if opts["metrics_port"] is not None else None
     watch = asyncio.create_task(
         watch_storage(storage, metrics, interval_s=worker_cfg.storage_check_interval_ms / 1000), name="storage-watch"
     )
+    leaver = asyncio.create_task(budget.leave_after(worker.source_done()), name="budget-leave")
     try:
         await worker.run()
     finally:
+        leaver.cancel()
+        await budget.leave()
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
@@ -199,23 +204,25 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     return 0
 
 
-def _open_sources(opts: dict[str, Any], config: AppConfig, metrics: WorkerMetrics) -> Any:
-    """``--source``, or a :class:`FallbackSource` of it and the fallbacks (flags win over the config file)."""
+def _open_sources(opts: dict[str, Any], config: AppConfig, metrics: WorkerMetrics) -> tuple[Any, dict[str, Any]]:
+    """``--source``, or a :class:`FallbackSource` of it and the fallbacks (flags win over the config file); and the
+    limits of each spec (a shared budget retunes them)."""
     from provider.sources import FallbackSource, SourceLimits, open_source
 
     specs = [opts["source"], *(opts["fallback_sources"] or config.worker.fallback_sources)]
+    limits = {spec: SourceLimits.from_worker_config(config.worker) for spec in dict.fromkeys(specs)}
     sources = [
         open_source(
             spec,
-            limits=SourceLimits.from_worker_config(config.worker),
+            limits=limits[spec],
             retry=config.seamless_data_provider.backfill_config,
             on_retry=lambda event: _note_retry(metrics, event),
         )
         for spec in specs
     ]
     if len(sources) == 1:
-        return sources[0]
-    return FallbackSource(sources, names=specs)
+        return sources[0], limits
+    return FallbackSource(sources, names=specs), limits
 
 
 async def _serve_metrics(opts: dict[str, Any], registry: CollectorRegistry) -> MetricsServer:

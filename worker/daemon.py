@@ -27,6 +27,8 @@ Rules:
 6. Only closed bars are stored: a window that reaches past now is fetched and written up to the last closed bar,
    so coverage never claims bars that did not exist yet. The coordinator re-opens such a window when a later job
    needs the bars closed since (docs/coordinator.md).
+10. :meth:`Worker.source_done` tells when a stopping worker will send no more source requests (every window
+   still in progress is past its fetch), so a shared exchange budget is handed back before the writes drain.
 """
 
 from __future__ import annotations
@@ -144,6 +146,9 @@ class Worker:
         self._stopping = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._slot_freed = asyncio.Event()
+        #: Windows that may still send requests to the source (claimed, not yet past their fetch): rule 10.
+        self._fetching: set[str] = set()
+        self._fetches_changed = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -197,14 +202,31 @@ class Worker:
     def _start(self, lease: Lease) -> None:
         task = asyncio.create_task(self._process(lease), name=f"window-{lease.window_id}")
         self._tasks[lease.lease_id] = task
+        self._fetching.add(lease.lease_id)
         self.metrics.in_progress.set(len(self._tasks))
 
         def done(_: asyncio.Task[None], lease_id: str = lease.lease_id) -> None:
+            self._fetched(lease_id)
             self._tasks.pop(lease_id, None)
             self.metrics.in_progress.set(len(self._tasks))
             self._slot_freed.set()
 
         task.add_done_callback(done)
+
+    def _fetched(self, lease_id: str) -> None:
+        if lease_id in self._fetching:
+            self._fetching.discard(lease_id)
+            self._fetches_changed.set()
+
+    async def source_done(self) -> None:
+        """Rule 10: return once the worker is stopping and none of its windows will send another source request."""
+        while not (self._stopping.is_set() and not self._fetching):
+            self._fetches_changed.clear()
+            changed = asyncio.ensure_future(self._fetches_changed.wait())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({changed, stop}, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            stop.cancel()
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -304,6 +326,7 @@ class Worker:
         end = self._closed_end_ms(lease)
         with tracing.span("worker.fetch") as current:
             frame, source, failed = await self._fetch(lease, end)
+            self._fetched(lease.lease_id)
             if current is not None:
                 current.set_attributes({"seamless.source": source, "seamless.rows": len(frame)})
         with tracing.span("worker.conform"):

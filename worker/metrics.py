@@ -36,6 +36,18 @@ class WorkerMetrics:
             ["flag"],
             registry=r,
         )
+        self.budget_share = Gauge(
+            "worker_budget_share_per_minute",
+            "This process's share of a source's shared limit it applies now (-1: unlimited).",
+            ["source", "quantity"],
+            registry=r,
+        )
+        self.budget_fallback = Gauge(
+            "worker_budget_fallback",
+            "1 while this process runs a shared source on its per-process floor (coordinator unreachable).",
+            ["source"],
+            registry=r,
+        )
         self.wal_suspended = Gauge(
             "seamless_storage_wal_suspended",
             "1 when a QuestDB WAL table of this worker's storage is suspended (polled), else 0.",

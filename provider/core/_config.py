@@ -209,6 +209,14 @@ class CoordinatorConfig:
     #: Running jobs with their own ``backfill_completion_ratio{job_id,series}`` series, the first in claim order;
     #: the others are summed into ``job_id="(other)"`` (coordinator/metrics.py rule 3). 100 bars still read in the
     #: dashboard's job panel and cost about 12 KB per scrape; 30,000 cost 2.6 MB and a new series per job.
+    #: Shared exchange budgets (docs/coordinator.md): a worker not heard from for this long loses its share of its
+    #: source's limits, and a new leader grants no increase for this long (workers re-register meanwhile).
+    budget_ttl_ms: int = _spec(
+        3_000,
+        lo=300,
+        hi=600_000,
+        doc="shared exchange budget: a worker's share lapses without a heartbeat for this long",
+    )
     metrics_max_jobs: int = _spec(
         100,
         lo=0,
@@ -231,6 +239,17 @@ class WorkerConfig:
     requests_per_minute: int = _spec(1_100, lo=0, hi=10_000_000, doc="source requests per minute")
     #: Per-process, per-source request weight budget (0 = unlimited); Binance allows 6000/min per IP.
     weight_per_minute: int = _spec(5_000, lo=0, hi=10_000_000, doc="source request weight per minute")
+    #: The source's whole limits, shared by every worker of the source through the coordinator (0 = no shared
+    #: budget for that quantity). ``requests_per_minute`` / ``weight_per_minute`` above stay the floor a worker
+    #: falls back to while the coordinator is unreachable (docs/worker.md, "Shared exchange budget").
+    shared_requests_per_minute: int = _spec(
+        0, lo=0, hi=10_000_000, doc="the source's requests per minute shared by all workers (0 = not shared)"
+    )
+    shared_weight_per_minute: int = _spec(
+        0, lo=0, hi=10_000_000, doc="the source's request weight per minute shared by all workers (0 = not shared)"
+    )
+    #: How long one budget heartbeat long-polls for news (a ban, a new share) before it is renewed.
+    budget_wait_ms: int = _spec(1_000, lo=0, hi=10_000, doc="budget heartbeat long-poll in ms")
     #: Pending windows per worker process the autoscaler aims for.
     autoscale_windows_per_worker: int = _spec(8, lo=1, hi=100_000, doc="target backlog per worker")
     #: Autoscaler decision period.

@@ -26,6 +26,7 @@ __all__ = [
     "JOB_STATES",
     "WINDOW_STATES",
     "WIRE_MODELS",
+    "BudgetHeartbeatRequest",
     "ClaimRequest",
     "CompleteRequest",
     "FailRequest",
@@ -470,6 +471,63 @@ class KeyFinishRequest(_Model):
         )
 
 
+#: Why a worker's gate is closed (``provider/sources/_limits.py`` BanGate reasons); "" = open.
+BLOCK_REASONS = ("", "banned", "rate_limited", "weight")
+_MAX_AMOUNT = 1e9
+
+
+def _amount(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _MAX_AMOUNT:
+        raise WireFormatError(name, value, f"null (unlimited) or a number from 0 to {_MAX_AMOUNT:g}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class BudgetHeartbeatRequest(_Model):
+    """``POST /v1/budget/heartbeat`` body: one worker's report for one source (docs/coordinator.md, "Shared
+    exchange budgets"). Limits are the source's whole per-minute limits from the worker's config (0 = unlimited);
+    ``using_*`` is what the worker applies now (null = unlimited)."""
+
+    worker_id: str
+    source: str = field(metadata=wire(description="budget key: the worker's source spec, e.g. binance:URL"))
+    requests_per_minute: int = field(default=0, metadata=wire(minimum=0, maximum=10_000_000))
+    weight_per_minute: int = field(default=0, metadata=wire(minimum=0, maximum=10_000_000))
+    using_requests_per_minute: float | None = None
+    using_weight_per_minute: float | None = None
+    blocked_ms: int = field(default=0, metadata=wire(minimum=0, maximum=604_800_000))
+    blocked_reason: str = field(default="", metadata=wire(enum=list(BLOCK_REASONS)))
+    wait_ms: int = field(default=0, metadata=wire(minimum=0, maximum=10_000))
+    leave: bool = False
+
+    _optional: ClassVar[dict[str, Any]] = {
+        "requests_per_minute": 0,
+        "weight_per_minute": 0,
+        "using_requests_per_minute": None,
+        "using_weight_per_minute": None,
+        "blocked_ms": 0,
+        "blocked_reason": "",
+        "wait_ms": 0,
+        "leave": False,
+    }
+
+    @classmethod
+    def _parse(cls, data: dict[str, Any]) -> BudgetHeartbeatRequest:
+        return cls(
+            _text("worker_id", _require(data, "worker_id")),
+            _text("source", _require(data, "source")),
+            cls._bounded("requests_per_minute", data["requests_per_minute"]),
+            cls._bounded("weight_per_minute", data["weight_per_minute"]),
+            _amount("using_requests_per_minute", data["using_requests_per_minute"]),
+            _amount("using_weight_per_minute", data["using_weight_per_minute"]),
+            cls._bounded("blocked_ms", data["blocked_ms"]),
+            _choice("blocked_reason", data["blocked_reason"], BLOCK_REASONS),
+            cls._bounded("wait_ms", data["wait_ms"]),
+            _bool("leave", data["leave"]),
+        )
+
+
 #: Every wire model, in the order the OpenAPI document lists their schemas (rule 5).
 WIRE_MODELS: tuple[type[_Model], ...] = (
     JobRequest,
@@ -484,4 +542,5 @@ WIRE_MODELS: tuple[type[_Model], ...] = (
     ReasonRequest,
     KeyClaimRequest,
     KeyFinishRequest,
+    BudgetHeartbeatRequest,
 )

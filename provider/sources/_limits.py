@@ -16,6 +16,11 @@ Rules:
    share stay under the exchange's minute limit even when all of them start with a full bucket.
 5. Clocks and sleeps are injected (seconds, ``time.monotonic`` and ``asyncio.sleep`` by default) so tests never
    wait on real time.
+6. A shared budget (docs/worker.md, "Shared exchange budget") retunes a running budget with
+   :meth:`RateBudget.retune` (``None`` = that quantity unlimited, 0 = nothing admitted until the next retune) and
+   hears every local block through :attr:`BanGate.on_block`, to report it to the coordinator; blocks learnt from
+   the coordinator are set with ``notify=False`` so they are not echoed back. Once retuned, a waiting request
+   re-checks its bucket at least every ``_RETUNE_POLL_S``, so a larger share takes effect at once.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ DEFAULT_BURST_RATIO = 0.02
 #: Token shortfalls (and gate remainders, in seconds) below this count as none: waiting for an ulp would spin on
 #: a clock too coarse to move.
 _TOKEN_EPSILON = 1e-6
+#: Longest single wait of a request in a retuned budget (rule 6).
+_RETUNE_POLL_S = 0.05
 
 
 class BanGate:
@@ -56,6 +63,8 @@ class BanGate:
         self.max_wait_s = max_wait_s
         self._until_s = -math.inf
         self._reason = ""
+        #: Called with (seconds, reason) when a local cause sets or extends the block (rule 6).
+        self.on_block: Callable[[float, str], Any] | None = None
         #: How many times a block was set or extended, and the total seconds requests spent waiting here.
         self.blocks = 0
         self.waited_s = 0.0
@@ -74,13 +83,16 @@ class BanGate:
         """Seconds until the gate opens (0 when open)."""
         return max(0.0, self._until_s - self._clock())
 
-    def block(self, seconds: float, reason: str) -> float:
-        """Keep the gate closed for at least ``seconds`` from now; returns the end of the block."""
+    def block(self, seconds: float, reason: str, *, notify: bool = True) -> float:
+        """Keep the gate closed for at least ``seconds`` from now; returns the end of the block. ``notify=False``
+        for a block learnt from elsewhere (rule 6)."""
         until = self._clock() + max(0.0, float(seconds))
         if until > self._until_s:
             self._until_s = until
             self._reason = reason
             self.blocks += 1
+            if notify and self.on_block is not None:
+                self.on_block(float(seconds), reason)
         return self._until_s
 
     async def wait(self, *, source: str = "") -> float:
@@ -118,7 +130,9 @@ class _Bucket:
 
     def shortfall_s(self, cost: float) -> float:
         missing = min(cost, self.capacity) - self.tokens
-        return 0.0 if missing <= _TOKEN_EPSILON else missing / self.rate_per_s
+        if missing <= _TOKEN_EPSILON:
+            return 0.0
+        return missing / self.rate_per_s if self.rate_per_s > 0 else math.inf
 
     def take(self, cost: float) -> None:
         self.tokens -= min(cost, self.capacity)
@@ -152,6 +166,8 @@ class RateBudget:
                 capacity = max(1.0, limit * burst_ratio)
                 self._buckets[name] = _Bucket(limit / 60.0, capacity, capacity, now)
         self._lock = asyncio.Lock()
+        self._burst_ratio = burst_ratio
+        self._retuned = False
         #: Requests admitted, and the total seconds they waited for tokens.
         self.admitted = 0
         self.waited_s = 0.0
@@ -162,6 +178,34 @@ class RateBudget:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers {workers!r} must be an int >= 1")
         return cls(requests_per_minute / workers, weight_per_minute / workers, **kwargs)
+
+    def retune(
+        self, requests_per_minute: float | None, weight_per_minute: float | None, *, start_delay: float = 0.0
+    ) -> None:
+        """Change the limits of a running budget (rule 6): ``None`` = unlimited, 0 = nothing admitted. A bucket
+        keeps its tokens up to its new capacity; a new (or resumed) bucket starts empty (a share changing hands
+        never adds a burst), owing ``start_delay`` (0 to 1) of a request: workers resumed by one broadcast then do
+        not send in lockstep."""
+        if not 0 <= start_delay <= 1:
+            raise ValueError(f"start_delay {start_delay!r} must be from 0 to 1")
+        now = self._clock()
+        self._retuned = True
+        for name, limit in (("requests", requests_per_minute), ("weight", weight_per_minute)):
+            if limit is not None and not limit >= 0:
+                raise ValueError(f"{name}_per_minute {limit!r} must be >= 0 or None (unlimited)")
+            bucket = self._buckets.get(name)
+            if limit is None:
+                self._buckets.pop(name, None)
+                continue
+            capacity = max(1.0, limit * self._burst_ratio) if limit > 0 else 1.0
+            if bucket is None or bucket.rate_per_s == 0:
+                self._buckets[name] = _Bucket(limit / 60.0, capacity, -start_delay if limit > 0 else 0.0, now)
+                continue
+            bucket.refill(now)
+            bucket.rate_per_s, bucket.capacity = limit / 60.0, capacity
+            bucket.tokens = min(bucket.tokens, capacity) if limit > 0 else 0.0
+        self.requests_per_minute = requests_per_minute or 0.0
+        self.weight_per_minute = weight_per_minute or 0.0
 
     @property
     def unlimited(self) -> bool:
@@ -185,6 +229,8 @@ class RateBudget:
                 need_s = max((b.shortfall_s(costs[n]) for n, b in self._buckets.items()), default=0.0)
                 if need_s <= 0:
                     break
+                if self._retuned:
+                    need_s = min(need_s, _RETUNE_POLL_S)
                 await self._sleep(need_s)
                 waited += need_s
             for name, bucket in self._buckets.items():

@@ -191,3 +191,32 @@ def test_exhausted_exchange_weight_closes_the_gate_until_the_next_minute(clock: 
     assert limits.gate.remaining_s() == 0
     assert limits.note_used_weight(5_999, 6_000, next_weight=2)
     assert limits.gate.remaining_s() == pytest.approx(14.5) and limits.gate.reason == "weight"
+
+
+async def test_retune_pauses_grows_and_never_adds_a_burst(clock: Any) -> None:
+    """A shared budget's retune (docs/worker.md): 0 admits nothing (a waiting request keeps re-checking in short
+    steps), a larger share takes effect within one step, and a quantity that appears starts with an empty bucket."""
+    budget = RateBudget(requests_per_minute=60, burst_ratio=0.1, clock=clock, sleep=clock.sleep)
+    budget.retune(0, None)
+    waiter = asyncio.ensure_future(budget.acquire())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not waiter.done() and max(clock.sleeps) <= 0.05
+    retuned_at = clock.now_s
+    budget.retune(6_000, None)  # 100/s
+    await asyncio.wait_for(waiter, 1)
+    assert clock.now_s - retuned_at <= 0.05 + 0.01
+    budget.retune(6_000, 600)
+    assert await budget.acquire(5) == pytest.approx(0.5, abs=0.06)  # the new weight bucket started empty
+
+
+async def test_a_local_block_notifies_and_a_learnt_one_does_not(clock: Any) -> None:
+    """BanGate.on_block hears blocks set by this process (to report them), not those set with notify=False."""
+    gate = BanGate(clock=clock, sleep=clock.sleep)
+    heard: list[tuple[float, str]] = []
+    gate.on_block = lambda seconds, reason: heard.append((seconds, reason))
+    gate.block(5, "banned")
+    gate.block(9, "banned", notify=False)
+    gate.block(1, "rate_limited")  # shorter: not an extension
+    assert heard == [(5.0, "banned")]
+    assert gate.remaining_s() == pytest.approx(9.0)

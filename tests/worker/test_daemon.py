@@ -186,3 +186,40 @@ async def test_only_closed_bars_are_stored_for_a_window_reaching_past_now(store)
     assert await store.coverage(SERIES) == [(T0, T0 + 12 * MINUTE)]
     stored = await store.read(SERIES, T0, T0 + 30 * MINUTE)
     pd.testing.assert_frame_equal(stored, await source.fetch(SERIES, T0, T0 + 12 * MINUTE))
+
+
+class GatedStore:
+    """Wraps a storage: each write waits for ``gate``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.gate = asyncio.Event()
+        self.writing = asyncio.Event()
+
+    async def write_window(self, series: Any, start: Any, end: Any, frame: pd.DataFrame) -> Any:
+        self.writing.set()
+        await self.gate.wait()
+        return await self.inner.write_window(series, start, end, frame)
+
+
+async def test_source_done_comes_when_fetches_end_not_when_writes_drain(store):
+    """A stopping worker whose window is still fetching is not done with its source; once the fetch returned it is,
+    though the window's write still waits (a shared budget is handed back then, not after the drain)."""
+    coord = MemoryCoordinator(ttl_ms=60_000, window_bars=30)
+    coord.submit(SERIES, T0, T0 + 30 * MINUTE)
+    source = GatedSource(open_source("synthetic:3"))
+    source.gate = asyncio.Event()
+    gated = GatedStore(store)
+    worker = Worker(settings(concurrency=1), coordinator=coord, source=source, storage=gated)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(source.started.wait(), 5)
+    done = asyncio.ensure_future(worker.source_done())
+    worker.stop()
+    await asyncio.sleep(0.05)
+    assert not done.done()  # its fetch is still running
+    source.gate.set()
+    await asyncio.wait_for(gated.writing.wait(), 5)
+    await asyncio.wait_for(done, 5)
+    assert not task.done()  # the write still drains
+    gated.gate.set()
+    await asyncio.wait_for(task, 5)

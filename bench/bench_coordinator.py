@@ -1,28 +1,33 @@
-"""Coordinator throughput, latency and failover, against a 3-node etcd 3.4 cluster measured in the same run.
+"""Coordinator throughput, latency and failover, against 3-node etcd 3.6.8 and 3.4 clusters measured in the same run.
 
 What is measured:
 - Throughput: 64 concurrent clients each loop "claim 1 window, complete it" through the HTTP API of a 3-node
   ``coordinator serve`` cluster (clients talk to the leader, as the client library does after a 421 hint);
   windows leased-and-completed per second, and p50/p99 latency of every HTTP request. Then the same with claims
-  of 4 windows (a worker's default concurrency), each window still completed by its own request. The server
-  and client CPU time per window are reported too: on a shared machine they are steadier than rates.
-- The same 64-client load against a 3-node etcd 3.4 cluster: one lease grant + one lease revoke per "window"
-  through etcd's JSON gateway (``/v3/lease/grant``, ``/v3/lease/revoke``), on the leader. etcd fsyncs its WAL on
-  every commit while pysyncobj never fsyncs (crash-safe, not power-loss-safe): so etcd also runs with its data
-  dir on tmpfs, which removes the fsync cost and is the like-for-like durability baseline.
+  of 4 windows (a worker's default concurrency), each window still completed by its own request. Our cluster runs
+  on disk once per ``coordinator.fsync`` policy (``--fsync-policies``, default batch, always, never). The server
+  CPU time per window (all three processes, and the leader alone) and the client's (this process) are reported
+  too: the 64 clients share the machine's cores with the servers, and CPU per window is steadier than rates.
+- The same 64-client load against 3-member etcd clusters (``_etcd.py``): Debian's 3.4 and 3.6.8 built from the Go
+  module proxy (``scripts/build_etcd36.sh``), each with its data dir on disk (etcd fsyncs its WAL on every commit)
+  and on tmpfs (no fsync cost: the like-for-like baseline of pysyncobj's never-synced journal); one lease grant +
+  one lease revoke per "window" through etcd's JSON gateway, on the leader.
+- ``--rounds`` (default 3) rounds run every configuration once each, interleaved; every figure is the median run.
 - Elections during the throughput runs (Raft terms started): with a healthy leader there should be none.
-- Failover: median and max over ``--kills`` (default 20) kill -9 of the coordinator leader, from the kill to the
-  first claim acknowledged by a survivor, while 8 clients keep claiming through all nodes, and the terms each
-  election took (``_failover.py``; each kill waits until every node caught up, so it is a single fault); terms
-  started outside those windows (the killed node's restart and catch-up) are counted as elections between kills.
+- Failover (on the first policy's cluster of the last round): median and max over ``--kills`` (default 20)
+  kill -9 of the coordinator leader, from the kill to the first claim acknowledged by a survivor, while 8 clients
+  keep claiming through all nodes, and the terms each election took (``_failover.py``; each kill waits until
+  every node caught up, so it is a single fault); terms started outside those windows (the killed node's restart
+  and catch-up) are counted as elections between kills.
 - Read path: GET /v1/jobs/{id} on the leader and on a follower, linearizable (the default: a read barrier on the
   leader, forwarded by a follower) against ``?consistency=stale`` (the node's own replica): sequential p50 and
   the rate of ``--read-clients`` concurrent readers.
 
-Run: ``.venv/bin/python -m bench.bench_coordinator [--duration 8] [--clients 64] [--kills 20] [--max-windows 1]``;
-``--only failover`` runs the leader kills alone.
-Prints a markdown table and a ``RESULT {json}`` line. Needs ``etcd`` (Debian ``etcd-server``) for the baseline;
-it is installed with apt-get when missing, or skipped with ``--no-etcd``.
+Run: ``.venv/bin/python -m bench.bench_coordinator [--duration 8] [--rounds 3] [--clients 64] [--kills 20]
+[--fsync-policies batch,always,never] [--etcd 34-disk,34-tmpfs,36-disk,36-tmpfs] [--etcd36 PATH]``;
+``--only failover`` runs the leader kills alone. Prints a markdown table and a ``RESULT {json}`` line. etcd 3.4
+(Debian ``etcd-server``) is installed with apt-get when missing; a missing 3.6.8 is skipped with the command that
+builds it; ``--no-etcd`` skips both.
 """
 
 from __future__ import annotations
@@ -30,11 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -45,12 +48,14 @@ import aiohttp
 import yaml
 
 from bench._common import emit, table
+from bench._etcd import ETCD36_DEFAULT, EtcdVariant, etcd_args, etcd_cycle, etcd_leader, etcd_variants
 from bench._failover import caught_up, coordinator_leader, failover_once, get_json, read_cost, terms
+from coordinator._fsync import FSYNC_POLICIES
 from devkit.launcher import peers_of, serve_argv
 from devkit.ports import LOOPBACK, free_port
 
 HOST = LOOPBACK
-CONFIG = {
+CONFIG: dict[str, dict[str, Any]] = {
     "seamless_data_provider": {"backfill_config": {"distributed_lease_ttl_ms": 60_000, "window_bars": 1}},
     "coordinator": {"max_windows_per_job": 10_000_000},
 }
@@ -89,18 +94,23 @@ class Cluster:
         for i in range(len(self.procs)):
             self.kill(i)
 
-    def cpu_s(self) -> float:
-        """User + system CPU seconds used so far by the live server processes (Linux /proc)."""
-        total = 0
+    def cpu_s(self) -> list[float]:
+        """User + system CPU seconds used so far by each server process (Linux /proc; 0 for a dead one)."""
+        each = []
         for proc in self.procs:
+            ticks = 0
             if proc is not None and proc.poll() is None:
                 fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+                ticks = int(fields[11]) + int(fields[12])
+            each.append(ticks / os.sysconf("SC_CLK_TCK"))
+        return each
 
 
-def coordinator_cluster(root: Path, log_level: str) -> Cluster:
-    (root / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+def coordinator_cluster(root: Path, log_level: str, fsync: str | None = None) -> Cluster:
+    """A 3-node ``coordinator serve`` cluster with its data dirs under ``root``; ``fsync`` sets
+    ``coordinator.fsync`` (None: the default)."""
+    config = {**CONFIG, "coordinator": {**CONFIG["coordinator"], **({"fsync": fsync} if fsync else {})}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
     rafts = [f"{HOST}:{free_port()}" for _ in range(3)]
     cluster = Cluster(root)
     for i in range(3):
@@ -123,56 +133,14 @@ def coordinator_cluster(root: Path, log_level: str) -> Cluster:
     return cluster
 
 
-def etcd_cluster(root: Path) -> Cluster:
-    peers = [free_port() for _ in range(3)]
-    initial = ",".join(f"e{i}=http://{HOST}:{p}" for i, p in enumerate(peers))
+def etcd_cluster(root: Path, binary: str) -> Cluster:
+    """A 3-member etcd cluster of ``binary`` with its data dirs under ``root`` (``_etcd.py``)."""
     cluster = Cluster(root)
-    for i in range(3):
-        client = free_port()
-        cluster.urls.append(f"http://{HOST}:{client}")
-        cluster.args.append(
-            [
-                "etcd",
-                "--name",
-                f"e{i}",
-                "--data-dir",
-                str(root / f"e{i}"),
-                "--listen-client-urls",
-                f"http://{HOST}:{client}",
-                "--advertise-client-urls",
-                f"http://{HOST}:{client}",
-                "--listen-peer-urls",
-                f"http://{HOST}:{peers[i]}",
-                "--initial-advertise-peer-urls",
-                f"http://{HOST}:{peers[i]}",
-                "--initial-cluster",
-                initial,
-                "--initial-cluster-state",
-                "new",
-                "--initial-cluster-token",
-                "bench",
-                "--log-level",
-                "error",
-            ]
-        )
-        cluster.procs.append(None)
+    cluster.urls, cluster.args = etcd_args(binary, root)
+    cluster.procs = [None, None, None]
     for i in range(3):
         cluster.start(i)
     return cluster
-
-
-async def etcd_leader(session: aiohttp.ClientSession, cluster: Cluster, timeout_s: float = 30) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for url in cluster.urls:
-            try:
-                _, status = await get_json(session, "POST", url + "/v3/maintenance/status", {})
-                if status["header"]["member_id"] == status["leader"]:
-                    return url
-            except (aiohttp.ClientError, TimeoutError, KeyError, TypeError, ValueError):
-                pass
-        await asyncio.sleep(0.1)
-    raise RuntimeError("etcd elected no leader in time")
 
 
 # -- load -----------------------------------------------------------------------------------------------------------
@@ -199,24 +167,11 @@ def coordinator_cycle(max_windows: int) -> Cycle:
     return cycle
 
 
-async def etcd_cycle(session: aiohttp.ClientSession, url: str, k: int, latencies: list[float]) -> int:
-    started = time.perf_counter()
-    async with session.post(url + "/v3/lease/grant", json={"TTL": 60}) as r:
-        lease_id = (await r.json(content_type=None))["ID"]
-    latencies.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    async with session.post(url + "/v3/lease/revoke", json={"ID": lease_id}) as r:
-        await r.read()
-        if r.status != 200:
-            raise RuntimeError(f"revoke answered {r.status}")
-    latencies.append(time.perf_counter() - started)
-    return 1
-
-
 async def run_load(
     url: str, cycle: Cycle, clients: int, duration_s: float, cluster: Cluster, warmup_s: float = 1.0
 ) -> dict[str, Any]:
-    """``clients`` tasks loop ``cycle`` on ``url``; only the window after the warm-up is counted."""
+    """``clients`` tasks loop ``cycle`` on ``url``; only the window after the warm-up is counted. Server CPU is
+    the three processes' user + system time, and the leader's (the process serving ``url``) alone."""
     done = 0
     latencies: list[float] = []
     counting = False
@@ -237,8 +192,9 @@ async def run_load(
         await asyncio.sleep(warmup_s)
         counting, started, cpu_started, own_started = True, time.perf_counter(), cluster.cpu_s(), time.process_time()
         await asyncio.sleep(duration_s)
-        counting, elapsed, cpu_s = False, time.perf_counter() - started, cluster.cpu_s() - cpu_started
+        counting, elapsed, cpu_ended = False, time.perf_counter() - started, cluster.cpu_s()
         own_s = time.process_time() - own_started
+        cpu_each = [b - a for a, b in zip(cpu_started, cpu_ended, strict=True)]
         stop = True
         await asyncio.gather(*tasks)
     return {
@@ -246,7 +202,9 @@ async def run_load(
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "requests": len(latencies),
-        "server_cpu_ms_per_window": cpu_s * 1000 / max(done, 1),
+        "server_cpu_ms_per_window": sum(cpu_each) * 1000 / max(done, 1),
+        "leader_cpu_ms_per_window": cpu_each[cluster.urls.index(url)] * 1000 / max(done, 1),
+        "leader_cpu_share": cpu_each[cluster.urls.index(url)] / elapsed,
         "client_cpu_ms_per_window": own_s * 1000 / max(done, 1),
     }
 
@@ -254,21 +212,10 @@ async def run_load(
 # -- main -----------------------------------------------------------------------------------------------------------
 
 
-def ensure_etcd() -> bool:
-    if shutil.which("etcd"):
-        return True
-    print("etcd missing: installing Debian etcd-server with apt-get", file=sys.stderr)
-    subprocess.run(["apt-get", "update", "-qq"], check=False)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "etcd-server"],
-        check=False,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
-    return shutil.which("etcd") is not None
-
-
-async def bench_coordinator(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    cluster = coordinator_cluster(root, args.log_level)
+async def bench_coordinator(args: argparse.Namespace, root: Path, fsync: str, full: bool) -> dict[str, Any]:
+    """Throughput (claim ``--max-windows`` and ``--batch-claims``) of a fresh cluster with ``coordinator.fsync``
+    = ``fsync``; with ``full``, then the read path and the ``--kills`` leader kills on the same cluster."""
+    cluster = coordinator_cluster(root, args.log_level, fsync)
     try:
         async with aiohttp.ClientSession() as session:
             leader = await coordinator_leader(session, cluster)
@@ -291,106 +238,145 @@ async def bench_coordinator(args: argparse.Namespace, root: Path) -> dict[str, A
                 load["batched"] = await run_load(
                     leader, coordinator_cycle(args.batch_claims), args.clients, args.duration, cluster
                 )
-        kills = []
         async with aiohttp.ClientSession() as session:
             await caught_up(session, cluster)
             load["elections_under_load"] = await terms(session, cluster) - term_before
-            if args.only != "failover":
-                load["reads"] = await read_cost(session, cluster, job_id, args.read_clients, args.read_duration)
-            terms_before_kills = await terms(session, cluster)
-            for _ in range(args.kills):
-                kills.append(await failover_once(cluster, session))
-            terms_after_kills = await terms(session, cluster)
-        load["failover_s"] = [seconds for seconds, _ in kills]
-        load["failover_terms"] = [elections for _, elections in kills]
-        # Terms started outside the kill-to-first-claim windows (restarts, catch-up): spurious elections.
-        load["elections_between_kills"] = terms_after_kills - terms_before_kills - sum(load["failover_terms"])
+            if full:
+                await read_and_kill(args, session, cluster, job_id, load)
         return load
     finally:
         cluster.stop()
 
 
-async def bench_etcd(args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    cluster = etcd_cluster(root)
-    try:
-        async with aiohttp.ClientSession() as session:
-            leader = await etcd_leader(session, cluster)
-        return await run_load(leader, etcd_cycle, args.clients, args.duration, cluster)
-    finally:
-        cluster.stop()
+async def read_and_kill(
+    args: argparse.Namespace, session: aiohttp.ClientSession, cluster: Cluster, job_id: str, load: dict[str, Any]
+) -> None:
+    """The read path and the failover kills, added to ``load``."""
+    if args.only != "failover":
+        load["reads"] = await read_cost(session, cluster, job_id, args.read_clients, args.read_duration)
+    kills = []
+    terms_before_kills = await terms(session, cluster)
+    for _ in range(args.kills):
+        kills.append(await failover_once(cluster, session))
+    terms_after_kills = await terms(session, cluster)
+    load["failover_s"] = [seconds for seconds, _ in kills]
+    load["failover_terms"] = [elections for _, elections in kills]
+    # Terms started outside the kill-to-first-claim windows (restarts, catch-up): spurious elections.
+    load["elections_between_kills"] = terms_after_kills - terms_before_kills - sum(load["failover_terms"])
+
+
+async def bench_etcd(args: argparse.Namespace, variant: EtcdVariant) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-etcd-", dir=variant.parent) as tmp:
+        cluster = etcd_cluster(Path(tmp), variant.binary)
+        try:
+            async with aiohttp.ClientSession() as session:
+                leader = await etcd_leader(session, cluster)
+            return await run_load(leader, etcd_cycle, args.clients, args.duration, cluster)
+        finally:
+            cluster.stop()
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median throughput, with every run's rate beside it (``rates``)."""
+    ordered = sorted(runs, key=lambda run: run["windows_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "rates": [round(run["windows_per_s"]) for run in runs]}
+
+
+async def measure(args: argparse.Namespace, policies: list[str], variants: list[EtcdVariant]) -> dict[str, Any]:
+    """``--rounds`` rounds, each running every fsync policy and every etcd variant once (interleaved, so a
+    change of the machine's load hits all of them alike); the read path and the kills run on the first policy's
+    cluster of the last round. Returns the median run of each."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    main_run: dict[str, Any] = {}
+    for round_no in range(args.rounds):
+        for policy in policies:
+            full = round_no == args.rounds - 1 and policy == policies[0]
+            with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp:
+                run = await bench_coordinator(args, Path(tmp), policy, full)
+            samples.setdefault(f"ours_{policy}", []).append(run)
+            if "batched" in run:
+                samples.setdefault(f"ours_{policy}_batched", []).append(run["batched"])
+            if full:
+                main_run = run
+        if args.only == "failover":
+            return {"main": main_run}
+        for variant in variants:
+            samples.setdefault(variant.key, []).append(await bench_etcd(args, variant))
+    medians = {key: median_run(runs) for key, runs in samples.items()}
+    medians["main"] = main_run
+    return medians
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    if args.fsync is not None:
-        CONFIG["coordinator"]["fsync"] = args.fsync  # type: ignore[index]
+    policies = [args.fsync] if args.fsync else args.fsync_policies.split(",")
     results: dict[str, Any] = {
-        "fsync": args.fsync,
+        "fsync_policies": policies,
         "clients": args.clients,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "max_windows": args.max_windows,
         "cpus": os.cpu_count(),
         "load_avg_1m_at_start": os.getloadavg()[0],
     }
-    with tempfile.TemporaryDirectory(prefix="bench-coord-") as tmp:
-        ours = await bench_coordinator(args, Path(tmp))
-    results["coordinator"] = ours
+    wanted = [] if args.no_etcd else args.etcd.split(",")
+    variants = etcd_variants(wanted, Path(args.etcd36))
+    medians = await measure(args, policies, variants)
+    main_run = medians.pop("main")
+    results["coordinator"] = main_run
     if args.only == "failover":
-        report_failover(results, ours)
+        report_failover(results, main_run)
         emit("coordinator", results)
         return
-    rows: list[list[Any]] = [
-        [
-            f"coordinator (pysyncobj), claim {args.max_windows}",
-            ours["windows_per_s"],
-            ours["p50_ms"],
-            ours["p99_ms"],
-            ours["server_cpu_ms_per_window"],
-            "-",
-        ]
-    ]
-    if "batched" in ours:
-        b = ours["batched"]
-        rows.append(
-            [
-                f"coordinator (pysyncobj), claim {args.batch_claims}",
-                b["windows_per_s"],
-                b["p50_ms"],
-                b["p99_ms"],
-                b["server_cpu_ms_per_window"],
-                "-",
-            ]
-        )
-    if not args.no_etcd and ensure_etcd():
-        for name, parent in (("etcd 3.4 (disk, fsync)", None), ("etcd 3.4 (tmpfs)", "/dev/shm")):
-            with tempfile.TemporaryDirectory(prefix="bench-etcd-", dir=parent) as tmp:
-                theirs = await bench_etcd(args, Path(tmp))
-            ratio = ours["windows_per_s"] / theirs["windows_per_s"]
-            results["etcd_tmpfs" if parent else "etcd_disk"] = {**theirs, "ratio": ratio}
-            rows.append(
-                [
-                    name,
-                    theirs["windows_per_s"],
-                    theirs["p50_ms"],
-                    theirs["p99_ms"],
-                    theirs["server_cpu_ms_per_window"],
-                    f"{ratio:.2f}x",
-                ]
-            )
-    best = max(ours["windows_per_s"], ours.get("batched", {}).get("windows_per_s", 0.0))
-    results["targets_met"] = {"windows_per_s>=1000": best >= 1000}
+    results["runs"] = medians
     print(
-        f"\n{args.clients} clients, claim {args.max_windows} + complete per window, {args.duration:.0f} s; "
-        f"{os.cpu_count()} CPUs, 1-minute load average at start {results['load_avg_1m_at_start']:.1f}\n"
+        f"\n{args.clients} clients, claim + complete per window, {args.duration:.0f} s, median of {args.rounds} "
+        f"rounds; {os.cpu_count()} CPUs, 1-minute load average at start {results['load_avg_1m_at_start']:.1f}\n"
     )
-    print(table(["system", "windows/s", "p50 ms", "p99 ms", "server CPU ms/window", "coordinator / this"], rows))
-    report_failover(results, ours)
-    print(f"elections during the throughput runs: {ours['elections_under_load']}")
-    results["targets_met"]["no_elections_under_load"] = ours["elections_under_load"] == 0
+    print(throughput_table(args, policies, variants, medians, results))
+    report_failover(results, main_run)
+    print(f"elections during the throughput runs (last round, fsync {policies[0]}): {main_run['elections_under_load']}")
+    results["targets_met"]["no_elections_under_load"] = main_run["elections_under_load"] == 0
     print(f"\nread path, GET /v1/jobs/{{id}}, {args.read_clients} concurrent readers:\n")
     headers = ["node", "consistency", "sequential p50 ms", "concurrent reads/s", "concurrent p50 ms"]
     keys = ["node", "consistency", "sequential_p50_ms", "concurrent_reads_per_s", "concurrent_p50_ms"]
-    print(table(headers, [[row[k] for k in keys] for row in ours["reads"]]))
+    print(table(headers, [[row[k] for k in keys] for row in main_run["reads"]]))
     emit("coordinator", results)
+
+
+def throughput_table(
+    args: argparse.Namespace,
+    policies: list[str],
+    variants: list[EtcdVariant],
+    medians: dict[str, Any],
+    results: dict[str, Any],
+) -> str:
+    """The markdown table of every median run, each of ours as a ratio to every etcd variant; records the
+    targets (>= 1.5x the newest etcd with one window per claim, >= 2x with four) in ``results``."""
+    rows: list[list[Any]] = []
+    ours = [(f"ours_{p}", f"coordinator, fsync {p}, claim {args.max_windows}") for p in policies]
+    if args.batch_claims > 1:
+        ours += [(f"ours_{p}_batched", f"coordinator, fsync {p}, claim {args.batch_claims}") for p in policies]
+    for key, label in [*ours, *[(v.key, v.label) for v in variants]]:
+        run = medians[key]
+        cells = [label, run["windows_per_s"], run["p50_ms"], run["p99_ms"], run["server_cpu_ms_per_window"]]
+        cells += [run["leader_cpu_ms_per_window"], run["client_cpu_ms_per_window"]]
+        ratios = [f"{run['windows_per_s'] / medians[v.key]['windows_per_s']:.2f}x" for v in variants]
+        rows.append([*cells, " / ".join(ratios) or "-"])
+    targets = results.setdefault("targets_met", {})
+    best = max(medians[f"ours_{p}"]["windows_per_s"] for p in policies)
+    targets["windows_per_s>=1000"] = best >= 1000
+    newest = [v for v in variants if v.key.startswith("etcd36")]
+    if newest:
+        fastest = max(medians[v.key]["windows_per_s"] for v in newest)
+        results["ratio_vs_etcd36_best"] = best / fastest
+        targets["claim1>=1.5x_etcd36"] = best >= 1.5 * fastest
+        if args.batch_claims > 1:
+            batched = max(medians[f"ours_{p}_batched"]["windows_per_s"] for p in policies)
+            results["ratio_batched_vs_etcd36_best"] = batched / fastest
+            targets[f"claim{args.batch_claims}>=2x_etcd36"] = batched >= 2 * fastest
+    headers = ["system", "windows/s", "p50 ms", "p99 ms", "server CPU ms/window", "leader CPU ms/window"]
+    headers += ["client CPU ms/window", "this / " + " / ".join(v.label for v in variants) if variants else "-"]
+    return table(headers, rows)
 
 
 def report_failover(results: dict[str, Any], ours: dict[str, Any]) -> None:
@@ -428,17 +414,31 @@ def main() -> None:
         help="also measure claims of this many windows (a worker's default concurrency); 1 = skip",
     )
     parser.add_argument("--log-level", default="INFO", help="coordinator log level")
-    parser.add_argument("--no-etcd", action="store_true", help="skip the etcd baseline")
+    parser.add_argument("--no-etcd", action="store_true", help="skip the etcd baselines")
     parser.add_argument(
-        "--fsync", choices=("always", "batch", "never"), default=None, help="coordinator.fsync of our cluster"
+        "--etcd",
+        default="34-disk,34-tmpfs,36-disk,36-tmpfs",
+        help="etcd variants to run: VERSION-MEDIUM, comma-separated (34 = Debian 3.4, 36 = 3.6.8; disk or tmpfs)",
     )
+    parser.add_argument("--etcd36", default=str(ETCD36_DEFAULT), help="etcd 3.6.8 binary (scripts/build_etcd36.sh)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every throughput run; medians are reported")
+    parser.add_argument(
+        "--fsync-policies",
+        default="batch,always,never",
+        help="coordinator.fsync policies to measure, comma-separated; the first also gets the reads and kills",
+    )
+    parser.add_argument("--fsync", choices=FSYNC_POLICIES, default=None, help="one policy only (--fsync-policies X)")
     parser.add_argument(
         "--only",
         choices=["all", "failover"],
         default="all",
         help="failover: only the --kills leader kills (no throughput runs, read path or etcd)",
     )
-    asyncio.run(main_async(parser.parse_args()))
+    args = parser.parse_args()
+    for policy in args.fsync_policies.split(","):
+        if policy not in FSYNC_POLICIES:
+            parser.error(f"--fsync-policies: {policy!r} is not one of {', '.join(FSYNC_POLICIES)}")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ Rules:
 8. A member's messages pass a gate on their way to pysyncobj, and pysyncobj's messages to members a send gate: a
    node that stands aside because its disk is low drops them all but keepalives, both ways
    (``coordinator/_aside.py`` rule 1); handshakes and admin commands pass neither.
+9. Sending keeps pysyncobj's frame (zlib stream of the pickle, Fernet with a secret, int32 length) but a message
+   below :data:`STORED_BELOW_BYTES` goes out as one stored deflate block (:func:`deflate`): a valid zlib stream
+   that any pysyncobj node inflates, without ``zlib.compress``'s per-call setup, which cost 20-130 us per
+   message here, more than the rest of a message's handling (the leader's largest cost per window, profiled in
+   docs/benchmarks.md). Larger messages (catch-up batches, dump chunks) are compressed as pysyncobj does.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from typing import Any
 import pysyncobj.pickle as syncobj_pickle
 from cryptography.fernet import InvalidToken
 from pysyncobj.dns_resolver import globalDnsResolver
+from pysyncobj.monotonic import monotonic as syncobj_monotonic
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.tcp_server import TcpServer
@@ -73,6 +79,7 @@ __all__ = [
     "TransportGuard",
     "check_pysyncobj",
     "decode_frame",
+    "deflate",
 ]
 
 log = get_logger("coordinator.raft")
@@ -102,6 +109,23 @@ REASONS = (
     "accept_failed",
 )
 _HEADER = struct.Struct("i")  # pysyncobj's: native byte order and size
+#: Messages shorter than this go out as one stored deflate block (rule 9); at most 65,535 bytes fit in one.
+STORED_BELOW_BYTES = 2**16
+_STORED_HEAD = struct.Struct("<HH")
+_ADLER = struct.Struct(">I")
+#: RFC 1950 header (deflate, 32 KiB window, no dictionary, check bits) + the first byte of a final stored block.
+_ZLIB_STORED_PREFIX = b"\x78\x01\x01"
+
+
+def deflate(data: bytes) -> bytes:
+    """``data`` as a zlib stream (rule 9): one stored block below :data:`STORED_BELOW_BYTES`, else
+    ``zlib.compress(data, 3)`` as pysyncobj sends it. Both inflate with ``zlib.decompress``."""
+    n = len(data)
+    if n >= STORED_BELOW_BYTES:
+        return zlib.compress(data, 3)
+    return b"".join((_ZLIB_STORED_PREFIX, _STORED_HEAD.pack(n, n ^ 0xFFFF), data, _ADLER.pack(zlib.adler32(data))))
+
+
 _RETRY = (errno.EAGAIN, errno.EWOULDBLOCK)
 
 
@@ -313,6 +337,20 @@ class _GuardedConnection(TcpConnection):
         self.recvLastTimestamp = timestamp
         return message
 
+    def send(self, message: Any) -> None:
+        """pysyncobj's ``send`` with the framing of rule 9."""
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
+        data = deflate(syncobj_pickle.dumps(message))
+        if self.encryptor:
+            data = self.encryptor.encrypt_at_time(data, int(syncobj_monotonic()))
+        buf = self._TcpConnection__writeBuffer
+        if not isinstance(buf, bytearray):  # pysyncobj resets it to bytes() on disconnect
+            buf = self._TcpConnection__writeBuffer = bytearray(buf)
+        buf += _HEADER.pack(len(data))
+        buf += data
+        self._TcpConnection__trySendBuffer()
+
     def _TcpConnection__processSend(self) -> bool:
         buf = self._TcpConnection__writeBuffer
         if not buf:
@@ -474,6 +512,8 @@ _INTERNALS: tuple[tuple[type, str], ...] = (
     (TcpConnection, "_TcpConnection__tryReadBuffer"),
     (TcpConnection, "_TcpConnection__processParseMessage"),
     (TcpConnection, "_TcpConnection__processSend"),
+    (TcpConnection, "_TcpConnection__trySendBuffer"),
+    (TcpConnection, "send"),
     (TcpServer, "_TcpServer__onNewConnection"),
     (TCPTransport, "_createServer"),
     (TCPTransport, "_onNewIncomingConnection"),

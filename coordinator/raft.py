@@ -5,7 +5,7 @@ Rules:
    each ``(op, kwargs)``, looked up in ``table.COMMANDS`` (declared on the table's methods, ``_commands.py``).
    pysyncobj numbers replicated methods by their sorted names and writes the numbers into
    the journal, so one method keeps old journals readable when commands are added. The journal holds plain data.
-2. Group commit: commands travel in log entries of up to ``MAX_BATCH``, with at most ``MAX_IN_FLIGHT`` entries
+2. Group commit: commands travel in log entries of up to ``MAX_BATCH``, with at most ``MAX_IN_FLIGHT`` (1) entry
    of this node unanswered; commands arriving meanwhile join the next entry. pysyncobj's cost is per entry
    (pickling, one AppendEntries per follower, one callback), so under concurrent load this divides it by the
    batch size, while a lone command still goes out at once. A slot whose callback never comes (a partitioned
@@ -95,7 +95,9 @@ T = TypeVar("T")
 #: Most commands in one log entry.
 MAX_BATCH = 256
 #: Log entries of this node's group commit in flight at once; commands arriving meanwhile join the next entry.
-MAX_IN_FLIGHT = 2
+#: One, not two: with one entry out, commands wait for one round trip and go out together; pysyncobj's cost is
+#: per entry, so the leader spent 10% less CPU per window (docs/benchmarks.md, issue 20) at the same latency.
+MAX_IN_FLIGHT = 1
 #: Outcomes after which the command may still be applied (FACTS.md): retry with the same request id.
 _MAYBE_APPLIED = {FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME, FAIL_REASON.NOT_LEADER}
 _LEADER = 2  # pysyncobj _RAFT_STATE.LEADER

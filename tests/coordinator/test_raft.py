@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 from pysyncobj import FAIL_REASON
 
-from coordinator.raft import CommitError, RaftNode, RaftSettings, TableConsumer, election_timeout_range
+from coordinator.raft import (
+    MAX_IN_FLIGHT,
+    CommitError,
+    RaftNode,
+    RaftSettings,
+    TableConsumer,
+    election_timeout_range,
+)
 from coordinator.table import Result, Table
 
 
@@ -115,6 +122,28 @@ async def test_commands_of_one_loop_iteration_share_a_log_entry(tmp_path: Path) 
     assert [r.value for r in await asyncio.gather(*tasks)] == [0, 1, 2, 3, 4]
 
 
+async def test_commands_arriving_while_an_entry_is_out_share_the_next_one(tmp_path: Path) -> None:
+    """With every slot taken, commands of later loop iterations wait and then travel as one entry (the group
+    commit under load: pysyncobj's cost is per entry)."""
+    node, fake = fake_node(tmp_path)
+    first = []
+    for i in range(MAX_IN_FLIGHT):  # one entry per loop iteration: every slot taken
+        first.append(asyncio.create_task(node.submit("announce", {"i": i}, 5.0)))
+        await asyncio.sleep(0.005)
+    later = []
+    for i in range(3):  # three separate loop iterations
+        later.append(asyncio.create_task(node.submit("announce", {"i": 10 + i}, 5.0)))
+        await asyncio.sleep(0.005)
+    assert len(fake.calls) == MAX_IN_FLIGHT, "the later commands wait for a free slot"
+    for _, callback in list(fake.calls):
+        callback([Result.success(0)], FAIL_REASON.SUCCESS)
+    await asyncio.sleep(0.01)
+    assert [[kw["i"] for _, kw in commands] for commands, _ in fake.calls[-1:]] == [[10, 11, 12]]
+    fake.calls[-1][1]([Result.success(i) for i in range(3)], FAIL_REASON.SUCCESS)
+    assert [r.value for r in await asyncio.gather(*later)] == [0, 1, 2]
+    await asyncio.gather(*first)
+
+
 @pytest.mark.parametrize(
     ("error", "maybe"),
     [
@@ -136,23 +165,24 @@ async def test_failures_say_whether_the_command_may_have_been_applied(tmp_path: 
 
 
 async def test_a_lost_callback_times_out_and_frees_its_slot(tmp_path: Path) -> None:
-    """Without a callback the caller gets TIMEOUT (maybe applied), and the group-commit slot is released later."""
+    """Without a callback the caller gets TIMEOUT (maybe applied), and the group-commit slot is released later:
+    a command that waited behind the lost entries then goes out."""
     node, fake = fake_node(tmp_path)
     node.slot_timeout_s = 0.1
     lost = []
-    for n in range(2):  # separate loop iterations: two entries
+    for n in range(MAX_IN_FLIGHT):  # separate loop iterations: one entry each, holding every slot
         lost.append(asyncio.create_task(node.submit("announce", {"n": n}, 0.05)))
         await asyncio.sleep(0.005)
     late = asyncio.create_task(node.submit("announce", {"n": 9}, 5.0))
     await asyncio.sleep(0.01)
-    assert len(fake.calls) == 2, "two entries in flight hold both slots"
+    assert len(fake.calls) == MAX_IN_FLIGHT, "the lost entries hold every slot: the late command waits"
     for task in lost:
         with pytest.raises(CommitError) as caught:
             await task
         assert caught.value.reason == "TIMEOUT" and caught.value.maybe_applied
     await asyncio.sleep(0.2)
-    assert len(fake.calls) == 3 and fake.calls[2][0] == [("announce", {"n": 9})]
-    fake.calls[2][1]([Result.success("ok")], FAIL_REASON.SUCCESS)
+    assert len(fake.calls) == MAX_IN_FLIGHT + 1 and fake.calls[-1][0] == [("announce", {"n": 9})]
+    fake.calls[-1][1]([Result.success("ok")], FAIL_REASON.SUCCESS)
     assert (await late).value == "ok"
 
 

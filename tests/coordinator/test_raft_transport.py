@@ -140,6 +140,48 @@ def test_frames_decode_as_pysyncobj_encodes_them() -> None:
     assert decode(data, encryptor=fernet, rand_key=b"k" * 32, last_timestamp=41) == (message, 42)
 
 
+@pytest.mark.parametrize("size", [0, 1, 325, transport.STORED_BELOW_BYTES - 1, transport.STORED_BELOW_BYTES, 300_000])
+def test_deflate_is_a_zlib_stream_any_pysyncobj_inflates(size: int) -> None:
+    """Rule 9: what ``deflate`` makes inflates with plain ``zlib.decompress`` (an unmodified pysyncobj peer) and
+    with the guarded reader; below the threshold it is one stored block (11 bytes of framing, no zlib setup),
+    from it on it is compressed as pysyncobj does."""
+    data = bytes(random.Random(size).getrandbits(8) for _ in range(min(size, 4096))) * (size // 4096 + 1)
+    data = data[:size]
+    packed = transport.deflate(data)
+    assert zlib.decompress(packed) == data
+    if size < transport.STORED_BELOW_BYTES:
+        assert len(packed) == size + 11
+    else:
+        assert packed == zlib.compress(data, 3)
+    message = {"type": "append_entries", "entries": [(data, 7, 3)]}
+    plain = transport.deflate(syncobj_pickle.dumps(message))
+    assert decode(plain) == (message, 0)
+
+
+def test_a_sent_message_arrives_whole_at_a_plain_pysyncobj_reader(guarded: Any) -> None:
+    """The guarded connection's ``send`` writes pysyncobj's frame (int32 length, zlib stream of the pickle): the
+    other end decodes it exactly as pysyncobj 0.3.17 does."""
+    conn, theirs, *_ = guarded
+    message = {"type": "append_entries", "term": 3, "entries": [(b"\x01cmd" * 50, 7, 3)]}
+    conn.send(message)
+    conn.send(["status"])
+    theirs.settimeout(5)
+    got = b""
+    while True:
+        got += theirs.recv(65536)
+        sizes: list[int] = []
+        pos = 0
+        while pos + 4 <= len(got) and pos + 4 + struct.unpack("i", got[pos : pos + 4])[0] <= len(got):
+            sizes.append(struct.unpack("i", got[pos : pos + 4])[0])
+            pos += 4 + sizes[-1]
+        if len(sizes) == 2:
+            break
+    first = got[4 : 4 + sizes[0]]
+    second = got[8 + sizes[0] :]
+    assert syncobj_pickle.loads(zlib.decompress(first)) == message
+    assert syncobj_pickle.loads(zlib.decompress(second)) == ["status"]
+
+
 @pytest.mark.parametrize(
     ("make", "options", "reason"),
     [

@@ -15,7 +15,8 @@ Rules:
 
    ``series`` holds the canonical key text (``ohlcv:binance:BTC/USDT:1m``): one symbol column is markedly faster
    to write and filter than three (measured), and the key round-trips exactly.
-2. Writes go over ILP/HTTP, reads over an asyncpg pool with ``ts >= $2 AND ts < $3`` (naive UTC parameters).
+2. Writes go over ILP/HTTP; bar reads over psycopg 3 (small ranges) or the HTTP Parquet export (large ones),
+   see :mod:`provider.storage._questdb_read`; the ledger, WAL status and maintenance over an asyncpg pool.
 3. A window write is: refuse if the tables are suspended; find bars stored in the window that the new frame
    lacks (skipped when the frame fills every grid slot); send the new bars plus a tombstone (all prices NULL)
    for each such bar in ONE flush, so deduplication replaces the window in one WAL transaction; wait until it
@@ -41,10 +42,11 @@ import pandas as pd
 
 from provider.core import Range, SeriesKey
 from provider.frames import PRICE_COLUMNS
-from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite
 from provider.storage._dsn import StorageDsn
 from provider.storage._pgpool import PgPool
 from provider.storage._questdb_ingest import IlpWriter, WalMonitor, ilp_frame
+from provider.storage._questdb_read import QuestDBReader
 from provider.storage._sql import coverage_sql, ms_to_naive, ranges_from_boundaries, rows_to_matrix
 from provider.storage.errors import SchemaMismatchError
 
@@ -92,10 +94,9 @@ class QuestDBStorage(StorageBase):
             retry_timeout_ms=dsn.retry_timeout_ms,
         )
         self._ilp = IlpWriter(dsn.ilp_conf(), target=target, retry_timeout_ms=dsn.retry_timeout_ms)
+        self._reader = QuestDBReader(dsn, table, pool_size=pool_size, target=target)
         self._wal = WalMonitor(self._pool, (self._bars, self._ledger), timeout_ms=wal_apply_timeout_ms, target=target)
         self._sql = {
-            "read": f'SELECT cast(ts AS LONG), {_PRICES} FROM "{table}" '
-            "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL ORDER BY ts",
             "stored_ts": f'SELECT cast(ts AS LONG) FROM "{table}" '
             "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL",
             "coverage": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1"),
@@ -192,11 +193,7 @@ class QuestDBStorage(StorageBase):
 
     async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
         await self._wal.wait_applied(self._bars)  # see _write: bars a ledger row vouches for are applied first
-        rows = await self._pool.fetch(
-            self._sql["read"], str(series), ms_to_naive(start_ms), ms_to_naive(end_ms), what="read"
-        )
-        matrix = rows_to_matrix(rows, 1 + len(PRICE_COLUMNS))
-        return frame_from_columns(matrix[:, 0].astype(np.int64) // 1000, matrix[:, 1:].T)
+        return await self._reader.read(str(series), start_ms, end_ms, series.interval_ms)
 
     async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
         sql, extra = (self._sql["coverage"], ()) if bounds is None else (self._sql["coverage_within"], bounds)
@@ -240,4 +237,5 @@ class QuestDBStorage(StorageBase):
 
     async def _close(self) -> None:
         self._ilp.close()
+        await self._reader.close()
         await self._pool.close()

@@ -205,12 +205,12 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("bench", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives for the run)
     if args.dsn:
-        from devservices import QuestDBEndpoint
+        from devkit.services import QuestDBEndpoint
 
         endpoint = QuestDBEndpoint.from_dsn(args.dsn)
         report(asyncio.run(bench(endpoint.dsn, endpoint.pg_dsn, args)), args)
         return
-    from devservices import QuestDBServer
+    from devkit.services import QuestDBServer
 
     with QuestDBServer() as server:
         report(asyncio.run(bench(server.dsn, server.pg_dsn, args)), args)

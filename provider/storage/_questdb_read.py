@@ -112,7 +112,7 @@ class QuestDBReader:
         for attempt in itertools.count(1):
             try:
                 return await operation()
-            except (psycopg.OperationalError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+            except (psycopg.OperationalError, aiohttp.ClientError, ConnectionError) as exc:  # a lost connection or body
                 if loop.time() + delay > deadline:
                     raise StorageUnavailableError(
                         "questdb", self._target, f"{what} failed after {attempt} attempts: {exc!r}"

@@ -7,6 +7,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import asyncpg
 import numpy as np
 import pandas as pd
@@ -111,3 +112,30 @@ async def test_the_reader_is_picked_by_the_size_of_the_request(questdb: Any, mak
         assert _served(storage) == {"pg": 1, "parquet": 1, "export_busy": 0}
         pd.testing.assert_frame_equal(large.iloc[:100], small, check_exact=True)
         assert np.array_equal(large["ts"].astype("int64").to_numpy()[-1:], [(T0 + 100 * M) * 1_000_000])
+
+
+async def test_an_export_refused_for_the_connection_limit_is_served_over_the_pg_wire(
+    questdb: Any, make_bars: Any
+) -> None:
+    """Idle keep-alive connections of other clients fill QuestDB's export connection limit: the read still
+    returns the bars, over the PG wire (rule 5), instead of failing."""
+    dsn = with_option(questdb.dsn, f"table={unique_table()}&parquet_min_bars=0")
+    kept: list[aiohttp.ClientSession] = []  # each holds one idle keep-alive connection that counts
+    async with await open_storage(dsn) as storage:
+        try:
+            series = "ohlcv:binance:SOL/USDT:1m"
+            await storage.write_window(series, T0, T0 + 50 * M, make_bars(T0, 50))
+            url = f"http://{questdb.host}:{questdb.http_port}/exp"
+            statuses: list[int] = []
+            while len(statuses) < 16 and 429 not in statuses:
+                kept.append(aiohttp.ClientSession())
+                async with kept[-1].get(url, params={"query": "SELECT 1", "fmt": "parquet"}) as response:
+                    await response.read()
+                    statuses.append(response.status)
+            assert 429 in statuses, statuses
+            frame = await storage.read(series, T0, T0 + 50 * M)
+            pd.testing.assert_frame_equal(frame, make_bars(T0, 50), check_exact=True)
+            assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 1}
+        finally:
+            for session in kept:
+                await session.close()

@@ -1,15 +1,18 @@
-"""Provider fetch cost from 10^3 to 10^7 bars out of QuestDB, against raw asyncpg of the same rows, same run.
+"""Provider fetch cost from 10^3 to 10^7 bars out of QuestDB, against every raw reader of the same rows, same run.
 
 One series of 1s bars (10^7 of them span 116 days, i.e. 116 DAY partitions; 1m bars would need 6,945) is loaded
 with the raw ``questdb`` sender: one ILP/HTTP flush per 10^6 bars and ledger rows of 100,000-bar windows, so the
 provider sees the range as covered. Then, for each size, interleaved runs of:
 
-- provider: ``SeamlessDataProvider.fetch`` (FAIL_FAST, cache off: coverage query + storage read + conformance);
-- raw: bench_provider.py's baseline, one asyncpg query (ts cast to LONG) flattened in C into the same DataFrame.
+- provider: ``SeamlessDataProvider.fetch`` (FAIL_FAST, cache off: coverage + storage read + conformance);
+- each raw reader of bench/_raw_readers.py, each building the same DataFrame: asyncpg ``fetch`` (ts as
+  datetimes), asyncpg with ``ts`` cast to LONG, psycopg 3's binary cursor, and QuestDB's HTTP Parquet export
+  (``/exp?fmt=parquet&compression_codec=UNCOMPRESSED``) read by pyarrow.
 
-Times are medians of ``--runs`` runs (``--large-runs`` at 10^7 bars, where one read takes tens of seconds).
-Memory held while serving, next to the size of the frame returned (the least any path must hold): the
-tracemalloc peak of one untimed call up to ``--trace-max`` bars (tracemalloc is too slow beyond), and from
+The headline ratio is provider / the fastest raw reader at that size. Times are medians of ``--runs`` runs
+(``--large-runs`` at 10^7 bars, where one read takes tens of seconds). Memory held while serving, next to the
+size of the frame returned (the least any path must hold): the provider's tracemalloc peak of one untimed call
+up to ``--trace-max`` bars (tracemalloc is too slow beyond, and blind to pyarrow's buffers), and from
 ``--rss-min`` bars the peak RSS of a fresh process during one call (VmHWM, reset through /proc/self/clear_refs)
 above its RSS before (in-process RSS is useless: freed memory is reused by the next call).
 
@@ -19,7 +22,8 @@ request is the same at every size, only the history of the series grows.
 QuestDB: ``--dsn questdb://...`` (a running server) or, by default, one started from its jar by
 devkit.services. Logging goes to /dev/null as JSON lines at INFO, as a service would log.
 
-Run: ``.venv/bin/python -m bench.bench_provider_scale [--max-exp 7] [--runs 5] [--large-runs 2]``.
+Run: ``.venv/bin/python -m bench.bench_provider_scale [--max-exp 6] [--runs 5] [--large-runs 2]`` (10^7 bars
+with ``--max-exp 7``: a 10^7-bar load takes minutes and ~15 GB of QuestDB's default 16 MB column pages).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pandas as pd
 from questdb import Sender
 
 from bench._common import emit, table
-from bench.bench_provider import raw_read
+from bench._raw_readers import QuestDBRaw
 from bench.bench_storage import wait_applied
 from provider.core import SeriesKey
 from provider.core.obs import configure_logging, new_registry
@@ -60,6 +64,7 @@ LEDGER_WINDOW_BARS = 100_000
 PRICES = ("open", "high", "low", "close", "volume")
 HISTORY_WINDOW_BARS = 900
 FAR_FUTURE_MS = 4_102_444_800_000  # 2100-01-01
+RAW_NAMES = ("asyncpg fetch", "asyncpg ts::LONG", "psycopg binary", "/exp parquet")
 
 
 def memory_kib() -> dict[str, int]:
@@ -153,16 +158,24 @@ def make_reader(storage: Any) -> SeamlessDataProvider:
 
 
 def fetch_paths(
-    reader: SeamlessDataProvider, conn: asyncpg.Connection, table_name: str, lo: int, hi: int
+    reader: SeamlessDataProvider, raw: QuestDBRaw, lo: int, hi: int
 ) -> dict[str, Callable[[], Awaitable[pd.DataFrame]]]:
-    """The measured path and its baseline, each returning the same frame of ``[lo, hi)``."""
-    return {
-        "provider": lambda: reader.fetch(lo, hi, node_id=SERIES),
-        "raw": lambda: raw_read(conn, table_name, lo, hi, SERIES),
-    }
+    """The measured path and every raw reader, each returning the same frame of ``[lo, hi)``."""
+    paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]] = {"provider": lambda: reader.fetch(lo, hi, node_id=SERIES)}
+    for name, read in raw.readers().items():
+        paths[name] = lambda read=read: read(SERIES, lo, hi)
+    return paths
 
 
-async def history_curve(dsn: str, conn: asyncpg.Connection, args: argparse.Namespace) -> list[dict[str, Any]]:
+def fastest_raw(point: dict[str, Any]) -> tuple[str, float]:
+    """The raw reader with the smallest median at this point, and that median."""
+    name = min(RAW_NAMES, key=lambda n: point[f"{n}_s"])
+    return name, point[f"{name}_s"]
+
+
+async def history_curve(
+    dsn: str, conn: asyncpg.Connection, http_url: str, args: argparse.Namespace
+) -> list[dict[str, Any]]:
     """The newest HISTORY_WINDOW_BARS bars fetched from a series whose ledger holds N windows, N = 10^3 ... 10^6.
 
     The request is the same at every N; only the history of the series grows. Each N gets its own tables.
@@ -180,7 +193,9 @@ async def history_curve(dsn: str, conn: asyncpg.Connection, args: argparse.Names
             await wait_applied(conn, table_name)
             await wait_applied(conn, f"{table_name}_windows")
             reader = make_reader(storage)
-            point = await time_size(args, fetch_paths(reader, conn, table_name, lo, hi), HISTORY_WINDOW_BARS)
+            raw = await QuestDBRaw(parse_dsn(dsn).pg_dsn(), http_url, table_name).open()
+            point = await time_size(args, fetch_paths(reader, raw, lo, hi), HISTORY_WINDOW_BARS)
+            await raw.close()
             await reader.aclose()
         finally:
             await storage.aclose()
@@ -188,23 +203,25 @@ async def history_curve(dsn: str, conn: asyncpg.Connection, args: argparse.Names
             await conn.execute(f'DROP TABLE IF EXISTS "{table_name}_windows"')
         point["windows"] = windows
         points.append(point)
+        name, best = fastest_raw(point)
         print(f"history of {windows:,} windows: provider {point['provider_s'] * 1000:.1f} ms, "
-              f"raw {point['raw_s'] * 1000:.1f} ms", flush=True)  # fmt: skip
+              f"fastest raw ({name}) {best * 1000:.1f} ms", flush=True)  # fmt: skip
     return points
 
 
-def same_frames(ours: pd.DataFrame, theirs: pd.DataFrame, bars: int) -> None:
+def same_frames(ours: pd.DataFrame, theirs: pd.DataFrame, bars: int, name: str) -> None:
     if len(ours) != bars or len(theirs) != bars:
-        raise SystemExit(f"row counts differ: provider {len(ours)}, raw {len(theirs)}, stored {bars}")
+        raise SystemExit(f"row counts differ: provider {len(ours)}, {name} {len(theirs)}, stored {bars}")
     if bars <= 1_000_000:
-        pd.testing.assert_frame_equal(ours, theirs)
+        pd.testing.assert_frame_equal(ours, theirs, check_exact=True)
     elif not (ours["ts"].equals(theirs["ts"]) and np.array_equal(ours["close"].to_numpy(), theirs["close"].to_numpy())):
-        raise SystemExit("provider and raw frames differ")
+        raise SystemExit(f"provider and {name} frames differ")
 
 
-async def rss_probe(dsn: str, table_name: str, path: str, bars: int) -> int:
+async def rss_probe(dsn: str, http_url: str, table_name: str, path: str, bars: int) -> int:
     """Peak RSS above the starting RSS of a fresh process serving one fetch of ``bars`` bars through ``path``."""
-    cmd = [sys.executable, __file__, "--dsn", dsn, "--probe", path, str(bars), table_name]
+    cmd = [sys.executable, "-m", "bench.bench_provider_scale", "--dsn", dsn, "--http-url", http_url]
+    cmd += ["--probe", path, str(bars), table_name]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     if proc.returncode != 0:
@@ -212,21 +229,19 @@ async def rss_probe(dsn: str, table_name: str, path: str, bars: int) -> int:
     return int(out.decode().strip().splitlines()[-1])
 
 
-async def probe_main(dsn: str, path: str, bars: int, table_name: str) -> None:
+async def probe_main(dsn: str, http_url: str, path: str, bars: int, table_name: str) -> None:
     """The child side of :func:`rss_probe`: warm up on 1,000 bars, reset the peak, fetch, print the peak delta."""
     storage = await open_storage(f"{dsn}{'&' if '?' in dsn else '?'}table={table_name}")
-    conn = await asyncpg.connect(parse_dsn(dsn).pg_dsn())
+    raw = await QuestDBRaw(parse_dsn(dsn).pg_dsn(), http_url, table_name).open()
     reader = make_reader(storage)
-    fetch: dict[str, Callable[[int], Awaitable[pd.DataFrame]]] = {
-        "provider": lambda n: reader.fetch(START, START + n * SECOND_MS, node_id=SERIES),
-        "raw": lambda n: raw_read(conn, table_name, START, START + n * SECOND_MS, SERIES),
-    }
-    await fetch[path](1_000)
-    _, peak, frame = await measured(lambda: fetch[path](bars))
+    await fetch_paths(reader, raw, START, START + 1_000 * SECOND_MS)[path]()
+    if path == "provider":  # a fresh reader of large ranges warms up the export path too
+        await storage.read(SERIES, START, START + 10_000 * SECOND_MS)
+    _, peak, frame = await measured(fetch_paths(reader, raw, START, START + bars * SECOND_MS)[path])
     assert len(frame) == bars
     print(peak)
     await reader.aclose()
-    await conn.close()
+    await raw.close()
     await storage.aclose()
 
 
@@ -251,14 +266,15 @@ async def time_size(
                 frames[name] = frame
             del frame
         if run == 0:
-            same_frames(frames["provider"], frames["raw"], bars)
+            for name in RAW_NAMES:
+                same_frames(frames["provider"], frames[name], bars, name)
         del frames
     for name, values in samples.items():
         point[f"{name}_s"] = statistics.median(values)
     return point
 
 
-async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+async def bench(dsn: str, http_url: str, args: argparse.Namespace) -> dict[str, Any]:
     table_name = f"bench_scale_{secrets.token_hex(4)}"
     storage = await open_storage(f"{dsn}{'&' if '?' in dsn else '?'}table={table_name}")
     conn = await asyncpg.connect(parse_dsn(dsn).pg_dsn())
@@ -266,7 +282,7 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"sizes": {}}
     try:
         if args.history:
-            results["history"] = await history_curve(dsn, conn, args)
+            results["history"] = await history_curve(dsn, conn, http_url, args)
         if args.history_only:
             return results
         started = time.perf_counter()
@@ -274,19 +290,21 @@ async def bench(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         results["load_s"] = time.perf_counter() - started
         print(f"loaded {sizes[-1]:,} bars in {results['load_s']:.1f} s", flush=True)
         reader = make_reader(storage)
+        raw = await QuestDBRaw(parse_dsn(dsn).pg_dsn(), http_url, table_name).open()
         for bars in sizes:
             lo, hi = START, START + bars * SECOND_MS
-
-            paths = fetch_paths(reader, conn, table_name, lo, hi)
+            paths = fetch_paths(reader, raw, lo, hi)
             point = await time_size(args, paths, bars)
             if bars <= args.trace_max:
-                for name, fn in paths.items():
-                    point[f"{name}_traced_bytes"] = await traced_peak(fn)
+                point["provider_traced_bytes"] = await traced_peak(paths["provider"])
             if bars >= args.rss_min:
                 for name in paths:
-                    point[f"{name}_rss_bytes"] = await rss_probe(dsn, table_name, name, bars)
+                    point[f"{name}_rss_bytes"] = await rss_probe(dsn, http_url, table_name, name, bars)
             results["sizes"][str(bars)] = point
-            print(f"{bars:,} bars: provider {point['provider_s']:.3f} s, raw {point['raw_s']:.3f} s", flush=True)
+            name, best = fastest_raw(point)
+            print(f"{bars:,} bars: provider {point['provider_s'] * 1000:.2f} ms, fastest raw ({name}) "
+                  f"{best * 1000:.2f} ms", flush=True)  # fmt: skip
+        await raw.close()
         await reader.aclose()
     finally:
         await conn.execute(f'DROP TABLE IF EXISTS "{table_name}"')
@@ -304,9 +322,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     if results.get("history"):
         print(f"\n## The newest {HISTORY_WINDOW_BARS} bars, as the series' ledger grows (median of {args.runs} runs)\n")
         first = results["history"][0]
-        rows = [[f"{p['windows']:,}", p["provider_s"] * 1000, f"{p['provider_s'] / first['provider_s']:.2f}x",
-                 p["raw_s"] * 1000, f"{p['provider_s'] / p['raw_s']:.2f}x"] for p in results["history"]]  # fmt: skip
-        heads = ["ledger windows", "provider ms", "vs smallest", "raw asyncpg ms (same bars)", "provider / raw"]
+        rows = []
+        for p in results["history"]:
+            name, best = fastest_raw(p)
+            rows.append([f"{p['windows']:,}", p["provider_s"] * 1000, f"{p['provider_s'] / first['provider_s']:.2f}x",
+                         f"{best * 1000:.3f} ({name})", f"{p['provider_s'] / best:.2f}x"])  # fmt: skip
+        heads = ["ledger windows", "provider ms", "vs smallest", "fastest raw ms (same bars)", "provider / fastest"]
         print(table(heads, rows))
     if results["sizes"]:
         report_sizes(results)
@@ -315,34 +336,32 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def report_sizes(results: dict[str, Any]) -> None:
-    print(f"\n## Provider fetch vs raw asyncpg, 1s bars from QuestDB (load of {max(map(int, results['sizes'])):,} "
-          f"bars with the raw sender: {results['load_s']:.0f} s)\n")  # fmt: skip
+    print(f"\n## Provider fetch vs each raw reader, 1s bars from QuestDB, ms (load of "
+          f"{max(map(int, results['sizes'])):,} bars with the raw sender: {results['load_s']:.0f} s)\n")  # fmt: skip
     rows = []
     for bars, p in results["sizes"].items():
-        n = int(bars)
-        rows.append([f"{n:,}", p["runs"], p["provider_s"] * 1000, p["raw_s"] * 1000,
-                     f"{p['provider_s'] / p['raw_s']:.2f}x", p["provider_s"] / n * 1e9,
-                     p["raw_s"] / n * 1e9])  # fmt: skip
-    heads = ["bars", "runs (median)", "provider ms", "raw asyncpg ms", "provider / raw", "provider ns/bar",
-             "raw ns/bar"]  # fmt: skip
+        name, best = fastest_raw(p)
+        ratio = p["provider_s"] / best
+        rows.append([f"{int(bars):,}", p["runs"], p["provider_s"] * 1000, *(p[f"{n}_s"] * 1000 for n in RAW_NAMES),
+                     name, f"{ratio:.2f}x", "met" if ratio <= 1.1 else "MISSED"])  # fmt: skip
+    heads = ["bars", "runs", "provider", *RAW_NAMES, "fastest raw", "provider / fastest", "<= 1.1"]
     print(table(heads, rows))
     print("\n## Memory held while serving one fetch, MiB (x the frame returned)\n")
-    print("tracemalloc: peak bytes allocated during one untimed call above those allocated before it. RSS: peak")
-    print("RSS of a fresh process during one fetch above its RSS before it (after a 1,000-bar warm-up).\n")
+    print("RSS: peak RSS of a fresh process during one fetch above its RSS before it (after a warm-up); it counts")
+    print("pyarrow's buffers, which tracemalloc does not see. tracemalloc: peak Python allocations of one call.\n")
     rows = []
+    paths = ("provider", *RAW_NAMES)
     for bars, p in results["sizes"].items():
         frame_bytes = p["result_bytes"]
-        rows.append([f"{int(bars):,}", frame_bytes / 2**20,
-                     *(mib(p.get(f"{name}_{kind}_bytes"), frame_bytes)
-                       for kind in ("traced", "rss") for name in ("provider", "raw"))])  # fmt: skip
-    heads = ["bars", "frame (MiB)", "provider, tracemalloc", "raw asyncpg, tracemalloc", "provider, RSS",
-             "raw asyncpg, RSS"]  # fmt: skip
+        rows.append([f"{int(bars):,}", frame_bytes / 2**20, *(mib(p.get(f"{name}_rss_bytes"), frame_bytes)
+                     for name in paths), mib(p.get("provider_traced_bytes"), frame_bytes)])  # fmt: skip
+    heads = ["bars", "frame (MiB)", *(f"{name}, RSS" for name in paths), "provider, tracemalloc"]
     print(table(heads, rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-exp", type=int, default=7, choices=range(3, 8), help="largest size is 10^N bars")
+    parser.add_argument("--max-exp", type=int, default=6, choices=range(3, 8), help="largest size is 10^N bars")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per path and size (median)")
     parser.add_argument("--large-runs", type=int, default=2, help="timed runs at 10^7 bars (median)")
     parser.add_argument(
@@ -360,19 +379,22 @@ def main() -> None:
     )
     parser.add_argument("--history-only", action="store_true", help="only the history curve")
     parser.add_argument("--dsn", default=None, help="questdb:// DSN of a running server (default: start one)")
+    parser.add_argument("--http-url", default=None, help="QuestDB HTTP URL with --dsn (default: from the DSN)")
     parser.add_argument("--probe", nargs=3, metavar=("PATH", "BARS", "TABLE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("bench", level="INFO", stream=open(os.devnull, "w"))  # noqa: SIM115 (lives for the run)
-    if args.probe:
-        asyncio.run(probe_main(args.dsn, args.probe[0], int(args.probe[1]), args.probe[2]))
-        return
     if args.dsn:
-        report(asyncio.run(bench(args.dsn, args)), args)
+        parsed = parse_dsn(args.dsn)
+        http_url = args.http_url or f"http://{parsed.http_host or parsed.host}:{parsed.http_port}"
+        if args.probe:
+            asyncio.run(probe_main(args.dsn, http_url, args.probe[0], int(args.probe[1]), args.probe[2]))
+            return
+        report(asyncio.run(bench(args.dsn, http_url, args)), args)
         return
-    from devservices import QuestDBServer
+    from devkit.services import QuestDBServer
 
     with QuestDBServer() as server:
-        report(asyncio.run(bench(server.dsn, args)), args)
+        report(asyncio.run(bench(server.dsn, server.http_url, args)), args)
 
 
 if __name__ == "__main__":

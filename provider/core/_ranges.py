@@ -6,7 +6,9 @@ Rules:
 2. Every result is a sorted list of disjoint, non-adjacent ranges: ``[a, b) + [b, c) = [a, c)``.
 3. Requests are snapped *outward* to the bar grid, so an off-grid bound widens the request rather than dropping
    a bar. A bar partly covered counts as missing.
-4. Work is vectorized with numpy (sort + sweep, O(n log n)); nothing here does I/O.
+4. Work is vectorized with numpy (sort + sweep, O(n log n)); nothing here does I/O. Inputs of a few ranges
+   (lists or tuples, ``_SMALL`` ranges in all; what a fetch passes) take a pure-Python path with the same
+   results: numpy's per-call overhead (~20 us a call) would dominate the fixed cost of a small fetch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,53 @@ __all__ = [
 Range = tuple[int, int]
 
 _EMPTY = np.empty((0, 2), dtype=np.int64)
+#: Inputs of at most this many ranges in all take the pure-Python path (rule 4).
+_SMALL = 16
+
+
+def _is_small(*inputs: Any) -> bool:
+    return all(isinstance(x, list | tuple) for x in inputs) and sum(len(x) for x in inputs) <= _SMALL
+
+
+def _small_merged(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:
+    pairs = []
+    for start, end in ranges:
+        lo, hi = int(start), int(end)
+        if lo > hi:
+            raise ValueError(f"range start {lo} is after its end {hi}; ranges are half-open [start, end)")
+        if lo < hi:
+            pairs.append((lo, hi))
+    pairs.sort()
+    out: list[Range] = []
+    for lo, hi in pairs:
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _small_combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b: bool) -> list[Range]:
+    ma, mb = _small_merged(a), _small_merged(b)
+    out: list[Range] = []
+    for lo, hi in ma:
+        cur = lo
+        for b_lo, b_hi in mb:
+            if b_hi <= cur:
+                continue
+            if b_lo >= hi:
+                break
+            if keep_b:
+                out.append((max(cur, b_lo), min(hi, b_hi)))
+            elif b_lo > cur:
+                out.append((cur, b_lo))
+            cur = b_hi
+            if cur >= hi:
+                break
+        if not keep_b and cur < hi:
+            out.append((cur, hi))
+    return out
 
 
 def _as_array(ranges: Iterable[tuple[Any, Any]] | np.ndarray) -> np.ndarray:
@@ -80,10 +129,14 @@ def _to_list(arr: np.ndarray) -> list[Range]:
 
 def merge_ranges(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:
     """Sort and merge overlapping and adjacent ranges; empty ranges vanish."""
+    if _is_small(ranges):
+        return _small_merged(ranges)
     return _to_list(_merged(_as_array(ranges)))
 
 
 def _combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b: bool) -> list[Range]:
+    if _is_small(a, b):
+        return _small_combine(a, b, keep_b)
     ma, mb = _merged(_as_array(a)), _merged(_as_array(b))
     if len(ma) == 0:
         return []

@@ -31,6 +31,12 @@ Rules:
    were inserted by hand while its DEDUP was disabled); the others return 0. ``coordinator verify --repair``
    calls it before re-queueing a window with a ``duplicate_ts`` finding (writes replace bars, never remove a
    duplicate already stored).
+8. Coverage known complete is remembered per series (the merged ranges every coverage answer and every
+   successful write of this object showed covered): ``coverage(series, start, end)`` of a range wholly inside
+   them is answered without a query. It is exact because the ledger only grows: no operation of the contract
+   removes a window (bars are replaced, windows never dropped). Whoever removes ledger rows out of band (an
+   operator's ``DELETE``, a dropped table) calls :meth:`StorageBase.forget_coverage` on every open storage, or
+   reopens them. The memo holds at most ``_KNOWN_SERIES_MAX`` series (then starts afresh).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import numpy as np
 import pandas as pd
 
 from provider.conformance._ingest import normalize_bars
-from provider.core import Range, SeriesKey, intersect_ranges, to_ms
+from provider.core import Range, SeriesKey, intersect_ranges, merge_ranges, subtract_ranges, to_ms
 from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, ts_ms
 from provider.storage.errors import FrameRejectedError, StorageClosedError, StorageRequestError
 
@@ -192,6 +198,10 @@ def frame_from_columns(ts_ms: np.ndarray, columns: Any) -> pd.DataFrame:
     return frame_from_arrays(ts_ms, *columns)
 
 
+#: Series whose known coverage one storage object remembers (rule 8); past it, the memo starts afresh.
+_KNOWN_SERIES_MAX = 100_000
+
+
 class StorageBase:
     """Shared front half of every backend: validation, closed-state and ``async with`` support.
 
@@ -208,6 +218,25 @@ class StorageBase:
 
     def __init__(self) -> None:
         self._closed = False
+        #: Rule 8: series -> merged ranges known covered.
+        self._known: dict[SeriesKey, list[Range]] = {}
+        #: Bounded coverage questions answered from the memo (rule 8), for tests and benchmarks.
+        self.coverage_memo_hits = 0
+
+    def forget_coverage(self, series: SeriesKey | str | None = None) -> None:
+        """Drop the remembered coverage (rule 8) of ``series``, or of every series: for callers that removed
+        ledger rows outside the contract."""
+        if series is None:
+            self._known.clear()
+        else:
+            self._known.pop(parse_series(series), None)
+
+    def _learn(self, series: SeriesKey, ranges: list[Range]) -> None:
+        if not ranges:
+            return
+        if series not in self._known and len(self._known) >= _KNOWN_SERIES_MAX:
+            self._known.clear()
+        self._known[series] = merge_ranges([*self._known.get(series, ()), *ranges])
 
     async def write_window(
         self, series: SeriesKey | str, start: Any, end: Any, frame: pd.DataFrame, *, source: str | None = None
@@ -218,6 +247,7 @@ class StorageBase:
         self._check_open()
         if request.start_ms < request.end_ms:
             await self._write(request)
+            self._learn(request.series, [(request.start_ms, request.end_ms)])
         return request.rows
 
     async def read(self, series: SeriesKey | str, start: Any, end: Any) -> pd.DataFrame:
@@ -237,12 +267,19 @@ class StorageBase:
         if start is None and end is None:
             key = parse_series(series)
             self._check_open()
-            return await self._coverage(key, None)
+            whole = await self._coverage(key, None)
+            self._learn(key, whole)
+            return whole
         key, start_ms, end_ms = prepare_range(series, start, end)
         self._check_open()
         if start_ms == end_ms:
             return []
-        return intersect_ranges(await self._coverage(key, (start_ms, end_ms)), [(start_ms, end_ms)])
+        if not subtract_ranges([(start_ms, end_ms)], self._known.get(key, [])):
+            self.coverage_memo_hits += 1
+            return [(start_ms, end_ms)]
+        covered = intersect_ranges(await self._coverage(key, (start_ms, end_ms)), [(start_ms, end_ms)])
+        self._learn(key, covered)
+        return covered
 
     async def wal_status(self) -> dict[str, bool]:
         """The storage's WAL tables and whether each is suspended; empty for backends without a WAL."""

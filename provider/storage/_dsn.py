@@ -1,7 +1,8 @@
 """Storage DSNs: parse and validate once; :mod:`provider.storage._open` opens the backend a DSN names.
 
 Rules:
-1. Schemes: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000`` (reads over the PG wire, writes over ILP/HTTP),
+1. Schemes: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000`` (small reads over the PG wire, large ones and
+   writes over HTTP; ``parquet_min_bars`` moves the boundary, see :mod:`provider.storage._questdb_read`),
    ``postgresql://`` (or ``postgres://``), ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` and
    ``memory://``. A ``postgresql://`` DSN of a QuestDB server is accepted with ``kind="questdb"``.
 2. Every field is checked here; a bad one raises :class:`StorageConfigError` naming it. Unknown query options
@@ -61,6 +62,7 @@ _OPTIONS = {
             "http_password",
             "http_token",
             "wal_apply_timeout_ms",
+            "parquet_min_bars",
         }
     ),
 }
@@ -116,6 +118,8 @@ class StorageDsn:
     #: Overrides of StorageConfig given in the DSN query (None means "use the config").
     pool_size: int | None = None
     wal_apply_timeout_ms: int | None = None
+    #: QuestDB: reads of more grid slots than this use the HTTP Parquet export (None: the measured default).
+    parquet_min_bars: int | None = None
     #: How long reconnects (after a server restart) are retried before StorageUnavailableError.
     retry_timeout_ms: int = 30_000
     busy_timeout_ms: int = 30_000
@@ -230,6 +234,8 @@ def _questdb_fields(options: dict[str, str]) -> dict[str, Any]:
         out["wal_apply_timeout_ms"] = _int_option(
             "wal_apply_timeout_ms", options.pop("wal_apply_timeout_ms"), 0, 600_000
         )
+    if "parquet_min_bars" in options:
+        out["parquet_min_bars"] = _int_option("parquet_min_bars", options.pop("parquet_min_bars"), 0, 10**9)
     for name in ("http_host", "http_user", "http_password", "http_token"):
         if name in options:
             value = options.pop(name)

@@ -15,7 +15,8 @@ Rules:
 
    ``series`` holds the canonical key text (``ohlcv:binance:BTC/USDT:1m``): one symbol column is markedly faster
    to write and filter than three (measured), and the key round-trips exactly.
-2. Writes go over ILP/HTTP, reads over an asyncpg pool with ``ts >= $2 AND ts < $3`` (naive UTC parameters).
+2. Writes go over ILP/HTTP; bar reads over psycopg 3 (small ranges) or the HTTP Parquet export (large ones),
+   see :mod:`provider.storage._questdb_read`; the ledger, WAL status and maintenance over an asyncpg pool.
 3. A window write is: refuse if the tables are suspended; find bars stored in the window that the new frame
    lacks (skipped when the frame fills every grid slot); send the new bars plus a tombstone (all prices NULL)
    for each such bar in ONE flush, so deduplication replaces the window in one WAL transaction; wait until it
@@ -27,6 +28,11 @@ Rules:
    row of a duplicated stamp out of the series (``UPDATE ... SET series = '<duplicate>:SERIES'``, a symbol no
    reader asks for), then writes back the last stored bar of that stamp that is not a tombstone, and waits
    until both are applied.
+6. A read waits for the bars table to apply what was committed before it (rule 3's counterpart: a ledger row seen
+   mid-apply vouches for bars that may not be visible yet) only when needed: ranges that a ledger answer showed
+   covered before a completed wait, or that a write of this object applied, are *settled* (their bars are
+   visible and stay so: a re-write replaces them in one transaction), and a read inside settled ranges skips the
+   WAL status query. With the coverage memo (storage contract rule 8), a repeated fetch costs one query.
 """
 
 from __future__ import annotations
@@ -39,12 +45,13 @@ import asyncpg
 import numpy as np
 import pandas as pd
 
-from provider.core import Range, SeriesKey
+from provider.core import Range, SeriesKey, merge_ranges, subtract_ranges
 from provider.frames import PRICE_COLUMNS
-from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite, frame_from_columns
+from provider.storage._contract import LedgerWindow, StorageBase, WindowWrite
 from provider.storage._dsn import StorageDsn
 from provider.storage._pgpool import PgPool
 from provider.storage._questdb_ingest import IlpWriter, WalMonitor, ilp_frame
+from provider.storage._questdb_read import QuestDBReader
 from provider.storage._sql import coverage_sql, ms_to_naive, ranges_from_boundaries, rows_to_matrix
 from provider.storage.errors import SchemaMismatchError
 
@@ -74,6 +81,18 @@ async def _all(*calls: Awaitable[Any]) -> list[Any]:
     return outcomes
 
 
+#: Series whose vouched and settled ranges one storage remembers (rule 6); past it, it starts afresh.
+_SERIES_MAX = 100_000
+
+
+def _remember(memo: dict[SeriesKey, list[Range]], series: SeriesKey, ranges: list[Range]) -> None:
+    if not ranges:
+        return
+    if series not in memo and len(memo) >= _SERIES_MAX:
+        memo.clear()
+    memo[series] = merge_ranges([*memo.get(series, ()), *ranges])
+
+
 class QuestDBStorage(StorageBase):
     """Bars and ledger in QuestDB WAL tables."""
 
@@ -92,10 +111,14 @@ class QuestDBStorage(StorageBase):
             retry_timeout_ms=dsn.retry_timeout_ms,
         )
         self._ilp = IlpWriter(dsn.ilp_conf(), target=target, retry_timeout_ms=dsn.retry_timeout_ms)
+        self._reader = QuestDBReader(dsn, table, pool_size=pool_size, target=target)
         self._wal = WalMonitor(self._pool, (self._bars, self._ledger), timeout_ms=wal_apply_timeout_ms, target=target)
+        #: Rule 6: ranges a ledger answer showed covered, and ranges whose bars are known applied.
+        self._vouched: dict[SeriesKey, list[Range]] = {}
+        self._settled: dict[SeriesKey, list[Range]] = {}
+        #: Reads that skipped the WAL wait (rule 6), for tests and benchmarks.
+        self.wal_waits_skipped = 0
         self._sql = {
-            "read": f'SELECT cast(ts AS LONG), {_PRICES} FROM "{table}" '
-            "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL ORDER BY ts",
             "stored_ts": f'SELECT cast(ts AS LONG) FROM "{table}" '
             "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL",
             "coverage": coverage_sql(f'"{self._ledger}"', "series", "ts", "$1"),
@@ -175,6 +198,7 @@ class QuestDBStorage(StorageBase):
         )
         committed_at = asyncio.get_running_loop().time()
         await self._wal.wait_applied(self._bars, self._ledger, committed_at=committed_at)
+        _remember(self._settled, request.series, [(request.start_ms, request.end_ms)])
 
     async def _stale_stamps(self, request: WindowWrite) -> np.ndarray:
         """Stamps stored in the window that the new frame does not have (they become tombstones)."""
@@ -191,17 +215,20 @@ class QuestDBStorage(StorageBase):
         return np.setdiff1d(stored_ms, request.ts_ms, assume_unique=True)
 
     async def _read(self, series: SeriesKey, start_ms: int, end_ms: int) -> pd.DataFrame:
-        await self._wal.wait_applied(self._bars)  # see _write: bars a ledger row vouches for are applied first
-        rows = await self._pool.fetch(
-            self._sql["read"], str(series), ms_to_naive(start_ms), ms_to_naive(end_ms), what="read"
-        )
-        matrix = rows_to_matrix(rows, 1 + len(PRICE_COLUMNS))
-        return frame_from_columns(matrix[:, 0].astype(np.int64) // 1000, matrix[:, 1:].T)
+        if subtract_ranges([(start_ms, end_ms)], self._settled.get(series, [])):
+            vouched = self._vouched.get(series, [])  # answers seen before the wait starts (rule 6)
+            await self._wal.wait_applied(self._bars)  # see _write: bars a ledger row vouches for are applied first
+            _remember(self._settled, series, vouched)
+        else:
+            self.wal_waits_skipped += 1
+        return await self._reader.read(str(series), start_ms, end_ms, series.interval_ms)
 
     async def _coverage(self, series: SeriesKey, bounds: Range | None) -> list[Range]:
         sql, extra = (self._sql["coverage"], ()) if bounds is None else (self._sql["coverage_within"], bounds)
         _, rows = await _all(self._wal.check(self._ledger), self._pool.fetch(sql, str(series), *extra, what="coverage"))
-        return ranges_from_boundaries(rows)
+        ranges = ranges_from_boundaries(rows)
+        _remember(self._vouched, series, ranges)
+        return ranges
 
     async def wal_status(self) -> dict[str, bool]:
         """Whether the bars and the ledger table are suspended (read from ``wal_tables()`` now)."""
@@ -240,4 +267,5 @@ class QuestDBStorage(StorageBase):
 
     async def _close(self) -> None:
         self._ilp.close()
+        await self._reader.close()
         await self._pool.close()

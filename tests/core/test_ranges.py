@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -103,6 +104,23 @@ def _exact(ranges):
 
 
 ranges_st = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)).map(lambda p: (p[0], p[0] + p[1])), max_size=12)
+
+
+small_st = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)).map(lambda p: (p[0], p[0] + p[1])), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(small_st, small_st)
+def test_the_small_input_path_equals_the_numpy_path(a, b):
+    """Lists of a few ranges take the pure-Python path; numpy arrays of the same ranges take the vectorized one."""
+    arr_a, arr_b = np.array(a, dtype=np.int64).reshape(-1, 2), np.array(b, dtype=np.int64).reshape(-1, 2)
+    assert merge_ranges(a) == merge_ranges(arr_a)
+    assert intersect_ranges(a, b) == intersect_ranges(arr_a, arr_b)
+    assert subtract_ranges(a, b) == subtract_ranges(arr_a, arr_b)
+    result = subtract_ranges(a, b) + intersect_ranges(a, b)
+    assert all(type(x) is int for pair in result for x in pair)
+    with pytest.raises(ValueError, match="range start 5 is after its end 4"):
+        subtract_ranges([*a, (5, 4)], b)
 
 
 @settings(max_examples=300, deadline=None)

@@ -23,6 +23,8 @@ BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     pytest.param("questdb", id="questdb", marks=pytest.mark.questdb),
+    # The same server with every bar read served by the HTTP Parquet export instead of the PG wire.
+    pytest.param("questdb_parquet", id="questdb_parquet", marks=pytest.mark.questdb),
 ]
 _TABLE_NUMBERS = itertools.count(1)
 
@@ -54,13 +56,16 @@ def backend_dsn(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> st
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
+    if kind == "questdb_parquet":
+        server = request.getfixturevalue("questdb")
+        return with_option(server.dsn, f"table={unique_table()}&parquet_min_bars=0")
     server = request.getfixturevalue(kind)
     return with_option(server.dsn, f"table={unique_table()}")
 
 
 @pytest.fixture(params=BACKENDS)
 def storage_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A DSN for each backend (memory, sqlite, postgres, questdb), on fresh tables."""
+    """A DSN for each backend (memory, sqlite, postgres, questdb, questdb read over Parquet), on fresh tables."""
     return backend_dsn(request, request.param, tmp_path)
 
 

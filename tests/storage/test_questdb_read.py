@@ -1,0 +1,141 @@
+"""QuestDB's two bar readers (PG wire and HTTP Parquet export): the same frame whichever serves, hostile series
+names quoted safely on the path that takes no bind parameters, and the reader picked by the request's size."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import numpy as np
+import pandas as pd
+import pytest
+
+from provider.storage import open_storage
+from provider.storage._questdb_read import sql_literal
+from provider.storage.errors import StorageError
+from tests.security.test_hostile_symbols import hostile_symbols
+
+from .conftest import unique_table, with_option
+
+pytestmark = pytest.mark.questdb
+
+M = 60_000
+T0 = 1_700_000_000_000 // M * M
+
+
+def test_sql_literal_doubles_quotes_and_refuses_nul() -> None:
+    assert sql_literal("it's") == "'it''s'"
+    assert sql_literal("back\\slash\\'") == "'back\\slash\\'''"
+    with pytest.raises(StorageError, match="NUL"):
+        sql_literal("a\x00b")
+
+
+@pytest.fixture
+async def two_readers(questdb: Any) -> AsyncIterator[tuple[Any, Any, str]]:
+    """Two storages on the same tables: one reads everything over the PG wire, one over the Parquet export."""
+    table = unique_table()
+    base = with_option(questdb.dsn, f"table={table}")
+    pg = await open_storage(with_option(base, "parquet_min_bars=1000000000"))
+    parquet = await open_storage(with_option(base, "parquet_min_bars=0"))
+    try:
+        yield pg, parquet, table
+    finally:
+        await pg.aclose()
+        await parquet.aclose()
+
+
+def _served(storage: Any) -> dict[str, int]:
+    return dict(storage._reader.served)
+
+
+async def test_both_readers_return_identical_frames(two_readers: tuple[Any, Any, str], make_bars: Any) -> None:
+    """Gaps, a replaced window (tombstones), an empty range, values at the edge of float64: the same frame."""
+    pg, parquet, _ = two_readers
+    series = "ohlcv:binance:BTC/USDT:1m"
+    bars = make_bars(T0, 300, skip=(3, 4, 150))
+    bars.loc[10, "open"] = 0.0
+    bars.loc[11, "volume"] = 1e300
+    bars.loc[12, "low"] = 5e-324
+    await pg.write_window(series, T0, T0 + 300 * M, bars)
+    await pg.write_window(series, T0 + 100 * M, T0 + 200 * M, make_bars(T0 + 100 * M, 100, seed=2, skip=(7,)))
+    for lo, hi in ((T0, T0 + 300 * M), (T0 + 50 * M, T0 + 120 * M), (T0 + 3 * M, T0 + 5 * M), (T0 - M, T0)):
+        a, b = await pg.read(series, lo, hi), await parquet.read(series, lo, hi)
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+        assert list(b.dtypes.astype(str)) == ["datetime64[ns, UTC]", *["float64"] * 5]
+        assert isinstance(b.index, pd.RangeIndex) and b.index.start == 0
+    full = await parquet.read(series, T0, T0 + 300 * M)
+    assert len(full) == 300 - 2 - 1  # bars 3 and 4 were never written; 107 is missing from the replacement
+    assert full["low"].iloc[12] == 5e-324 and full["volume"].iloc[11] == 1e300
+    assert _served(pg)["parquet"] == 0 and _served(pg)["pg"] == 4
+    assert _served(parquet)["parquet"] == 5 and _served(parquet)["pg"] == 0
+
+
+async def test_hostile_series_names_through_the_parquet_export(
+    two_readers: tuple[Any, Any, str], questdb: Any, make_bars: Any
+) -> None:
+    """Quotes, ``;``, ``--``, backslashes, placeholders and unicode in the series name: each series reads back
+    its own bars over the export (no other series' bars, no error), and a canary table survives."""
+    pg, parquet, table = two_readers
+    canary = f"canary_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(questdb.pg_dsn)
+    try:
+        await conn.execute(f"CREATE TABLE {canary} (v STRING)")
+        await conn.execute(f"INSERT INTO {canary} VALUES ('alive')")
+        names = [f"ohlcv:binance:{symbol}:1m" for symbol in hostile_symbols(canary)]
+        for seed, name in enumerate(names):
+            await pg.write_window(name, T0, T0 + 30 * M, make_bars(T0, 30, seed=seed))
+        for seed, name in enumerate(names):
+            frame = await parquet.read(name, T0, T0 + 30 * M)
+            pd.testing.assert_frame_equal(frame, make_bars(T0, 30, seed=seed), check_exact=True)
+            pd.testing.assert_frame_equal(frame, await pg.read(name, T0, T0 + 30 * M), check_exact=True)
+        assert _served(parquet)["parquet"] == len(names)
+        assert [row[0] for row in await conn.fetch(f"SELECT v FROM {canary}")] == ["alive"]
+        stored = {row[0] for row in await conn.fetch(f'SELECT DISTINCT series FROM "{table}"')}
+        assert stored == set(names)
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {canary}")
+        await conn.close()
+
+
+async def test_the_reader_is_picked_by_the_size_of_the_request(questdb: Any, make_bars: Any) -> None:
+    """Up to ``parquet_min_bars`` grid slots over the PG wire, more over the export; the frames agree."""
+    dsn = with_option(questdb.dsn, f"table={unique_table()}&parquet_min_bars=100")
+    async with await open_storage(dsn) as storage:
+        series = "ohlcv:binance:ETH/USDT:1m"
+        await storage.write_window(series, T0, T0 + 200 * M, make_bars(T0, 200))
+        small = await storage.read(series, T0, T0 + 100 * M)
+        assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 0}
+        large = await storage.read(series, T0, T0 + 101 * M)
+        assert _served(storage) == {"pg": 1, "parquet": 1, "export_busy": 0}
+        pd.testing.assert_frame_equal(large.iloc[:100], small, check_exact=True)
+        assert np.array_equal(large["ts"].astype("int64").to_numpy()[-1:], [(T0 + 100 * M) * 1_000_000])
+
+
+async def test_an_export_refused_for_the_connection_limit_is_served_over_the_pg_wire(
+    questdb: Any, make_bars: Any
+) -> None:
+    """Idle keep-alive connections of other clients fill QuestDB's export connection limit: the read still
+    returns the bars, over the PG wire (rule 5), instead of failing."""
+    dsn = with_option(questdb.dsn, f"table={unique_table()}&parquet_min_bars=0")
+    kept: list[aiohttp.ClientSession] = []  # each holds one idle keep-alive connection that counts
+    async with await open_storage(dsn) as storage:
+        try:
+            series = "ohlcv:binance:SOL/USDT:1m"
+            await storage.write_window(series, T0, T0 + 50 * M, make_bars(T0, 50))
+            url = f"http://{questdb.host}:{questdb.http_port}/exp"
+            statuses: list[int] = []
+            while len(statuses) < 16 and 429 not in statuses:
+                kept.append(aiohttp.ClientSession())
+                async with kept[-1].get(url, params={"query": "SELECT 1", "fmt": "parquet"}) as response:
+                    await response.read()
+                    statuses.append(response.status)
+            assert 429 in statuses, statuses
+            frame = await storage.read(series, T0, T0 + 50 * M)
+            pd.testing.assert_frame_equal(frame, make_bars(T0, 50), check_exact=True)
+            assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 1}
+        finally:
+            for session in kept:
+                await session.close()

@@ -3,7 +3,9 @@
 1. Autoscaling: the pool grows 2 -> 8 -> 2 during one backfill (a third of the run each), with
    ``worker.shared_requests_per_minute`` = ``SHARED_FRACTION`` of the exchange's per-minute limit. The run lasts
    longer than the exchange's sliding minute, so an overshoot at any transition would be refused. Reported: the
-   steady rate's fraction of the bound and the requests the exchange refused.
+   steady rate's fraction of the bound and the requests the exchange refused; from ``GET /v1/budget`` sampled
+   every 0.25 s, how long a joining worker waits from its registration to 90% of its fair share, and how long the
+   board takes from the SIGTERMs to two members again.
 2. Ban propagation: four busy workers; the exchange bans whichever request comes next (418, ``BAN_S``), several
    times. Per ban, from the exchange's log: the requests that still reached it during the ban and how long after
    the announcing 418 the last one came; from the workers' logs: how long after the first worker saw its 418 the
@@ -107,11 +109,37 @@ def _phase_rates(progress: list[tuple[float, int]], bounds: list[float]) -> list
     return rates
 
 
+class _Board:
+    """Samples of ``GET /v1/budget`` during one run (rule 1): joins and leaves as the board saw them."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+        self.granted: dict[str, float] = {}
+        self.members: list[tuple[float, int]] = []
+
+    def sample(self, url: str, elapsed: float) -> None:
+        for src in http_json("GET", url + "/v1/budget")[1].get("sources", []):
+            fair = src["target"][0] or 0.0
+            self.members.append((elapsed, len(src["members"])))
+            for wid, member in src["members"].items():
+                self.seen.setdefault(wid, elapsed)
+                if wid not in self.granted and fair > 0 and (member["granted"][0] or 0.0) >= 0.9 * fair:
+                    self.granted[wid] = elapsed
+
+    def join_s(self, since: float) -> list[float]:
+        """Seconds from registration to 90% of the fair share, for workers first seen after ``since``."""
+        return [self.granted[w] - t for w, t in self.seen.items() if t > since and w in self.granted]
+
+    def leave_s(self, since: float, members: int) -> float:
+        """Seconds from ``since`` until the board holds ``members`` members again."""
+        return next((t - since for t, n in self.members if t > since and n <= members), float("nan"))
+
+
 def run_autoscale(
     root: Path, storage: str, rps: float, seconds: float, steady: Any, trace: list[Any] | None = None
-) -> tuple[float, dict[str, int], list[float]]:
-    """Rule 1: bars/s (steady state), the exchange's non-200 answers, and bars/s of each phase of one 2 -> 8 -> 2
-    run."""
+) -> tuple[float, dict[str, int], list[float], dict[str, float]]:
+    """Rule 1: bars/s (steady state), the exchange's non-200 answers, bars/s of each phase of one 2 -> 8 -> 2
+    run, and the board's join and leave times (median join, seconds)."""
     cfg = _config(rps, 8, True, AUTOSCALE_CONCURRENCY)
     (root / "cluster").mkdir()
     cluster = make_cluster(root / "cluster", 3, cfg)
@@ -128,12 +156,14 @@ def run_autoscale(
         started = time.perf_counter()
         jobs = _submit(cluster.urls[0], windows)
         progress: list[tuple[float, int]] = []
+        board = _Board()
         phase = 0
         bounds = [0.0]
         while True:
             elapsed = time.perf_counter() - started
             done, finished = _done(cluster.urls[0], jobs)
             progress.append((elapsed, done))
+            board.sample(cluster.urls[0], elapsed)
             if trace is not None:
                 budget = http_json("GET", cluster.urls[0] + "/v1/budget")[1]
                 grants = [m["granted"][0] for src in budget.get("sources", []) for m in src["members"].values()]
@@ -153,7 +183,12 @@ def run_autoscale(
         rate = steady(progress, len(jobs) * -(-windows // len(jobs))) * BARS_PER_WINDOW
         statuses = exchange.stats()["statuses"]
         phases = _phase_rates(progress, [*bounds, progress[-1][0]])
-        return rate, {k: v for k, v in statuses.items() if k != "200"}, phases
+        joins = board.join_s(bounds[1]) if len(bounds) > 1 else []
+        timing = {
+            "join_s": statistics.median(joins) if joins else float("nan"),
+            "leave_s": board.leave_s(bounds[2], 2) if len(bounds) > 2 else float("nan"),
+        }
+        return rate, {k: v for k, v in statuses.items() if k != "200"}, phases, timing
     finally:
         pool.kill_all()
         exchange.stop()

@@ -202,7 +202,7 @@ def autoscale_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[st
     windows = int(args.rps * args.autoscale_seconds)
     rows, out = [], {}
     for kind in ("fixed 4, limit/4 each", "autoscale 2-8-2, shared budget"):
-        rates, refused, phases = [], [], []
+        rates, refused, phases, timings = [], [], [], []
         for run in range(args.runs):
             root = tmp / f"as-{len(rows)}-{run}"
             root.mkdir()
@@ -210,25 +210,33 @@ def autoscale_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[st
             if kind.startswith("fixed"):
                 rate, statuses = run_backfill(root, dsn, 4, windows, args.rps)
             else:
-                rate, statuses, phase_rates = _shared_budget.run_autoscale(
+                rate, statuses, phase_rates, timing = _shared_budget.run_autoscale(
                     root, dsn, args.rps, args.autoscale_seconds, steady_rate
                 )
                 phases.append(phase_rates)
+                timings.append(timing)
             rates.append(rate)
             refused.append(sum(statuses.values()))
         median = statistics.median(rates)
         by_phase = " / ".join(f"{statistics.median(p):,.0f}" for p in zip(*phases, strict=True)) if phases else "-"
-        rows.append([kind, median, median / bound, by_phase, max(refused)])
+        moves = (
+            " / ".join(f"{statistics.median(t[k] for t in timings):.2f}" for k in ("join_s", "leave_s"))
+            if timings
+            else "-"
+        )
+        rows.append([kind, median, median / bound, by_phase, max(refused), moves])
         out[kind.split()[0]] = {
             "bars_per_s": median,
             "ratio": median / bound,
             "refused_worst": max(refused),
             "runs": rates,
             "phases": phases,
+            "board_timings": timings,
         }
     title = f"## Autoscaling pool on the shared budget ({args.rps:.0f} requests/s, {windows} windows; median of"
     print(f"\n{title} {args.runs})\n")
-    print(table(["pool", "bars/s", "ratio to bound", "bars/s by phase", "refused (worst run)"], rows))
+    header = ["pool", "bars/s", "ratio to bound", "bars/s by phase", "refused (worst run)", "join / leave s"]
+    print(table(header, rows))
     return {"autoscale": out}
 
 

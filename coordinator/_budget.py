@@ -20,6 +20,9 @@ Rules:
    amount, a block): long-polling heartbeats wait on it.
 8. Bounded: at most ``max_sources`` sources and ``max_workers`` workers per source; beyond, a heartbeat gets an
    error result and nothing changes. A source whose last worker left is forgotten once its block has ended.
+9. A heartbeat with ``register=False`` (a long poll re-read after its wait) refreshes a worker that is still a
+   member and never adds one back: a worker that left while its long poll was parked (it cancels the poll, but
+   the leader does not know) must not reappear and hold a share until the ttl frees it. It gets a zero grant.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ class Heartbeat:
     blocked_reason: str = ""
     #: The worker is leaving (graceful stop): its share is freed at once.
     leave: bool = False
+    #: False for a parked long poll re-read after its wait: never re-adds a worker that left meanwhile (rule 9).
+    register: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,11 @@ class BudgetBoard:
             return share
         member = entry.members.get(beat.worker_id)
         before = member.held() if member is not None else None
+        if member is None and not beat.register:
+            zero = (0.0 if beat.limits[0] is not None else None, 0.0 if beat.limits[1] is not None else None)
+            share = self._answer(beat, entry, zero, now_ms)
+            self._forget_if_idle(beat.source, entry, now_ms)
+            return share
         if member is None:
             member = entry.members[beat.worker_id] = _Member(beat.limits, beat.using, _NONE, now_ms)
             member.granted = (0.0 if beat.limits[0] is not None else None, 0.0 if beat.limits[1] is not None else None)

@@ -6,7 +6,8 @@ Rules:
    whose first ``coordinator.budget_ttl_ms`` grants no increase. Nothing goes through Raft; a ban survives a
    failover because every worker re-reports its own gate's block in its next heartbeat.
 2. A heartbeat is answered at once when it brings the worker news (another grant, a longer block); otherwise it
-   waits up to its ``wait_ms`` for the source's version to change, then answers with the board as it is then.
+   waits up to its ``wait_ms`` for the source's version to change, then answers with the board as it is then,
+   without registering the worker again if it left meanwhile (``_budget.py`` rule 9).
    So a ban reported by one worker reaches every parked worker of the source within one round trip.
 3. Time is the node's clock (``monotonic_s``), so unit tests drive expiry with ``ManualClock``.
 4. Metrics (the detailed and the public view): ``backfill_budget_workers{source}``,
@@ -157,4 +158,5 @@ class BudgetService:
         if not woken:
             self.expire(term)
         board = self._board(term)
-        return self._beat(board, dataclasses.replace(beat, blocked_ms=0))  # its block is noted already
+        # its block is noted already; a worker that left while this poll was parked is not added back (rule 9)
+        return self._beat(board, dataclasses.replace(beat, blocked_ms=0, register=False))

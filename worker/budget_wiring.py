@@ -8,14 +8,17 @@ Rules:
    a heartbeat that cannot get through must not outlive the share it renews.
 3. ``worker_budget_share_per_minute{source,quantity}`` shows what the process applies, and
    ``worker_budget_fallback{source}`` is 1 while it runs on the floor (docs/worker.md).
-4. A stopping worker leaves the budget once its windows are past their fetches, not after its writes drained.
+4. A stopping worker leaves the budget once its windows are past their fetches, not after its writes drained
+   (the windows that sent nothing are released at once: ``worker/daemon.py`` rule 4).
+5. Every change of what the process applies is also told to ``on_change`` (the worker's
+   :meth:`~worker.daemon.Worker.budget_changed`: a grown share lets it claim more at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,12 @@ def _publish(metrics: WorkerMetrics, agent: BudgetAgent) -> None:
     for quantity, amount in zip(("requests", "weight"), agent.using, strict=True):
         metrics.budget_share.labels(source=agent.source, quantity=quantity).set(-1 if amount is None else amount)
     metrics.budget_fallback.labels(source=agent.source).set(1 if agent.mode == "floor" else 0)
+
+
+def _changed(metrics: WorkerMetrics, agent: BudgetAgent, on_change: Callable[[], Any] | None) -> None:
+    _publish(metrics, agent)
+    if on_change is not None:
+        on_change()
 
 
 @dataclass
@@ -53,6 +62,7 @@ class SharedBudgets:
         limits: dict[str, Any],
         metrics: WorkerMetrics,
         token: str | None,
+        on_change: Callable[[], Any] | None = None,
     ) -> SharedBudgets:
         """Start the agent of rule 1, or nothing."""
         from provider.client import CoordinatorClient
@@ -77,7 +87,7 @@ class SharedBudgets:
             shared=shared,
             floor=(cfg.requests_per_minute, cfg.weight_per_minute),
             wait_ms=cfg.budget_wait_ms,
-            on_change=lambda a: _publish(metrics, a),
+            on_change=lambda a: _changed(metrics, a, on_change),
         )
         task = asyncio.create_task(agent.run(), name=f"budget-{spec}")
         return cls([agent], [task], [client])

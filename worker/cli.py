@@ -180,8 +180,15 @@ async def _run_worker(opts: dict[str, Any], config: AppConfig) -> int:
     storage = await open_storage(opts["storage_dsn"] or config.storage.dsn)
     source, limits = _open_sources(opts, config, metrics)
     client = CoordinatorClient(opts["coordinator_urls"], token=_token(opts), client_id=worker_id)
-    budget = SharedBudgets.start(opts, config, worker_id, limits, metrics, _token(opts))
-    worker = Worker(settings, coordinator=client, source=source, storage=storage, metrics=metrics)
+    worker = Worker(
+        settings,
+        coordinator=client,
+        source=source,
+        storage=storage,
+        metrics=metrics,
+        fetch_rate_per_s=limits[opts["source"]].budget.requests_per_s,
+    )
+    budget = SharedBudgets.start(opts, config, worker_id, limits, metrics, _token(opts), worker.budget_changed)
     _stop_on_signals(worker.stop)
     runner = await _serve_metrics(opts, metrics.registry) if opts["metrics_port"] is not None else None
     watch = asyncio.create_task(

@@ -11,8 +11,11 @@ Rules:
    answer decides: a renew refused because that complete already landed does not make the window "lost".
 3. A fatal source error fails the window with ``retryable=False``; any other error fails it retryable, and the
    coordinator re-queues it until ``max_attempts``.
-4. ``stop()`` (SIGTERM) stops claiming; in-progress windows get ``shutdown_grace_ms`` to finish, then are
-   cancelled and released so another worker takes them at once, attempt not counted.
+4. ``stop()`` (SIGTERM) stops claiming and at once releases every window that has sent nothing to its source
+   yet (claimed but not begun, or waiting at the source's limits for its first request:
+   :func:`provider.sources.watch_admissions`), so other workers take them at once, attempt not counted. Windows
+   already fetching get ``shutdown_grace_ms`` to finish and be written, then are cancelled and released. A release
+   names the lease id, which is made from the lease's token: it can only end that very lease, never a newer one.
 5. Writes are idempotent (the storage contract), so a window written twice holds the same bars.
 7. Every fetched frame goes through :func:`provider.conformance.normalize_bars` (the same ingest conformance as
    the provider's backfill). Lossless reshapes are normalized, stored, and logged (``worker.window_conformance``
@@ -29,12 +32,17 @@ Rules:
    needs the bars closed since (docs/coordinator.md).
 10. :meth:`Worker.source_done` tells when a stopping worker will send no more source requests (every window
    still in progress is past its fetch), so a shared exchange budget is handed back before the writes drain.
+11. Claimed windows not yet past their fetch stay within what the source's budget admits in ``queue_horizon_s``
+   (``fetch_rate_per_s``, requests per second now; at least one window): a small or shrinking share never strands
+   a deep queue in one worker while others could fetch it. :meth:`Worker.budget_changed` wakes the claim loop
+   when the share grows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +56,7 @@ from provider.core import clock as clock_module
 from provider.core.obs import bind_request, get_logger
 from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
 from provider.frames import FrameContractError, empty_frame
+from provider.sources import AdmissionWatch, watch_admissions
 from provider.sources.errors import FatalSourceError
 from provider.storage._contract import write_window_from
 from worker.metrics import WorkerMetrics
@@ -58,6 +67,8 @@ log = get_logger("worker")
 
 #: A release on shutdown is best effort: the lease expires anyway.
 _RELEASE_TIMEOUT_S = 5.0
+#: Seconds of the source's admitted rate a worker keeps claimed ahead of its fetches (rule 11).
+QUEUE_HORIZON_S = 2.0
 
 
 class Coordinator(Protocol):
@@ -92,6 +103,8 @@ class WorkerSettings:
     lease_ttl_ms: int
     claim_wait_ms: int
     shutdown_grace_ms: int
+    #: Rule 11: claimed windows not yet fetched stay within this many seconds of the source's admitted rate.
+    queue_horizon_s: float = QUEUE_HORIZON_S
 
     @classmethod
     def from_config(cls, worker_id: str, worker: WorkerConfig, backfill: BackfillConfig) -> WorkerSettings:
@@ -116,6 +129,10 @@ class _LeaseLost(Exception):
     """Internal: the renew loop found the lease gone."""
 
 
+class _NothingSent(Exception):
+    """Internal: a stopping worker gives back a window that sent nothing to its source (rule 4)."""
+
+
 class Worker:
     """One worker: a claim loop feeding up to ``concurrency`` window tasks."""
 
@@ -131,6 +148,7 @@ class Worker:
         wall_clock_ms: Callable[[], int] = clock_module.wall_clock_ms,
         partial_ok: bool = False,
         ts_unit: str | None = None,
+        fetch_rate_per_s: Callable[[], float | None] | None = None,
     ) -> None:
         #: Store the normalized rest of a window the ingest conformance blocked (rule 7).
         self.partial_ok = partial_ok
@@ -149,12 +167,30 @@ class Worker:
         #: Windows that may still send requests to the source (claimed, not yet past their fetch): rule 10.
         self._fetching: set[str] = set()
         self._fetches_changed = asyncio.Event()
+        #: The source's admitted request rate now (rule 11); None: not limited.
+        self._fetch_rate_per_s = fetch_rate_per_s
+        #: Per window being fetched: its work task and what its requests did at the source's limits (rule 4).
+        self._works: dict[str, tuple[asyncio.Task[None], AdmissionWatch]] = {}
+        #: Windows given back by :meth:`stop` before they sent anything.
+        self._unsent: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Stop claiming; :meth:`run` then drains in-progress windows within the grace period."""
+        """Stop claiming and give back the windows that sent nothing yet; :meth:`run` then drains the others within
+        the grace period (rule 4)."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
+        for lease_id, (work, watch) in list(self._works.items()):
+            if watch.nothing_sent and lease_id in self._fetching:
+                self._unsent.add(lease_id)
+                work.cancel()  # suspended at the limits: the cancel lands before any request is sent
+                self._fetched(lease_id)
+
+    def budget_changed(self) -> None:
+        """The source's budget changed (a shared share grew or shrank): re-check the claim room (rule 11)."""
+        self._slot_freed.set()
 
     async def run(self) -> None:
         """Claim and process windows until :meth:`stop`; then finish or release what is in progress."""
@@ -168,7 +204,7 @@ class Worker:
     async def _claim_loop(self) -> None:
         backoff_s = 0.1
         while not self._stopping.is_set():
-            free = self.settings.concurrency - len(self._tasks)
+            free = min(self.settings.concurrency - len(self._tasks), self._queue_room())
             if free <= 0:
                 await self._wait_for_slot()
                 continue
@@ -199,6 +235,14 @@ class Worker:
             self._start(lease)
         return []
 
+    def _queue_room(self) -> int:
+        """Rule 11: windows the claim may add before the fetch queue exceeds ``queue_horizon_s`` of the rate."""
+        rate = self._fetch_rate_per_s() if self._fetch_rate_per_s is not None else None
+        if rate is None:
+            return self.settings.concurrency
+        depth = max(1, math.ceil(rate * self.settings.queue_horizon_s))
+        return depth - len(self._fetching)
+
     def _start(self, lease: Lease) -> None:
         task = asyncio.create_task(self._process(lease), name=f"window-{lease.window_id}")
         self._tasks[lease.lease_id] = task
@@ -217,6 +261,7 @@ class Worker:
         if lease_id in self._fetching:
             self._fetching.discard(lease_id)
             self._fetches_changed.set()
+            self._slot_freed.set()  # room in the fetch queue (rule 11)
 
     async def source_done(self) -> None:
         """Rule 10: return once the worker is stopping and none of its windows will send another source request."""
@@ -280,8 +325,10 @@ class Worker:
 
     async def _process_traced(self, lease: Lease, current: Any) -> None:
         completing = asyncio.Event()
+        watch = AdmissionWatch()
         renewer = asyncio.create_task(self._renew_loop(lease))
-        work = asyncio.create_task(self._work(lease, completing))
+        work = asyncio.create_task(self._work(lease, completing, watch))
+        self._works[lease.lease_id] = (work, watch)
         try:
             done, _ = await asyncio.wait({renewer, work}, return_when=asyncio.FIRST_COMPLETED)
             if work not in done and completing.is_set():
@@ -291,6 +338,8 @@ class Worker:
                 if not renewer.cancelled():
                     renewer.exception()  # seen; the complete's answer wins
             if work in done:
+                if work.cancelled() and lease.lease_id in self._unsent:
+                    raise _NothingSent
                 work.result()
             else:
                 work.cancel()
@@ -301,6 +350,8 @@ class Worker:
             work.cancel()
             await self._release(lease)
             raise
+        except _NothingSent:
+            await self._release(lease, fetched=False)
         except (_LeaseLost, LeaseLostError) as exc:
             self.metrics.leases_lost.inc()
             tracing.record_error(current, exc)
@@ -309,6 +360,8 @@ class Worker:
             tracing.record_error(current, exc)
             await self._report_failure(lease, exc)
         finally:
+            self._works.pop(lease.lease_id, None)
+            self._unsent.discard(lease.lease_id)
             renewer.cancel()
             work.cancel()
 
@@ -316,7 +369,10 @@ class Worker:
         step = SeriesKey.parse(lease.series).interval_ms
         return max(lease.start, min(lease.end, (self._wall_clock_ms() // step) * step))
 
-    async def _work(self, lease: Lease, completing: asyncio.Event) -> None:
+    async def _work(self, lease: Lease, completing: asyncio.Event, watch: AdmissionWatch) -> None:
+        if self._stopping.is_set():  # claimed as the worker stopped: give it back unfetched (rule 4)
+            self._fetched(lease.lease_id)
+            raise _NothingSent
         started = time.perf_counter()
         phases: dict[str, float] = {}
 
@@ -325,7 +381,8 @@ class Worker:
 
         end = self._closed_end_ms(lease)
         with tracing.span("worker.fetch") as current:
-            frame, source, failed = await self._fetch(lease, end)
+            with watch_admissions(watch):
+                frame, source, failed = await self._fetch(lease, end)
             self._fetched(lease.lease_id)
             if current is not None:
                 current.set_attributes({"seamless.source": source, "seamless.rows": len(frame)})
@@ -419,9 +476,10 @@ class Worker:
         except CoordinatorError as report_exc:
             log.warning("worker.fail_not_reported", error=str(report_exc))
 
-    async def _release(self, lease: Lease) -> None:
+    async def _release(self, lease: Lease, *, fetched: bool = True) -> None:
+        """Give the window back (attempt not counted); ``fetched=False`` when it sent nothing to the source."""
         try:
             await asyncio.wait_for(asyncio.shield(self._coordinator.release(lease.lease_id)), _RELEASE_TIMEOUT_S)
-            log.info("worker.window_released")
+            log.info("worker.window_released", fetched=fetched)
         except (CoordinatorError, TimeoutError) as exc:
             log.warning("worker.release_failed", error=str(exc))

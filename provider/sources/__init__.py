@@ -13,7 +13,14 @@ each window is served by the first that answers after its retries, and names it.
 
 from provider.sources._base import FetchRequest, Source, normalize_request
 from provider.sources._fallback import FallbackSource
-from provider.sources._limits import DEFAULT_MAX_WAIT_S, BanGate, RateBudget, SourceLimits
+from provider.sources._limits import (
+    DEFAULT_MAX_WAIT_S,
+    AdmissionWatch,
+    BanGate,
+    RateBudget,
+    SourceLimits,
+    watch_admissions,
+)
 from provider.sources._retry import RetryEvent, RetryingSource, retry_policy, retry_wait_s
 from provider.sources._spec import ENTRY_POINT_GROUP, SourceSpec, available_sources, open_source, parse_spec
 from provider.sources.errors import (
@@ -29,6 +36,7 @@ from provider.sources.errors import (
 __all__ = [
     "DEFAULT_MAX_WAIT_S",
     "ENTRY_POINT_GROUP",
+    "AdmissionWatch",
     "BadResponseError",
     "BanGate",
     "BannedError",
@@ -51,4 +59,5 @@ __all__ = [
     "parse_spec",
     "retry_policy",
     "retry_wait_s",
+    "watch_admissions",
 ]

@@ -21,20 +21,36 @@ Rules:
    hears every local block through :attr:`BanGate.on_block`, to report it to the coordinator; blocks learnt from
    the coordinator are set with ``notify=False`` so they are not echoed back. Once retuned, a waiting request
    re-checks its bucket at least every ``_RETUNE_POLL_S``, so a larger share takes effect at once.
+7. A caller that must know whether a unit of work has sent anything yet (a stopping worker releases the windows
+   that have not) runs it under :func:`watch_admissions`: every :meth:`SourceLimits.admit` of that task (and of
+   tasks it starts) marks the :class:`AdmissionWatch` as waiting, then counts the request once admitted. The count
+   goes up before the request can be sent, with no await in between, so a watch seen waiting with nothing admitted
+   proves no request of that unit reached the source.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from provider.sources.errors import BannedError, RateLimitedError
 
-__all__ = ["DEFAULT_MAX_WAIT_S", "BanGate", "Clock", "RateBudget", "Sleep", "SourceLimits"]
+__all__ = [
+    "DEFAULT_MAX_WAIT_S",
+    "AdmissionWatch",
+    "BanGate",
+    "Clock",
+    "RateBudget",
+    "Sleep",
+    "SourceLimits",
+    "watch_admissions",
+]
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -48,6 +64,35 @@ DEFAULT_BURST_RATIO = 0.02
 _TOKEN_EPSILON = 1e-6
 #: Longest single wait of a request in a retuned budget (rule 6).
 _RETUNE_POLL_S = 0.05
+
+
+@dataclass
+class AdmissionWatch:
+    """What the requests of one unit of work did at the limits so far (rule 7)."""
+
+    #: A request of the unit is waiting at the gate or the budget.
+    waiting: bool = False
+    #: Requests of the unit admitted (each one sent, or about to be with no await in between).
+    admitted: int = 0
+
+    @property
+    def nothing_sent(self) -> bool:
+        """True while the unit waits for its first admission: cancelling it now sends nothing to the source."""
+        return self.waiting and self.admitted == 0
+
+
+#: The watch of the current task (rule 7); tasks started under it inherit it.
+_WATCH: contextvars.ContextVar[AdmissionWatch | None] = contextvars.ContextVar("admission_watch", default=None)
+
+
+@contextlib.contextmanager
+def watch_admissions(watch: AdmissionWatch) -> Iterator[AdmissionWatch]:
+    """Count the admissions of the current task in ``watch`` while the block runs (rule 7)."""
+    token = _WATCH.set(watch)
+    try:
+        yield watch
+    finally:
+        _WATCH.reset(token)
 
 
 class BanGate:
@@ -207,6 +252,11 @@ class RateBudget:
         self.requests_per_minute = requests_per_minute or 0.0
         self.weight_per_minute = weight_per_minute or 0.0
 
+    def requests_per_s(self) -> float | None:
+        """The request rate admitted now: ``None`` when requests are not limited, 0 while nothing is admitted."""
+        bucket = self._buckets.get("requests")
+        return None if bucket is None else bucket.rate_per_s
+
     @property
     def unlimited(self) -> bool:
         """True when neither quantity is limited."""
@@ -276,7 +326,19 @@ class SourceLimits:
         )
 
     async def admit(self, weight: float = 1.0, *, source: str = "") -> None:
-        """Wait for the gate and the budget before one request of ``weight``."""
+        """Wait for the gate and the budget before one request of ``weight`` (rule 2); tell a watch (rule 7)."""
+        watch = _WATCH.get()
+        if watch is None:
+            await self._admit(weight, source)
+            return
+        watch.waiting = True
+        try:
+            await self._admit(weight, source)
+        finally:
+            watch.waiting = False
+        watch.admitted += 1
+
+    async def _admit(self, weight: float, source: str) -> None:
         await self.gate.wait(source=source)
         await self.budget.acquire(weight)
         await self.gate.wait(source=source)

@@ -83,6 +83,21 @@ def test_a_leaving_worker_frees_its_share_at_once() -> None:
     assert beat(board, "b", T0 + 11, (LIMIT / 2, None)).grant == (LIMIT, None)
 
 
+def test_a_parked_poll_reread_after_its_worker_left_does_not_bring_it_back() -> None:
+    """A worker's long poll parks, the worker leaves (cancelling the poll client-side); when the leader re-reads the
+    parked poll it must not re-register the worker: the one left gets the whole limit at once, not after the ttl."""
+    board = fresh()
+    settle(board, "a", T0)
+    settle(board, "b", T0)
+    settle(board, "a", T0)
+    beat(board, "a", T0 + 10, (LIMIT / 2, None), leave=True)
+    ghost = beat(board, "a", T0 + 11, (LIMIT / 2, None), register=False)
+    assert ghost.grant == (0.0, None) and ghost.workers == 1
+    assert beat(board, "b", T0 + 12, (LIMIT / 2, None)).grant == (LIMIT, None)
+    # a member's own re-read still refreshes it
+    assert beat(board, "b", T0 + 13, (LIMIT, None), register=False).grant == (LIMIT, None)
+
+
 def test_a_missed_heartbeat_frees_the_share_after_the_ttl_and_not_before() -> None:
     """Crash: a worker silent for less than the TTL keeps its share; at the TTL it is dropped and its share freed."""
     board = fresh()

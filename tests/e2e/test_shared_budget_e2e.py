@@ -6,6 +6,8 @@
    workers that did not get a 418 themselves closed their gates on the coordinator's word.
 2. A pool that grows 2 -> 6 -> 2 during one backfill is never refused a request: the exchange's sliding window
    (a per-minute limit scaled to 30 s, so an overshoot shows within the test) never overflows.
+3. A worker stopped with SIGTERM gives back at once the windows it claimed but sent nothing for, and leaves the
+   budget: another worker takes them, and every window is fetched from the exchange exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import yaml
 
 from devkit.cluster import Cluster
 from devkit.polling import http_json, wait_for
-from devkit.workers import Exchange, WorkerPool
+from devkit.workers import Exchange, WorkerPool, wait_job_done
 from tests.e2e.conftest import E2E_CONFIG
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,16 +32,16 @@ T0 = 1_577_836_800_000
 WINDOW_BARS = 500
 
 
-def config(shared_rpm: int) -> dict[str, Any]:
-    worker = {**E2E_CONFIG["worker"], "shared_requests_per_minute": shared_rpm, "weight_per_minute": 0}
+def config(shared_rpm: int, **worker_over: Any) -> dict[str, Any]:
+    worker = {**E2E_CONFIG["worker"], "shared_requests_per_minute": shared_rpm, "weight_per_minute": 0, **worker_over}
     # the floor (coordinator unreachable) is a pool of 8's hand split
     worker["requests_per_minute"] = shared_rpm // 8
     return {**E2E_CONFIG, "worker": worker}
 
 
-def make_pool(tmp_path: Path, cluster: Cluster, exchange: Exchange, shared_rpm: int) -> WorkerPool:
+def make_pool(tmp_path: Path, cluster: Cluster, exchange: Exchange, shared_rpm: int, **worker_over: Any) -> WorkerPool:
     path = tmp_path / "worker.yaml"
-    path.write_text(yaml.safe_dump(config(shared_rpm)), encoding="utf-8")
+    path.write_text(yaml.safe_dump(config(shared_rpm, **worker_over)), encoding="utf-8")
     storage = f"sqlite:///{tmp_path / 'bars.db'}"
     return WorkerPool(tmp_path, cluster.urls, f"binance:{exchange.url}?timeout_s=2", storage, path)
 
@@ -113,6 +115,46 @@ def test_a_pool_scaled_2_6_2_during_one_backfill_is_never_refused(cluster: Clust
             refused = {k: v for k, v in stats["statuses"].items() if k != "200"}
             assert refused == {}, refused
             assert first > 0 and second > first and stats["klines"] > second
+        finally:
+            pool.kill_all()
+    finally:
+        exchange.stop()
+
+
+def leases_of(cluster: Cluster, worker_id: str) -> list[dict[str, Any]]:
+    status, answer = http_json("GET", cluster.urls[0] + "/v1/leases")
+    assert status == 200, answer
+    return [lease for lease in answer["leases"] if lease["worker_id"] == worker_id]
+
+
+def test_a_stopped_worker_gives_back_its_unsent_windows_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    """One worker on a 2 requests/s share keeps about 4 windows waiting at its budget. SIGTERM (grace 20 s, lease
+    TTL 3 s): within 1 s it holds no lease and has left the budget, its unsent windows released (not expired);
+    a second worker finishes the job, and the exchange served exactly one request per window: none fetched twice,
+    none lost."""
+    exchange = Exchange.start("--seed", "7")
+    try:
+        pool = make_pool(tmp_path, cluster, exchange, shared_rpm=120, shutdown_grace_ms=20_000)
+        try:
+            windows = 40
+            job_id = submit(cluster, windows)
+            first = pool.start("w-stop", concurrency=16)
+            wait_for(lambda: exchange.stats()["klines"] >= 3, 30, "the worker at work")
+            held = leases_of(cluster, "w-stop")
+            assert 1 <= len(held) <= 6, held  # rule 11: about 2 s of its 2/s share, not its 16 slots
+            first.signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            wait_for(lambda: not leases_of(cluster, "w-stop") and budget_workers(cluster) == 0, 5, "leases given back")
+            assert time.monotonic() - stopped < 1.0
+            released = first.log().count('"worker.window_released"')
+            assert released >= 1 and first.log().count('"fetched": false') == released, first.log()[-3000:]
+            pool.start("w-rest", concurrency=8)
+            done = wait_job_done(cluster.urls[0], job_id, 90)
+            total = sum(done["windows"].values())  # 41: the range is not aligned to 500-bar windows
+            assert done["state"] == "done" and done["windows"]["done"] == total >= windows, done
+            stats = exchange.stats()
+            assert set(stats["statuses"]) == {"200"}, stats
+            assert len(stats["by_start"]) == total and {n for _, _, n in stats["by_start"]} == {1}, stats
         finally:
             pool.kill_all()
     finally:

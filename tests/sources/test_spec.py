@@ -165,6 +165,7 @@ def test_exported_names_are_guarded() -> None:
     assert set(provider.sources.__all__) == {
         "DEFAULT_MAX_WAIT_S",
         "ENTRY_POINT_GROUP",
+        "AdmissionWatch",
         "BadResponseError",
         "BanGate",
         "BannedError",
@@ -187,6 +188,7 @@ def test_exported_names_are_guarded() -> None:
         "parse_spec",
         "retry_policy",
         "retry_wait_s",
+        "watch_admissions",
     }
     for name in provider.sources.__all__:
         assert getattr(provider.sources, name) is not None

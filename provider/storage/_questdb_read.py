@@ -39,8 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from yarl import URL
 
-from provider.frames import PRICE_COLUMNS, empty_frame
-from provider.storage._contract import frame_from_columns
+from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_block
 from provider.storage._dsn import StorageDsn
 from provider.storage._sql import ms_to_naive
 from provider.storage.errors import StorageError, StorageUnavailableError
@@ -145,9 +144,11 @@ class QuestDBReader:
 
         rows: list[Any] = await self._retrying(attempt, "read")
         self.served["pg"] += 1
+        if not rows:
+            return empty_frame()
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * 6)
-        matrix = flat.reshape(len(rows), 6)
-        return frame_from_columns(matrix[:, 0].astype(np.int64) // 1000, matrix[:, 1:].T)
+        columns = flat.reshape(len(rows), 6).T.copy()  # one (6, N) block: row 0 the stamps, rows 1-5 the prices
+        return frame_from_block(columns[0].astype(np.int64) // 1000, columns[1:])
 
     async def read_parquet(self, series: str, start_ms: int, end_ms: int) -> pd.DataFrame:
         """Rule 1's large path: the Parquet export read with pyarrow (rules 2 and 3)."""

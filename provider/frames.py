@@ -79,27 +79,30 @@ _PRICES_PLACE = np.arange(1, len(FRAME_COLUMNS), dtype=np.intp)
 
 def empty_frame() -> pd.DataFrame:
     """A frame with no rows and the contract's columns and dtypes."""
-    return frame_from_block(np.empty(0, dtype=np.int64), np.empty((len(PRICE_COLUMNS), 0)))
+    return _frame_from_ns(np.empty(0, dtype=np.int64), np.empty((len(PRICE_COLUMNS), 0)))
 
 
 def frame_from_arrays(ts_ms_values: Any, open_: Any, high: Any, low: Any, close: Any, volume: Any) -> pd.DataFrame:
     """Build a contract frame from epoch-ms timestamps and price arrays (no sorting or checks; the arrays are
     copied, so the caller may reuse them)."""
     prices = np.vstack([np.asarray(a, dtype=np.float64) for a in (open_, high, low, close, volume)])
-    return frame_from_block(np.asarray(ts_ms_values, dtype=np.int64), prices)
+    return _frame_from_ns(np.asarray(ts_ms_values, dtype=np.int64) * 1_000_000, prices)
 
 
-def frame_from_block(ts_ms_values: np.ndarray, prices: np.ndarray) -> pd.DataFrame:
-    """A contract frame from int64 epoch-ms stamps and a C-contiguous ``(5, N)`` float64 block of the prices in
-    :data:`PRICE_COLUMNS` order, which the frame takes over (rule 3): the caller must not write to it afterwards."""
-    stamps_ns = np.asarray(ts_ms_values, dtype=np.int64) * 1_000_000
-    return _frame_from_ns(stamps_ns, prices)
+def frame_from_block(stamps: np.ndarray, prices: np.ndarray, *, ns_per_unit: int = 1_000_000) -> pd.DataFrame:
+    """A contract frame from int64 epoch stamps (ms by default; ``ns_per_unit=1000`` for us) and a ``(5, N)``
+    float64 block of the prices in :data:`PRICE_COLUMNS` order, each row contiguous. The frame takes both arrays
+    over (rule 3): the stamps are scaled to ns in place, and the caller must not use either afterwards."""
+    if stamps.dtype != np.int64:
+        stamps = stamps.astype(np.int64)
+    stamps *= ns_per_unit
+    return _frame_from_ns(stamps, prices)
 
 
 def _frame_from_ns(stamps_ns: np.ndarray, prices: np.ndarray) -> pd.DataFrame:
     """Rule 3: ``stamps_ns`` (int64 epoch ns) and ``prices`` become the frame's blocks without a copy."""
     ts = pd.DatetimeIndex(stamps_ns.view("datetime64[ns]"), copy=False).tz_localize("UTC")
-    if _from_blocks is None or prices.dtype != np.float64 or not prices.flags.c_contiguous:  # pragma: no cover
+    if _from_blocks is None or prices.dtype != np.float64 or prices.strides[-1] != prices.itemsize:
         data: dict[str, Any] = {"ts": ts}
         data.update(zip(PRICE_COLUMNS, prices, strict=True))
         return pd.DataFrame(data)

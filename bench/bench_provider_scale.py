@@ -307,6 +307,8 @@ async def bench(dsn: str, http_url: str, args: argparse.Namespace) -> dict[str, 
         await raw.close()
         await reader.aclose()
     finally:
+        if conn.is_closed():  # QuestDB closes a connection idle for minutes (a 10^7-bar run)
+            conn = await asyncpg.connect(parse_dsn(dsn).pg_dsn())
         await conn.execute(f'DROP TABLE IF EXISTS "{table_name}"')
         await conn.execute(f'DROP TABLE IF EXISTS "{table_name}_windows"')
         await conn.close()

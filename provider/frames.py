@@ -13,6 +13,13 @@ Rules:
 2. :func:`assemble` joins pieces ``((lo, hi), frame)`` that are disjoint half-open ranges: each frame is trimmed
    to its range and the frames are concatenated in range order. Disjoint ranges make the seams exact: no bar is
    doubled or dropped where one source ends and the next begins.
+3. Frames are built from their blocks (``pandas.api.internals.create_dataframe_from_blocks``: the ``ts`` array
+   and one 5 x N float64 block), ~40 us for 1,000 bars against ~240 us through ``pd.DataFrame(dict)``;
+   :func:`frame_from_arrays` copies what it is given, :func:`frame_from_block` takes its arrays over (the
+   storage readers, which made them). A pandas without that function gets ``pd.DataFrame(dict)``.
+4. :func:`column_arrays` is the one place that reads a frame's columns as arrays by position without building a
+   Series each (``DataFrame._get_column_array``, ~0.5 us against ~10-20 us for ``frame[name]``); the hot paths
+   (conformance, trim) use it, and it falls back to ``frame.iloc`` on a pandas without it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+try:  # pandas >= 3.0 (rule 3)
+    from pandas.api.internals import create_dataframe_from_blocks as _from_blocks
+except ImportError:  # pragma: no cover - pandas 2.x
+    _from_blocks = None
 
 from provider.core.errors import SeamlessDataError
 
@@ -32,8 +44,11 @@ __all__ = [
     "Piece",
     "assemble",
     "check_frame",
+    "column_arrays",
+    "column_names",
     "empty_frame",
     "frame_from_arrays",
+    "frame_from_block",
     "last_ts_ms",
     "slice_frame",
     "trim",
@@ -57,24 +72,57 @@ class FrameContractError(SeamlessDataError, ValueError):
         super().__init__(message)
 
 
+_COLUMNS_INDEX = pd.Index(FRAME_COLUMNS)
+_TS_PLACE = np.array([0], dtype=np.intp)
+_PRICES_PLACE = np.arange(1, len(FRAME_COLUMNS), dtype=np.intp)
+
+
 def empty_frame() -> pd.DataFrame:
     """A frame with no rows and the contract's columns and dtypes."""
-    return frame_from_arrays(np.empty(0, dtype=np.int64), *(np.empty(0) for _ in PRICE_COLUMNS))
+    return _frame_from_ns(np.empty(0, dtype=np.int64), np.empty((len(PRICE_COLUMNS), 0)))
 
 
 def frame_from_arrays(ts_ms_values: Any, open_: Any, high: Any, low: Any, close: Any, volume: Any) -> pd.DataFrame:
-    """Build a contract frame from epoch-ms timestamps and price arrays (no sorting or checks)."""
-    ts = pd.to_datetime(np.asarray(ts_ms_values, dtype=np.int64), unit="ms", utc=True).as_unit("ns")
-    return pd.DataFrame(
-        {
-            "ts": ts,
-            "open": np.asarray(open_, dtype=np.float64),
-            "high": np.asarray(high, dtype=np.float64),
-            "low": np.asarray(low, dtype=np.float64),
-            "close": np.asarray(close, dtype=np.float64),
-            "volume": np.asarray(volume, dtype=np.float64),
-        }
-    )
+    """Build a contract frame from epoch-ms timestamps and price arrays (no sorting or checks; the arrays are
+    copied, so the caller may reuse them)."""
+    prices = np.vstack([np.asarray(a, dtype=np.float64) for a in (open_, high, low, close, volume)])
+    return _frame_from_ns(np.asarray(ts_ms_values, dtype=np.int64) * 1_000_000, prices)
+
+
+def frame_from_block(stamps: np.ndarray, prices: np.ndarray, *, ns_per_unit: int = 1_000_000) -> pd.DataFrame:
+    """A contract frame from int64 epoch stamps (ms by default; ``ns_per_unit=1000`` for us) and a ``(5, N)``
+    float64 block of the prices in :data:`PRICE_COLUMNS` order, each row contiguous. The frame takes both arrays
+    over (rule 3): the stamps are scaled to ns in place, and the caller must not use either afterwards."""
+    if stamps.dtype != np.int64:
+        stamps = stamps.astype(np.int64)
+    stamps *= ns_per_unit
+    return _frame_from_ns(stamps, prices)
+
+
+def _frame_from_ns(stamps_ns: np.ndarray, prices: np.ndarray) -> pd.DataFrame:
+    """Rule 3: ``stamps_ns`` (int64 epoch ns) and ``prices`` become the frame's blocks without a copy."""
+    ts = pd.DatetimeIndex(stamps_ns.view("datetime64[ns]"), copy=False).tz_localize("UTC")
+    if _from_blocks is None or prices.dtype != np.float64 or prices.strides[-1] != prices.itemsize:
+        data: dict[str, Any] = {"ts": ts}
+        data.update(zip(PRICE_COLUMNS, prices, strict=True))
+        return pd.DataFrame(data)
+    blocks = [(ts.array, _TS_PLACE), (prices, _PRICES_PLACE)]
+    frame: pd.DataFrame = _from_blocks(blocks, index=pd.RangeIndex(len(stamps_ns)), columns=_COLUMNS_INDEX)
+    return frame
+
+
+def column_names(frame: pd.DataFrame) -> tuple[Any, ...]:
+    """The column labels of ``frame`` (those of the frames built here are known without reading the Index)."""
+    columns = frame.columns
+    return FRAME_COLUMNS if columns is _COLUMNS_INDEX else tuple(columns)
+
+
+def column_arrays(frame: pd.DataFrame) -> list[Any]:
+    """The columns of ``frame`` in order, as their arrays (numpy, or pandas' array for ``ts``), no copies (rule 4)."""
+    get = getattr(frame, "_get_column_array", None)
+    if get is None:  # pragma: no cover - a pandas without it
+        return [frame.iloc[:, i].array for i in range(frame.shape[1])]
+    return [get(i) for i in range(frame.shape[1])]
 
 
 def ts_ms(frame: pd.DataFrame) -> np.ndarray:
@@ -84,6 +132,9 @@ def ts_ms(frame: pd.DataFrame) -> np.ndarray:
 
 def ts_ns(frame: pd.DataFrame) -> np.ndarray:
     """The ``ts`` column of a contract frame as int64 epoch ns, without a copy."""
+    get = getattr(frame, "_get_column_array", None)
+    if get is not None and frame.columns is _COLUMNS_INDEX:
+        return np.asarray(get(0).asi8, dtype=np.int64)
     return np.asarray(frame["ts"].array.asi8, dtype=np.int64)
 
 

@@ -6,6 +6,9 @@ Rules:
 2. Two providers may share a registry: the collectors are created once per registry and reused.
 3. ``seamless_sla_deadline_seconds`` has buckets up to 600 s, because a backfill phase may legitimately take
    minutes; the others are sized for reads.
+4. The labelled children a fetch touches are looked up once and remembered (``labels()`` validates and hashes
+   its arguments on every call); at most :data:`_MAX_CHILDREN` of them, then the memo starts afresh (the
+   registry keeps the children, so a forgotten one is found again, never recreated).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ __all__ = ["SLA_BUCKETS_S", "SOURCE_BUCKETS_S", "ProviderMetrics"]
 SLA_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: Buckets of the per-source latency histogram, in seconds.
 SOURCE_BUCKETS_S = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+#: Labelled children one ProviderMetrics remembers (rule 4).
+_MAX_CHILDREN = 4096
 
 _SHARED: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
 
@@ -110,14 +116,25 @@ class ProviderMetrics:
         self.source_errors = made["source_errors"]
         self.report_published = made["report_published"]
         self.report_dropped = made["report_dropped"]
+        #: Labelled children of the per-fetch metrics, by label values: ``labels()`` costs microseconds per call.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), *values)
+        child = self._children.get(key)
+        if child is None:
+            if len(self._children) >= _MAX_CHILDREN:
+                self._children.clear()
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def observe_phase(self, node_id: str, phase: str, elapsed_s: float) -> None:
         """Record the time one SLA phase took."""
-        self.sla_deadline.labels(node_id=node_id, phase=phase).observe(elapsed_s)
+        self._child(self.sla_deadline, node_id, phase).observe(elapsed_s)
 
     def observe_source(self, source: str, elapsed_s: float) -> None:
         """Record the latency of one source read."""
-        self.source_latency.labels(source=source).observe(elapsed_s)
+        self._child(self.source_latency, source).observe(elapsed_s)
 
     def count_source_error(self, source: str) -> None:
         """Count one failed, skipped source read."""
@@ -135,7 +152,11 @@ class ProviderMetrics:
         """Add a report's flag counts."""
         for flag, count in flag_counts.items():
             if count:
-                self.conformance_flag.labels(flag=flag).inc(count)
+                self._child(self.conformance_flag, flag).inc(count)
+
+    def count_fetch(self, strategy: str, outcome: str) -> None:
+        """Count one fetch by strategy and outcome."""
+        self._child(self.fetch_total, strategy, outcome).inc()
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
         """The current value of one sample (0.0 when absent); handy for tests and the demo summary."""

@@ -450,7 +450,7 @@ class SeamlessDataProvider(SourceReads):
         ctx.meta.elapsed_ms = elapsed_s * 1000.0
         ctx.meta.phases_ms = dict(sla.spent_ms)
         ctx.meta.rows = 0 if frame is None else len(frame)
-        self.metrics.fetch_total.labels(strategy=self.strategy.value, outcome=ctx.meta.outcome).inc()
+        self.metrics.count_fetch(self.strategy.value, ctx.meta.outcome)
         self.last_fetch_metadata = ctx.meta
         if current is not None:
             current.set_attributes(

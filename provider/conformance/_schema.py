@@ -31,15 +31,16 @@ import pandas as pd
 from provider.conformance._compat import Schema, parse_declaration, read_problems, widens
 from provider.conformance._registry import OHLCV_SCHEMA, SchemaRegistry
 from provider.conformance._report import ConformanceContext, ConformanceReport
-from provider.frames import TS_DTYPE
+from provider.frames import TS_DTYPE, column_arrays, column_names
 
 __all__ = ["OHLCV_SCHEMA", "Schema", "SchemaRegistry", "SchemaRollupStage"]
 
 #: Integer timestamps below this are epoch seconds (10**11 s is the year 5138; 10**11 ms is 1973).
 _SECONDS_LIMIT = 10**11
 _TS_TEXT = str(TS_DTYPE)
-#: Node ids whose reader schema a stage remembers (then it starts over).
+#: Node ids whose reader schema a stage remembers (then it starts over); also bounds the dtype text cache.
 _MAX_CACHED_NODES = 4096
+_DTYPE_TEXT: dict[Any, str] = {}
 
 
 def _to_utc_ts(values: pd.Series) -> pd.Series:
@@ -69,12 +70,22 @@ def _empty(schema: Schema) -> pd.DataFrame:
 
 
 def _matches(frame: pd.DataFrame, schema: Schema) -> bool:
-    if tuple(frame.columns) != schema.names:
+    if column_names(frame) != schema.names:
         return False
     if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
         return False
-    dtypes = frame.dtypes
-    return all(str(dtypes.iloc[i]) == d for i, (_, d) in enumerate(schema.columns))
+    arrays = column_arrays(frame)  # the dtypes without building frame.dtypes (a Series): rule 5
+    return all(_dtype_text(arrays[i].dtype) == d for i, (_, d) in enumerate(schema.columns))
+
+
+def _dtype_text(dtype: Any) -> str:
+    """``str(dtype)``, remembered (it costs microseconds per column, and a frame has few distinct dtypes)."""
+    text = _DTYPE_TEXT.get(dtype)
+    if text is None:
+        text = _DTYPE_TEXT[dtype] = str(dtype)
+        if len(_DTYPE_TEXT) > _MAX_CACHED_NODES:
+            _DTYPE_TEXT.clear()
+    return text
 
 
 def _conform(frame: pd.DataFrame, reader: Schema, writer: Schema | None, report: ConformanceReport) -> pd.DataFrame:

@@ -6,6 +6,8 @@ Rules:
    last field is the interval, and everything between is the symbol. It is never split on the first ``:`` alone.
 2. ``str(SeriesKey.parse(text)) == text`` for every valid key.
 3. A window is identified by (series, start). Its wire id is opaque, URL-safe and reversible.
+4. ``SeriesKey.parse`` remembers the keys it parsed from text (keys are immutable, so a remembered key is the key
+   the text parses to); text that does not parse is never remembered and raises every time.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ _SOURCE_RE = re.compile(r"[a-z0-9_-]+")
 _INTERVAL_MS_RE = re.compile(r"[1-9][0-9]{0,11}")
 _MAX_SYMBOL_CHARS = 64
 _WINDOW_PREFIX = "w_"
+#: Keys parsed from text, remembered (a fetch parses its node id several times); cleared past the bound.
+_PARSED: dict[str, SeriesKey] = {}
+_PARSED_MAX = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,17 @@ class SeriesKey:
         """Parse ``ohlcv:{source}:{symbol}:{interval}``, or raise ``ValueError`` naming the text."""
         if isinstance(text, SeriesKey):
             return text
+        known = _PARSED.get(text) if isinstance(text, str) else None
+        if known is not None:
+            return known
+        key = cls._parse(text)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[text] = key
+        return key
+
+    @classmethod
+    def _parse(cls, text: Any) -> SeriesKey:
         if not isinstance(text, str):
             raise ValueError(f"series {text!r} must be a string like 'ohlcv:binance:BTC/USDT:1m'")
         prefix, sep, rest = text.partition(":")

@@ -139,3 +139,56 @@ async def test_an_export_refused_for_the_connection_limit_is_served_over_the_pg_
         finally:
             for session in kept:
                 await session.close()
+
+
+@pytest.fixture
+async def chunked(two_readers: tuple[Any, Any, str]) -> tuple[Any, Any, str]:
+    """The two readers of ``two_readers``, the export one asking for 7 grid slots per request."""
+    pg, parquet, table = two_readers
+    parquet._reader.chunk_bars = 7
+    return pg, parquet, table
+
+
+async def test_a_chunked_export_returns_the_frame_of_one_request(chunked: tuple[Any, Any, str], make_bars: Any) -> None:
+    """Chunks of 7 slots tile the request: gaps on and beside a seam, an off-grid start and end, a range that is
+    one chunk, a range ending on a seam: no bar dropped or doubled, and the same frame as the PG wire's."""
+    pg, parquet, _ = chunked
+    series = "ohlcv:binance:BTC/USDT:1m"
+    bars = make_bars(T0, 100, skip=(6, 7, 13, 14, 50))  # 7 and 14 open the second and third chunk
+    await pg.write_window(series, T0, T0 + 100 * M, bars)
+    cases = [(T0, T0 + 100 * M), (T0 + M // 2, T0 + 99 * M + 1), (T0, T0 + 7 * M), (T0 + 3 * M, T0 + 21 * M)]
+    for lo, hi in cases:
+        frame = await parquet.read(series, lo, hi)
+        pd.testing.assert_frame_equal(frame, await pg.read(series, lo, hi), check_exact=True)
+        stamps = frame["ts"].astype("int64").to_numpy() // 1_000_000
+        expected = bars["ts"].astype("int64").to_numpy() // 1_000_000
+        assert np.array_equal(stamps, expected[(expected >= lo) & (expected < hi)])
+    assert _served(parquet) == {"pg": 0, "parquet": len(cases), "export_busy": 0}
+
+
+async def test_a_sparse_chunked_export_keeps_only_its_rows(chunked: tuple[Any, Any, str], make_bars: Any) -> None:
+    """Three bars in a range of 10,000 slots: the frame holds three rows (the preallocation is compacted), and
+    a range with no bar at all gives the empty contract frame."""
+    pg, parquet, _ = chunked
+    series = "ohlcv:binance:XRP/USDT:1m"
+    bars = make_bars(T0, 3)
+    await pg.write_window(series, T0, T0 + 10_000 * M, bars)
+    frame = await parquet.read(series, T0, T0 + 10_000 * M)
+    pd.testing.assert_frame_equal(frame, bars, check_exact=True)
+    assert frame["close"].to_numpy().base is None or frame["close"].to_numpy().base.size <= 3 * 5
+    empty = await parquet.read(series, T0 + 10 * M, T0 + 10_000 * M)
+    pd.testing.assert_frame_equal(empty, await pg.read(series, T0 + 10 * M, T0 + 10_000 * M), check_exact=True)
+    assert len(empty) == 0
+
+
+async def test_hostile_series_names_through_the_chunked_export(chunked: tuple[Any, Any, str], make_bars: Any) -> None:
+    """Every hostile name of tests/security read back through several export requests: its own bars only."""
+    pg, parquet, table = chunked
+    names = [f"ohlcv:binance:{symbol}:1m" for symbol in hostile_symbols(f"canary_{table}")]
+    for seed, name in enumerate(names):
+        await pg.write_window(name, T0, T0 + 30 * M, make_bars(T0, 30, seed=seed))
+    for seed, name in enumerate(names):
+        pd.testing.assert_frame_equal(
+            await parquet.read(name, T0, T0 + 30 * M), make_bars(T0, 30, seed=seed), check_exact=True
+        )
+    assert _served(parquet)["parquet"] == len(names)

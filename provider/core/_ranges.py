@@ -9,6 +9,11 @@ Rules:
 4. Work is vectorized with numpy (sort + sweep, O(n log n)); nothing here does I/O. Inputs of a few ranges
    (lists or tuples, ``_SMALL`` ranges in all; what a fetch passes) take a pure-Python path with the same
    results: numpy's per-call overhead (~20 us a call) would dominate the fixed cost of a small fetch.
+5. Large results are a :class:`RangeList`: the documented list of tuples, which also keeps its merged bounds as
+   read-only int64 arrays, so ``subtract_ranges(merge_ranges(a), b)`` reads ``a``'s tuples once. Merging sorts
+   starts and ends apart (no argsort, no gather); subtract and intersect look each bound of one set up in the
+   other (``searchsorted``) and sort the kept bounds. Long lists of tuples are read by
+   :func:`provider.core._pairs.read_pairs` when it applies.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from provider.core._pairs import read_pairs
 from provider.core._time import interval_ms, to_ms
 
 __all__ = [
@@ -34,7 +40,8 @@ __all__ = [
 
 Range = tuple[int, int]
 
-_EMPTY = np.empty((0, 2), dtype=np.int64)
+_NONE = np.empty(0, dtype=np.int64)
+_NONE.flags.writeable = False
 #: Inputs of at most this many ranges in all take the pure-Python path (rule 4).
 _SMALL = 16
 
@@ -84,80 +91,135 @@ def _small_combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], k
     return out
 
 
-def _as_array(ranges: Iterable[tuple[Any, Any]] | np.ndarray) -> np.ndarray:
+class RangeList(list[Range]):
+    """A merged result: the documented list of ``(start, end)`` tuples that also keeps its bounds as int64 arrays.
+
+    Passing it back to a function here skips reading the tuples and merging again (rule 5). Any change through
+    a list method forgets the arrays, so they never disagree with the tuples.
+    """
+
+    __slots__ = ("_bounds",)
+
+    def __init__(self, starts: np.ndarray, ends: np.ndarray) -> None:
+        super().__init__(zip(starts.tolist(), ends.tolist(), strict=True))
+        starts.flags.writeable = False
+        ends.flags.writeable = False
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = (starts, ends)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+
+def _forgetting(name: str) -> Any:
+    method = getattr(list, name)
+
+    def changed(self: RangeList, *args: Any) -> Any:
+        self._bounds = None
+        return method(self, *args)
+
+    changed.__name__ = name
+    changed.__doc__ = method.__doc__
+    return changed
+
+
+for _name in (
+    "append", "extend", "insert", "pop", "remove", "clear", "sort", "reverse",
+    "__setitem__", "__delitem__", "__iadd__", "__imul__",
+):  # fmt: skip
+    setattr(RangeList, _name, _forgetting(_name))
+
+
+def _bounds(ranges: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and ends of ``ranges`` as int64 arrays, each range checked (rule 1)."""
     if isinstance(ranges, np.ndarray):
-        arr = ranges.astype(np.int64, copy=False)
+        arr = ranges.astype(np.int64, copy=False).reshape(-1, 2)
+        starts, ends = np.ascontiguousarray(arr[:, 0]), np.ascontiguousarray(arr[:, 1])
     else:
         items = ranges if isinstance(ranges, list) else list(ranges)
-        if not items:
-            return _EMPTY
-        try:  # fromiter over the flattened pairs is several times faster than asarray on a list of tuples
-            arr = np.fromiter(chain.from_iterable(items), dtype=np.int64, count=2 * len(items))
-        except (TypeError, ValueError):
-            arr = np.asarray(items, dtype=np.int64)
-    if arr.size == 0:
-        return _EMPTY
-    arr = arr.reshape(-1, 2)
-    bad = np.flatnonzero(arr[:, 0] > arr[:, 1])
+        pairs = read_pairs(items)
+        if pairs is not None:
+            starts, ends = pairs
+        elif not items:
+            return _NONE, _NONE
+        else:
+            try:  # fromiter over the flattened pairs is several times faster than asarray on a list of tuples
+                arr = np.fromiter(chain.from_iterable(items), dtype=np.int64, count=2 * len(items))
+            except (TypeError, ValueError):
+                arr = np.asarray(items, dtype=np.int64)
+            arr = arr.reshape(-1, 2)
+            starts, ends = arr[:, 0].copy(), arr[:, 1].copy()
+    bad = np.flatnonzero(starts > ends)
     if bad.size:
-        start, end = (int(x) for x in arr[bad[0]])
+        start, end = int(starts[bad[0]]), int(ends[bad[0]])
         raise ValueError(f"range start {start} is after its end {end}; ranges are half-open [start, end)")
-    return arr
+    return starts, ends
 
 
-def _merged(arr: np.ndarray) -> np.ndarray:
-    starts, ends = arr[:, 0], arr[:, 1]
-    nonempty = starts < ends
-    if not nonempty.all():
-        starts, ends = starts[nonempty], ends[nonempty]
-    if len(starts) <= 1:
-        return np.column_stack((starts, ends))
-    if not (starts[1:] >= starts[:-1]).all():  # results of this module come sorted: skip the sort for them
-        order = np.argsort(starts)  # ties need no order: the running max of ends decides
-        starts, ends = starts[order], ends[order]
-    run_end = np.maximum.accumulate(ends)
-    # A new run begins where a start lies strictly after everything before it; equal means adjacent: merge.
-    breaks = np.flatnonzero(starts[1:] > run_end[:-1])
+def _merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of the ranges, sorted, disjoint and non-adjacent (rule 5: starts and ends sorted apart)."""
+    if len(starts) == 0:
+        return _NONE, _NONE
+    if not ((starts[1:] >= starts[:-1]).all() and (ends[1:] >= ends[:-1]).all()):
+        starts, ends = np.sort(starts), np.sort(ends)
+    # After the k smallest starts and the k smallest ends nothing is open: a gap when the next start is later.
+    breaks = np.flatnonzero(starts[1:] > ends[:-1])
     first = np.concatenate(([0], breaks + 1))
-    last = np.concatenate((breaks, [len(starts) - 1]))
-    return np.column_stack((starts[first], run_end[last]))
+    last = np.append(breaks, len(ends) - 1)
+    out_starts, out_ends = starts[first], ends[last]
+    nonempty = out_starts < out_ends  # empty input ranges may leave empty runs of their own
+    if not nonempty.all():
+        out_starts, out_ends = out_starts[nonempty], out_ends[nonempty]
+    return out_starts, out_ends
 
 
-def _to_list(arr: np.ndarray) -> list[Range]:
-    return list(zip(arr[:, 0].tolist(), arr[:, 1].tolist(), strict=True))
+def _merged(ranges: Any) -> tuple[np.ndarray, np.ndarray]:
+    if type(ranges) is RangeList and ranges._bounds is not None:
+        return ranges._bounds
+    return _merge(*_bounds(ranges))
 
 
 def merge_ranges(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:
     """Sort and merge overlapping and adjacent ranges; empty ranges vanish."""
     if _is_small(ranges):
         return _small_merged(ranges)
-    return _to_list(_merged(_as_array(ranges)))
+    return RangeList(*_merged(ranges))
+
+
+def _inside(starts: np.ndarray, ends: np.ndarray, points: np.ndarray, side: Any, closed: bool) -> np.ndarray:
+    """Whether each point lies in the merged set: at it (``side="right"``) or just before it (``"left"``)."""
+    owner = np.searchsorted(starts, points, side=side) - 1
+    end = ends[np.maximum(owner, 0)]
+    return (owner >= 0) & ((points <= end) if closed else (points < end))
+
+
+def _union(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Two sorted arrays as one: the stable sort (timsort) only merges the two runs (10x the default sort)."""
+    return np.sort(np.concatenate((x, y)), kind="stable")
 
 
 def _combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b: bool) -> list[Range]:
     if _is_small(a, b):
         return _small_combine(a, b, keep_b)
-    ma, mb = _merged(_as_array(a)), _merged(_as_array(b))
-    if len(ma) == 0:
+    sa, ea = _merged(a)
+    if len(sa) == 0:
         return []
-    if len(mb) == 0:
-        return [] if keep_b else _to_list(ma)
-    # One sweep over the boundaries of both sets. A merged set's flattened bounds strictly increase, so just
-    # after a point p we are inside the set when an odd number of its bounds are <= p. Both halves are sorted:
-    # the stable sort (timsort) only merges two runs.
-    bounds_a = ma.ravel()
-    points = np.concatenate((bounds_a, mb.ravel()))
-    order = np.argsort(points, kind="stable")
-    points = points[order]
-    seen_a = np.cumsum(order < len(bounds_a))
-    seen_b = np.arange(1, len(points) + 1) - seen_a
-    last = np.flatnonzero(np.append(points[1:] != points[:-1], True))  # the state after all bounds at a point
-    inside_a, inside_b = (seen_a[last] & 1).astype(bool), (seen_b[last] & 1).astype(bool)
-    keep = inside_a & (inside_b if keep_b else ~inside_b)
-    # Runs of kept segments start where keep turns on and end where it turns off; it is off after the last point.
-    edges = np.diff(keep.view(np.int8), prepend=np.int8(0))
-    points = points[last]
-    return _to_list(np.column_stack((points[edges == 1], points[edges == -1])))
+    sb, eb = _merged(b)
+    if len(sb) == 0:
+        return [] if keep_b else RangeList(sa, ea)
+    # Each bound of the result is a bound of a or of b (rule 5). A start of a opens a piece when the point is
+    # (intersect) or is not (subtract) in b; an end of a closes one by the same test just before it. A bound of
+    # b strictly inside a range of a opens or closes one too (one equal to a bound of a is counted there).
+    a_start_in_b = _inside(sb, eb, sa, "right", closed=False)
+    a_end_in_b = _inside(sb, eb, ea, "left", closed=True)
+    b_start_in_a = _inside(sa, ea, sb, "left", closed=False)
+    b_end_in_a = _inside(sa, ea, eb, "left", closed=False)
+    if keep_b:
+        starts = _union(sa[a_start_in_b], sb[b_start_in_a])
+        ends = _union(ea[a_end_in_b], eb[b_end_in_a])
+    else:
+        starts = _union(sa[~a_start_in_b], eb[b_end_in_a])
+        ends = _union(ea[~a_end_in_b], sb[b_start_in_a])
+    return RangeList(starts, ends)
 
 
 def intersect_ranges(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]]) -> list[Range]:
@@ -184,12 +246,10 @@ def missing_ranges(start: Any, end: Any, covered: Iterable[tuple[Any, Any]], int
     """The snapped request minus ``covered``; a partly covered bar is missing, so results are on the grid."""
     step = interval_ms(interval)
     lo, hi = snap_range(start, end, step)
-    gaps = _merged(_as_array(subtract_ranges([(lo, hi)], covered)))
-    if len(gaps) == 0:
+    gap_starts, gap_ends = _merged(subtract_ranges([(lo, hi)], covered))
+    if len(gap_starts) == 0:
         return []
-    gaps[:, 0] = (gaps[:, 0] // step) * step
-    gaps[:, 1] = -((-gaps[:, 1]) // step) * step
-    return _to_list(_merged(gaps))
+    return RangeList(*_merge((gap_starts // step) * step, -((-gap_ends) // step) * step))
 
 
 def window_ranges(start: Any, end: Any, interval: Any, window_bars: int) -> list[Range]:
@@ -207,5 +267,5 @@ def window_ranges(start: Any, end: Any, interval: Any, window_bars: int) -> list
 
 def covered_ms(ranges: Iterable[tuple[Any, Any]]) -> int:
     """Total length of the union of ``ranges`` in ms."""
-    merged = _merged(_as_array(ranges))
-    return int((merged[:, 1] - merged[:, 0]).sum()) if len(merged) else 0
+    starts, ends = _merged(ranges)
+    return int((ends - starts).sum())

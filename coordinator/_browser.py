@@ -14,6 +14,9 @@ no token table:
 3. A non-empty body must be ``application/json``; anything else (a form, ``text/plain``) is 415 (field
    ``Content-Type``): browsers cannot send JSON cross-origin without a preflight, which the API never grants.
 With tokens on, a page cannot present a bearer token it does not have, so none of this applies.
+4. :class:`BrowserGuard` applies the same rules with the accepted names built once and the verdict on each
+   distinct ``Host`` value remembered (at most :data:`HOST_CACHE_SIZE`): parsing an IP literal per request was
+   about 4% of a leader's event-loop time under load (docs/benchmarks.md, issue 20).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from aiohttp import web
 
 from coordinator.errors import ApiError, AuthError
 
-__all__ = ["browser_refusal"]
+__all__ = ["HOST_CACHE_SIZE", "BrowserGuard", "browser_refusal"]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Distinct ``Host`` values whose verdict a :class:`BrowserGuard` remembers (rule 4); past it, it starts afresh.
+HOST_CACHE_SIZE = 256
 
 
 def _host_name(host: str) -> str:
@@ -50,36 +55,57 @@ def browser_refusal(
     request: web.Request, *, bound_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]
 ) -> ApiError | None:
     """The refusal for ``request`` on a node without tokens, or None when it may go on (rules 1-3)."""
-    host = request.headers.get("Host", "")
-    name = _host_name(host)
-    accepted = {"localhost", bound_host.lower(), *(h.lower() for h in allowed_hosts)}
-    if not (_is_ip(name) or name in accepted):
-        return AuthError(
-            f"Host {host[:100]!r} does not name this node: without tokens only IP addresses, localhost, the --http "
-            "host and coordinator.allowed_hosts are served (DNS-rebinding protection); use one of those, add the "
-            "name to coordinator.allowed_hosts, or turn tokens on (--token-file)",
-            code="forbidden",
-            field="Host",
-        )
-    if request.method in _SAFE_METHODS:
-        return None
-    origin = request.headers.get("Origin")
-    if origin is not None and origin not in allowed_origins:
-        parts = urlsplit(origin)
-        if parts.netloc.lower() != host.strip().lower() or parts.scheme not in ("http", "https"):
+    return BrowserGuard(bound_host, allowed_hosts, allowed_origins).refusal(request)
+
+
+class BrowserGuard:
+    """Rules 1-3 for one node's settings (rule 4: the accepted names built once, host verdicts remembered)."""
+
+    def __init__(self, bound_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]) -> None:
+        self._accepted = frozenset({"localhost", bound_host.lower(), *(h.lower() for h in allowed_hosts)})
+        self._allowed_origins = allowed_origins
+        self._hosts: dict[str, bool] = {}
+
+    def _host_ok(self, host: str) -> bool:
+        known = self._hosts.get(host)
+        if known is None:
+            name = _host_name(host)
+            known = _is_ip(name) or name in self._accepted
+            if len(self._hosts) >= HOST_CACHE_SIZE:
+                self._hosts.clear()
+            self._hosts[host] = known
+        return known
+
+    def refusal(self, request: web.Request) -> ApiError | None:
+        """The refusal for ``request``, or None when it may go on (rules 1-3)."""
+        host = request.headers.get("Host", "")
+        if not self._host_ok(host):
             return AuthError(
-                f"a write from origin {origin[:100]!r} is refused: without tokens only the node's own origin and "
-                "coordinator.allowed_origins may send writes (a web page must not drive the cluster); add the "
-                "origin to coordinator.allowed_origins, or turn tokens on (--token-file)",
+                f"Host {host[:100]!r} does not name this node: without tokens only IP addresses, localhost, the "
+                "--http host and coordinator.allowed_hosts are served (DNS-rebinding protection); use one of "
+                "those, add the name to coordinator.allowed_hosts, or turn tokens on (--token-file)",
                 code="forbidden",
-                field="Origin",
+                field="Host",
             )
-    has_body = (request.content_length or 0) > 0 or request.body_exists  # a declared length, or a chunked body
-    if has_body and request.content_type != "application/json":
-        return ApiError(
-            f"a body of type {request.content_type!r} is refused: send JSON with 'Content-Type: application/json' "
-            "(curl: --json '{...}' or -H 'Content-Type: application/json')",
-            code="unsupported_media_type",
-            field="Content-Type",
-        )
-    return None
+        if request.method in _SAFE_METHODS:
+            return None
+        origin = request.headers.get("Origin")
+        if origin is not None and origin not in self._allowed_origins:
+            parts = urlsplit(origin)
+            if parts.netloc.lower() != host.strip().lower() or parts.scheme not in ("http", "https"):
+                return AuthError(
+                    f"a write from origin {origin[:100]!r} is refused: without tokens only the node's own origin and "
+                    "coordinator.allowed_origins may send writes (a web page must not drive the cluster); add the "
+                    "origin to coordinator.allowed_origins, or turn tokens on (--token-file)",
+                    code="forbidden",
+                    field="Origin",
+                )
+        has_body = (request.content_length or 0) > 0 or request.body_exists  # a declared length, or a chunked body
+        if has_body and request.content_type != "application/json":
+            return ApiError(
+                f"a body of type {request.content_type!r} is refused: send JSON with 'Content-Type: application/json' "
+                "(curl: --json '{...}' or -H 'Content-Type: application/json')",
+                code="unsupported_media_type",
+                field="Content-Type",
+            )
+        return None

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from coordinator._browser import browser_refusal
+from coordinator._browser import BrowserGuard
 from coordinator._call import Call
 from coordinator.auth import ANONYMOUS, TokenTable
 from coordinator.errors import (
@@ -105,6 +105,7 @@ class _Server:
         self.node = node
         self.tokens = tokens
         self.max_body = node.cfg.max_body_bytes
+        self.browser = BrowserGuard(node.settings.http_host, node.cfg.allowed_hosts, node.cfg.allowed_origins)
         self.forwarder = Forwarder(node.settings.node_id, node.cfg, node.metrics)
         # Ids for requests that bring none: unique per process start, cheap (no syscall per request).
         self._id_prefix = new_request_id()[:8]
@@ -150,12 +151,7 @@ class _Server:
         async def handler(request: web.Request) -> web.StreamResponse:
             principal = ANONYMOUS
             if self.tokens is None:
-                refusal = browser_refusal(
-                    request,
-                    bound_host=self.node.settings.http_host,
-                    allowed_hosts=self.node.cfg.allowed_hosts,
-                    allowed_origins=self.node.cfg.allowed_origins,
-                )
+                refusal = self.browser.refusal(request)
                 if refusal is not None:
                     raise refusal
             if self.tokens is not None and route.role is not None:

@@ -11,11 +11,13 @@ Rules:
    this node's config, so replicas never depend on their own config files.
 3. Lease events are logged with ``lease_id``, ``window_id``, ``token`` and ``worker_id``: grants, renewals and
    completions at DEBUG (thousands per second under load), failures, expiries and operator actions at INFO or
-   WARNING, rejections (409 lease_lost) at INFO.
+   WARNING, rejections (409 lease_lost) at INFO. The DEBUG lines of the claim and complete routes are built only
+   when DEBUG is on for this logger (:func:`_debug_on`): a filtered structlog call still cost 2.4 us.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -49,8 +51,14 @@ __all__ = ["Handlers"]
 WINDOW_STATES = ("pending", "leased", "done", "failed")
 
 log = get_logger("coordinator.api")
+_std_log = logging.getLogger("coordinator.api")
 M = TypeVar("M")
 _MODELS = {model.__name__: model for model in WIRE_MODELS}
+
+
+def _debug_on() -> bool:
+    """Whether this module's DEBUG lines are emitted (rule 3; the stdlib caches the answer per level)."""
+    return _std_log.isEnabledFor(logging.DEBUG)
 
 
 #: ``GET /v1/jobs`` pages: the default and the largest ``limit``.
@@ -212,7 +220,7 @@ class Handlers:
     async def claim_windows(self, call: Call) -> web.Response:
         req = parse(ClaimRequest, call.body)
         value = await self.node.claim(req.worker_id, req.max_windows, req.wait_ms, call.client_id, call.request_id)
-        for lease in value["leases"]:
+        for lease in value["leases"] if _debug_on() else ():
             log.debug(
                 "lease.granted",
                 lease_id=lease["lease_id"],
@@ -233,9 +241,10 @@ class Handlers:
     async def complete_window(self, call: Call) -> web.Response:
         req = parse(CompleteRequest, call.body)
         value = await self._run(call, "complete", {"lease_id": req.lease_id, "token": req.token, "rows": req.rows})
-        log.debug(
-            "lease.completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
-        )
+        if _debug_on():
+            log.debug(
+                "lease.completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
+            )
         return web.json_response(value)
 
     async def fail_window(self, call: Call) -> web.Response:

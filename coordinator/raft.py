@@ -225,6 +225,12 @@ class RaftSettings:
         )
 
 
+def _expire(future: asyncio.Future[Result]) -> None:
+    """The commit timeout of one command: it may still be applied (rule 5)."""
+    if not future.done():
+        future.set_exception(CommitError("TIMEOUT", maybe_applied=True))
+
+
 def _settle(futures: list[asyncio.Future[Result]], results: Any, error: Any) -> None:
     """Resolve the futures of one batch with its results, or fail them all."""
     ok = error == FAIL_REASON.SUCCESS and isinstance(results, list) and len(results) == len(futures)
@@ -403,11 +409,12 @@ class RaftNode:
         if not self._flush_scheduled and self._in_flight < MAX_IN_FLIGHT:
             self._flush_scheduled = True
             loop.call_soon(self._flush, loop)
+        # A timer that fails the future, not ``asyncio.timeout``: the same outcome, 3.5 us less per command here.
+        timer = loop.call_later(timeout_s, _expire, future)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await future
-        except TimeoutError:
-            raise CommitError("TIMEOUT", maybe_applied=True) from None
+            return await future
+        finally:
+            timer.cancel()
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send the gathered commands as one log entry (MAX_BATCH at most) while fewer than MAX_IN_FLIGHT are out."""

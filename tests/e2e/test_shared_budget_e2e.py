@@ -146,6 +146,9 @@ def test_a_stopped_worker_gives_back_its_unsent_windows_at_once(cluster: Cluster
             stopped = time.monotonic()
             wait_for(lambda: not leases_of(cluster, "w-stop") and budget_workers(cluster) == 0, 5, "leases given back")
             assert time.monotonic() - stopped < 1.0
+            # A release is logged after the coordinator answered it: read the log once the worker has drained and
+            # exited, so every release line is in it.
+            wait_for(lambda: not first.alive, 30, "the stopped worker to exit")
             released = first.log().count('"worker.window_released"')
             assert released >= 1 and first.log().count('"fetched": false') == released, first.log()[-3000:]
             pool.start("w-rest", concurrency=8)

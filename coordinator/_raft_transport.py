@@ -44,6 +44,10 @@ Rules:
    that any pysyncobj node inflates, without ``zlib.compress``'s per-call setup, which cost 20-130 us per
    message here, more than the rest of a message's handling (the leader's largest cost per window, profiled in
    docs/benchmarks.md). Larger messages (catch-up batches, dump chunks) are compressed as pysyncobj does.
+10. A failed bind of the Raft port is kept in ``TransportGuard.bind_error``. pysyncobj retries a failed bind every
+    second without a word, so a node whose port was taken between the CLI's check and the bind served HTTP
+    with no Raft at all (503 ``no_leader`` forever, its peers reading an HTTP answer as a frame):
+    ``RaftNode.start`` reads it after pysyncobj's first attempt and refuses to start.
 """
 
 from __future__ import annotations
@@ -229,6 +233,8 @@ class TransportGuard:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(REASONS, 0)
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}  # (reason, host) -> (last line, suppressed)
+        #: Why the last attempt to bind the Raft port failed (None once it is bound): rule 10.
+        self.bind_error: OSError | None = None
 
     def rejections(self) -> dict[str, int]:
         with self._lock:
@@ -378,7 +384,13 @@ class _GuardedServer(TcpServer):
         super().__init__(*args, **kwargs)
 
     def bind(self) -> None:
-        super().bind()
+        try:
+            super().bind()
+        except OSError as exc:  # rule 10: pysyncobj swallows it and retries every second, silently
+            self._TcpServer__socket.close()  # pysyncobj leaves the failed socket open
+            self._guard.bind_error = exc
+            raise
+        self._guard.bind_error = None
         self._TcpServer__socket.listen(LISTEN_BACKLOG)
 
     def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:

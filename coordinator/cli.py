@@ -5,7 +5,8 @@ Rules:
    and builds objects. Flags override the config file, the file overrides defaults.
 2. ``serve`` refuses (exit code 2, a message naming the flag) to bind HTTP to a non-loopback address without
    ``--token-file``, or Raft to a non-loopback address without ``--cluster-secret-file``: pysyncobj speaks pickle
-   and would run code for anyone who can reach its port.
+   and would run code for anyone who can reach its port. It refuses ports it cannot bind too, and ``--raft`` and
+   ``--http`` on one port; a Raft port taken between that check and the bind also exits 2 (``raft.py`` rule 13).
 3. A data dir remembers its node id and Raft address (``node.json``); starting another node on it is refused.
 4. Exit statuses of ``serve``: 0 after SIGTERM/SIGINT, 1 on an unexpected error, 2 on a usage error, 74 when the
    data dir could not be written (``coordinator/_disk.py`` rule 2: disk full or an I/O error, named in the
@@ -49,6 +50,10 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+#: Addresses that bind every interface, so they share ports with every other address.
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
 def _check_bindable(host: str, port: int, flag: str) -> None:
@@ -177,6 +182,8 @@ def serve(
 
     raft_host, raft_port = parse_addr(raft_addr, "--raft")
     http_host, http_port = parse_addr(http_addr, "--http")
+    if raft_port == http_port and (raft_host == http_host or _WILDCARDS & {raft_host, http_host}):
+        raise click.UsageError(f"--raft and --http both name port {raft_port}: give each its own port")
     peer_list = tuple(p.strip() for p in peers.split(",") if p.strip())
     for peer in peer_list:
         parse_addr(peer, "--peers")
@@ -219,7 +226,12 @@ def serve(
         password=secret,
     )
     raise_fd_limit()  # before the node sizes its connection cap from the limit
-    run_service(_serve(settings, config, tokens))
+    from coordinator.raft import RaftBindError
+
+    try:
+        run_service(_serve(settings, config, tokens))
+    except RaftBindError as exc:  # taken after the check above (coordinator/raft.py rule 13)
+        raise click.UsageError(str(exc)) from None
 
 
 async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:

@@ -53,6 +53,8 @@ Rules:
     deadline is held, so it neither appends, votes nor stands) and rejoins by itself when space returns. While it is not
     serving, :attr:`RaftNode.is_leader` is false, :attr:`RaftNode.leader_addr` is None and :meth:`RaftNode.submit`
     refuses.
+13. A node whose Raft port cannot be bound does not start (:class:`RaftBindError`; ``coordinator serve`` exits
+    2 naming ``--raft``). pysyncobj would retry the bind every second without a word while HTTP answered 503.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ __all__ = [
     "COMMANDS",
     "MAX_BATCH",
     "CommitError",
+    "RaftBindError",
     "RaftNode",
     "RaftSettings",
     "TableConsumer",
@@ -91,6 +94,10 @@ __all__ = [
 
 log = get_logger("coordinator.raft")
 T = TypeVar("T")
+
+
+class RaftBindError(RuntimeError):
+    """The Raft port could not be bound (rule 13): the node must not run without Raft."""
 
 #: Most commands in one log entry.
 MAX_BATCH = 256
@@ -291,6 +298,14 @@ class RaftNode:
                 transportClass=functools.partial(  # rules 11 and 12
                     GuardedTransport, guard=self._guard, gate=aside.accepts, send_gate=aside.sends
                 ),
+            )
+        bind_error = self._guard.bind_error  # pysyncobj's first bind attempt is over once SyncObj() returns
+        if bind_error is not None:
+            self._sync.destroy()
+            self._sync = None
+            raise RaftBindError(
+                f"--raft {self.settings.self_addr} cannot be bound: {bind_error.strerror or bind_error}; "
+                "another process (or this node's --http) holds it: pick a free port"
             )
         aside.attach(self._sync)
         self._sync.addOnTickCallback(self._keepalive)

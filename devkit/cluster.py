@@ -26,7 +26,7 @@ import yaml
 
 from devkit.launcher import peers_of, serve_argv
 from devkit.polling import http_json, wait_for
-from devkit.ports import free_port
+from devkit.ports import free_ports
 
 __all__ = ["FAST_CONFIG", "MIN", "SERIES", "Cluster", "Node", "make_cluster", "with_fd_limit"]
 
@@ -156,8 +156,9 @@ def make_cluster(
     host = f"127.0.0.{random.randint(20, 250)}"
     config_path = root / "coordinator.yaml"
     config_path.write_text(yaml.safe_dump(config or {}), encoding="utf-8")
-    rafts = [f"{host}:{free_port(host)}" for _ in range(size)]
-    https = [f"{host}:{free_port(host)}" for _ in range(size)]
+    ports = free_ports(2 * size, host)
+    rafts = [f"{host}:{port}" for port in ports[:size]]
+    https = [f"{host}:{port}" for port in ports[size:]]
     token_file = secret_file = None
     if token_lines:
         token_file = root / "tokens.txt"

@@ -99,6 +99,7 @@ T = TypeVar("T")
 class RaftBindError(RuntimeError):
     """The Raft port could not be bound (rule 13): the node must not run without Raft."""
 
+
 #: Most commands in one log entry.
 MAX_BATCH = 256
 #: Log entries of this node's group commit in flight at once; commands arriving meanwhile join the next entry.

@@ -200,7 +200,8 @@ def autoscale_part(args: argparse.Namespace, tmp: Path, questdb: Any) -> dict[st
     """Curve 3: the pool 2 -> 8 -> 2 on the shared budget, and the fixed pool of 4 over the same windows."""
     bound = args.rps * BARS_PER_WINDOW
     windows = int(args.rps * args.autoscale_seconds)
-    rows, out = [], {}
+    rows: list[list[Any]] = []
+    out: dict[str, Any] = {}
     for kind in ("fixed 4, limit/4 each", "autoscale 2-8-2, shared budget"):
         rates, refused, phases, timings = [], [], [], []
         for run in range(args.runs):

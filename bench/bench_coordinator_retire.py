@@ -24,7 +24,8 @@ import yaml
 
 from bench._cluster_probes import node_rss
 from bench._common import emit, table
-from bench.bench_coordinator import CONFIG, coordinator_cluster, coordinator_leader, get_json
+from bench._failover import coordinator_leader, get_json
+from bench.bench_coordinator import CONFIG, coordinator_cluster
 
 JOB_WINDOWS = 20_000
 

@@ -22,6 +22,7 @@ import asyncio
 import time
 
 import numpy as np
+import pandas as pd
 
 from bench._common import emit, median_time_s, table
 from provider.conformance import normalize_bars
@@ -33,7 +34,7 @@ MIN = 60_000
 T0 = 1_600_000_000_000 // MIN * MIN
 
 
-async def _fetch(spec: str, bars: int) -> object:
+async def _fetch(spec: str, bars: int) -> pd.DataFrame:
     source = open_source(spec)
     try:
         return await source.fetch(SERIES, T0, T0 + bars * MIN)
@@ -41,7 +42,7 @@ async def _fetch(spec: str, bars: int) -> object:
         await source.aclose()
 
 
-def _normalize(frame: object, bars: int) -> object:
+def _normalize(frame: pd.DataFrame, bars: int) -> pd.DataFrame:
     out, report = normalize_bars(frame, series=str(SERIES), interval_ms=MIN, start_ms=T0, end_ms=T0 + bars * MIN)
     if report.blocking:
         raise AssertionError(report.summary())

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import itertools
 import os
 import secrets
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -115,10 +117,10 @@ async def fixed_cost(
         forgetting(storage)
         return await reader.fetch(lo, hi, node_id=SERIES)
 
-    paths = {
+    paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]] = {
         "remembered": lambda: reader.fetch(lo, hi, node_id=SERIES),
         "forgotten": forgotten,
-        **{name: (lambda read=read: read(SERIES, lo, hi)) for name, read in raw.readers().items()},
+        **{name: functools.partial(read, SERIES, lo, hi) for name, read in raw.readers().items()},
     }
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for fn in paths.values():
@@ -154,13 +156,13 @@ async def bench(dsn: str, pg_dsn: str, http_url: str, args: argparse.Namespace) 
         pd.testing.assert_frame_equal(check, baseline)
         assert len(check) == args.bars
         pd.testing.assert_frame_equal(check, await raw_read_timestamps(conn, table_name, lo, hi))
-        paths = {
+        paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]] = {
             "provider": lambda: reader.fetch(lo, hi, node_id=SERIES),
             "storage": lambda: storage.read(SERIES, lo, hi),
         }
         for name, read in raw.readers().items():
             pd.testing.assert_frame_equal(check, await read(SERIES, lo, hi), check_exact=True)
-            paths[name] = lambda read=read: read(SERIES, lo, hi)
+            paths[name] = functools.partial(read, SERIES, lo, hi)
         samples: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.runs):  # interleaved, so load drift on a shared machine hits every path alike
             for name, fn in paths.items():

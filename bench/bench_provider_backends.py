@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import secrets
 import sqlite3
@@ -100,10 +101,10 @@ async def curve(backend: str, dsn: str, raw_target: str, args: argparse.Namespac
         for bars in sizes:
             lo, hi = START, START + bars * SECOND_MS
             paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]] = {
-                "provider": lambda lo=lo, hi=hi: reader.fetch(lo, hi, node_id=SERIES)
+                "provider": functools.partial(reader.fetch, lo, hi, node_id=SERIES)
             }
             for name, read in readers.items():
-                paths[name] = lambda read=read, lo=lo, hi=hi: read(lo, hi)
+                paths[name] = functools.partial(read, lo, hi)
             check = await paths["provider"]()
             for name, fn in paths.items():
                 pd.testing.assert_frame_equal(check, await fn(), check_exact=True, obj=name)

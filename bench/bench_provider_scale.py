@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import secrets
 import statistics
@@ -163,7 +164,7 @@ def fetch_paths(
     """The measured path and every raw reader, each returning the same frame of ``[lo, hi)``."""
     paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]] = {"provider": lambda: reader.fetch(lo, hi, node_id=SERIES)}
     for name, read in raw.readers().items():
-        paths[name] = lambda read=read: read(SERIES, lo, hi)
+        paths[name] = functools.partial(read, SERIES, lo, hi)
     return paths
 
 

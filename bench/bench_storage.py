@@ -33,6 +33,7 @@ import gc
 import os
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 
@@ -201,7 +202,7 @@ async def bench_coverage(
         timings: tuple[list[float], list[float], list[float]] = ([], [], [])
         # The baseline runs after the others: right after it returns a million rows, QuestDB (the JVM) and this
         # process are still cleaning up, which would be charged to whichever query came next.
-        calls = [
+        calls: list[tuple[Callable[[], Awaitable[list[tuple[int, int]]]], list[float]]] = [
             (lambda: storage.coverage(SERIES), timings[0]),
             (lambda: storage.coverage(SERIES, *recent), timings[2]),
         ]

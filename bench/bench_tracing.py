@@ -100,10 +100,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         shipped = tracing.span
         for _ in range(args.runs):
             for mode in ("none", "off"):
-                tracing.span = _bare_span if mode == "none" else shipped  # type: ignore[assignment]
+                tracing.span = _bare_span if mode == "none" else shipped
                 for name, fetch in fetches.items():
                     samples.setdefault((mode, name), []).append(await _per_call_us(fetch, args.calls))
-        tracing.span = shipped  # type: ignore[assignment]
+        tracing.span = shipped
         exporter = Discard()
         sdk = TracerProvider()
         sdk.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=100_000))

@@ -63,6 +63,7 @@ _OPTIONS = {
             "http_token",
             "wal_apply_timeout_ms",
             "parquet_min_bars",
+            "export_keepalive_ms",
         }
     ),
 }
@@ -120,6 +121,8 @@ class StorageDsn:
     wal_apply_timeout_ms: int | None = None
     #: QuestDB: reads of more grid slots than this use the HTTP Parquet export (None: the measured default).
     parquet_min_bars: int | None = None
+    #: QuestDB: how long an export connection stays open idle for the next export (0: closed after each one).
+    export_keepalive_ms: int = 1_000
     #: How long reconnects (after a server restart) are retried before StorageUnavailableError.
     retry_timeout_ms: int = 30_000
     busy_timeout_ms: int = 30_000
@@ -236,6 +239,8 @@ def _questdb_fields(options: dict[str, str]) -> dict[str, Any]:
         )
     if "parquet_min_bars" in options:
         out["parquet_min_bars"] = _int_option("parquet_min_bars", options.pop("parquet_min_bars"), 0, 10**9)
+    if "export_keepalive_ms" in options:
+        out["export_keepalive_ms"] = _int_option("export_keepalive_ms", options.pop("export_keepalive_ms"), 0, 60_000)
     for name in ("http_host", "http_user", "http_password", "http_token"):
         if name in options:
             value = options.pop(name)

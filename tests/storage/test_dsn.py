@@ -26,6 +26,9 @@ from provider.storage import StorageConfigError, StorageUnavailableError, open_s
         pytest.param("questdb://h:8812/?pool_size=0", None, "pool_size", id="pool-size-zero"),
         pytest.param("questdb://h:8812/?http_port=1&http_port=2", None, "http_port", id="repeated-option"),
         pytest.param("questdb://h:8812/?wal_apply_timeout_ms=-1", None, "wal_apply_timeout_ms", id="negative"),
+        pytest.param(
+            "questdb://h:8812/?export_keepalive_ms=61000", None, "export_keepalive_ms", id="keepalive-too-long"
+        ),
         pytest.param("questdb://h:8812/?http_user=a;b", None, "http_user", id="ilp-conf-injection"),
         pytest.param("questdb://h:8812/?x", None, "query", id="malformed-query"),
         pytest.param("questdb://h:8812/#frag", None, "fragment", id="fragment"),
@@ -71,7 +74,10 @@ def test_questdb_dsn_with_every_option():
     parsed = parse_dsn(
         "questdb://u%40x:p%2Fw@db.example:18812/?http_port=19000&table=bars&pool_size=8"
         "&wal_apply_timeout_ms=5000&retry_timeout_ms=100&http_host=ingest.example&http_user=w&http_password=s"
+        "&export_keepalive_ms=0"
     )
+    assert parsed.export_keepalive_ms == 0
+    assert parse_dsn("questdb://h:8812/").export_keepalive_ms == 1000
     assert (parsed.user, parsed.password, parsed.host, parsed.port) == ("u@x", "p/w", "db.example", 18812)
     assert (parsed.table, parsed.pool_size, parsed.wal_apply_timeout_ms, parsed.retry_timeout_ms) == (
         "bars",

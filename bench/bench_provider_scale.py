@@ -10,7 +10,8 @@ provider sees the range as covered. Then, for each size, interleaved runs of:
   (``/exp?fmt=parquet&compression_codec=UNCOMPRESSED``) read by pyarrow.
 
 The headline ratio is provider / the fastest raw reader at that size. Times are medians of ``--runs`` runs
-(``--large-runs`` at 10^7 bars, where one read takes tens of seconds). Memory held while serving, next to the
+(``--large-runs`` at 10^7 bars, where one read takes tens of seconds; at least ``--small-runs`` at 10^3 and 10^4,
+where one read takes milliseconds). Memory held while serving, next to the
 size of the frame returned (the least any path must hold): the provider's tracemalloc peak of one untimed call
 up to ``--trace-max`` bars (tracemalloc is too slow beyond, and blind to pyarrow's buffers), and from
 ``--rss-min`` bars the peak RSS of a fresh process during one call (VmHWM, reset through /proc/self/clear_refs)
@@ -250,7 +251,7 @@ async def time_size(
     args: argparse.Namespace, paths: dict[str, Callable[[], Awaitable[pd.DataFrame]]], bars: int
 ) -> dict[str, Any]:
     """Interleaved timed runs of every path (after one warm-up call each), checking the frames agree once."""
-    runs = args.large_runs if bars >= 10**7 else args.runs
+    runs = args.large_runs if bars >= 10**7 else max(args.runs, args.small_runs) if bars <= 10**4 else args.runs
     if bars < 10**7:  # warm-up: connections, QuestDB's compiled queries, first uses (the smaller sizes did it)
         for fn in paths.values():
             await fn()
@@ -367,6 +368,12 @@ def main() -> None:
     parser.add_argument("--max-exp", type=int, default=6, choices=range(3, 8), help="largest size is 10^N bars")
     parser.add_argument("--runs", type=int, default=5, help="timed runs per path and size (median)")
     parser.add_argument("--large-runs", type=int, default=2, help="timed runs at 10^7 bars (median)")
+    parser.add_argument(
+        "--small-runs",
+        type=int,
+        default=100,
+        help="timed runs at 10^3 and 10^4 bars, where one read takes milliseconds and 5 samples are noise (median)",
+    )
     parser.add_argument(
         "--trace-max", type=int, default=10**6, help="largest size also measured with tracemalloc (one slow call)"
     )

@@ -218,17 +218,7 @@ class QuestDBReader:
         url = URL(f"{self._http_url}?{query}", encoded=True)
 
         async def attempt() -> bytearray | None:
-            if self._session is None:
-                if self._keepalive_s > 0:  # rule 4
-                    connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=self._keepalive_s)
-                else:
-                    connector = aiohttp.TCPConnector(limit=self._pool_size, force_close=True)
-                traces = aiohttp.TraceConfig()
-                traces.on_connection_create_end.append(self._connected)
-                self._session = aiohttp.ClientSession(
-                    connector=connector, headers=self._headers, auth=self._auth, trace_configs=[traces]
-                )
-            async with self._session.get(url) as response:
+            async with self._http().get(url) as response:
                 if response.status == 429:  # the server's export connection limit: rule 5
                     return None
                 if response.status != 200:
@@ -241,6 +231,20 @@ class QuestDBReader:
 
         body: bytearray | None = await self._retrying(attempt, "read (parquet export)")
         return body
+
+    def _http(self) -> aiohttp.ClientSession:
+        """The export session, made on first use; its connections stay idle for ``export_keepalive_ms`` (rule 4)."""
+        if self._session is None:
+            if self._keepalive_s > 0:
+                connector = aiohttp.TCPConnector(limit=self._pool_size, keepalive_timeout=self._keepalive_s)
+            else:
+                connector = aiohttp.TCPConnector(limit=self._pool_size, force_close=True)
+            traces = aiohttp.TraceConfig()
+            traces.on_connection_create_end.append(self._connected)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self._headers, auth=self._auth, trace_configs=[traces]
+            )
+        return self._session
 
     async def _connected(self, *_: Any) -> None:
         self.export_connections += 1

@@ -10,6 +10,8 @@ Rules:
    expires_at_ms, rows, payload)`` whose payload is the int64 ts followed by the five float64 columns (one
    ``frombuffer`` to read), with the same TTL; expired rows are purged on write, entries inside a newer one are
    deleted. An L2 hit is promoted to L1. SQLite calls run in a worker thread, one connection behind a lock.
+   Several processes may share the file (WAL journal; openers racing to switch a new file to WAL wait, as the
+   SQLite storage's do).
 4. Hits and misses are counted per layer (``seamless_cache_hit_total{layer}``, ``seamless_cache_miss_total``).
 """
 
@@ -32,6 +34,7 @@ from provider.core import SeriesKey, intersect_ranges, merge_ranges, subtract_ra
 from provider.core.clock import wall_clock_ms
 from provider.frames import PRICE_COLUMNS, empty_frame, frame_from_arrays, slice_frame, ts_ms
 from provider.metrics import ProviderMetrics
+from provider.storage._sqlite import enable_wal
 from provider.strategies import DataSourcePriority
 
 __all__ = [
@@ -282,7 +285,7 @@ class SqliteCache:
         if self._db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            enable_wal(self._db, timeout_s=5.0)  # sqlite3.connect's default lock wait
             self._db.execute(_SCHEMA)
         return self._db
 

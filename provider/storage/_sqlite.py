@@ -15,6 +15,11 @@ Rules:
    ``BEGIN IMMEDIATE`` transaction (delete the window's bars, insert the new ones, upsert the ledger row), so a
    window is replaced atomically or not at all. ``synchronous=FULL``: a returned write survives power loss.
 3. sqlite3 blocks, so every call runs in a small thread pool; each thread owns one connection.
+4. A file still in SQLite's default rollback journal (a new file, or one another tool made) is switched to WAL
+   at open. SQLite takes the exclusive lock for that switch without calling its busy handler, so while another
+   connection holds the file's write lock (a racing opener does, in the middle of its own switch) it answers
+   BUSY at once. The switch therefore waits out BUSY itself, backing off up to 50 ms, until ``busy_timeout_ms``;
+   then it fails as any lock wait does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import asyncio
 import itertools
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +44,7 @@ from provider.storage._dsn import StorageDsn
 from provider.storage._sql import coverage_sql, ranges_from_boundaries, rows_to_matrix
 from provider.storage.errors import SchemaMismatchError, StorageUnavailableError
 
-__all__ = ["SQLiteStorage"]
+__all__ = ["SQLiteStorage", "enable_wal"]
 
 _T = TypeVar("_T")
 _PRICES = ", ".join(PRICE_COLUMNS)
@@ -59,6 +65,22 @@ def _schema(table: str) -> list[str]:
 
 def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
     return {row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')}
+
+
+def enable_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting out for up to ``timeout_s`` the BUSY that SQLite returns at once to
+    openers racing to switch a file (rule 4). The provider's L2 cache file uses it too."""
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
 
 
 class SQLiteStorage(StorageBase):
@@ -116,7 +138,7 @@ class SQLiteStorage(StorageBase):
             self._path, timeout=self._busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        enable_wal(conn, self._busy_timeout_ms / 1000)
         conn.execute("PRAGMA synchronous = FULL")
         self._local.conn = conn
         with self._lock:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+
 import pandas as pd
 
 from provider.cache import MemoryCache, SeamlessCache
@@ -80,6 +83,28 @@ async def test_l2_sqlite_survives_a_new_cache_and_promotes_to_l1(tmp_path):
     clock.advance(60_000)
     assert await second.coverage(node_id=SERIES) == []
     await second.aclose()
+
+
+async def test_an_l2_file_locked_by_a_rollback_journal_writer_is_waited_for(tmp_path):
+    """An L2 file whose rollback-journal writer holds its lock (what another process's cache does in the middle
+    of switching a new file to WAL) makes SQLite refuse the switch at once; the cache waits for the lock instead
+    of raising "database is locked" into the fetch, and stores its entry."""
+    path = tmp_path / "l2.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE notes (text TEXT)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO notes VALUES ('kept')")
+    release = threading.Timer(0.2, writer.execute, ("COMMIT",))
+    release.start()
+    cache = SeamlessCache(ttl_s=60, l2_path=str(path), clock=ManualClock(), metrics=ProviderMetrics(new_registry()))
+    try:
+        await cache.put(SERIES, at(0), at(10), await bars(at(0), at(10)))
+        assert cache.l2 is not None
+        assert await cache.l2.coverage(SERIES) == [(at(0), at(10))]
+    finally:
+        release.join()
+        writer.close()
+        await cache.aclose()
 
 
 async def test_provider_with_l2_serves_after_restart_without_storage_reads(storage, make_provider, tmp_path):

@@ -13,10 +13,18 @@ Rules:
    completions at DEBUG (thousands per second under load), failures, expiries and operator actions at INFO or
    WARNING, rejections (409 lease_lost) at INFO. The DEBUG lines of the claim and complete routes are built only
    when DEBUG is on for this logger (:func:`_debug_on`): a filtered structlog call still cost 2.4 us.
+4. A claim that carries completions (``complete``) submits each as the complete route would, then the claim, in
+   one step: they apply in that order, and share one Raft entry when the group commit has room. Each completion answers in ``completed``, in
+   order: the complete route's body, or ``{lease_id, error: {code, message}}`` (``lease_lost``, ``not_found``, or
+   ``timeout`` / ``not_leader`` when that one command was not confirmed: the worker completes it again; complete
+   is idempotent per token). A completion's error never fails the claim, so granted leases are never lost with
+   it; the claim's own error fails the request, whose retry completes nothing twice. Such a claim does not
+   long-poll: the worker learns at once that its windows are done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,7 +33,7 @@ from aiohttp import web
 
 from coordinator._call import Call
 from coordinator.budget import share_body
-from coordinator.errors import BadRequestError, NotFoundError, from_result
+from coordinator.errors import ApiError, BadRequestError, NotFoundError, from_result
 from coordinator.node import CoordinatorNode
 from coordinator.routes import METRICS_DETAIL_ROLE, Route
 from provider.core import (
@@ -219,7 +227,20 @@ class Handlers:
 
     async def claim_windows(self, call: Call) -> web.Response:
         req = parse(ClaimRequest, call.body)
-        value = await self.node.claim(req.worker_id, req.max_windows, req.wait_ms, call.client_id, call.request_id)
+        claiming = self.node.claim(
+            req.worker_id, req.max_windows, 0 if req.complete else req.wait_ms, call.client_id, call.request_id
+        )
+        if req.complete:  # rule 4: the completions are queued before the claim's command
+            *completed, value = await asyncio.gather(
+                *(self._complete_item(call, index, done) for index, done in enumerate(req.complete)),
+                claiming,
+                return_exceptions=True,
+            )
+            if isinstance(value, BaseException):
+                raise value
+            value = {**value, "completed": completed}
+        else:
+            value = await claiming
         for lease in value["leases"] if _debug_on() else ():
             log.debug(
                 "lease.granted",
@@ -230,6 +251,20 @@ class Handlers:
                 attempt=lease["attempt"],
             )
         return web.json_response(value)
+
+    async def _complete_item(self, call: Call, index: int, req: CompleteRequest) -> dict[str, Any]:
+        """One completion a claim carries (rule 4): the complete route's answer, or ``{lease_id, error}``."""
+        request_id = f"{call.request_id}#complete{index}" if call.request_id else ""
+        args = {"lease_id": req.lease_id, "token": req.token, "rows": req.rows}
+        try:
+            value: dict[str, Any] = await self.node.execute("complete", args, call.client_id, request_id)
+        except ApiError as exc:
+            return {"lease_id": req.lease_id, **exc.body()}
+        if _debug_on():
+            log.debug(
+                "lease.completed", lease_id=req.lease_id, token=req.token, window_id=value["window_id"], rows=req.rows
+            )
+        return value
 
     async def renew_window(self, call: Call) -> web.Response:
         req = parse(RenewRequest, call.body)

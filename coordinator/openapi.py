@@ -95,7 +95,16 @@ ANSWERS: dict[str, dict[str, Any]] = {
         next_cursor={"type": ["string", "null"], "description": "cursor of the next page; null on the last"},
     ),
     "RetryAnswer": _obj(("job", "requeued"), job=_ref("Job"), requeued=_INT),
-    "LeaseList": _obj(("leases",), leases={"type": "array", "items": _ref("Lease")}),
+    "LeaseList": _obj(
+        ("leases",),
+        leases={"type": "array", "items": _ref("Lease")},
+        completed={
+            "type": "array",
+            "items": {"type": "object"},
+            "description": "only when the claim carried `complete`: per completion, in order, the complete route's "
+            "answer or {lease_id, error: {code, message}}",
+        },
+    ),
     "RenewAnswer": _obj(("lease_id", "expires_at_ms"), lease_id=_STR, expires_at_ms=_MS),
     "Window": _obj(
         ("window_id", "series", "start", "end", "state", "attempts", "rows", "last_error"),

@@ -128,7 +128,8 @@ ROUTES: tuple[Route, ...] = (
         "/v1/windows/claim",
         "claim_windows",
         "worker",
-        "Claim up to max_windows pending windows in order; long-polls up to wait_ms when none is pending",
+        "Claim up to max_windows pending windows in order; long-polls up to wait_ms when none is pending; "
+        "completes the leases in complete first (then answers at once)",
         "ClaimRequest",
         "LeaseList",
         errors=_WRITE,

@@ -26,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from provider.core import Job, JobRequest, Lease, LeaseInfo, to_ms, tracing
+from provider.core import ClaimRequest, CompleteRequest, Job, JobRequest, Lease, LeaseInfo, to_ms, tracing
 from provider.errors import (
     CoordinatorAuthError,
     CoordinatorBadRequestError,
@@ -64,6 +64,10 @@ def read_token_file(path: str | Path) -> str:
         if text and not text.startswith("#"):
             return text.split()[0]
     raise ValueError(f"token file {path} holds no token")
+
+
+#: The status a completion carried by a claim would have had as its own request, by error code.
+_ITEM_STATUS = {"lease_lost": 409, "conflict": 409, "not_found": 404, "invalid": 400}
 
 
 def _error_body(payload: Any) -> tuple[str, str, str | None, str | None]:
@@ -300,6 +304,33 @@ class CoordinatorClient:
         body = {"worker_id": worker_id, "max_windows": max_windows, "wait_ms": wait_ms}
         answer = await self.request("POST", "/v1/windows/claim", body, timeout_s=self._timeout_s + wait_ms / 1000)
         return [Lease.from_dict(item) for item in answer["leases"]]
+
+    async def claim_completing(
+        self, worker_id: str, completions: Sequence[tuple[str, int, int]], *, max_windows: int = 1
+    ) -> tuple[list[Lease], list[Any]]:
+        """Complete ``completions`` (``(lease_id, token, rows)`` each) and claim up to ``max_windows`` windows in one
+        request: the coordinator applies them in that order, in one Raft entry, and answers at once (no long poll).
+        Returns the leases and, per completion in order, its complete answer or the error :meth:`complete` would
+        have raised (:class:`LeaseLostError` for a fenced lease; a ``timeout`` or ``not_leader``
+        :class:`CoordinatorError` means that completion is unconfirmed: complete it again)."""
+        body = ClaimRequest(worker_id, max_windows, 0, tuple(CompleteRequest(*done) for done in completions)).to_dict()
+        answer = await self.request("POST", "/v1/windows/claim", body)
+        outcomes: list[Any] = []
+        for item in answer.get("completed", []):
+            if "error" not in item:
+                outcomes.append(item)
+                continue
+            code, message, field, _ = _error_body(item)
+            status = _ITEM_STATUS.get(code, 503)
+            outcomes.append(self._typed_error(status, code, f"{item.get('lease_id')}: {message}", field, ""))
+        if len(outcomes) != len(completions):
+            raise CoordinatorError(
+                f"the claim answered {len(outcomes)} completions for {len(completions)}: is every node at least "
+                "this client's version?",
+                status=200,
+                code="protocol",
+            )
+        return [Lease.from_dict(item) for item in answer["leases"]], outcomes
 
     async def renew(self, lease_id: str, token: int) -> int:
         """Extend a lease; returns the new expiry (ms). Raises :class:`LeaseLostError` when it is gone."""

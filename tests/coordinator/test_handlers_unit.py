@@ -17,7 +17,9 @@ from coordinator._memory import ManualClock, MemoryReplica
 from coordinator.api import build_app
 from coordinator.forward import FORWARDED_HEADER
 from coordinator.node import CoordinatorNode, NodeSettings
+from provider.client import CoordinatorClient
 from provider.core import AppConfig
+from provider.errors import LeaseLostError
 
 pytestmark = [
     pytest.mark.timeout(10),
@@ -168,3 +170,130 @@ async def test_the_cluster_view_shows_the_replica(serve: Serve) -> None:
     assert body["last_applied"] == MemoryReplica.of(node).last_applied
     peers = {m["raft"]: m for m in body["members"]}
     assert peers[LEADER]["role"] == "leader" and peers[FOLLOWER]["connected"] is False
+
+
+async def claim_one(client: TestClient[Any, Any], **body: Any) -> dict[str, Any]:
+    answer = await client.post("/v1/windows/claim", json={"worker_id": "w1", **body})
+    assert answer.status == 200, await answer.text()
+    got: dict[str, Any] = await answer.json()
+    return got
+
+
+async def new_job(client: TestClient[Any, Any], windows: int) -> str:
+    created = await client.post("/v1/jobs", json=job_body(windows))
+    assert created.status == 201
+    job_id: str = (await created.json())["job"]["job_id"]
+    return job_id
+
+
+def states(node: CoordinatorNode, job_id: str) -> dict[str, str]:
+    """Window id -> state of the job's windows in the node's table."""
+    return {w["window_id"]: w["state"] for w in node.read(lambda t: t.job_windows(job_id))}
+
+
+def done_item(lease: dict[str, Any], rows: int = 900, token: int | None = None) -> dict[str, Any]:
+    return {"lease_id": lease["lease_id"], "token": lease["token"] if token is None else token, "rows": rows}
+
+
+async def test_a_claim_completes_the_leases_it_carries_then_claims(serve: Serve) -> None:
+    """A claim carrying the previous lease completes it (answered as the complete route would) and grants the next
+    window: one request where there were two. A claim without ``complete`` answers no ``completed``."""
+    node, client = await serve(LEADER, LEADER)
+    job_id = await new_job(client, 2)
+    first = await claim_one(client)
+    assert "completed" not in first
+    lease = first["leases"][0]
+    second = await claim_one(client, complete=[done_item(lease)])
+    [completed] = second["completed"]
+    assert (completed["window_id"], completed["state"], completed["rows"]) == (lease["window_id"], "done", 900)
+    [granted] = second["leases"]
+    assert states(node, job_id) == {lease["window_id"]: "done", granted["window_id"]: "leased"}
+
+
+async def test_a_refused_completion_is_answered_in_its_item_and_the_claim_still_grants(serve: Serve) -> None:
+    """A stale token (lease_lost) and an unknown lease (not_found) are answered per item, in order; the claim
+    grants its window anyway, so no lease is lost with them, and the fenced window stays leased to its token."""
+    node, client = await serve(LEADER, LEADER)
+    job_id = await new_job(client, 2)
+    lease = (await claim_one(client))["leases"][0]
+    unknown = {"lease_id": "no-such-lease", "token": 1, "rows": 0}
+    answer = await claim_one(client, complete=[done_item(lease, token=lease["token"] + 7), unknown])
+    codes = [(item["lease_id"], item["error"]["code"]) for item in answer["completed"]]
+    assert codes == [(lease["lease_id"], "lease_lost"), ("no-such-lease", "not_found")]
+    [granted] = answer["leases"]
+    assert states(node, job_id) == {lease["window_id"]: "leased", granted["window_id"]: "leased"}
+
+
+async def test_a_claim_that_carries_completions_does_not_long_poll(serve: Serve) -> None:
+    """With nothing left to claim, a claim with ``wait_ms`` and completions answers at once (the manual clock never
+    moves), so the worker learns its windows are done without waiting for new work."""
+    _, client = await serve(LEADER, LEADER)
+    await new_job(client, 1)
+    lease = (await claim_one(client))["leases"][0]
+    answer = await asyncio.wait_for(claim_one(client, wait_ms=20_000, complete=[done_item(lease)]), 2)
+    assert answer["leases"] == [] and answer["completed"][0]["state"] == "done"
+
+
+async def test_a_retried_claim_with_completions_does_nothing_twice(serve: Serve) -> None:
+    """The same request (same X-Client-Id and X-Request-Id) sent again answers as the first time: the completion
+    is not re-applied and no second window is granted."""
+    node, client = await serve(LEADER, LEADER)
+    job_id = await new_job(client, 3)
+    lease = (await claim_one(client))["leases"][0]
+    ids = {"X-Client-Id": "c1", "X-Request-Id": "retry-1"}
+    body = {"worker_id": "w1", "complete": [done_item(lease)]}
+    first = await (await client.post("/v1/windows/claim", json=body, headers=ids)).json()
+    again = await (await client.post("/v1/windows/claim", json=body, headers=ids)).json()
+    assert again == first
+    assert sorted(states(node, job_id).values()) == ["done", "leased", "pending"]
+
+
+@pytest.mark.parametrize(
+    ("complete", "field"),
+    [
+        ({"lease_id": "x"}, "complete"),
+        ([{"lease_id": "x"}], "complete[0].token"),
+        ([{"lease_id": "x", "token": 1, "rows": -1}], "complete[0].rows"),
+        ([{"lease_id": "x", "token": 1, "extra": 1}], "complete[0].extra"),
+        (["x"], "complete[0]"),
+        ([{"lease_id": "x", "token": 1}] * 1001, "complete"),
+    ],
+)
+async def test_a_bad_completion_list_is_a_400_naming_the_item(serve: Serve, complete: Any, field: str) -> None:
+    """A malformed ``complete`` is refused as a whole before anything is applied, naming the item and field."""
+    node, client = await serve(LEADER, LEADER)
+    job_id = await new_job(client, 1)
+    answer = await client.post("/v1/windows/claim", json={"worker_id": "w1", "complete": complete})
+    assert answer.status == 400
+    assert (await answer.json())["error"]["field"] == field
+    assert list(states(node, job_id).values()) == ["pending"]
+
+
+async def test_a_claim_with_completions_sent_to_a_follower_is_forwarded_whole(serve: Serve) -> None:
+    """A follower forwards the claim with its completions: both apply in the leader's table, none in its own."""
+    leader, leader_client = await serve(LEADER, LEADER)
+    follower, client = await serve(FOLLOWER, LEADER)
+    announce(follower, LEADER, leader_client)
+    job_id = await new_job(leader_client, 2)
+    lease = (await claim_one(leader_client))["leases"][0]
+    answer = await claim_one(client, complete=[done_item(lease)])
+    assert answer["completed"][0]["state"] == "done"
+    assert sorted(states(leader, job_id).values()) == ["done", "leased"]
+    assert "complete" not in MemoryReplica.of(follower).submitted
+
+
+async def test_the_client_claims_completing_with_typed_outcomes(serve: Serve) -> None:
+    """``CoordinatorClient.claim_completing``: per completion, the complete answer or the error ``complete`` would
+    raise (LeaseLostError when fenced), and the leases of the claim; no completions sends no ``complete`` field."""
+    _, server = await serve(LEADER, LEADER)
+    await new_job(server, 3)
+    async with CoordinatorClient(str(server.make_url("")).rstrip("/")) as client:
+        [first] = await client.claim("w1")
+        leases, outcomes = await client.claim_completing(
+            "w1", [(first.lease_id, first.token, 900), (first.lease_id, first.token + 5, 0)], max_windows=2
+        )
+        assert len(leases) == 2 and first.window_id not in {lease.window_id for lease in leases}
+        assert outcomes[0]["state"] == "done"
+        assert isinstance(outcomes[1], LeaseLostError) and outcomes[1].status == 409
+        more, none = await client.claim_completing("w1", [], max_windows=5)
+        assert (more, none) == ([], [])

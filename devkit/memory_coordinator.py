@@ -8,6 +8,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from coordinator.table import Table
@@ -72,6 +73,20 @@ class MemoryCoordinator:
         if not result.ok:
             self._raise(result)
         return result.value
+
+    async def claim_completing(
+        self, worker_id: str, completions: Sequence[tuple[str, int, int]], *, max_windows: int = 1
+    ) -> tuple[list[Lease], list[Any]]:
+        """Each completion through :meth:`complete` (so a subclass's override applies), its error as its outcome,
+        then a claim that does not wait; recorded as one ``claim_completing`` call besides."""
+        self.calls.append(("claim_completing", [lease_id for lease_id, _, _ in completions]))
+        outcomes: list[Any] = []
+        for lease_id, token, rows in completions:
+            try:
+                outcomes.append(await self.complete(lease_id, token, rows))
+            except (LeaseLostError, CoordinatorNotFoundError, CoordinatorConflictError) as exc:
+                outcomes.append(exc)
+        return await self.claim(worker_id, max_windows=max_windows), outcomes
 
     async def fail(self, lease_id: str, token: int, reason: str, *, retryable: bool) -> Any:
         result = self.table.fail(

@@ -36,6 +36,14 @@ Rules:
    (``fetch_rate_per_s``, requests per second now; at least one window): a small or shrinking share never strands
    a deep queue in one worker while others could fetch it. :meth:`Worker.budget_changed` wakes the claim loop
    when the share grows.
+12. A finished window whose slot the claim loop is waiting for hands its complete to that loop, which sends it
+   with the claim that refills the slot (``claim_completing``: one request instead of two, applied complete
+   first). The window waits for that answer as it would for its own complete. A completion that cannot ride (the
+   loop is long-polling or has no room to claim, the worker is stopping, the window is traced: its trace shows its
+   own complete) goes alone; so does one the coordinator
+   left unconfirmed, or every one of a claim that failed. A window waiting for its riding complete has freed its
+   slot (rule 1 counts the windows still working). A coordinator older than the ``complete`` field (400
+   naming it) turns riding off for the process.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,7 +62,13 @@ from provider.conformance import ConformancePipelineError, ConformanceReport, no
 from provider.core import BackfillConfig, Lease, SeriesKey, WorkerConfig, tracing
 from provider.core import clock as clock_module
 from provider.core.obs import bind_request, get_logger
-from provider.errors import CoordinatorError, CoordinatorUnavailableError, LeaseLostError
+from provider.errors import (
+    CoordinatorBadRequestError,
+    CoordinatorError,
+    CoordinatorNotFoundError,
+    CoordinatorUnavailableError,
+    LeaseLostError,
+)
 from provider.frames import FrameContractError, empty_frame
 from provider.sources import AdmissionWatch, watch_admissions
 from provider.sources.errors import FatalSourceError
@@ -77,6 +91,9 @@ class Coordinator(Protocol):
     async def claim(self, worker_id: str, *, max_windows: int = 1, wait_ms: int = 0) -> list[Lease]: ...
     async def renew(self, lease_id: str, token: int) -> int: ...
     async def complete(self, lease_id: str, token: int, rows: int) -> Any: ...
+    async def claim_completing(
+        self, worker_id: str, completions: Sequence[tuple[str, int, int]], *, max_windows: int = 1
+    ) -> tuple[list[Lease], list[Any]]: ...
     async def fail(self, lease_id: str, token: int, reason: str, *, retryable: bool) -> Any: ...
     async def release(self, lease_id: str) -> Any: ...
 
@@ -123,6 +140,16 @@ def _report_fields(report: ConformanceReport) -> dict[str, Any]:
     for key in ("regression", "ingest", "uri"):
         fields.pop(key, None)
     return fields
+
+
+def _settle(answer: asyncio.Future[Any], value: Any = None, *, error: BaseException | None = None) -> None:
+    """Resolve a riding complete's future, unless its window was cancelled meanwhile (rule 12)."""
+    if answer.done():
+        return
+    if error is not None:
+        answer.set_exception(error)
+    else:
+        answer.set_result(value)
 
 
 class _LeaseLost(Exception):
@@ -173,6 +200,12 @@ class Worker:
         self._works: dict[str, tuple[asyncio.Task[None], AdmissionWatch]] = {}
         #: Windows given back by :meth:`stop` before they sent anything.
         self._unsent: set[str] = set()
+        #: Rule 12: completes waiting to ride on the next claim, whether the claim loop waits for a slot, whether
+        #: the coordinator takes completions on claims, and the completes sent alone.
+        self._outbox: list[tuple[Lease, int, asyncio.Future[Any]]] = []
+        self._claim_waiting = False
+        self._ride = True
+        self._alone: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -204,8 +237,9 @@ class Worker:
     async def _claim_loop(self) -> None:
         backoff_s = 0.1
         while not self._stopping.is_set():
-            free = min(self.settings.concurrency - len(self._tasks), self._queue_room())
+            free = min(self.settings.concurrency - len(self._tasks) + len(self._outbox), self._queue_room())
             if free <= 0:
+                self._send_alone()
                 await self._wait_for_slot()
                 continue
             try:
@@ -218,8 +252,11 @@ class Worker:
             backoff_s = 0.1
             for lease in leases:
                 self._start(lease)
+        self._send_alone()
 
     async def _claim(self, free: int) -> list[Lease]:
+        if self._outbox:
+            return await self._claim_completing(free)
         wait_ms = self.settings.claim_wait_ms
         claim = asyncio.ensure_future(
             self._coordinator.claim(self.settings.worker_id, max_windows=free, wait_ms=wait_ms)
@@ -234,6 +271,53 @@ class Worker:
         for lease in leases:
             self._start(lease)
         return []
+
+    async def _claim_completing(self, free: int) -> list[Lease]:
+        """Rule 12: claim with the waiting completes aboard; hand each its answer."""
+        riding, self._outbox = self._outbox, []
+        done = [(lease.lease_id, lease.token, rows) for lease, rows, _ in riding]
+        try:
+            leases, outcomes = await self._coordinator.claim_completing(self.settings.worker_id, done, max_windows=free)
+        except BaseException as exc:
+            if isinstance(exc, CoordinatorBadRequestError) and exc.field == "complete":
+                self._ride = False
+                log.warning("worker.claim_completing_refused", error=str(exc), fix="upgrade the coordinator nodes")
+            self._outbox = riding + self._outbox
+            self._send_alone()
+            raise
+        for (lease, rows, answer), outcome in zip(riding, outcomes, strict=True):
+            if not isinstance(outcome, Exception):
+                _settle(answer, outcome)
+            elif isinstance(outcome, (LeaseLostError, CoordinatorNotFoundError)):
+                _settle(answer, error=outcome)
+            else:  # unconfirmed (timeout, leader change): complete it alone; complete is idempotent per token
+                self._outbox.append((lease, rows, answer))
+        self._send_alone()
+        return leases
+
+    async def _complete(self, lease: Lease, rows: int) -> Any:
+        """Rule 12: ride on the claim the freed slot is about to send, or complete alone."""
+        traced = bool(lease.traces) and tracing.enabled()  # its trace shows its own complete (rule 9)
+        if not (self._ride and self._claim_waiting) or self._stopping.is_set() or traced:
+            return await self._coordinator.complete(lease.lease_id, lease.token, rows)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outbox.append((lease, rows, answer))
+        self._slot_freed.set()
+        return await answer
+
+    def _send_alone(self) -> None:
+        """Send every waiting complete on its own (rule 12)."""
+        waiting, self._outbox = self._outbox, []
+        for lease, rows, answer in waiting:
+            task = asyncio.create_task(self._complete_alone(lease, rows, answer))
+            self._alone.add(task)
+            task.add_done_callback(self._alone.discard)
+
+    async def _complete_alone(self, lease: Lease, rows: int, answer: asyncio.Future[Any]) -> None:
+        try:
+            _settle(answer, await self._coordinator.complete(lease.lease_id, lease.token, rows))
+        except Exception as exc:
+            _settle(answer, error=exc)
 
     def _queue_room(self) -> int:
         """Rule 11: windows the claim may add before the fetch queue exceeds ``queue_horizon_s`` of the rate."""
@@ -277,7 +361,11 @@ class Worker:
         self._slot_freed.clear()
         waiter = asyncio.ensure_future(self._slot_freed.wait())
         stop = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        self._claim_waiting = True
+        try:
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._claim_waiting = False
         waiter.cancel()
         stop.cancel()
 
@@ -397,7 +485,7 @@ class Worker:
                 await write_window_from(self._storage, lease.series, lease.start, end, frame, source=source)
         lap("write_s")
         completing.set()
-        await self._coordinator.complete(lease.lease_id, lease.token, len(frame))
+        await self._complete(lease, len(frame))
         lap("complete_s")
         self.metrics.rows_written.inc(len(frame))
         self.metrics.windows_done.inc()

@@ -17,6 +17,8 @@ Rules:
    cluster deduplicates them. A success is one operation from the first attempt's call to the first successful
    answer; a definitive refusal (4xx) is its own operation; attempts with no definitive answer make one
    operation of unknown outcome ("maybe applied", no return time).
+5. A claim that carries completions (``complete``) also yields one complete operation per completion, over the
+   claim's interval, with the status its ``completed`` item implies.
 """
 
 from __future__ import annotations
@@ -276,6 +278,42 @@ def _definitive(attempt: Attempt) -> bool:
     return attempt.status is not None and attempt.status < 500 and attempt.status != 421
 
 
+#: The status a completion carried by a claim would have had as its own request (``provider/client.py``).
+_ITEM_STATUS = {"lease_lost": 409, "conflict": 409, "not_found": 404}
+
+
+def _carried_completes(claim: LogicalOp) -> list[LogicalOp]:
+    """The completions a claim carried (``ClaimRequest.complete``) as the complete operations they are (rule 5):
+    decided inside the claim's interval and answered in its ``completed``; of unknown outcome when the claim's is
+    (or the item says ``timeout`` / ``not_leader``); none when the claim was refused (nothing was applied)."""
+    items = claim.request.get("complete") or []
+    if not items or (claim.status is not None and not claim.ok):
+        return []
+    answers = claim.response.get("completed", []) if claim.ok else []
+    ops = []
+    for index, item in enumerate(items):
+        answer = answers[index] if index < len(answers) else None
+        error = answer.get("error") if isinstance(answer, dict) else None
+        status = 200 if answer is not None and error is None else _ITEM_STATUS.get((error or {}).get("code", ""))
+        response = ({"error": error} if error else answer) if status else None
+        known = status is not None
+        ops.append(
+            LogicalOp(
+                0,
+                "complete",
+                claim.client,
+                item,
+                claim.call_ns,
+                claim.return_ns if known else None,
+                claim.at_ms if known else None,
+                status,
+                response,
+                claim.attempts,
+            )
+        )
+    return ops
+
+
 def merge_history(attempts: list[Attempt]) -> tuple[list[LogicalOp], list[str]]:
     """Logical operations (rule 4), ordered by call time, and the problems found while merging.
 
@@ -330,6 +368,7 @@ def merge_history(attempts: list[Attempt]) -> tuple[list[LogicalOp], list[str]]:
         last_definitive = max((a.call_ns for a in (*successes, *refusals)), default=-1)
         if not successes and any(a.call_ns > last_definitive for a in group):
             ops.append(LogicalOp(0, kind, client, first.request, first.call_ns, None, None, None, None, len(group)))
+    ops += [done for op in ops if op.kind == "claim" for done in _carried_completes(op)]
     ops.sort(key=lambda op: op.call_ns)
     for number, op in enumerate(ops, start=1):
         op.id = number

@@ -14,12 +14,12 @@ Rules:
    WARNING, rejections (409 lease_lost) at INFO. The DEBUG lines of the claim and complete routes are built only
    when DEBUG is on for this logger (:func:`_debug_on`): a filtered structlog call still cost 2.4 us.
 4. A claim that carries completions (``complete``) submits each as the complete route would, then the claim, in
-   one step: they apply in that order, and share one Raft entry when the group commit has room. Each completion answers in ``completed``, in
-   order: the complete route's body, or ``{lease_id, error: {code, message}}`` (``lease_lost``, ``not_found``, or
-   ``timeout`` / ``not_leader`` when that one command was not confirmed: the worker completes it again; complete
-   is idempotent per token). A completion's error never fails the claim, so granted leases are never lost with
-   it; the claim's own error fails the request, whose retry completes nothing twice. Such a claim does not
-   long-poll: the worker learns at once that its windows are done.
+   one step: they apply in that order, and share one Raft entry when the group commit has room. Each completion
+   answers in ``completed``, in order: the complete route's body, or ``{lease_id, error: {code, message}}``
+   (``lease_lost``, ``not_found``, or ``timeout`` / ``not_leader`` when that one command was not confirmed: the
+   worker completes it again; complete is idempotent per token). A completion's error never fails the claim, so
+   granted leases are never lost with it; the claim's own error fails the request, whose retry completes nothing
+   twice. Such a claim does not long-poll: the worker learns at once that its windows are done.
 """
 
 from __future__ import annotations

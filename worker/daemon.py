@@ -383,6 +383,10 @@ class Worker:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+            orphans = list(self._alone)  # completes of windows just cancelled (rule 12): their answer has no reader
+            for task in orphans:
+                task.cancel()
+            await asyncio.gather(*orphans, return_exceptions=True)
 
     # -- one window ------------------------------------------------------------------------------------------
 

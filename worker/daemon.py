@@ -285,6 +285,7 @@ class Worker:
             self._outbox = riding + self._outbox
             self._send_alone()
             raise
+        self.metrics.completes.labels(via="claim").inc(len(riding))
         for (lease, rows, answer), outcome in zip(riding, outcomes, strict=True):
             if not isinstance(outcome, Exception):
                 _settle(answer, outcome)
@@ -299,6 +300,7 @@ class Worker:
         """Rule 12: ride on the claim the freed slot is about to send, or complete alone."""
         traced = bool(lease.traces) and tracing.enabled()  # its trace shows its own complete (rule 9)
         if not (self._ride and self._claim_waiting) or self._stopping.is_set() or traced:
+            self.metrics.completes.labels(via="alone").inc()
             return await self._coordinator.complete(lease.lease_id, lease.token, rows)
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._outbox.append((lease, rows, answer))
@@ -314,6 +316,7 @@ class Worker:
             task.add_done_callback(self._alone.discard)
 
     async def _complete_alone(self, lease: Lease, rows: int, answer: asyncio.Future[Any]) -> None:
+        self.metrics.completes.labels(via="alone").inc()
         try:
             _settle(answer, await self._coordinator.complete(lease.lease_id, lease.token, rows))
         except Exception as exc:

@@ -30,6 +30,9 @@ class WorkerMetrics:
         self.rows_written = Counter("worker_rows_written", "Bars written to storage by this worker.", registry=r)
         self.windows_done = Counter("worker_windows_completed", "Windows completed by this worker.", registry=r)
         self.leases_lost = Counter("worker_leases_lost", "Windows abandoned because their lease was lost.", registry=r)
+        self.completes = Counter(
+            "worker_completes", "Completes sent, by how: aboard a claim or alone (daemon rule 12).", ["via"], registry=r
+        )
         self.conformance_flags = Counter(
             "worker_conformance_flag",
             "Ingest conformance flags raised on fetched windows, by flag.",

@@ -56,6 +56,9 @@ async def test_multi_symbol_job_completes_with_the_exchanges_bars(cluster, pool:
         await assert_stored_equals_exchange(storage_dsn, f"ohlcv:binance:{symbol}:1m", T0, end)
     windows = 3 * len(window_ranges(T0, end, "1m", 500))
     assert sum(w.metric_sum("worker_windows_completed_total") for w in workers) == windows
+    # Busy workers send most completes aboard the claim that refills the slot (worker/daemon.py rule 12).
+    aboard = sum(w.metric_sum('worker_completes_total{via="claim"}') for w in workers)
+    assert 0 < aboard <= windows <= aboard + sum(w.metric_sum('worker_completes_total{via="alone"}') for w in workers)
     per_window = [n for _, _, n in exchange.stats()["by_start"]]
     assert len(per_window) == windows and max(per_window) == 1  # one request per window, nothing fetched twice
 

@@ -60,6 +60,8 @@ async def test_completes_ride_on_the_claims_that_refill_their_slots(store):
     assert len(riders(coord)) >= WINDOWS - 2
     assert len(riders(coord)) + len(alone(coord)) == WINDOWS
     assert worker.metrics.leases_lost._value.get() == 0
+    sent = {via: worker.metrics.completes.labels(via=via)._value.get() for via in ("claim", "alone")}
+    assert sent == {"claim": len(riders(coord)), "alone": len(alone(coord))}
 
 
 class FencingCoordinator(MemoryCoordinator):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-
 import pandas as pd
 
+from devkit.sqlite_locks import held_write_lock
 from provider.cache import MemoryCache, SeamlessCache
 from provider.core.obs import new_registry
 from provider.metrics import ProviderMetrics
@@ -90,21 +88,14 @@ async def test_an_l2_file_locked_by_a_rollback_journal_writer_is_waited_for(tmp_
     of switching a new file to WAL) makes SQLite refuse the switch at once; the cache waits for the lock instead
     of raising "database is locked" into the fetch, and stores its entry."""
     path = tmp_path / "l2.db"
-    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    writer.execute("CREATE TABLE notes (text TEXT)")
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("INSERT INTO notes VALUES ('kept')")
-    release = threading.Timer(0.2, writer.execute, ("COMMIT",))
-    release.start()
     cache = SeamlessCache(ttl_s=60, l2_path=str(path), clock=ManualClock(), metrics=ProviderMetrics(new_registry()))
-    try:
-        await cache.put(SERIES, at(0), at(10), await bars(at(0), at(10)))
-        assert cache.l2 is not None
-        assert await cache.l2.coverage(SERIES) == [(at(0), at(10))]
-    finally:
-        release.join()
-        writer.close()
-        await cache.aclose()
+    with held_write_lock(path):
+        try:
+            await cache.put(SERIES, at(0), at(10), await bars(at(0), at(10)))
+            assert cache.l2 is not None
+            assert await cache.l2.coverage(SERIES) == [(at(0), at(10))]
+        finally:
+            await cache.aclose()
 
 
 async def test_provider_with_l2_serves_after_restart_without_storage_reads(storage, make_provider, tmp_path):

@@ -6,11 +6,11 @@ import asyncio
 import sqlite3
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
+from devkit.sqlite_locks import held_write_lock
 from provider.frames import frame_from_arrays
 from provider.storage import SchemaMismatchError, StorageUnavailableError, open_storage
 
@@ -73,18 +73,9 @@ async def test_an_opener_waits_for_a_rollback_journal_writer_before_switching_to
     middle of its switch) makes SQLite refuse the WAL switch at once; the storage waits for the writer, opens, and
     sees the writer's row."""
     path = tmp_path / "rollback.db"
-    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    writer.execute("CREATE TABLE notes (text TEXT)")
-    writer.execute("BEGIN IMMEDIATE")
-    writer.execute("INSERT INTO notes VALUES ('kept')")
-    release = threading.Timer(0.2, writer.execute, ("COMMIT",))
-    release.start()
-    try:
+    with held_write_lock(path):
         storage = await open_storage(f"sqlite:///{path}")
         await storage.aclose()
-    finally:
-        release.join()
-        writer.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("SELECT text FROM notes").fetchall() == [("kept",)]

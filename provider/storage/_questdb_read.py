@@ -49,9 +49,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from yarl import URL
 
+from provider.core.obs import get_logger
 from provider.frames import FRAME_COLUMNS, PRICE_COLUMNS, empty_frame, frame_from_block, ts_ns
 from provider.storage._dsn import StorageDsn
 from provider.storage._pgpool import TRANSIENT_ERRORS, _connection_closed, _protocol_broken
+from provider.storage._pgwire import OID_TEXT, OID_TIMESTAMP, WireConnection, WireServerError, WireUnsupportedError
 from provider.storage._sql import ms_to_naive
 from provider.storage.errors import StorageError, StorageUnavailableError
 
@@ -68,6 +70,10 @@ _CHUNK_BYTES = 1 << 20
 
 
 _CLIENT_ERRORS = (asyncpg.exceptions.InterfaceError, asyncpg.exceptions.InternalClientError)
+_WIRE_STATEMENT = "bars"
+_WIRE_PARAMS = (OID_TEXT, OID_TIMESTAMP, OID_TIMESTAMP)
+_CONNECT_TIMEOUT_S = 10
+_log = get_logger("provider.storage")
 
 
 class _LostConnectionError(ConnectionError):
@@ -108,10 +114,14 @@ class QuestDBReader:
         self._select = f'SELECT cast(ts AS LONG) ts_us, {_PRICES} FROM "{table}" '
         self._pg_sql = self._select + "WHERE series = $1 AND ts >= $2 AND ts < $3 AND close IS NOT NULL ORDER BY ts"
         self._idle: list[asyncpg.Connection] = []
+        # Rule 6: our own PG wire client while the server speaks what it needs (asyncpg from the first refusal).
+        self._wire_login = (dsn.host or "", dsn.port or 0, dsn.user or "", dsn.password or "", dsn.database or "qdb")
+        self._wire_idle: list[WireConnection] = []
+        self.wire_enabled = dsn.user is not None
         self._slots = asyncio.Semaphore(pool_size)
         self._session: aiohttp.ClientSession | None = None
         #: Reads served by each reader (tests check which one served).
-        self.served = {"pg": 0, "parquet": 0, "export_busy": 0}
+        self.served = {"pg": 0, "parquet": 0, "export_busy": 0, "asyncpg": 0}
         #: Export connections opened (rule 4: reused while one is idle within ``export_keepalive_ms``).
         self.export_connections = 0
 
@@ -146,7 +156,49 @@ class QuestDBReader:
         raise AssertionError("unreachable")
 
     async def read_pg(self, series: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        """Rule 1's small path: asyncpg on a ready connection, ``ts`` cast to LONG, bind parameters."""
+        """Rule 1's small path: the PG wire on a ready connection, ``ts`` cast to LONG, bind parameters."""
+        if self.wire_enabled:
+            try:
+                stamps, prices = await self._retrying(lambda: self._wire_read(series, start_ms, end_ms), "read")
+            except WireUnsupportedError as exc:
+                self.wire_enabled = False
+                _log.warning("storage.wire_fallback", target=self._target, reason=str(exc), reader="asyncpg")
+            else:
+                self.served["pg"] += 1
+                return frame_from_block(stamps, prices, ns_per_unit=1000) if len(stamps) else empty_frame()
+        return await self._read_asyncpg(series, start_ms, end_ms)
+
+    async def _wire_read(self, series: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, np.ndarray]:
+        """One attempt of rule 6's reader on a ready connection of our own (reused while idle, rule 4)."""
+        host, port, user, password, database = self._wire_login
+        async with self._slots:
+            conn = self._wire_idle.pop() if self._wire_idle else None
+            try:
+                if conn is None or conn.closed:
+                    conn = None
+                    conn = await WireConnection.open(
+                        host, port, user=user, password=password, database=database, timeout_s=_CONNECT_TIMEOUT_S
+                    )
+                await conn.prepare(_WIRE_STATEMENT, self._pg_sql, _WIRE_PARAMS)
+                columns = await conn.fetch(_WIRE_STATEMENT, (series, start_ms * 1000, end_ms * 1000))
+            except WireServerError as exc:
+                if conn is None:  # refused at login: no retry makes a wrong password right
+                    raise StorageUnavailableError("questdb", self._target, f"read: login refused: {exc}") from exc
+                conn.close()  # its statement may be what failed (e.g. a table dropped and created again)
+                raise StorageError(f"questdb storage at {self._target}: read refused: {exc}") from exc
+            except (OSError, TimeoutError) as exc:  # ConnectionError included
+                if conn is not None:
+                    conn.close()
+                raise _LostConnectionError(repr(exc)) from exc
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+            self._wire_idle.append(conn)
+            return columns
+
+    async def _read_asyncpg(self, series: str, start_ms: int, end_ms: int) -> pd.DataFrame:
+        """Rule 6's fallback: asyncpg on a ready connection, the same query."""
         args = (series, ms_to_naive(start_ms), ms_to_naive(end_ms))
 
         async def attempt() -> list[Any]:
@@ -173,6 +225,7 @@ class QuestDBReader:
 
         rows: list[Any] = await self._retrying(attempt, "read")
         self.served["pg"] += 1
+        self.served["asyncpg"] += 1
         if not rows:
             return empty_frame()
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * 6)
@@ -251,6 +304,9 @@ class QuestDBReader:
 
     async def close(self) -> None:
         """Close the idle connections and the HTTP session."""
+        wire, self._wire_idle = self._wire_idle, []
+        for connection in wire:
+            connection.close()
         idle, self._idle = self._idle, []
         for conn in idle:
             await conn.close(timeout=5)

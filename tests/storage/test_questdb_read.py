@@ -107,9 +107,9 @@ async def test_the_reader_is_picked_by_the_size_of_the_request(questdb: Any, mak
         series = "ohlcv:binance:ETH/USDT:1m"
         await storage.write_window(series, T0, T0 + 200 * M, make_bars(T0, 200))
         small = await storage.read(series, T0, T0 + 100 * M)
-        assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 0}
+        assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 0, "asyncpg": 0}
         large = await storage.read(series, T0, T0 + 101 * M)
-        assert _served(storage) == {"pg": 1, "parquet": 1, "export_busy": 0}
+        assert _served(storage) == {"pg": 1, "parquet": 1, "export_busy": 0, "asyncpg": 0}
         pd.testing.assert_frame_equal(large.iloc[:100], small, check_exact=True)
         assert np.array_equal(large["ts"].astype("int64").to_numpy()[-1:], [(T0 + 100 * M) * 1_000_000])
 
@@ -129,7 +129,7 @@ async def test_exports_reuse_an_idle_connection_unless_keepalive_is_off(
         for _ in range(3):
             frame = await storage.read(series, T0, T0 + 30 * M)
             pd.testing.assert_frame_equal(frame, make_bars(T0, 30), check_exact=True)
-        assert _served(storage) == {"pg": 0, "parquet": 3, "export_busy": 0}
+        assert _served(storage) == {"pg": 0, "parquet": 3, "export_busy": 0, "asyncpg": 0}
         assert storage._reader.export_connections == connections
 
 
@@ -154,7 +154,7 @@ async def test_an_export_refused_for_the_connection_limit_is_served_over_the_pg_
             assert 429 in statuses, statuses
             frame = await storage.read(series, T0, T0 + 50 * M)
             pd.testing.assert_frame_equal(frame, make_bars(T0, 50), check_exact=True)
-            assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 1}
+            assert _served(storage) == {"pg": 1, "parquet": 0, "export_busy": 1, "asyncpg": 0}
         finally:
             for session in kept:
                 await session.close()
@@ -182,7 +182,7 @@ async def test_a_chunked_export_returns_the_frame_of_one_request(chunked: tuple[
         stamps = frame["ts"].astype("int64").to_numpy() // 1_000_000
         expected = bars["ts"].astype("int64").to_numpy() // 1_000_000
         assert np.array_equal(stamps, expected[(expected >= lo) & (expected < hi)])
-    assert _served(parquet) == {"pg": 0, "parquet": len(cases), "export_busy": 0}
+    assert _served(parquet) == {"pg": 0, "parquet": len(cases), "export_busy": 0, "asyncpg": 0}
 
 
 async def test_a_sparse_chunked_export_keeps_only_its_rows(chunked: tuple[Any, Any, str], make_bars: Any) -> None:

@@ -1,0 +1,189 @@
+"""Our PG wire reader (provider/storage/_pgwire.py) against real servers: the same frames as asyncpg, NULLs and
+server errors refused clearly on a connection that stays usable, lost connections replaced, and asyncpg taking
+over where the server wants what the reader does not speak."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import numpy as np
+import pandas as pd
+import pytest
+
+from provider.storage import open_storage
+from provider.storage._dsn import parse_dsn
+from provider.storage._pgwire import OID_TEXT, OID_TIMESTAMP, WireConnection, WireServerError, WireUnsupportedError
+from provider.storage._questdb_read import QuestDBReader
+from provider.storage.errors import StorageError
+
+from .conftest import unique_table, with_option
+
+M = 60_000
+T0 = 1_700_000_000_000 // M * M
+US = 1000
+
+
+@pytest.fixture
+async def sql(questdb: Any) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(questdb.pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _plain_table(sql: asyncpg.Connection, price_type: str = "DOUBLE") -> str:
+    """A non-WAL bar table (rows visible as soon as inserted) of the backend's shape."""
+    table = unique_table()
+    prices = ", ".join(f"{name} {price_type}" for name in ("open", "high", "low", "close", "volume"))
+    await sql.execute(f'CREATE TABLE "{table}" (series SYMBOL, ts TIMESTAMP, {prices}) TIMESTAMP(ts) PARTITION BY DAY BYPASS WAL')
+    return table
+
+
+async def _insert(sql: asyncpg.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    await sql.executemany(f'INSERT INTO "{table}" VALUES ($1, $2, $3, $4, $5, $6, $7)', rows)
+
+
+def _at(ms: int) -> Any:
+    return pd.Timestamp(ms, unit="ms").to_pydatetime()
+
+
+def _reader(questdb: Any, table: str) -> QuestDBReader:
+    return QuestDBReader(parse_dsn(questdb.dsn), table, pool_size=2, target="test")
+
+
+@pytest.mark.questdb
+async def test_the_wire_reader_and_asyncpg_return_identical_frames(questdb: Any, make_bars: Any) -> None:
+    """Gaps, a replaced window (tombstones), float64 edge values, an empty range and a range of more rows than
+    one socket read: byte-for-byte the frame asyncpg gives, served by the wire reader."""
+    dsn = with_option(with_option(questdb.dsn, f"table={unique_table()}"), "parquet_min_bars=1000000000")
+    wire, fallback = await open_storage(dsn), await open_storage(dsn)
+    fallback._reader.wire_enabled = False
+    try:
+        series = "ohlcv:binance:BTC/USDT:1m"
+        bars = make_bars(T0, 6000, skip=(3, 4, 150))
+        bars.loc[10, "open"] = 0.0
+        bars.loc[11, "volume"] = 1e300
+        bars.loc[12, "low"] = 5e-324
+        await wire.write_window(series, T0, T0 + 6000 * M, bars)
+        await wire.write_window(series, T0 + 100 * M, T0 + 200 * M, make_bars(T0 + 100 * M, 100, seed=2, skip=(7,)))
+        ranges = [(T0, T0 + 6000 * M), (T0 + 50 * M, T0 + 120 * M), (T0 + 3 * M, T0 + 5 * M), (T0 - M, T0)]
+        for lo, hi in ranges:
+            pd.testing.assert_frame_equal(await wire.read(series, lo, hi), await fallback.read(series, lo, hi))
+        full = await wire.read(series, T0, T0 + 6000 * M)
+        assert len(full) == 6000 - 2 - 1  # 3 and 4 never written; 150 written again, 107 not (tombstoned)
+        assert (full["volume"] == 1e300).sum() == 1 and (full["low"] == 5e-324).sum() == 1
+        assert wire._reader.served["asyncpg"] == 0 and wire._reader.served["pg"] == len(ranges) + 1
+        assert fallback._reader.served["asyncpg"] == len(ranges)
+    finally:
+        await wire.aclose()
+        await fallback.aclose()
+
+
+@pytest.mark.questdb
+async def test_a_null_price_is_refused_naming_the_column_and_the_connection_stays_usable(
+    questdb: Any, sql: asyncpg.Connection
+) -> None:
+    """A hand-written row with a NULL ``open`` (``close`` set, so not a tombstone) fails the read with a
+    StorageError naming ``open``; the next read on the same connection returns the clean rows."""
+    table = await _plain_table(sql)
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(3)])
+    await _insert(sql, table, [("s", _at(T0 + 3 * M), None, 2.0, 0.5, 1.5, 10.0)])
+    reader = _reader(questdb, table)
+    try:
+        with pytest.raises(StorageError, match=r"column 'open' of a row is NULL"):
+            await reader.read_pg("s", T0, T0 + 4 * M)
+        frame = await reader.read_pg("s", T0, T0 + 3 * M)
+        assert list(frame["close"]) == [1.5, 1.5, 1.5]
+        assert reader.served["asyncpg"] == 0
+    finally:
+        await reader.close()
+
+
+@pytest.mark.questdb
+async def test_a_lost_connection_is_replaced_and_the_read_answered(questdb: Any, sql: asyncpg.Connection) -> None:
+    """Idle wire connections cut under the reader (as a server restart or a network blip cuts them): the next
+    read opens a new one and returns the rows, still over the wire reader."""
+    table = await _plain_table(sql)
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, float(i), 10.0) for i in range(5)])
+    reader = _reader(questdb, table)
+    try:
+        await reader.read_pg("s", T0, T0 + 5 * M)
+        (idle,) = reader._wire_idle
+        idle._transport.abort()
+        await asyncio.sleep(0)  # the loop delivers connection_lost
+        frame = await reader.read_pg("s", T0, T0 + 5 * M)
+        assert list(frame["close"]) == [0.0, 1.0, 2.0, 3.0, 4.0]
+        assert reader._wire_idle and reader._wire_idle[0] is not idle
+        assert reader.served == {"pg": 2, "parquet": 0, "export_busy": 0, "asyncpg": 0}
+    finally:
+        await reader.close()
+
+
+@pytest.mark.questdb
+async def test_a_table_of_other_column_types_is_read_by_asyncpg(questdb: Any, sql: asyncpg.Connection) -> None:
+    """A pre-existing table whose prices are FLOAT (4 bytes) is not the shape the wire reader decodes: it says
+    so before any query runs, and asyncpg serves that read and the ones after."""
+    table = await _plain_table(sql, price_type="FLOAT")
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.25, 10.0) for i in range(4)])
+    reader = _reader(questdb, table)
+    try:
+        for _ in range(2):
+            frame = await reader.read_pg("s", T0, T0 + 4 * M)
+            assert list(frame["close"]) == [1.25] * 4
+        assert reader.wire_enabled is False and reader.served["asyncpg"] == 2
+    finally:
+        await reader.close()
+
+
+@pytest.mark.questdb
+async def test_a_server_error_is_raised_with_its_message(questdb: Any) -> None:
+    """A statement the server refuses raises WireServerError with the server's message; the connection then
+    runs the next statement."""
+    dsn = parse_dsn(questdb.dsn)
+    conn = await WireConnection.open(
+        dsn.host or "", dsn.port or 0, user=dsn.user or "", password=dsn.password or "", database="qdb", timeout_s=10
+    )
+    try:
+        with pytest.raises(WireServerError, match="does not exist"):
+            await conn.prepare("missing", 'SELECT * FROM "no_such_table_here"', [])
+        await conn.prepare(
+            "one", "SELECT cast($2 AS LONG), 1.0, 2.0, 3.0, 4.0, length($1)::double", [OID_TEXT, OID_TIMESTAMP]
+        )
+        stamps, prices = await conn.fetch("one", ["it's; --", 1_700_000_000_123_456])
+        assert stamps.tolist() == [1_700_000_000_123_456] and prices[:, 0].tolist() == [1.0, 2.0, 3.0, 4.0, 8.0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgresql_results_of_another_shape_are_refused_before_running(postgres: Any) -> None:
+    """Against a real PostgreSQL (trust login): a statement whose columns are not int8 + 5 float8 is refused as
+    unsupported at prepare; one of that shape reads back exactly."""
+    dsn = parse_dsn(postgres.dsn)
+    conn = await WireConnection.open(
+        dsn.host or "",
+        dsn.port or 0,
+        user=dsn.user or "",
+        password=dsn.password or "",
+        database=dsn.database or "",
+        timeout_s=10,
+    )
+    try:
+        with pytest.raises(WireUnsupportedError, match="OIDs"):
+            await conn.prepare("ints", "SELECT 1::int4, 2::int4", [])
+        await conn.prepare(
+            "bars",
+            "SELECT g::int8, g * 0.5::float8, 1e300::float8, 5e-324::float8, -0.0::float8, g::float8"
+            " FROM generate_series(1, $1::int) g",
+            [OID_TEXT],
+        )
+        stamps, prices = await conn.fetch("bars", ["3000"])
+        assert stamps.tolist() == list(range(1, 3001))
+        assert prices[0].tolist() == [g * 0.5 for g in range(1, 3001)] and prices[1, -1] == 1e300
+        assert prices[2, 0] == 5e-324 and np.signbit(prices[3, 0])
+    finally:
+        conn.close()

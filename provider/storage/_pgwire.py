@@ -32,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
+    "MAX_RESERVED_ROWS",
     "OID_TEXT",
     "OID_TIMESTAMP",
     "WireConnection",
@@ -49,6 +50,8 @@ RESULT_OIDS = (_INT8, _FLOAT8, _FLOAT8, _FLOAT8, _FLOAT8, _FLOAT8)
 #: A larger message is not a bar row or a status message: the connection is treated as broken (rule 5).
 MAX_MESSAGE_BYTES = 1 << 24
 _PROTOCOL_3 = 196_608
+#: At most this many rows are reserved before they arrive (a hint of a sparse decade of 1s slots is not taken).
+MAX_RESERVED_ROWS = 1 << 24
 
 #: A DataRow of six non-NULL 8-byte fields, as it lies on the wire (rule 3).
 _ROW = np.dtype(
@@ -159,10 +162,14 @@ class _Prepare(_Reply):
 
 
 class _Rows(_Reply):
-    def __init__(self, conn: WireConnection, names: tuple[str, ...]) -> None:
+    """A result's rows, decoded as they arrive into the columns' own arrays (rule 3)."""
+
+    def __init__(self, conn: WireConnection, names: tuple[str, ...], capacity: int) -> None:
         super().__init__(conn)
         self.names = names
-        self.pieces: list[np.ndarray] = []
+        self.stamps = np.empty(capacity, dtype=np.int64)
+        self.prices = np.empty((5, capacity), dtype=np.float64)
+        self.count = 0
 
     def fast(self, buf: bytearray, at: int) -> int:
         count = (len(buf) - at) // _ROW_BYTES
@@ -172,9 +179,25 @@ class _Rows(_Reply):
         odd = (raw[:, _HEADER_AT] != _HEADER).any(axis=1)
         good = int(odd.argmax()) if odd.any() else count
         if good:
-            self.pieces.append(raw[:good].copy().view(_ROW).reshape(good))
+            self.take(raw[:good].view(_ROW).reshape(good))
         del raw, odd  # the bytearray is resized by the caller: no view of it may outlive this call
         return at + good * _ROW_BYTES
+
+    def take(self, rows: np.ndarray) -> None:
+        """Append rows of the wire's layout (big-endian, converted on the copy)."""
+        n, at = len(rows), self.count
+        if at + n > len(self.stamps):
+            self.grow(at + n)
+        self.stamps[at : at + n] = rows["v0"]
+        for index in range(5):
+            self.prices[index, at : at + n] = rows[f"v{index + 1}"]
+        self.count += n
+
+    def grow(self, need: int) -> None:
+        capacity = max(need, 2 * len(self.stamps))
+        stamps, prices = np.empty(capacity, dtype=np.int64), np.empty((5, capacity), dtype=np.float64)
+        stamps[: self.count], prices[:, : self.count] = self.stamps[: self.count], self.prices[:, : self.count]
+        self.stamps, self.prices = stamps, prices
 
     def message(self, tag: str, body: bytes) -> None:
         if tag == "D":
@@ -185,18 +208,18 @@ class _Rows(_Reply):
                 message = f"column {name!r} of a row is {what}; a bar row has six 8-byte values"
                 self.error = self.error or WireServerError("22004", message)
             else:
-                self.pieces.append(row)
+                self.take(row)
         elif tag not in "2CIs":  # BindComplete, CommandComplete, EmptyQueryResponse, PortalSuspended
             super().message(tag, body)
 
     def columns(self) -> tuple[np.ndarray, np.ndarray]:
-        """The int64 first column and the ``(5, N)`` float64 block of the others (rows contiguous)."""
-        rows = self.pieces[0] if len(self.pieces) == 1 else np.concatenate(self.pieces or [np.empty(0, _ROW)])
-        first = rows["v0"].astype(np.int64)
-        block = np.empty((5, len(rows)), dtype=np.float64)
-        for index in range(5):
-            block[index] = rows[f"v{index + 1}"]
-        return first, block
+        """The int64 first column and the ``(5, N)`` float64 block of the others (each row contiguous); copied
+        into arrays of their own size when they fill at most half of what was reserved."""
+        n = self.count
+        stamps, prices = self.stamps[:n], self.prices[:, :n]
+        if n <= len(self.stamps) // 2:
+            stamps, prices = stamps.copy(), prices.copy()
+        return stamps, prices
 
 
 class WireConnection(asyncio.Protocol):
@@ -252,9 +275,12 @@ class WireConnection(asyncio.Protocol):
             raise WireUnsupportedError(f"result columns of type OIDs {reply.oids}, expected {RESULT_OIDS}")
         self._prepared[name] = tuple(param_oids), reply.names
 
-    async def fetch(self, name: str, params: Sequence[str | int]) -> tuple[np.ndarray, np.ndarray]:
+    async def fetch(
+        self, name: str, params: Sequence[str | int], *, rows_hint: int = 1024
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Run prepared statement ``name``: the int64 first column and the ``(5, N)`` float64 block of the rest.
-        Text parameters are ``str``; timestamp parameters are epoch us (``int``)."""
+        Text parameters are ``str``; timestamp parameters are epoch us (``int``). ``rows_hint`` rows are
+        reserved up front (untouched pages cost no memory; more are made room for as they arrive)."""
         oids, names = self._prepared[name]
         formats, values = [], []
         for oid, value in zip(oids, params, strict=True):
@@ -273,7 +299,7 @@ class WireConnection(asyncio.Protocol):
             + b"".join(values)
             + b"\x00\x01\x00\x01"  # every result column in binary
         )
-        reply = _Rows(self, names)
+        reply = _Rows(self, names, max(1, min(rows_hint, MAX_RESERVED_ROWS)))
         await self._request(_message(b"B", bind) + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC, reply)
         return reply.columns()
 

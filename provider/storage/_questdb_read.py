@@ -1,13 +1,15 @@
-"""QuestDB bar reads: the reader is picked per request (PG wire for small ranges, Parquet export for large ones).
+"""QuestDB bar reads: our own PG wire reader by default, the HTTP Parquet export where the DSN asks for it.
 
 Rules:
-1. A read of at most ``parquet_min_bars`` grid slots (``(end - start) / interval``; DSN option, default
-   :data:`PARQUET_MIN_BARS`, measured crossover) goes over the PG wire with asyncpg on a ready connection,
-   ``ts`` cast to LONG, and bind parameters (faster than psycopg 3's binary cursor and than asyncpg's pool for
-   1,000 bars, measured: ~0.6 ms against ~0.85 and ~0.97 ms). A larger one asks QuestDB's HTTP
-   ``/exp?fmt=parquet&compression_codec=UNCOMPRESSED`` for the same query and reads the body with pyarrow:
-   10^6 bars in ~0.2 s against ~0.9 s for psycopg and ~1.3 s for asyncpg (docs/benchmarks.md).
-   ``parquet_min_bars=0`` sends every read to the export, a very large value none.
+1. A read of at most ``parquet_min_bars`` grid slots (``(end - start) / interval``; DSN option) goes over the PG
+   wire with our reader (:mod:`provider.storage._pgwire`, rule 6) on a ready connection, ``ts`` cast to LONG,
+   bind parameters, the rows decoded by numpy straight into the frame's arrays (sized by the slots). A larger one
+   asks QuestDB's HTTP ``/exp?fmt=parquet&compression_codec=UNCOMPRESSED`` for the same query and reads the body
+   with pyarrow. The default (:data:`PARQUET_MIN_BARS`) sends every read over the wire: measured on loopback
+   against the export, it took 0.5-0.75x the export's time from 10^3 to 10^6 bars and 0.35-0.45x at 10^7, with
+   peak RSS 1.16x the frame at 10^6 bars (the export 1.7x) and 1.17x at 10^7 (docs/benchmarks.md). Over a slow
+   link the export's smaller body (48 bytes a bar against 79) may win for large reads: lower
+   ``parquet_min_bars`` there. ``parquet_min_bars=0`` sends every read to the export.
 2. ``/exp`` takes no bind parameters: the series name goes into the SQL text through :func:`sql_literal`, the one
    audited quoting function (single quotes doubled, NUL refused; QuestDB reads no backslash escapes), and the
    bounds as integers formatted by ``int``. Table names are validated identifiers (``_dsn``), quoted.
@@ -20,7 +22,7 @@ Rules:
    compacted), and the frame is assembled from them without a copy. So a read holds the frame plus at most two
    chunk bodies at its peak (RSS 1.9x the frame at 10^6 bars, 1.4x at 10^7), not the whole body beside it (2.4x).
    Chunks are half-open ``[lo, hi)`` ranges that tile the request, so no bar is dropped or doubled at a seam.
-4. PG wire connections are reused: an idle list of asyncpg connections (at most ``pool_size``), created on first
+4. PG wire connections are reused: an idle list of connections (at most ``pool_size``), created on first
    use. An export connection stays open idle for ``export_keepalive_ms`` (DSN option, default 1,000 ms; 0 closes
    it after each export): an export on a fresh connection cost 0.9 ms more at 10^4 bars and 2-3 ms more at 10^5
    (17 -> 20 ms) than on a reused one, measured here, far more than the TCP connect. The keep-alive is short because
@@ -31,6 +33,12 @@ Rules:
    :class:`StorageUnavailableError`; a query error is a :class:`StorageError` naming the target.
 5. An export refused with 429 (the server's export connection limit is reached) is served over the PG wire
    instead: slower, never failed (counted in ``served["export_busy"]``).
+6. Our PG wire reader speaks cleartext and MD5 password logins and decodes exactly the query's result shape
+   (int8 + 5 float8). When the server wants anything else (another login, a table whose prices are not DOUBLE)
+   it says so before any query runs, and asyncpg serves that read and every later one of this reader (one
+   ``storage.wire_fallback`` warning; ``served["asyncpg"]`` counts them), with the export from
+   :data:`ASYNCPG_PARQUET_MIN_BARS` grid slots unless the DSN sets ``parquet_min_bars``. A NULL price is refused
+   with a :class:`StorageError` naming the column, as the export path refuses it.
 """
 
 from __future__ import annotations
@@ -57,10 +65,13 @@ from provider.storage._pgwire import OID_TEXT, OID_TIMESTAMP, WireConnection, Wi
 from provider.storage._sql import ms_to_naive
 from provider.storage.errors import StorageError, StorageUnavailableError
 
-__all__ = ["PARQUET_CHUNK_BARS", "PARQUET_MIN_BARS", "QuestDBReader", "sql_literal"]
+__all__ = ["ASYNCPG_PARQUET_MIN_BARS", "PARQUET_CHUNK_BARS", "PARQUET_MIN_BARS", "QuestDBReader", "sql_literal"]
 
-#: Reads of more grid slots than this use the Parquet export (measured crossover, docs/benchmarks.md).
-PARQUET_MIN_BARS = 5_000
+#: Reads of more grid slots than this use the Parquet export while our PG wire reader serves (rule 1): none
+#: unless the DSN says so, since the wire reader was the faster at every size measured, 10^3-10^7 bars.
+PARQUET_MIN_BARS = 10**9
+#: The same boundary once asyncpg serves the PG wire instead (rule 6): its measured crossover with the export.
+ASYNCPG_PARQUET_MIN_BARS = 5_000
 #: Grid slots per export request (rule 3): one chunk body is ~12 MB, ~0.25x a 10^6-bar frame.
 PARQUET_CHUNK_BARS = 250_000
 _FIRST_DELAY_S = 0.05
@@ -106,7 +117,7 @@ class QuestDBReader:
         self._pool_size = pool_size
         self._target = target
         self._retry_timeout_s = dsn.retry_timeout_ms / 1000
-        self.parquet_min_bars = PARQUET_MIN_BARS if dsn.parquet_min_bars is None else dsn.parquet_min_bars
+        self._parquet_min_bars = dsn.parquet_min_bars
         self._keepalive_s = dsn.export_keepalive_ms / 1000
         #: Grid slots per export request (rule 3).
         self.chunk_bars = PARQUET_CHUNK_BARS
@@ -133,11 +144,18 @@ class QuestDBReader:
             " AND close IS NOT NULL ORDER BY ts"
         )
 
+    @property
+    def parquet_min_bars(self) -> int:
+        """Rule 1's boundary: the DSN's ``parquet_min_bars``, else the default of the PG wire reader in use."""
+        if self._parquet_min_bars is not None:
+            return self._parquet_min_bars
+        return PARQUET_MIN_BARS if self.wire_enabled else ASYNCPG_PARQUET_MIN_BARS
+
     async def read(self, series: str, start_ms: int, end_ms: int, interval_ms: int) -> pd.DataFrame:
         """The stored bars of ``series`` in ``[start_ms, end_ms)``, from the reader rule 1 picks."""
         if (end_ms - start_ms) // interval_ms > self.parquet_min_bars:
             return await self.read_parquet(series, start_ms, end_ms, interval_ms)
-        return await self.read_pg(series, start_ms, end_ms)
+        return await self.read_pg(series, start_ms, end_ms, interval_ms)
 
     async def _retrying(self, operation: Any, what: str) -> Any:
         loop = asyncio.get_running_loop()
@@ -155,11 +173,13 @@ class QuestDBReader:
             delay = min(delay * 2, _MAX_DELAY_S)
         raise AssertionError("unreachable")
 
-    async def read_pg(self, series: str, start_ms: int, end_ms: int) -> pd.DataFrame:
-        """Rule 1's small path: the PG wire on a ready connection, ``ts`` cast to LONG, bind parameters."""
+    async def read_pg(self, series: str, start_ms: int, end_ms: int, interval_ms: int = 0) -> pd.DataFrame:
+        """Rule 1's small path: the PG wire on a ready connection, ``ts`` cast to LONG, bind parameters
+        (``interval_ms``, when known, sizes the arrays before the rows arrive)."""
         if self.wire_enabled:
+            slots = (end_ms - start_ms) // interval_ms + 1 if interval_ms > 0 else _FIRST_CAPACITY
             try:
-                stamps, prices = await self._retrying(lambda: self._wire_read(series, start_ms, end_ms), "read")
+                stamps, prices = await self._retrying(lambda: self._wire_read(series, start_ms, end_ms, slots), "read")
             except WireUnsupportedError as exc:
                 self.wire_enabled = False
                 _log.warning("storage.wire_fallback", target=self._target, reason=str(exc), reader="asyncpg")
@@ -168,7 +188,7 @@ class QuestDBReader:
                 return frame_from_block(stamps, prices, ns_per_unit=1000) if len(stamps) else empty_frame()
         return await self._read_asyncpg(series, start_ms, end_ms)
 
-    async def _wire_read(self, series: str, start_ms: int, end_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    async def _wire_read(self, series: str, start_ms: int, end_ms: int, slots: int) -> tuple[np.ndarray, np.ndarray]:
         """One attempt of rule 6's reader on a ready connection of our own (reused while idle, rule 4)."""
         host, port, user, password, database = self._wire_login
         async with self._slots:
@@ -180,7 +200,7 @@ class QuestDBReader:
                         host, port, user=user, password=password, database=database, timeout_s=_CONNECT_TIMEOUT_S
                     )
                 await conn.prepare(_WIRE_STATEMENT, self._pg_sql, _WIRE_PARAMS)
-                columns = await conn.fetch(_WIRE_STATEMENT, (series, start_ms * 1000, end_ms * 1000))
+                columns = await conn.fetch(_WIRE_STATEMENT, (series, start_ms * 1000, end_ms * 1000), rows_hint=slots)
             except WireServerError as exc:
                 if conn is None:  # refused at login: no retry makes a wrong password right
                     raise StorageUnavailableError("questdb", self._target, f"read: login refused: {exc}") from exc
@@ -248,7 +268,7 @@ class QuestDBReader:
                     pending = asyncio.ensure_future(self._export(series, *bounds[index + 1]))
                 if body is None:  # rule 5: this chunk over the PG wire
                     self.served["export_busy"] += 1
-                    out.append_frame(await self.read_pg(series, lo, hi))
+                    out.append_frame(await self.read_pg(series, lo, hi, interval_ms))
                 else:
                     _decode_into(body, out)
                     exported = True

@@ -16,7 +16,7 @@ import pytest
 from provider.storage import open_storage
 from provider.storage._dsn import parse_dsn
 from provider.storage._pgwire import OID_TEXT, OID_TIMESTAMP, WireConnection, WireServerError, WireUnsupportedError
-from provider.storage._questdb_read import QuestDBReader
+from provider.storage._questdb_read import ASYNCPG_PARQUET_MIN_BARS, PARQUET_MIN_BARS, QuestDBReader
 from provider.storage.errors import StorageError
 
 from .conftest import unique_table, with_option
@@ -39,7 +39,9 @@ async def _plain_table(sql: asyncpg.Connection, price_type: str = "DOUBLE") -> s
     """A non-WAL bar table (rows visible as soon as inserted) of the backend's shape."""
     table = unique_table()
     prices = ", ".join(f"{name} {price_type}" for name in ("open", "high", "low", "close", "volume"))
-    await sql.execute(f'CREATE TABLE "{table}" (series SYMBOL, ts TIMESTAMP, {prices}) TIMESTAMP(ts) PARTITION BY DAY BYPASS WAL')
+    await sql.execute(
+        f'CREATE TABLE "{table}" (series SYMBOL, ts TIMESTAMP, {prices}) TIMESTAMP(ts) PARTITION BY DAY BYPASS WAL'
+    )
     return table
 
 
@@ -131,10 +133,12 @@ async def test_a_table_of_other_column_types_is_read_by_asyncpg(questdb: Any, sq
     await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.25, 10.0) for i in range(4)])
     reader = _reader(questdb, table)
     try:
+        assert reader.parquet_min_bars == PARQUET_MIN_BARS  # every read over the wire while it serves
         for _ in range(2):
             frame = await reader.read_pg("s", T0, T0 + 4 * M)
             assert list(frame["close"]) == [1.25] * 4
         assert reader.wire_enabled is False and reader.served["asyncpg"] == 2
+        assert reader.parquet_min_bars == ASYNCPG_PARQUET_MIN_BARS  # asyncpg's crossover with the export
     finally:
         await reader.close()
 

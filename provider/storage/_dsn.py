@@ -1,8 +1,8 @@
 """Storage DSNs: parse and validate once; :mod:`provider.storage._open` opens the backend a DSN names.
 
 Rules:
-1. Schemes: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000`` (small reads over the PG wire, large ones and
-   writes over HTTP; ``parquet_min_bars`` moves the boundary, see :mod:`provider.storage._questdb_read`),
+1. Schemes: ``questdb://USER:PASS@HOST:PGPORT/?http_port=9000`` (reads over the PG wire, writes over HTTP,
+   reads of more than ``parquet_min_bars`` slots over the HTTP export, see :mod:`provider.storage._questdb_read`),
    ``postgresql://`` (or ``postgres://``), ``sqlite:///relative.db`` / ``sqlite:////absolute.db`` and
    ``memory://``. A ``postgresql://`` DSN of a QuestDB server is accepted with ``kind="questdb"``.
 2. Every field is checked here; a bad one raises :class:`StorageConfigError` naming it. Unknown query options

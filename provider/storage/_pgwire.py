@@ -6,12 +6,14 @@ Rules:
    flattens them; here the result's DataRows are checked and decoded in a few numpy passes over the received
    bytes (1,000 bars: ~0.55 ms against ~0.8 ms for asyncpg's fetch alone, docs/benchmarks.md).
 2. What it does not speak it refuses with :class:`WireUnsupportedError` before any query runs: an
-   authentication other than cleartext or MD5 password, or a prepared result whose columns are not ``int8`` +
-   5 ``float8``. The caller then uses asyncpg instead (``provider.storage._questdb_read``, rule 6).
+   authentication other than cleartext or MD5 password, a refused login (the server may want TLS, which asyncpg
+   tries first), or a prepared result whose columns are not ``int8`` + 5 ``float8``. The caller then uses
+   asyncpg instead (``provider.storage._questdb_read``, rule 6).
 3. Messages are walked from a known boundary. A run of DataRows of the common shape (six non-NULL 8-byte
-   fields, 79 bytes each) is checked with one vectorized comparison of every row's header bytes against a
-   template and copied out as a structured big-endian array; anything else (a row with a NULL, a notice, the
-   end of the result) is parsed one message at a time. A NULL field is refused, as the Parquet path refuses it.
+   fields, 79 bytes each) is checked with one vectorized comparison of every row's first 7 bytes (type, length,
+   field count) and copied, converted from big-endian, straight into the column arrays; anything else (a row
+   with a NULL, a notice, the end of the result) is parsed one message at a time. A NULL field is refused, as
+   the Parquet path refuses it.
 4. Values never enter SQL text: the series is a text parameter, the bounds are binary ``timestamp`` parameters
    (int64 us since 2000-01-01), both length-prefixed on the wire.
 5. Failures: the server's ErrorResponse is :class:`WireServerError` (its message and SQLSTATE), raised after the
@@ -59,13 +61,11 @@ _ROW = np.dtype(
     + [item for i in range(6) for item in ((f"n{i}", ">i4"), (f"v{i}", ">i8" if i == 0 else ">f8"))]
 )
 _ROW_BYTES = _ROW.itemsize  # 79
-#: The bytes every such row shares (its type, length, field count and field lengths), and where they lie.
-_TEMPLATE_ROW = np.zeros(1, dtype=_ROW)
-_TEMPLATE_ROW[0]["tag"], _TEMPLATE_ROW[0]["length"], _TEMPLATE_ROW[0]["fields"] = ord("D"), _ROW_BYTES - 1, 6
-for _i in range(6):
-    _TEMPLATE_ROW[0][f"n{_i}"] = 8
-_HEADER_AT = np.array([*range(7)] + [at for i in range(6) for at in range(7 + 12 * i, 11 + 12 * i)])
-_HEADER = _TEMPLATE_ROW.view(np.uint8)[_HEADER_AT]
+#: A row's first 7 bytes (type ``D``, length 78, 6 fields) as one unaligned big-endian word (rule 3): with the
+#: result's types checked at prepare (int8 and float8 values are 8 bytes or NULL, and a NULL shortens the
+#: message), a row with these 7 bytes has six 8-byte values.
+_HEAD = np.dtype({"names": ["head"], "formats": [">u8"], "offsets": [0], "itemsize": _ROW_BYTES})
+_HEAD_WORD = (ord("D") << 48) | ((_ROW_BYTES - 1) << 16) | 6
 _SYNC = b"S\x00\x00\x00\x04"
 
 
@@ -106,7 +106,8 @@ class _Reply:
             body = bytes(buf[at + 5 : end])
             at = end
             if tag == "E":
-                self.error = self.error or _server_error(body)
+                self.error = self.error or self.refused(_server_error(body))
+                self.done = self.done or isinstance(self.error, WireUnsupportedError)
             elif tag == "Z":
                 self.done = True
             elif tag not in "NS":  # notices and parameter status changes carry nothing a read needs
@@ -117,6 +118,10 @@ class _Reply:
         """Rule 3's vectorized path (rows only); returns the boundary it stopped at."""
         return at
 
+    def refused(self, error: WireServerError) -> Exception:
+        """What the server's ErrorResponse means for this reply."""
+        return error
+
     def message(self, tag: str, body: bytes) -> None:
         raise ConnectionError(f"PG wire: unexpected message {tag!r}")
 
@@ -125,6 +130,11 @@ class _Startup(_Reply):
     def __init__(self, conn: WireConnection, user: str, password: str) -> None:
         super().__init__(conn)
         self.user, self.password = user, password
+
+    def refused(self, error: WireServerError) -> Exception:
+        # A refused login is the end of the connection (no ReadyForQuery follows). asyncpg may still get in
+        # (it tries TLS first and speaks SCRAM); if not, it raises the error a caller expects for it.
+        return WireUnsupportedError(f"login refused: {error}")
 
     def message(self, tag: str, body: bytes) -> None:
         if tag == "K":  # the backend's cancel key: reads are cancelled by closing the connection (rule 5)
@@ -175,12 +185,11 @@ class _Rows(_Reply):
         count = (len(buf) - at) // _ROW_BYTES
         if count == 0 or buf[at] != 0x44:  # 'D'
             return at
-        raw = np.frombuffer(buf, dtype=np.uint8, count=count * _ROW_BYTES, offset=at).reshape(count, _ROW_BYTES)
-        odd = (raw[:, _HEADER_AT] != _HEADER).any(axis=1)
+        odd = (np.frombuffer(buf, dtype=_HEAD, count=count, offset=at)["head"] >> 8) != _HEAD_WORD
         good = int(odd.argmax()) if odd.any() else count
         if good:
-            self.take(raw[:good].view(_ROW).reshape(good))
-        del raw, odd  # the bytearray is resized by the caller: no view of it may outlive this call
+            self.take(np.frombuffer(buf, dtype=_ROW, count=good, offset=at))  # the copy is made before return
+        # the caller resizes the bytearray next: no view of it may outlive this call
         return at + good * _ROW_BYTES
 
     def take(self, rows: np.ndarray) -> None:

@@ -15,7 +15,7 @@ Rules:
 
    ``series`` holds the canonical key text (``ohlcv:binance:BTC/USDT:1m``): one symbol column is markedly faster
    to write and filter than three (measured), and the key round-trips exactly.
-2. Writes go over ILP/HTTP; bar reads over asyncpg (small ranges) or the HTTP Parquet export (large ones),
+2. Writes go over ILP/HTTP; bar reads over our PG wire reader (or the HTTP Parquet export where the DSN asks),
    see :mod:`provider.storage._questdb_read`; the ledger, WAL status and maintenance over an asyncpg pool.
 3. A window write is: refuse if the tables are suspended; find bars stored in the window that the new frame
    lacks (skipped when the frame fills every grid slot); send the new bars plus a tombstone (all prices NULL)

@@ -202,9 +202,8 @@ class QuestDBReader:
                 await conn.prepare(_WIRE_STATEMENT, self._pg_sql, _WIRE_PARAMS)
                 columns = await conn.fetch(_WIRE_STATEMENT, (series, start_ms * 1000, end_ms * 1000), rows_hint=slots)
             except WireServerError as exc:
-                if conn is None:  # refused at login: no retry makes a wrong password right
-                    raise StorageUnavailableError("questdb", self._target, f"read: login refused: {exc}") from exc
-                conn.close()  # its statement may be what failed (e.g. a table dropped and created again)
+                if conn is not None:  # its statement may be what failed (e.g. a table dropped and created again)
+                    conn.close()
                 raise StorageError(f"questdb storage at {self._target}: read refused: {exc}") from exc
             except (OSError, TimeoutError) as exc:  # ConnectionError included
                 if conn is not None:

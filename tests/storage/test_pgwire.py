@@ -94,12 +94,14 @@ async def test_a_null_price_is_refused_naming_the_column_and_the_connection_stay
     table = await _plain_table(sql)
     await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(3)])
     await _insert(sql, table, [("s", _at(T0 + 3 * M), None, 2.0, 0.5, 1.5, 10.0)])
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(4, 3000)])
     reader = _reader(questdb, table)
     try:
         with pytest.raises(StorageError, match=r"column 'open' of a row is NULL"):
-            await reader.read_pg("s", T0, T0 + 4 * M)
+            await reader.read_pg("s", T0, T0 + 3000 * M)  # the bad row amid runs of good ones
         frame = await reader.read_pg("s", T0, T0 + 3 * M)
         assert list(frame["close"]) == [1.5, 1.5, 1.5]
+        assert len(await reader.read_pg("s", T0 + 4 * M, T0 + 3000 * M)) == 2996
         assert reader.served["asyncpg"] == 0
     finally:
         await reader.close()
@@ -191,3 +193,21 @@ async def test_postgresql_results_of_another_shape_are_refused_before_running(po
         assert prices[2, 0] == 5e-324 and np.signbit(prices[3, 0])
     finally:
         conn.close()
+
+
+@pytest.mark.questdb
+async def test_a_refused_login_is_left_to_asyncpg_and_fails_at_once(questdb: Any) -> None:
+    """A wrong password: the wire reader hands the login to asyncpg (which may speak what the server wants),
+    and the read fails with a StorageError at once, not after the reconnect retries."""
+    good = parse_dsn(questdb.dsn)
+    dsn = parse_dsn(questdb.dsn.replace(f":{good.password}@", ":not-the-password@"))
+    reader = QuestDBReader(dsn, unique_table(), pool_size=2, target="test")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.raises(StorageError):
+            await reader.read_pg("s", T0, T0 + M)
+        assert loop.time() - started < 5  # retry_timeout_ms is 30 s: nothing was retried
+        assert reader.wire_enabled is False
+    finally:
+        await reader.close()

@@ -145,14 +145,18 @@ async def test_a_table_of_other_column_types_is_read_by_asyncpg(questdb: Any, sq
         await reader.close()
 
 
+async def _connect(questdb: Any) -> WireConnection:
+    dsn = parse_dsn(questdb.dsn)
+    return await WireConnection.open(
+        dsn.host or "", dsn.port or 0, user=dsn.user or "", password=dsn.password or "", database="qdb", timeout_s=10
+    )
+
+
 @pytest.mark.questdb
 async def test_a_server_error_is_raised_with_its_message(questdb: Any) -> None:
     """A statement the server refuses raises WireServerError with the server's message; the connection then
     runs the next statement."""
-    dsn = parse_dsn(questdb.dsn)
-    conn = await WireConnection.open(
-        dsn.host or "", dsn.port or 0, user=dsn.user or "", password=dsn.password or "", database="qdb", timeout_s=10
-    )
+    conn = await _connect(questdb)
     try:
         with pytest.raises(WireServerError, match="does not exist"):
             await conn.prepare("missing", 'SELECT * FROM "no_such_table_here"', [])
@@ -211,3 +215,44 @@ async def test_a_refused_login_is_left_to_asyncpg_and_fails_at_once(questdb: Any
         assert reader.wire_enabled is False
     finally:
         await reader.close()
+
+
+@pytest.mark.questdb
+async def test_concurrent_reads_each_get_their_own_rows(questdb: Any, sql: asyncpg.Connection) -> None:
+    """Twenty concurrent reads of different ranges through two connections each return exactly their range."""
+    table = await _plain_table(sql)
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, float(i), 10.0) for i in range(2000)])
+    reader = _reader(questdb, table)
+    try:
+        bounds = [(i * 97 % 1500, i * 97 % 1500 + 50 + i * 20) for i in range(20)]
+        frames = await asyncio.gather(*(reader.read_pg("s", T0 + lo * M, T0 + hi * M, M) for lo, hi in bounds))
+        for (lo, hi), frame in zip(bounds, frames, strict=True):
+            assert list(frame["close"]) == [float(i) for i in range(lo, min(hi, 2000))]
+        assert len(reader._wire_idle) == 2 and reader.served["asyncpg"] == 0  # pool_size connections, reused
+    finally:
+        await reader.close()
+
+
+@pytest.mark.questdb
+async def test_a_query_cancelled_in_flight_closes_its_connection(questdb: Any, sql: asyncpg.Connection) -> None:
+    """Cancelled after its query went out, a fetch closes the connection (the rest of the reply would be read as
+    the next one's); a new connection then reads every row."""
+    table = await _plain_table(sql)
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, float(i), 10.0) for i in range(2000)])
+    sql_text = _reader(questdb, table)._pg_sql
+    conn = await _connect(questdb)
+    await conn.prepare("bars", sql_text, [OID_TEXT, OID_TIMESTAMP, OID_TIMESTAMP])
+    task = asyncio.ensure_future(conn.fetch("bars", ["s", T0 * US, (T0 + 2000 * M) * US]))
+    while conn._reply is None:  # the query is on the wire once a reply is expected
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert conn.closed
+    fresh = await _connect(questdb)
+    try:
+        await fresh.prepare("bars", sql_text, [OID_TEXT, OID_TIMESTAMP, OID_TIMESTAMP])
+        stamps, prices = await fresh.fetch("bars", ["s", T0 * US, (T0 + 2000 * M) * US])
+        assert prices[3].tolist() == [float(i) for i in range(2000)] and stamps[0] == T0 * US
+    finally:
+        fresh.close()

@@ -35,7 +35,8 @@ Rules:
    instead: slower, never failed (counted in ``served["export_busy"]``).
 6. Our PG wire reader speaks cleartext and MD5 password logins and decodes exactly the query's result shape
    (int8 + 5 float8). When the server wants anything else (another login, a table whose prices are not DOUBLE)
-   it says so before any query runs, and asyncpg serves that read and every later one of this reader (one
+   it says so before any query runs (a column type changed under a prepared statement: when it is prepared
+   again), and asyncpg serves that read and every later one of this reader (one
    ``storage.wire_fallback`` warning; ``served["asyncpg"]`` counts them), with the export from
    :data:`ASYNCPG_PARQUET_MIN_BARS` grid slots unless the DSN sets ``parquet_min_bars``. A NULL price is refused
    with a :class:`StorageError` naming the column, as the export path refuses it.
@@ -84,6 +85,8 @@ _CLIENT_ERRORS = (asyncpg.exceptions.InterfaceError, asyncpg.exceptions.Internal
 _WIRE_STATEMENT = "bars"
 _WIRE_PARAMS = (OID_TEXT, OID_TIMESTAMP, OID_TIMESTAMP)
 _CONNECT_TIMEOUT_S = 10
+#: "cached plan must not change result type": the statement outlived a column type change (rule 6).
+_PLAN_CHANGED = "0A000"
 _log = get_logger("provider.storage")
 
 
@@ -204,6 +207,8 @@ class QuestDBReader:
             except WireServerError as exc:
                 if conn is not None:  # its statement may be what failed (e.g. a table dropped and created again)
                     conn.close()
+                if exc.sqlstate == _PLAN_CHANGED:  # a column's type changed: prepare again on a new connection
+                    raise _LostConnectionError(str(exc)) from exc
                 raise StorageError(f"questdb storage at {self._target}: read refused: {exc}") from exc
             except (OSError, TimeoutError) as exc:  # ConnectionError included
                 if conn is not None:

@@ -256,3 +256,23 @@ async def test_a_query_cancelled_in_flight_closes_its_connection(questdb: Any, s
         assert prices[3].tolist() == [float(i) for i in range(2000)] and stamps[0] == T0 * US
     finally:
         fresh.close()
+
+
+@pytest.mark.questdb
+async def test_a_column_type_changed_under_the_statement_is_read_by_asyncpg(
+    questdb: Any, sql: asyncpg.Connection
+) -> None:
+    """QuestDB refuses a prepared statement whose result type changed ("cached plan must not change result type")
+    after ``ALTER COLUMN volume TYPE LONG``: the same read prepares again, finds a shape it does not decode, and
+    asyncpg serves it with the right values; no read fails."""
+    table = await _plain_table(sql)
+    await _insert(sql, table, [("s", _at(T0 + i * M), 1.0, 2.0, 0.5, 1.5, float(i)) for i in range(4)])
+    reader = _reader(questdb, table)
+    try:
+        assert list((await reader.read_pg("s", T0, T0 + 4 * M))["volume"]) == [0.0, 1.0, 2.0, 3.0]
+        await sql.execute(f'ALTER TABLE "{table}" ALTER COLUMN volume TYPE LONG')
+        frame = await reader.read_pg("s", T0, T0 + 4 * M)
+        assert list(frame["volume"]) == [0.0, 1.0, 2.0, 3.0] and frame["volume"].dtype == np.float64
+        assert reader.wire_enabled is False and reader.served == {"pg": 2, "parquet": 0, "export_busy": 0, "asyncpg": 1}
+    finally:
+        await reader.close()

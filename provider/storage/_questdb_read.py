@@ -35,11 +35,12 @@ Rules:
    instead: slower, never failed (counted in ``served["export_busy"]``).
 6. Our PG wire reader speaks cleartext and MD5 password logins and decodes exactly the query's result shape
    (int8 + 5 float8). When the server wants anything else (another login, a table whose prices are not DOUBLE)
-   it says so before any query runs (a column type changed under a prepared statement: when it is prepared
-   again), and asyncpg serves that read and every later one of this reader (one
+   it says so before any query runs, and asyncpg serves that read and every later one of this reader (one
    ``storage.wire_fallback`` warning; ``served["asyncpg"]`` counts them), with the export from
-   :data:`ASYNCPG_PARQUET_MIN_BARS` grid slots unless the DSN sets ``parquet_min_bars``. A NULL price is refused
-   with a :class:`StorageError` naming the column, as the export path refuses it.
+   :data:`ASYNCPG_PARQUET_MIN_BARS` grid slots unless the DSN sets ``parquet_min_bars``. A column type altered
+   under a prepared statement is refused by QuestDB ("cached plan must not change result type"): the read
+   prepares again on a new connection, and the rule applies. A NULL price is refused with a
+   :class:`StorageError` naming the column, as the export path refuses it.
 """
 
 from __future__ import annotations

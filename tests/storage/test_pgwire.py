@@ -1,6 +1,6 @@
-"""Our PG wire reader (provider/storage/_pgwire.py) against real servers: the same frames as asyncpg, NULLs and
-server errors refused clearly on a connection that stays usable, lost connections replaced, and asyncpg taking
-over where the server wants what the reader does not speak."""
+"""Our PG wire reader (provider/storage/_pgwire.py) against real servers: NULLs and server errors refused clearly
+on a connection that stays usable, lost connections replaced, and asyncpg taking over where the server wants what
+the reader does not speak. Its frames are compared with asyncpg's and the export's in test_questdb_read.py."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from provider.storage import open_storage
 from provider.storage._dsn import parse_dsn
 from provider.storage._pgwire import OID_TEXT, OID_TIMESTAMP, WireConnection, WireServerError, WireUnsupportedError
 from provider.storage._questdb_read import ASYNCPG_PARQUET_MIN_BARS, PARQUET_MIN_BARS, QuestDBReader
 from provider.storage.errors import StorageError
 
-from .conftest import unique_table, with_option
+from .conftest import unique_table
 
 M = 60_000
 T0 = 1_700_000_000_000 // M * M
@@ -55,34 +54,6 @@ def _at(ms: int) -> Any:
 
 def _reader(questdb: Any, table: str) -> QuestDBReader:
     return QuestDBReader(parse_dsn(questdb.dsn), table, pool_size=2, target="test")
-
-
-@pytest.mark.questdb
-async def test_the_wire_reader_and_asyncpg_return_identical_frames(questdb: Any, make_bars: Any) -> None:
-    """Gaps, a replaced window (tombstones), float64 edge values, an empty range and a range of more rows than
-    one socket read: byte-for-byte the frame asyncpg gives, served by the wire reader."""
-    dsn = with_option(with_option(questdb.dsn, f"table={unique_table()}"), "parquet_min_bars=1000000000")
-    wire, fallback = await open_storage(dsn), await open_storage(dsn)
-    fallback._reader.wire_enabled = False
-    try:
-        series = "ohlcv:binance:BTC/USDT:1m"
-        bars = make_bars(T0, 6000, skip=(3, 4, 150))
-        bars.loc[10, "open"] = 0.0
-        bars.loc[11, "volume"] = 1e300
-        bars.loc[12, "low"] = 5e-324
-        await wire.write_window(series, T0, T0 + 6000 * M, bars)
-        await wire.write_window(series, T0 + 100 * M, T0 + 200 * M, make_bars(T0 + 100 * M, 100, seed=2, skip=(7,)))
-        ranges = [(T0, T0 + 6000 * M), (T0 + 50 * M, T0 + 120 * M), (T0 + 3 * M, T0 + 5 * M), (T0 - M, T0)]
-        for lo, hi in ranges:
-            pd.testing.assert_frame_equal(await wire.read(series, lo, hi), await fallback.read(series, lo, hi))
-        full = await wire.read(series, T0, T0 + 6000 * M)
-        assert len(full) == 6000 - 2 - 1  # 3 and 4 never written; 150 written again, 107 not (tombstoned)
-        assert (full["volume"] == 1e300).sum() == 1 and (full["low"] == 5e-324).sum() == 1
-        assert wire._reader.served["asyncpg"] == 0 and wire._reader.served["pg"] == len(ranges) + 1
-        assert fallback._reader.served["asyncpg"] == len(ranges)
-    finally:
-        await wire.aclose()
-        await fallback.aclose()
 
 
 @pytest.mark.questdb

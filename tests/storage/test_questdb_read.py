@@ -51,26 +51,40 @@ def _served(storage: Any) -> dict[str, int]:
     return dict(storage._reader.served)
 
 
-async def test_both_readers_return_identical_frames(two_readers: tuple[Any, Any, str], make_bars: Any) -> None:
-    """Gaps, a replaced window (tombstones), an empty range, values at the edge of float64: the same frame."""
-    pg, parquet, _ = two_readers
-    series = "ohlcv:binance:BTC/USDT:1m"
-    bars = make_bars(T0, 300, skip=(3, 4, 150))
-    bars.loc[10, "open"] = 0.0
-    bars.loc[11, "volume"] = 1e300
-    bars.loc[12, "low"] = 5e-324
-    await pg.write_window(series, T0, T0 + 300 * M, bars)
-    await pg.write_window(series, T0 + 100 * M, T0 + 200 * M, make_bars(T0 + 100 * M, 100, seed=2, skip=(7,)))
-    for lo, hi in ((T0, T0 + 300 * M), (T0 + 50 * M, T0 + 120 * M), (T0 + 3 * M, T0 + 5 * M), (T0 - M, T0)):
-        a, b = await pg.read(series, lo, hi), await parquet.read(series, lo, hi)
-        pd.testing.assert_frame_equal(a, b, check_exact=True)
-        assert list(b.dtypes.astype(str)) == ["datetime64[ns, UTC]", *["float64"] * 5]
-        assert isinstance(b.index, pd.RangeIndex) and b.index.start == 0
-    full = await parquet.read(series, T0, T0 + 300 * M)
-    assert len(full) == 300 - 2 - 1  # bars 3 and 4 were never written; 107 is missing from the replacement
-    assert full["low"].iloc[12] == 5e-324 and full["volume"].iloc[11] == 1e300
-    assert _served(pg)["parquet"] == 0 and _served(pg)["pg"] == 4
-    assert _served(parquet)["parquet"] == 5 and _served(parquet)["pg"] == 0
+async def test_every_reader_returns_identical_frames(
+    two_readers: tuple[Any, Any, str], questdb: Any, make_bars: Any
+) -> None:
+    """Gaps, a replaced window (tombstones), an empty range, values at the edge of float64, more rows than one
+    socket read: the same frame from our PG wire reader, from asyncpg (its fallback) and from the export."""
+    pg, parquet, table = two_readers
+    fallback = await open_storage(with_option(questdb.dsn, f"table={table}&parquet_min_bars=1000000000"))
+    fallback._reader.wire_enabled = False
+    try:
+        series = "ohlcv:binance:BTC/USDT:1m"
+        bars = make_bars(T0, 6000, skip=(3, 4, 150))
+        bars.loc[10, "open"] = 0.0
+        bars.loc[11, "volume"] = 1e300
+        bars.loc[12, "low"] = 5e-324
+        await pg.write_window(series, T0, T0 + 6000 * M, bars)
+        await pg.write_window(series, T0 + 100 * M, T0 + 200 * M, make_bars(T0 + 100 * M, 100, seed=2, skip=(7,)))
+        for lo, hi in ((T0, T0 + 6000 * M), (T0 + 50 * M, T0 + 120 * M), (T0 + 3 * M, T0 + 5 * M), (T0 - M, T0)):
+            a, b, c = (
+                await pg.read(series, lo, hi),
+                await parquet.read(series, lo, hi),
+                await fallback.read(series, lo, hi),
+            )
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+            pd.testing.assert_frame_equal(a, c, check_exact=True)
+            assert list(b.dtypes.astype(str)) == ["datetime64[ns, UTC]", *["float64"] * 5]
+            assert isinstance(b.index, pd.RangeIndex) and b.index.start == 0
+        full = await parquet.read(series, T0, T0 + 6000 * M)
+        assert len(full) == 6000 - 2 - 1  # bars 3 and 4 were never written; 107 is missing from the replacement
+        assert full["low"].iloc[12] == 5e-324 and full["volume"].iloc[11] == 1e300
+        assert _served(pg)["parquet"] == 0 and _served(pg)["pg"] == 4 and _served(pg)["asyncpg"] == 0
+        assert _served(parquet)["parquet"] == 5 and _served(parquet)["pg"] == 0
+        assert _served(fallback)["asyncpg"] == 4
+    finally:
+        await fallback.aclose()
 
 
 async def test_hostile_series_names_through_the_parquet_export(

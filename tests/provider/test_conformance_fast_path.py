@@ -114,3 +114,27 @@ def test_frames_built_from_blocks_copy_or_take_over_as_documented() -> None:
     assert column_names(owned) == ("ts", "open", "high", "low", "close", "volume")
     assert np.array_equal(column_arrays(owned)[4], block[3])
     assert np.array_equal(ts_ns(owned), (T0 + np.arange(3) * M) * 1_000_000)
+    taken = T0 + np.arange(3, dtype=np.int64) * M
+    assert np.shares_memory(ts_ns(frame_from_block(taken, block.copy())), taken)  # the ts column is not copied
+
+
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        lambda f: f,  # as built: two blocks, read from them
+        lambda f: f.assign(open=f["open"].to_numpy() + 0.5),  # a column replaced: three blocks
+        lambda f: f[["ts", "high", "open", "low", "close", "volume"]],  # columns in another order
+        lambda f: f.iloc[1:].reset_index(drop=True),  # a slice
+        lambda f: pd.DataFrame({c: f[c] for c in f.columns}),  # one block per column
+    ],
+    ids=["built", "replaced", "reordered", "sliced", "split"],
+)
+def test_column_arrays_reads_every_layout_like_pandas(reshape: Any) -> None:
+    """The block shortcut of ``column_arrays`` serves only frames laid out as ``frame_from_block`` lays them out;
+    any other layout gets the same arrays the column lookups give."""
+    block = np.vstack([np.arange(4, dtype=np.float64) + k for k in range(5)])
+    frame = reshape(frame_from_block(T0 + np.arange(4, dtype=np.int64) * M, block))
+    arrays = column_arrays(frame)
+    assert len(arrays) == len(frame.columns)
+    for position, name in enumerate(frame.columns):
+        assert np.array_equal(np.asarray(arrays[position]), frame[name].to_numpy()), name

@@ -44,10 +44,16 @@ _NONE = np.empty(0, dtype=np.int64)
 _NONE.flags.writeable = False
 #: Inputs of at most this many ranges in all take the pure-Python path (rule 4).
 _SMALL = 16
+_SEQUENCES = (list, tuple)
 
 
 def _is_small(*inputs: Any) -> bool:
-    return all(isinstance(x, list | tuple) for x in inputs) and sum(len(x) for x in inputs) <= _SMALL
+    count = 0
+    for x in inputs:
+        if not isinstance(x, _SEQUENCES):
+            return False
+        count += len(x)
+    return count <= _SMALL
 
 
 def _small_merged(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:

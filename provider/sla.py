@@ -14,13 +14,13 @@ Rules:
 4. Every phase's duration is observed in ``seamless_sla_deadline_seconds{node_id, phase}``. Durations use the
    event loop's monotonic clock.
 5. A violation is also a ``seamless.sla_exceeded`` event (phase, elapsed and budget) on the current trace span.
+6. A phase with neither a budget nor a total deadline only measures (no timer is armed): most fetches have no
+   SLA, and a 1,000-bar fetch takes about a millisecond.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -118,35 +118,9 @@ class SLARun:
         total = self.policy.total_deadline_ms
         return None if total is None else total - self.elapsed_ms()
 
-    @asynccontextmanager
-    async def phase(self, name: str) -> AsyncIterator[None]:
-        """Run the body under the phase's budget (see rule 1)."""
-        budget = self.policy.budget_ms(name)
-        total_left = self.total_left_ms()
-        limits = [x for x in (budget, total_left) if x is not None]
-        limit_ms = max(0.0, min(limits)) if limits else None
-        binding = name if budget is not None and (total_left is None or budget <= total_left) else "total"
-        started = self._loop.time()
-        timer = asyncio.timeout(None if limit_ms is None else limit_ms / 1000.0)
-        try:
-            async with timer:
-                yield
-        except TimeoutError:
-            if not timer.expired():
-                raise
-            elapsed = (self._loop.time() - started) * 1000.0
-            if binding == "total":
-                elapsed = self.elapsed_ms()
-            limit_budget = budget if binding == name else self.policy.total_deadline_ms
-            raise _breach(
-                SeamlessSLAExceeded(
-                    binding, elapsed, float(limit_budget or 0), f"node {self.node_id}; the {name} work was cancelled"
-                )
-            ) from None
-        finally:
-            spent_s = self._loop.time() - started
-            self.spent_ms[name] = self.spent_ms.get(name, 0.0) + spent_s * 1000.0
-            self.metrics.observe_phase(self.node_id, name, spent_s)
+    def phase(self, name: str) -> _Phase:
+        """An async context manager running its body under the phase's budget (see rule 1)."""
+        return _Phase(self, name)
 
     def finish(self) -> None:
         """Record the total phase."""
@@ -195,3 +169,46 @@ class SLARun:
             "budget_ms": error.budget_ms,
             "message": str(error),
         }
+
+
+class _Phase:
+    """One timed phase of an :class:`SLARun` (rule 1); a phase without any limit runs without a timer (rule 6)."""
+
+    __slots__ = ("binding", "budget", "name", "run", "started", "timer")
+
+    def __init__(self, run: SLARun, name: str) -> None:
+        self.run = run
+        self.name = name
+        self.timer: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        run, name = self.run, self.name
+        self.budget = budget = run.policy.budget_ms(name)
+        total_left = run.total_left_ms()
+        self.started = run._loop.time()
+        limits = [x for x in (budget, total_left) if x is not None]
+        if not limits:
+            return
+        limit_ms = max(0.0, min(limits))
+        self.binding = name if budget is not None and (total_left is None or budget <= total_left) else "total"
+        self.timer = asyncio.timeout(limit_ms / 1000.0)
+        await self.timer.__aenter__()
+
+    async def __aexit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        run, name, timer = self.run, self.name, self.timer
+        try:
+            if timer is not None:
+                await timer.__aexit__(kind, exc, tb)
+        except TimeoutError:
+            if not timer.expired():  # type: ignore[union-attr]
+                raise
+            elapsed = (run._loop.time() - self.started) * 1000.0
+            if self.binding == "total":
+                elapsed = run.elapsed_ms()
+            limit_budget = self.budget if self.binding == name else run.policy.total_deadline_ms
+            why = f"node {run.node_id}; the {name} work was cancelled"
+            raise _breach(SeamlessSLAExceeded(self.binding, elapsed, float(limit_budget or 0), why)) from None
+        finally:
+            spent_s = run._loop.time() - self.started
+            run.spent_ms[name] = run.spent_ms.get(name, 0.0) + spent_s * 1000.0
+            run.metrics.observe_phase(run.node_id, name, spent_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from provider.errors import DataUnavailableError
 from provider.frames import check_frame, ts_ms
 
 from .conftest import MIN, SERIES, at, bars, store
@@ -62,6 +63,25 @@ async def test_cache_and_storage_meet_at_the_seam(storage, source, make_provider
     inner = await provider.fetch(at(120), at(140), node_id=SERIES)
     pd.testing.assert_frame_equal(inner, await bars(at(120), at(140)))
     assert provider.last_fetch_metadata.cache_hit is True
+
+
+async def test_storage_serves_two_ranges_around_a_cached_one_from_one_read(storage, source, make_provider):
+    """Storage serves the parts on both sides of a cached range (one ledger question, one read over their hull,
+    split into one piece per range); the frame has each bar once, and a hole in storage stays missing."""
+    await store(storage, at(0), at(120))
+    await store(storage, at(180), at(300))
+    provider = make_provider(strategy="fail_fast", storage_source=storage, backfiller=source)
+    await provider.fetch(at(100), at(110), node_id=SERIES)  # caches [100m, 110m)
+    frame = await provider.fetch(at(50), at(115), node_id=SERIES)
+    pd.testing.assert_frame_equal(frame, await bars(at(50), at(115)))
+    assert provider.last_fetch_metadata.served == {
+        "cache": [(at(100), at(110))],
+        "storage": [(at(50), at(100)), (at(110), at(115))],
+    }
+    with pytest.raises(DataUnavailableError) as info:
+        await provider.fetch(at(110), at(200), node_id=SERIES)
+    assert info.value.missing == [(at(120), at(180))]
+    assert source.calls == []
 
 
 async def test_bars_not_closed_are_never_returned_nor_covered(storage, source, make_provider, clock):

@@ -20,6 +20,7 @@ import secrets
 import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from json import JSONEncoder
 from typing import Any, TextIO, TypeVar
 
 import structlog
@@ -43,11 +44,33 @@ METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
 _SECRET_KEYS = frozenset({"token_secret", "password", "authorization", "cluster_secret", "bearer"})
 
 
+#: Whether a field name is secret, per name seen (a process logs few distinct names).
+_SECRET_NAMES: dict[str, bool] = {}
+
+
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event):
-        if key.lower() in _SECRET_KEYS:
+    secret = _SECRET_NAMES
+    for key in event:
+        hit = secret.get(key)
+        if hit is None:
+            if len(secret) > 4096:
+                secret.clear()
+            hit = secret[key] = isinstance(key, str) and key.lower() in _SECRET_KEYS
+        if hit:
             event[key] = "[redacted]"
     return event
+
+
+def _json_renderer() -> Any:
+    """structlog's JSON renderer with one encoder for every line (its default builds a ``JSONEncoder`` per call)."""
+    encode = JSONEncoder(default=_json_fallback).encode
+    return structlog.processors.JSONRenderer(serializer=lambda event, **_: encode(event))
+
+
+def _json_fallback(value: Any) -> Any:
+    """What a log line shows for a value JSON has no form for (structlog's own rule: ``__structlog__``, else repr)."""
+    method = getattr(value, "__structlog__", None)
+    return method() if method is not None else repr(value)
 
 
 def configure_logging(service: str, *, level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
@@ -56,7 +79,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True, s
     level_no = logging.getLevelName(level.upper())
     if not isinstance(level_no, int):
         raise ValueError(f"log level {level!r} is not valid; use DEBUG, INFO, WARNING or ERROR")
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = _json_renderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

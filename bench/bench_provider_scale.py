@@ -12,6 +12,10 @@ provider sees the range as covered. Then, for each size, interleaved runs of:
 - ``storage.read``: the provider's own storage read alone (our PG wire reader by default), not a baseline: the
   provider's time minus this one is what the fetch adds (coverage, conformance, metadata).
 
+Each run calls every path once, in an order shuffled per run (seeded): a read is slower right after another
+reader's work (QuestDB's worker has parked, and the other reader's code has pushed ours out of the CPU caches),
+and a fixed order gave each path the same predecessor in every run.
+
 The headline ratio is provider / the fastest raw reader at that size. Times are medians of ``--runs`` runs
 (``--large-runs`` at 10^7 bars, where one read takes tens of seconds; at least ``--small-runs`` at 10^3 and 10^4,
 where one read takes milliseconds). Memory held while serving, next to the
@@ -36,6 +40,7 @@ import argparse
 import asyncio
 import functools
 import os
+import random
 import secrets
 import statistics
 import sys
@@ -266,9 +271,13 @@ async def time_size(
             await fn()
     samples: dict[str, list[float]] = {name: [] for name in paths}
     point: dict[str, Any] = {"runs": runs}
+    order = random.Random(bars)
     for run in range(runs):  # interleaved, so load drift on a shared machine hits both paths alike
         frames: dict[str, pd.DataFrame] = {}
-        for name, fn in paths.items():
+        names = list(paths)
+        order.shuffle(names)  # see the module docstring: no path always follows the same one
+        for name in names:
+            fn = paths[name]
             started = time.perf_counter()
             frame = await fn()
             samples[name].append(time.perf_counter() - started)

@@ -16,6 +16,12 @@ Rules:
    rescan, and the next rescan brings it back under the bound.
 4. File I/O runs in a worker thread (one at a time per sink) so the event loop never blocks on a disk; a write
    error drops the report (``error``, counted and logged), it never raises into the caller.
+6. Writes are batched: a batch starts at most every ``BATCH_INTERVAL_S`` (the first at once), and the reports
+   published meanwhile wait for it: one thread hop for all of them, and each node's ``latest.json`` written once
+   per batch, with its newest report. A strategy fetching small ranges back to back publishes a report per
+   fetch; one hop and two file creations per report (each ~0.3 ms on this machine's disk, and the thread's
+   wake-ups competing with the event loop for the GIL) had cost each fetch 0.5-1 ms. ``publish`` still returns
+   once its report is on disk (or dropped).
 5. :class:`FolderBudget` is the pure part: it tracks sizes and decides what to remove; it does no I/O.
 """
 
@@ -52,6 +58,8 @@ DEFAULT_MAX_FILES = 1000
 #: Default number of reports kept per node.
 DEFAULT_KEEP = 100
 _LATEST = "latest.json"
+#: Rule 6: the shortest time between the starts of two batches, in seconds.
+BATCH_INTERVAL_S = 0.01
 
 
 class FolderBudget:
@@ -149,6 +157,10 @@ class LocalFolderReportSink:
         self._writes = 0
         self._sequence = 0
         self._lock = threading.Lock()
+        #: Reports waiting for the next batch (rule 6): folder, file name, content, the publisher's future.
+        self._queue: list[tuple[Path, str, bytes, asyncio.Future[bool | OSError]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._batch_started_s = float("-inf")
 
     @property
     def metrics(self) -> ProviderMetrics | None:
@@ -179,10 +191,13 @@ class LocalFolderReportSink:
         self._sequence += 1
         name = f"{report.get('created_at_ms') or 0:015d}-{self._sequence:06d}-{report.get('request_id') or 'r'}.json"
         data = json.dumps(report, sort_keys=True, default=str).encode("utf-8")
-        try:
-            written = await asyncio.to_thread(self._write, folder, name, data)
-        except OSError as exc:
-            self.accounting.dropped("error", uri, f"{type(exc).__name__}: {exc}")
+        future: asyncio.Future[bool | OSError] = asyncio.get_running_loop().create_future()
+        self._queue.append((folder, name, data, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain())
+        written = await future
+        if isinstance(written, OSError):
+            self.accounting.dropped("error", uri, f"{type(written).__name__}: {written}")
             return
         if written:
             self.accounting.published()
@@ -197,22 +212,64 @@ class LocalFolderReportSink:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return data
 
-    def _write(self, folder: Path, name: str, data: bytes) -> bool:
+    async def _drain(self) -> None:
+        """Write the queued reports batch by batch until none is left (rule 6)."""
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            wait_s = self._batch_started_s + BATCH_INTERVAL_S - loop.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            self._batch_started_s = loop.time()
+            batch, self._queue = self._queue, []
+            try:
+                outcomes = await asyncio.to_thread(self._write_batch, [item[:3] for item in batch])
+            except BaseException as exc:  # cancelled (the loop is closing): nobody is left hanging
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                raise
+            for (*_, future), outcome in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+
+    def _write_batch(self, batch: list[tuple[Path, str, bytes]]) -> list[bool | OSError]:
+        """Each report's outcome: written, too large (False) or the error that stopped it."""
+        outcomes: list[bool | OSError] = []
+        newest: dict[Path, int] = {}  # folder -> the batch position of its newest written report
         with self._lock:
-            if self._budget is None or self._writes % self.rescan_every == 0:
-                self._budget = self._scan()
-            self._writes += 1
-            budget = self._budget
-            if not budget.fits(len(data)):
-                return False
-            victims = budget.make_room(folder, len(data))
-            _remove(victims)
-            folder.mkdir(parents=True, exist_ok=True)
-            _write_atomically(folder, name, data)
-            budget.add(folder, folder / name, len(data))
-            _write_atomically(folder, _LATEST, data)
-            budget.set_latest(folder, len(data))
-            return True
+            for folder, name, data in batch:
+                try:
+                    outcomes.append(self._write_report(folder, name, data))
+                except OSError as exc:
+                    outcomes.append(exc)
+                if outcomes[-1] is True:
+                    newest[folder] = len(outcomes) - 1
+            for folder, position in newest.items():  # a report was written, so the index exists
+                _, name, data = batch[position]
+                if folder / name not in self._budget.reports:  # type: ignore[union-attr]
+                    continue  # a later report of the batch made room by removing it: its folder is gone
+                try:
+                    _write_atomically(folder, _LATEST, data)
+                except OSError as exc:
+                    outcomes[position] = exc
+                    continue
+                self._budget.set_latest(folder, len(data))  # type: ignore[union-attr]
+        return outcomes
+
+    def _write_report(self, folder: Path, name: str, data: bytes) -> bool:
+        """One report file, after making room for it and for ``latest.json`` of its size (the caller writes that)."""
+        if self._budget is None or self._writes % self.rescan_every == 0:
+            self._budget = self._scan()
+        self._writes += 1
+        budget = self._budget
+        if not budget.fits(len(data)):
+            return False
+        victims = budget.make_room(folder, len(data))
+        _remove(victims)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(folder, name, data)
+        budget.add(folder, folder / name, len(data))
+        return True
 
     def _scan(self) -> FolderBudget:
         """The index of what is on disk now; orphan ``latest.json`` files (no report beside them) are removed."""

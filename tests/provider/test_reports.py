@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -143,6 +144,38 @@ async def test_file_sink_never_exceeds_its_bound_across_nodes(tmp_path):
     assert kept == list(range(80 - len(kept), 80))  # oldest removed first, across all nodes
     assert all(sink.latest(node) is None for node in nodes[:3])  # their last report went, latest.json with it
     assert sink.metrics.sample("seamless_report_published_total", {"sink": "file"}) == 80
+
+
+async def test_file_sink_writes_reports_published_together_in_batches_within_its_bound(tmp_path):
+    """Reports published while the thread writes go in one batch (rule 6): fewer thread hops than reports, every
+    report counted, the bound kept, each node's latest.json its newest report, no orphan left by the batch."""
+    metrics = ProviderMetrics()
+    sink = LocalFolderReportSink(tmp_path, max_bytes=20_000, max_files=40, keep=5, metrics=metrics)
+    batches: list[int] = []
+    write_batch = sink._write_batch
+
+    def counted(batch: list[Any]) -> list[Any]:
+        batches.append(len(batch))
+        return write_batch(batch)
+
+    sink._write_batch = counted  # type: ignore[method-assign]
+    nodes = [f"ohlcv:binance:C{i}/USDT:1m" for i in range(6)]
+    for start in range(0, 240, 60):  # four rounds of 60 reports published at once
+        await asyncio.gather(
+            *(
+                sink.publish(f"qmtl://observability/seamless/{nodes[n % 6]}", _report(nodes[n % 6], n, pad=n % 500))
+                for n in range(start, start + 60)
+            )
+        )
+        size, files, temps = _tree(tmp_path)
+        assert size <= 20_000 and files <= 40 and temps == 0 and sink.usage() == (size, files)
+    assert sum(batches) == 240 and len(batches) < 240 and max(batches) > 1
+    assert metrics.sample("seamless_report_published_total", {"sink": "file"}) == 240
+    for i, node in enumerate(nodes):
+        folder = sink.folder(f"qmtl://observability/seamless/{node}")
+        kept = sorted(json.loads(p.read_text())["n"] for p in folder.glob("*.json") if p.name != "latest.json")
+        assert kept and len(kept) <= 5 and kept[-1] == 234 + i
+        assert sink.latest(node)["n"] == 234 + i
 
 
 async def test_file_sink_keeps_at_most_keep_reports_per_node(tmp_path):

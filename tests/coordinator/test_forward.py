@@ -31,7 +31,15 @@ class Pair:
     metrics: CoordinatorMetrics
     release: asyncio.Event = field(default_factory=asyncio.Event)
     waits_seen: list[int] = field(default_factory=list)
+    #: When the stand-in leader saw each claim (event loop time), parallel to ``waits_seen``.
+    seen_at: list[float] = field(default_factory=list)
     holding: int = 0
+
+    def left_of(self, index: int, wait_ms: int, sent_at: float) -> bool:
+        """Whether claim ``index`` (``wait_ms``, sent at ``sent_at``) came with what was left of its wait: at most
+        the wait, and at least the wait less the time between sending it and the leader seeing it."""
+        spent_ms = (self.seen_at[index] - sent_at) * 1000
+        return wait_ms - spent_ms - 1 <= self.waits_seen[index] <= wait_ms
 
     def gauge(self, state: str) -> float:
         value = self.metrics.registry.get_sample_value("coordinator_forward_long_polls", {"state": state})
@@ -47,6 +55,7 @@ async def pair(cfg: CoordinatorConfig) -> AsyncIterator[Pair]:
     async def leader_claim(request: web.Request) -> web.Response:
         wait_ms = (await request.json()).get("wait_ms", 0)
         state.waits_seen.append(wait_ms)
+        state.seen_at.append(asyncio.get_running_loop().time())
         if type(wait_ms) is int and wait_ms > 0:
             state.holding += 1
             await state.release.wait()
@@ -102,6 +111,7 @@ async def test_waiting_claims_beyond_the_long_poll_pool_queue_and_writes_pass_at
     cfg = CoordinatorConfig(forward_long_poll_connections=2, forward_max_connections=4)
     async with pair(cfg) as p, aiohttp.ClientSession() as session:
         claim = {"worker_id": "w", "wait_ms": 20_000}
+        sent_at = asyncio.get_running_loop().time()
         claims = [asyncio.create_task(post(session, p.follower + "/v1/windows/claim", claim)) for _ in range(5)]
         await until(lambda: p.holding == 2 and p.gauge("queued") == 3, "2 held and 3 queued claims")
         assert p.gauge("holding") == 2
@@ -109,8 +119,8 @@ async def test_waiting_claims_beyond_the_long_poll_pool_queue_and_writes_pass_at
         assert status == 201
         p.release.set()
         assert await asyncio.gather(*claims) == [200] * 5
-        assert p.waits_seen[:2] == [20_000, 20_000]
-        assert all(0 < wait <= 20_000 for wait in p.waits_seen[2:]) and len(p.waits_seen) == 5
+        assert len(p.waits_seen) == 5 and all(p.left_of(i, 20_000, sent_at) for i in range(5))
+        assert all(wait > 0 for wait in p.waits_seen)
         assert p.gauge("holding") == 0 and p.gauge("queued") == 0
 
 
@@ -119,13 +129,14 @@ async def test_a_claim_whose_wait_passes_in_the_queue_is_asked_once_without_wait
     answer, possibly with leases, instead of a 503), through the pool of ordinary requests."""
     cfg = CoordinatorConfig(forward_long_poll_connections=1)
     async with pair(cfg) as p, aiohttp.ClientSession() as session:
+        sent_at = asyncio.get_running_loop().time()
         first = asyncio.create_task(
             post(session, p.follower + "/v1/windows/claim", {"worker_id": "a", "wait_ms": 20_000})
         )
         await until(lambda: p.holding == 1, "the first claim held")
         status = await post(session, p.follower + "/v1/windows/claim", {"worker_id": "b", "wait_ms": 300})
         assert status == 200
-        assert p.waits_seen == [20_000, 0]
+        assert len(p.waits_seen) == 2 and p.left_of(0, 20_000, sent_at) and p.waits_seen[1] == 0
         p.release.set()
         assert await first == 200
 

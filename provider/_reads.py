@@ -10,9 +10,10 @@ Rules:
 3. A storage error during a read surfaces as :class:`~provider.errors.StorageFailedError` (a provider error
    naming the series and what to do next; the storage error is its ``__cause__``).
 4. The live feed serves missing bars inside its zone up to the newest bar it returned.
-5. :func:`read_pieces` asks any :class:`~provider.strategies.DataSource` for a list of ranges; sources with a
-   ``read_ranges`` method do it in one go. :func:`covered_ranges` likewise uses ``covered_within`` when a
-   source has it (so a request's cost follows the request), and its whole ``coverage`` otherwise.
+5. A source with ``serve(ranges, node_id=...)`` (the cache, the storage source) answers for its coverage and
+   its bars in one call. Any other :class:`~provider.strategies.DataSource` is asked with
+   :func:`covered_ranges`, which uses ``covered_within`` when the source has it (so a request's cost follows
+   the request) and its whole ``coverage`` otherwise, then :func:`read_pieces`, one ``fetch`` per range.
 """
 
 from __future__ import annotations
@@ -38,10 +39,6 @@ async def read_pieces(source: Any, ranges: list[tuple[int, int]], *, node_id: st
     """Ask ``source`` for the bars of each range."""
     if not ranges:
         return []
-    reader = getattr(source, "read_ranges", None)
-    if reader is not None:
-        pieces: list[Piece] = await reader(ranges, node_id=node_id)
-        return pieces
     frames = await asyncio.gather(*(source.fetch(lo, hi, node_id=node_id) for lo, hi in ranges))
     return list(zip(ranges, frames, strict=True))
 

@@ -16,13 +16,13 @@ Rules:
    rescan, and the next rescan brings it back under the bound.
 4. File I/O runs in a worker thread (one at a time per sink) so the event loop never blocks on a disk; a write
    error drops the report (``error``, counted and logged), it never raises into the caller.
+5. :class:`FolderBudget` is the pure part: it tracks sizes and decides what to remove; it does no I/O.
 6. Writes are batched: a batch starts at most every ``BATCH_INTERVAL_S`` (the first at once), and the reports
    published meanwhile wait for it: one thread hop for all of them, and each node's ``latest.json`` written once
    per batch, with its newest report. A strategy fetching small ranges back to back publishes a report per
    fetch; one hop and two file creations per report (each ~0.3 ms on this machine's disk, and the thread's
    wake-ups competing with the event loop for the GIL) had cost each fetch 0.5-1 ms. ``publish`` still returns
    once its report is on disk (or dropped).
-5. :class:`FolderBudget` is the pure part: it tracks sizes and decides what to remove; it does no I/O.
 """
 
 from __future__ import annotations
@@ -223,11 +223,15 @@ class LocalFolderReportSink:
             batch, self._queue = self._queue, []
             try:
                 outcomes = await asyncio.to_thread(self._write_batch, [item[:3] for item in batch])
-            except BaseException as exc:  # cancelled (the loop is closing): nobody is left hanging
+            except asyncio.CancelledError:  # the loop is closing: nobody is left hanging
+                for *_, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # not an I/O error (those are outcomes): each publisher gets it
                 for *_, future in batch:
                     if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
-                raise
+                        future.set_exception(exc)
+                continue
             for (*_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
@@ -244,16 +248,19 @@ class LocalFolderReportSink:
                     outcomes.append(exc)
                 if outcomes[-1] is True:
                     newest[folder] = len(outcomes) - 1
-            for folder, position in newest.items():  # a report was written, so the index exists
+            budget = self._budget
+            if budget is None:  # the first scan failed: nothing was written
+                return outcomes
+            for folder, position in newest.items():
                 _, name, data = batch[position]
-                if folder / name not in self._budget.reports:  # type: ignore[union-attr]
+                if folder / name not in budget.reports:
                     continue  # a later report of the batch made room by removing it: its folder is gone
                 try:
                     _write_atomically(folder, _LATEST, data)
                 except OSError as exc:
                     outcomes[position] = exc
                     continue
-                self._budget.set_latest(folder, len(data))  # type: ignore[union-attr]
+                budget.set_latest(folder, len(data))
         return outcomes
 
     def _write_report(self, folder: Path, name: str, data: bytes) -> bool:

@@ -200,7 +200,7 @@ class _Phase:
             if timer is not None:
                 await timer.__aexit__(kind, exc, tb)
         except TimeoutError:
-            if not timer.expired():  # type: ignore[union-attr]
+            if timer is None or not timer.expired():
                 raise
             elapsed = (run._loop.time() - self.started) * 1000.0
             if self.binding == "total":

@@ -6,10 +6,10 @@ Rules:
    and no bar is read from two places. It reads all pieces of a request with one ``read`` over their hull,
    then keeps only rows inside the pieces. A request asks the ledger about its own range only
    (``covered_within``), so its cost follows the request, not the history of the series.
-3. ``serve`` is what the provider calls: the ledger question and the read in one step, with no layer between
-   them (a 1,000-bar fetch is about a millisecond, and each awaited layer cost microseconds of it).
 2. :func:`grid_inward` narrows coverage to whole bars; the frame helpers (trim, assemble, pieces) live in
    :mod:`provider.frames`, and reading any source piece by piece in :mod:`provider._reads`.
+3. ``serve`` is what the provider calls: the ledger question and the read in one step, with no layer between
+   them (a 1,000-bar fetch is about a millisecond, and each awaited layer cost microseconds of it).
 """
 
 from __future__ import annotations
@@ -78,14 +78,6 @@ class StorageDataSource:
     async def fetch(self, start: int, end: int, *, node_id: str) -> pd.DataFrame:
         frame: pd.DataFrame = await (await self.storage()).read(SeriesKey.parse(node_id), start, end)
         return frame
-
-    async def read_ranges(self, ranges: list[tuple[int, int]], *, node_id: str) -> list[Piece]:
-        """The stored bars of each range, from one read over their hull."""
-        ranges = merge_ranges(ranges)
-        if not ranges:
-            return []
-        frame = await self.fetch(ranges[0][0], ranges[-1][1], node_id=node_id)
-        return [(ranges[0], frame)] if len(ranges) == 1 else _split(frame, ranges)
 
     async def covered_within(self, start: int, end: int, *, node_id: str) -> list[tuple[int, int]]:
         """The covered parts of ``[start, end)``, from the ledger rows of that range when the storage can."""

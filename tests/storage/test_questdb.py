@@ -62,8 +62,9 @@ async def test_postgresql_dsn_with_kind_questdb_reads_and_writes(questdb, fresh_
 async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_table, make_bars):
     """Thirty storages opened, written and closed in a row (a provider per request) share the process's senders:
     far fewer than 25 are established, so the client's reconnection-burst warning (an error under this suite's
-    filterwarnings) cannot fire; and eight windows in flight reuse what they created. One table throughout: the
-    pool is per server, not per table, and every new table reserves disk on the server."""
+    filterwarnings) cannot fire; and three rounds of eight windows in flight establish no more senders than are
+    ever in flight at once. One table throughout: the pool is per server, not per table, and every new table
+    reserves disk on the server."""
     from provider.storage._questdb_ingest import SenderPool
 
     first = await open_storage(dsn_for(questdb, fresh_table))
@@ -80,6 +81,7 @@ async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_ta
             await storage.aclose()
     assert pool.created - before <= 2  # bars and ledger flushed together need two senders at most
     storage = await open_storage(dsn_for(questdb, fresh_table))
+    before_rounds = pool.created
     try:
         for round_ in range(3):
             start = T0 + (30 + round_ * 8) * 5 * M
@@ -91,9 +93,10 @@ async def test_storages_opened_one_after_another_reuse_senders(questdb, fresh_ta
                     for k in range(8)
                 )
             )
-            if round_ == 0:
-                after_first_round = pool.created
-        assert pool.created == after_first_round  # later rounds reuse the senders of the first
+        # A window flushes its bars, then its ledger row, so no more than eight senders are ever held at once, and
+        # the pool keeps up to sixteen idle. 48 flushes therefore establish at most eight senders, however the
+        # threads interleave (round one need not reach the peak: a later round may add one, never more than 8).
+        assert pool.created - before_rounds <= 8
     finally:
         await storage.aclose()
 

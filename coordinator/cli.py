@@ -226,7 +226,9 @@ def serve(
         password=secret,
     )
     raise_fd_limit()  # before the node sizes its connection cap from the limit
-    from coordinator.raft import RaftBindError
+    from coordinator.raft import RaftBindError, tune_gc
+
+    tune_gc()  # coordinator/raft.py rule 8
 
     try:
         run_service(_serve(settings, config, tokens))

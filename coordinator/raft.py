@@ -25,7 +25,12 @@ Rules:
    0.4-0.7 s, past the election timeout, and elections followed (bench_coordinator_scale.py). After a dump is
    loaded and after a job's windows are added, ``gc.freeze()`` moves everything alive into the permanent
    generation, which collections skip (objects there are still freed by reference counting). The forked dump
-   writer then also touches fewer pages, so copy-on-write stays small.
+   writer then also touches fewer pages, so copy-on-write stays small. Requests are the other side: each holds
+   a few hundred tracked objects (aiohttp's request, the body, futures, answers) while it is in flight, and at
+   Python's default young-generation threshold (700 allocations) the leader under 64 clients collected about
+   100 times a second, walking every request in flight each time and promoting them into generations it then
+   walked again. ``coordinator serve`` calls :func:`tune_gc`: a young generation of ``GC_YOUNG_THRESHOLD``
+   allocations (docs/benchmarks.md, issue 20: the leader's CPU per window fell, its throughput rose).
 9. Every node sends a ``keepalive`` message to each peer every ``KEEPALIVE_S``. pysyncobj drops a connection on
    which nothing was read for ``connectionTimeout`` (3.5 s), but checks that only when it sends on it. Followers
    never talk to each other, so after the leader died the first RequestVote went out on a long-idle
@@ -90,6 +95,7 @@ __all__ = [
     "RaftSettings",
     "TableConsumer",
     "election_timeout_range",
+    "tune_gc",
 ]
 
 log = get_logger("coordinator.raft")
@@ -115,6 +121,16 @@ _KEEPALIVE = {"type": "keepalive"}
 #: pysyncobj's tick when idle (its default is 50 ms): an expired election deadline is noticed at the next tick, so
 #: the tick eats into the gap between two nodes' timeout slices (rule 10).
 AUTO_TICK_S = 0.02
+
+
+#: Allocations between two young-generation collections in a serving process (rule 8; Python's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Rule 8: the collector's young generation for a process that serves many concurrent requests; the older
+    generations keep Python's ratios (each collected after 10 collections of the one below)."""
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
 
 
 def election_timeout_range(rank: int, nodes: int, min_s: float, max_s: float) -> tuple[float, float]:

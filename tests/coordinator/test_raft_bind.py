@@ -7,6 +7,7 @@ an HTTP answer as a Raft frame.
 
 from __future__ import annotations
 
+import gc
 import random
 import socket
 from collections.abc import Iterator
@@ -19,6 +20,14 @@ from coordinator import cli
 from coordinator.raft import RaftBindError, RaftNode, RaftSettings
 from coordinator.table import Table
 from devkit.ports import free_port, free_ports
+
+
+@pytest.fixture(autouse=True)
+def _collector_restored() -> Iterator[None]:
+    """``serve`` tunes the process's garbage collector (coordinator/raft.py rule 8); the suite keeps its own."""
+    before = gc.get_threshold()
+    yield
+    gc.set_threshold(*before)
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
+from coordinator._call import HttpRequest
 from coordinator.errors import ApiError, AuthError
 
 __all__ = ["HOST_CACHE_SIZE", "BrowserGuard", "browser_refusal"]
@@ -52,7 +51,7 @@ def _is_ip(name: str) -> bool:
 
 
 def browser_refusal(
-    request: web.Request, *, bound_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]
+    request: HttpRequest, *, bound_host: str, allowed_hosts: tuple[str, ...], allowed_origins: tuple[str, ...]
 ) -> ApiError | None:
     """The refusal for ``request`` on a node without tokens, or None when it may go on (rules 1-3)."""
     return BrowserGuard(bound_host, allowed_hosts, allowed_origins).refusal(request)
@@ -76,7 +75,7 @@ class BrowserGuard:
             self._hosts[host] = known
         return known
 
-    def refusal(self, request: web.Request) -> ApiError | None:
+    def refusal(self, request: HttpRequest) -> ApiError | None:
         """The refusal for ``request``, or None when it may go on (rules 1-3)."""
         host = request.headers.get("Host", "")
         if not self._host_ok(host):

@@ -257,14 +257,31 @@ class ConnectionGuard:
         if self._per_peer[conn.peer] <= 0:
             del self._per_peer[conn.peer]
 
+    def request_began(
+        self, transport: asyncio.BaseTransport | None, *, body_complete: bool, request: web.BaseRequest | None = None
+    ) -> _Conn | None:
+        """A request's headers are in: its connection is ``busy`` once its body is complete, ``body`` until then
+        (``request`` tells the sweeper when its body has come). None for a connection this guard does not track."""
+        conn = self._by_transport.get(transport) if transport is not None else None
+        if conn is None or not conn.tracked:
+            return None
+        conn.request = request
+        self._move(conn, _BUSY if body_complete else _BODY, self._now())
+        return conn
+
+    def request_ended(self, conn: _Conn) -> None:
+        """The answer is written: the connection waits for the next request (``head`` when it has begun)."""
+        if conn.tracked:
+            conn.request = None
+            self._move(conn, _HEAD if conn.pending else _IDLE, self._now())
+            conn.pending = False
+
     def _make_middleware(self) -> Any:
         @web.middleware
         async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-            conn = self._by_transport.get(request.transport) if request.transport is not None else None
-            if conn is None or not conn.tracked:
+            conn = self.request_began(request.transport, body_complete=request.content.is_eof(), request=request)
+            if conn is None:
                 return await handler(request)  # type: ignore[no-any-return]
-            conn.request = request
-            self._move(conn, _BUSY if request.content.is_eof() else _BODY, self._now())
             try:
                 return await handler(request)  # type: ignore[no-any-return]
             except ConnectionError:
@@ -273,10 +290,7 @@ class ConnectionGuard:
                 # This guard aborted the connection under the handler (a body timeout): nobody reads the answer.
                 return web.Response(status=408)
             finally:
-                if conn.tracked:
-                    conn.request = None
-                    self._move(conn, _HEAD if conn.pending else _IDLE, self._now())
-                    conn.pending = False
+                self.request_ended(conn)
 
         return middleware
 
@@ -442,16 +456,25 @@ class _GuardedProtocol(asyncio.Protocol):
 
 
 class GuardedSite(web.BaseSite):
-    """A TCP site of an ``AppRunner`` whose connections pass through a :class:`ConnectionGuard`."""
+    """A TCP site of an ``AppRunner`` whose connections pass through a :class:`ConnectionGuard`; ``front(make)``,
+    when given, is each connection's protocol in front of aiohttp's (``make()``; the hot path, ``_hotpath.py``)."""
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard, *, backlog: int = 1024
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        *,
+        backlog: int = 1024,
+        front: Callable[[Callable[[], asyncio.Protocol]], asyncio.Protocol] | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._app_runner = runner
         self._host = host
         self._port = port
         self._guard = guard
+        self._front = front
 
     @property
     def name(self) -> str:
@@ -463,7 +486,9 @@ class GuardedSite(web.BaseSite):
         server = self._app_runner.server
         if server is None:
             raise RuntimeError("call runner.setup() before starting a site")
+        front = self._front
+        make: Callable[[], asyncio.Protocol] = server if front is None else lambda: front(server)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._guard.protocol_factory(server), self._host, self._port, backlog=self._backlog, reuse_address=True
+            self._guard.protocol_factory(make), self._host, self._port, backlog=self._backlog, reuse_address=True
         )

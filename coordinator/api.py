@@ -23,6 +23,10 @@ Rules:
    on a route with a ``detail_role`` (``routes.py`` rule 4); without tokens every caller is ``ANONYMOUS``.
 7. With tracing on (``OTEL_*``; :mod:`provider.core.tracing`), every request is a server span ``METHOD ROUTE``,
    the child of the caller's ``traceparent``; a forwarded request carries this node's span on to the leader.
+8. The requests of a worker's loop (claims, completions, renewals, heartbeats) take the hot path
+   (``_hotpath.py``; ``HOT_PATH``, given to the site by ``coordinator serve``) unless ``coordinator.hot_path`` is
+   false or tracing is on: the same wrapper, handler and :meth:`_Server.respond` as every route, without aiohttp's
+   request and response objects.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from typing import Any
 from aiohttp import web
 
 from coordinator._browser import BrowserGuard
-from coordinator._call import Call
+from coordinator._call import Call, HttpRequest
+from coordinator._hotpath import HOT_ROUTES, HotPath
 from coordinator.auth import ANONYMOUS, TokenTable
 from coordinator.errors import (
     ApiError,
@@ -54,7 +59,7 @@ from coordinator.status_page import StatusPage
 from provider.core import tracing
 from provider.core.obs import bind_request, get_logger, new_request_id
 
-__all__ = ["STATUS", "Call", "build_app", "error_response"]
+__all__ = ["HOT_PATH", "STATUS", "Call", "build_app", "error_response"]
 
 log = get_logger("coordinator.api")
 
@@ -82,6 +87,8 @@ _LOGGED_REFUSALS = frozenset({400, 413, 415})
 #: After the leader was unreachable or answered 421, forward again once another leader is known, or after this
 #: long at the latest (a transient failure). Hammering a dead leader would starve the Raft thread of the GIL.
 _FORWARD_RETRY_S = 0.25
+#: The app's hot path (rule 8), when it has one: ``coordinator serve`` hands it the connections.
+HOT_PATH = web.AppKey("hot_path", HotPath)
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -91,7 +98,7 @@ def error_response(exc: ApiError) -> web.Response:
     return response
 
 
-def _header_id(request: web.Request, name: str) -> str:
+def _header_id(request: HttpRequest, name: str) -> str:
     value = request.headers.get(name, "")
     if len(value) > _MAX_HEADER_ID_CHARS or not value.isprintable():
         raise BadRequestError(f"header {name} must be at most {_MAX_HEADER_ID_CHARS} printable chars", field=name)
@@ -128,7 +135,44 @@ class _Server:
         children[0].inc()
         children[1].observe(elapsed_s)
 
-    async def read_body(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    async def respond(
+        self, request: HttpRequest, route: str, handler: Callable[[HttpRequest], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """``handler``'s answer to ``request`` of ``route`` (its path pattern), or the error answer it raised, with
+        X-Request-Id, bound to every log line and counted (the middleware of every route, and the hot path's)."""
+        given = request.headers.get("X-Request-Id", "")
+        rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else self.new_id()
+        request["request_id"] = rid
+        started = time.perf_counter()
+        quiet = False  # a refusal whose cause the node logs itself, rate-limited
+        with bind_request(rid):
+            try:
+                response = await handler(request)
+            except ApiError as exc:
+                response = error_response(exc)
+                quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
+                if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
+                    log.warning(
+                        "http.request_refused",
+                        method=request.method,
+                        path=request.path[:200],
+                        status=response.status,
+                        field=exc.field,
+                        message=exc.message[:300],
+                    )
+            except web.HTTPException as exc:
+                code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
+                response = error_response(ApiError(f"{request.method} {request.path}: {exc.reason}", code=code))
+            except Exception as exc:
+                log.exception("http.request_failed", method=request.method, path=request.path)
+                response = error_response(ApiError(f"internal error: {type(exc).__name__}"))
+            response.headers["X-Request-Id"] = rid
+            self.observe(route, response.status, time.perf_counter() - started)
+            if response.status >= 500 and not quiet and not route.startswith("/health"):
+                log.warning("http.request_error", method=request.method, path=request.path, status=response.status)
+            return response
+
+    async def read_body(self, request: HttpRequest) -> tuple[bytes, dict[str, Any]]:
         if request.content_length is not None and request.content_length > self.max_body:
             raise BodyTooLargeError(f"body of {request.content_length} bytes is above {self.max_body}", field="(body)")
         try:
@@ -147,8 +191,12 @@ class _Server:
             raise BadRequestError("body must be a JSON object", field="(body)")
         return raw, data
 
-    def wrap(self, route: Route, fn: Callable[[Call], Awaitable[web.StreamResponse]]) -> Any:
-        async def handler(request: web.Request) -> web.StreamResponse:
+    def wrap(
+        self, route: Route, fn: Callable[[Call], Awaitable[web.StreamResponse]]
+    ) -> Callable[[HttpRequest], Awaitable[web.StreamResponse]]:
+        """The handler of ``route``: auth, body, ids, then ``fn`` here or on the leader (rules 3-6)."""
+
+        async def handler(request: HttpRequest) -> web.StreamResponse:
             principal = ANONYMOUS
             if self.tokens is None:
                 refusal = self.browser.refusal(request)
@@ -172,12 +220,13 @@ class _Server:
             scope = f"t:{principal.name}:" if principal is not ANONYMOUS else "c:"
             call = Call(request, body, principal, f"{scope}{client_id}", f"{route.name}|{request_id}")
             forwardable = (route.write or route.read) and FORWARDED_HEADER not in request.headers
-            return await self.serve_or_forward(call, fn, raw, extra if forwardable else None)
+            return await self.serve_or_forward(route.name, call, fn, raw, extra if forwardable else None)
 
         return handler
 
     async def serve_or_forward(
         self,
+        route: str,
         call: Call,
         fn: Callable[[Call], Awaitable[web.StreamResponse]],
         raw: bytes,
@@ -195,7 +244,7 @@ class _Server:
                     raise
                 self.node.metrics.forwarded.inc()
                 try:
-                    answer = await self.forwarder.forward(call.request, raw, exc.leader, extra)
+                    answer = await self.forwarder.forward(call.request, raw, exc.leader, extra, route=route)
                 except UnavailableError:
                     if clock.monotonic_s() >= deadline_s:
                         raise
@@ -226,38 +275,7 @@ def _route_key(request: web.Request) -> str:
 def _middleware(server: _Server) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        given = request.headers.get("X-Request-Id", "")
-        rid = given if given and len(given) <= _MAX_HEADER_ID_CHARS and given.isprintable() else server.new_id()
-        request["request_id"] = rid
-        started = time.perf_counter()
-        quiet = False  # a refusal whose cause the node logs itself, rate-limited
-        with bind_request(rid):
-            try:
-                response: web.StreamResponse = await handler(request)
-            except ApiError as exc:
-                response = error_response(exc)
-                quiet = exc.code == "disk_full"  # coordinator/_disk.py logs the disk at most once a minute
-                if response.status in _LOGGED_REFUSALS:  # a malformed request: say what, never echo it whole
-                    log.warning(
-                        "http.request_refused",
-                        method=request.method,
-                        path=request.path[:200],
-                        status=response.status,
-                        field=exc.field,
-                        message=exc.message[:300],
-                    )
-            except web.HTTPException as exc:
-                code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status, "invalid")
-                response = error_response(ApiError(f"{request.method} {request.path}: {exc.reason}", code=code))
-            except Exception as exc:
-                log.exception("http.request_failed", method=request.method, path=request.path)
-                response = error_response(ApiError(f"internal error: {type(exc).__name__}"))
-            response.headers["X-Request-Id"] = rid
-            route = _route_key(request)
-            server.observe(route, response.status, time.perf_counter() - started)
-            if response.status >= 500 and not quiet and not route.startswith("/health"):
-                log.warning("http.request_error", method=request.method, path=request.path, status=response.status)
-            return response
+        return await server.respond(request, _route_key(request), handler)
 
     return middleware
 
@@ -299,6 +317,9 @@ def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Applicati
     if tracing.enabled():
         middlewares.insert(0, _tracing_middleware(node.settings.node_id))
     app = web.Application(middlewares=middlewares, client_max_size=node.cfg.max_body_bytes)
+    hot = None
+    if node.cfg.hot_path and not tracing.enabled():  # rule 8
+        hot = app[HOT_PATH] = HotPath(server.respond, node.connections, node.cfg.max_body_bytes)
     for route in ROUTES:
         fn: Callable[[Call], Awaitable[web.StreamResponse]]
         if route.name == "status_page":
@@ -307,7 +328,10 @@ def build_app(node: CoordinatorNode, tokens: TokenTable | None) -> web.Applicati
             fn = handlers.command_route(route)
         else:
             fn = getattr(handlers, route.name)
-        app.router.add_route(route.method, route.path, server.wrap(route, fn), name=route.name)
+        handler = server.wrap(route, fn)
+        app.router.add_route(route.method, route.path, handler, name=route.name)
+        if hot is not None and route.name in HOT_ROUTES:
+            hot.add(route.path, handler)
 
     async def close_forwarder(_: web.Application) -> None:
         await server.forwarder.close()

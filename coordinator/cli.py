@@ -240,7 +240,7 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     from aiohttp import web
 
     from coordinator._connections import GuardedSite, fd_limit
-    from coordinator.api import build_app
+    from coordinator.api import HOT_PATH, build_app
     from coordinator.node import CoordinatorNode
     from provider.core.obs import get_logger
 
@@ -252,7 +252,11 @@ async def _serve(settings: Any, config: AppConfig, tokens: Any) -> None:
     limits = node.connections.limits
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout_s)
     await runner.setup()
-    await GuardedSite(runner, settings.http_host, settings.http_port, node.connections, backlog=1024).start()
+    hot = app.get(HOT_PATH)
+    front = None if hot is None else hot.protocol
+    await GuardedSite(
+        runner, settings.http_host, settings.http_port, node.connections, backlog=1024, front=front
+    ).start()
     log.info(
         "coordinator.http_limits",
         fd_limit=fd_limit(),

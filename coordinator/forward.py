@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from coordinator._call import HttpRequest
 from coordinator.errors import UnavailableError
 from coordinator.metrics import CoordinatorMetrics
 from provider.core import CoordinatorConfig, tracing
@@ -42,10 +43,10 @@ _RELAYED = ("Retry-After", "X-Consistency", "X-Raft-Applied-Index")
 _SLACK_S = 2.0
 
 
-def _wait_ms(request: web.Request, body: bytes) -> int:
-    """The long-poll wait a forwarded request asks for (0 when it is not a long-poll claim or its body is bad:
-    the leader answers those itself)."""
-    if request.match_info.route.name != LONG_POLL_ROUTE or not body:
+def _wait_ms(route: str, body: bytes) -> int:
+    """The long-poll wait a forwarded request of ``route`` asks for (0 when it is not a long-poll claim or its body
+    is bad: the leader answers those itself)."""
+    if route != LONG_POLL_ROUTE or not body:
         return 0
     try:
         data = json.loads(body)
@@ -89,15 +90,18 @@ class Forwarder:
             session = self._sessions[pool] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit))
         return session
 
-    async def forward(self, request: web.Request, body: bytes, leader: str, headers: dict[str, str]) -> web.Response:
-        """Send ``request`` (with the already-read ``body``) to ``leader`` and relay its answer."""
-        wait_ms = min(_wait_ms(request, body), self._cfg.max_claim_wait_ms)
+    async def forward(
+        self, request: HttpRequest, body: bytes, leader: str, headers: dict[str, str], *, route: str
+    ) -> web.Response:
+        """Send ``request`` of ``route`` (a ``routes.ROUTES`` name), with the already-read ``body``, to ``leader``
+        and relay its answer."""
+        wait_ms = min(_wait_ms(route, body), self._cfg.max_claim_wait_ms)
         if wait_ms <= 0:
             return await self._send("short", request, body, leader, headers, self._budget_s)
         return await self._long_poll(request, body, leader, headers, wait_ms)
 
     async def _long_poll(
-        self, request: web.Request, body: bytes, leader: str, headers: dict[str, str], wait_ms: int
+        self, request: HttpRequest, body: bytes, leader: str, headers: dict[str, str], wait_ms: int
     ) -> web.Response:
         """Rule 5: hold a long-poll connection for the wait, or ask once without waiting if none came free."""
         loop = asyncio.get_running_loop()
@@ -125,13 +129,13 @@ class Forwarder:
                 holding.dec()
 
     async def _send(
-        self, pool: str, request: web.Request, body: bytes, leader: str, headers: dict[str, str], budget_s: float
+        self, pool: str, request: HttpRequest, body: bytes, leader: str, headers: dict[str, str], budget_s: float
     ) -> web.Response:
         sent = {name: request.headers[name] for name in _PASSED if name in request.headers}
         sent.update(headers)
         tracing.inject(sent)  # this node's server span, when tracing is on here (the caller's passes otherwise)
         sent[FORWARDED_HEADER] = self._node_id
-        url = leader.rstrip("/") + str(request.rel_url)
+        url = leader.rstrip("/") + request.path_qs
         timeout = aiohttp.ClientTimeout(total=budget_s)
         try:
             async with self._session(pool).request(

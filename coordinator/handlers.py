@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from coordinator._call import Call
+from coordinator._call import Call, HttpRequest
 from coordinator.budget import share_body
 from coordinator.errors import ApiError, BadRequestError, NotFoundError, from_result
 from coordinator.node import CoordinatorNode
@@ -82,7 +82,7 @@ def _query_int(query: Any, name: str, default: int, lo: int, hi: int) -> int:
     return int(text)
 
 
-def _trace_of(request: web.Request) -> str:
+def _trace_of(request: HttpRequest) -> str:
     """The trace a new job joins: this node's server span when tracing is on here, else the caller's valid
     ``traceparent`` (passed through untraced nodes), else none."""
     mine = tracing.current_traceparent()

@@ -114,6 +114,12 @@ class CoordinatorConfig:
     leader_grace_ms: int = _spec(0, lo=0, hi=3_600_000, doc="grace before reaping; 0 means one lease TTL")
     #: Largest accepted HTTP request body.
     max_body_bytes: int = _spec(1_048_576, lo=1024, hi=67_108_864, doc="request body cap in bytes")
+    #: A worker's requests read off the connection without aiohttp's request machinery (coordinator/_hotpath.py).
+    hot_path: bool = _spec(
+        True,
+        doc="serve a worker's claims, completions, renewals and heartbeats without aiohttp's request "
+        "machinery (false: aiohttp serves every request)",
+    )
     #: How long one replicated command may take before the API answers 503.
     commit_timeout_ms: int = _spec(5_000, lo=100, hi=120_000, doc="replicated command timeout in ms")
     #: Longest a claim may wait for work (``wait_ms``).

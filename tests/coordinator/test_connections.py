@@ -8,13 +8,14 @@ import asyncio
 import errno
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 import pytest
 from aiohttp import web
 
+from coordinator._call import HttpRequest
 from coordinator._connections import (
     FD_RESERVE,
     MIN_TOTAL,
@@ -24,6 +25,7 @@ from coordinator._connections import (
     connection_limits,
     raise_fd_limit,
 )
+from coordinator._hotpath import HotPath
 from devkit.ports import free_port
 from provider.core import CoordinatorConfig
 
@@ -50,14 +52,14 @@ class Served:
 
 
 @asynccontextmanager
-async def served(limits: ConnectionLimits = LIMITS, fds: int = 100_000) -> AsyncIterator[Served]:
+async def served(limits: ConnectionLimits = LIMITS, fds: int = 100_000, hot: bool = False) -> AsyncIterator[Served]:
     """An aiohttp app behind a guard (no sweeper: tests sweep with their own clock): /echo answers its body, /hold
-    answers when the test releases it (a long poll)."""
+    answers when the test releases it (a long poll). ``hot``: /echo is served by a hot path (``_hotpath.py``)."""
     guard = ConnectionGuard(limits, fds=lambda: fds)
     state = Served(guard, free_port(HOST))
 
-    async def echo(request: web.Request) -> web.Response:
-        return web.json_response(await request.json())
+    async def echo(request: HttpRequest) -> web.Response:
+        return web.json_response(json.loads(await request.read()))
 
     async def hold(request: web.Request) -> web.Response:
         state.held += 1
@@ -70,7 +72,12 @@ async def served(limits: ConnectionLimits = LIMITS, fds: int = 100_000) -> Async
     app.middlewares.append(guard.middleware)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await GuardedSite(runner, HOST, state.port, guard).start()
+    front = None
+    if hot:
+        path = HotPath(_passed_through, guard, 1 << 20)
+        path.add("/echo", echo)
+        front = path.protocol
+    await GuardedSite(runner, HOST, state.port, guard, front=front).start()
     try:
         yield state
     finally:
@@ -78,6 +85,12 @@ async def served(limits: ConnectionLimits = LIMITS, fds: int = 100_000) -> Async
         for writer in state.writers:
             writer.close()
         await runner.cleanup()
+
+
+async def _passed_through(
+    request: HttpRequest, route: str, handler: Callable[[HttpRequest], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    return await handler(request)
 
 
 async def closed(reader: asyncio.StreamReader) -> bytes:
@@ -107,10 +120,11 @@ async def wait_until(predicate: object, what: str) -> None:
             await asyncio.sleep(0.01)
 
 
-async def test_a_connection_that_never_finishes_its_headers_is_closed_after_the_header_timeout() -> None:
+@pytest.mark.parametrize("hot", [False, True], ids=["aiohttp", "hot path"])
+async def test_a_connection_that_never_finishes_its_headers_is_closed_after_the_header_timeout(hot: bool) -> None:
     """A client that sent half a request line is disconnected once ``header_timeout_s`` passed, not before; a client
     on another connection is served meanwhile and afterwards."""
-    async with served() as s:
+    async with served(hot=hot) as s:
         slow_r, slow_w = await s.connect()
         slow_w.write(b"POST /echo HT")
         await wait_until(lambda: s.guard.open == 1, "the slow connection")
@@ -124,10 +138,13 @@ async def test_a_connection_that_never_finishes_its_headers_is_closed_after_the_
         assert await echo(r, w, {"k": 2}) == {"k": 2}  # the served connection was idle, not stalled
 
 
-async def test_a_keep_alive_connection_is_closed_after_the_idle_timeout_and_a_new_request_restarts_its_clock() -> None:
+@pytest.mark.parametrize("hot", [False, True], ids=["aiohttp", "hot path"])
+async def test_a_keep_alive_connection_is_closed_after_the_idle_timeout_and_a_new_request_restarts_its_clock(
+    hot: bool,
+) -> None:
     """Between requests a connection may pause ``idle_timeout_s``; bytes of a next request move it back to the
     header clock, so a client that starts a request after a pause and stalls is closed after the header timeout."""
-    async with served() as s:
+    async with served(hot=hot) as s:
         r, w = await s.connect()
         assert await echo(r, w, {"k": 1}) == {"k": 1}
         s.guard.sweep(s.now() + LIMITS.header_timeout_s + 0.5)  # idle, not waiting for headers: kept
@@ -143,11 +160,14 @@ async def test_a_keep_alive_connection_is_closed_after_the_idle_timeout_and_a_ne
         assert s.guard.counts["idle_timeout"] == 1 and s.guard.counts["header_timeout"] == 1
 
 
-async def test_a_body_that_stops_arriving_is_cut_after_the_body_timeout(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("hot", [False, True], ids=["aiohttp", "hot path"])
+async def test_a_body_that_stops_arriving_is_cut_after_the_body_timeout(
+    caplog: pytest.LogCaptureFixture, hot: bool
+) -> None:
     """Headers announce 100 bytes and 10 arrive: the connection is closed after ``body_timeout_s`` (not after the
     shorter header timeout), and the aborted handler logs no error."""
     caplog.set_level(logging.WARNING)
-    async with served() as s:
+    async with served(hot=hot) as s:
         r, w = await s.connect()
         w.write(
             b'POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"k": 1, '

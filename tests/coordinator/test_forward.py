@@ -72,7 +72,8 @@ async def pair(cfg: CoordinatorConfig) -> AsyncIterator[Pair]:
     forwarder = Forwarder("f1", cfg, state.metrics)
 
     async def forward(request: web.Request) -> web.Response:
-        return await forwarder.forward(request, await request.read(), f"http://{HOST}:{leader_port}", {})
+        leader = f"http://{HOST}:{leader_port}"
+        return await forwarder.forward(request, await request.read(), leader, {}, route=request.match_info.route.name)
 
     follower_app = web.Application()
     follower_app.router.add_post("/v1/windows/claim", forward, name=LONG_POLL_ROUTE)

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from coordinator._hotpath import MAX_HEAD_BYTES, HotPath
 from devkit.cluster import FAST_CONFIG, MIN, Cluster
@@ -241,6 +242,34 @@ async def test_the_hand_over_gives_aiohttp_every_byte_from_the_other_request_on(
     await settle()
     assert bytes(recorder.received) == other + request(CLAIM, b"{}")
     assert transport.written.count(b"HTTP/1.1") == 1
+
+
+def test_an_answer_it_cannot_write_is_a_500_not_a_hang() -> None:
+    """A handler's answer is a ``web.Response`` of bytes; anything else is written as a 500 JSON error."""
+    data = hot_path().render(web.StreamResponse(), close=False)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert json.loads(body)["error"]["code"] == "internal"
+    assert f"Content-Length: {len(body)}".encode() in head
+
+
+async def test_a_failure_while_answering_aborts_the_connection_and_is_logged() -> None:
+    """Should writing an answer fail (``respond`` answers every error itself), the connection is aborted, not
+    left waiting, and the failure is logged."""
+
+    async def broken(request: Any, route: str, handler: Any) -> web.StreamResponse:
+        raise RuntimeError("bug")
+
+    hot = HotPath(broken, None, 4096)
+    hot.add(CLAIM, _echo)
+    front = hot.protocol(Recorder)
+    transport = FakeTransport()
+    front.connection_made(transport)
+    with capture_logs() as logs:
+        front.data_received(request(CLAIM, b"{}"))
+        await settle()
+    assert transport.closed and transport.written == b""
+    assert [log["event"] for log in logs] == ["hotpath.answer_failed"]
 
 
 # -- the cluster: raw HTTP/1.1 against coordinator serve -----------------------------------------------------------

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from coordinator._hotpath import MAX_HEAD_BYTES, HotPath
@@ -270,6 +272,38 @@ async def test_a_failure_while_answering_aborts_the_connection_and_is_logged() -
         await settle()
     assert transport.closed and transport.written == b""
     assert [log["event"] for log in logs] == ["hotpath.answer_failed"]
+
+
+_GOOD_LINES = [b"Host: 127.0.0.1", b"X-Request-Id: r-1", b"Connection: close", b"X-Empty:", b"Authorization: Bearer t"]
+_BAD_LINES = [
+    b"content-length: 2",
+    b"Content-Length: +2",
+    b"Transfer-Encoding: chunked",
+    b"Connection: keep-alive, Upgrade",
+    b" folded",
+    b"X-Note: caf\xc3\xa9",
+]
+_LINES = st.one_of(st.sampled_from(_GOOD_LINES), st.sampled_from(_GOOD_LINES + _BAD_LINES), st.binary(max_size=40))
+_HEADS = st.lists(_LINES, max_size=6, unique=True).flatmap(
+    lambda extra: st.permutations([b"Content-Type: application/json", b"Content-Length: 2", *extra])
+)
+
+
+@given(first=st.sampled_from([b"POST /v1/windows/claim HTTP/1.1", b"POST /v1/windows/claim  HTTP/1.1"]), lines=_HEADS)
+@settings(max_examples=400, deadline=None)
+def test_any_head_parses_without_error_and_only_what_rule_1_allows_is_taken(first: bytes, lines: list[bytes]) -> None:
+    """Whatever bytes a head holds, parsing never raises; a head it takes has one JSON Content-Length within the
+    cap, visible-ASCII fields each named once, and none of the fields that hand a request over."""
+    head = b"\r\n".join([first, *lines])
+    parsed = hot_path().parse(head, len(head) + 4)
+    if parsed is None:
+        return
+    names = [line.split(b":", 1)[0].lower() for line in lines]
+    assert len(names) == len(set(names)) and all(line.isascii() and b":" in line for line in lines)
+    assert all(0x20 <= byte < 0x7F or byte == 0x09 for line in lines for byte in line)
+    assert not {b"transfer-encoding", b"expect", b"upgrade"} & set(names)
+    assert parsed.length <= 4096 and parsed.headers["Content-Type"].lower().startswith("application/json")
+    assert parsed.length == int(parsed.headers["content-length"])
 
 
 # -- the cluster: raw HTTP/1.1 against coordinator serve -----------------------------------------------------------

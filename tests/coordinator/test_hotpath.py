@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from coordinator._hotpath import MAX_HEAD_BYTES, HotPath
+from coordinator._hotpath import HOT_ROUTES, MAX_HEAD_BYTES, HotPath
+from coordinator.routes import ROUTES
 from devkit.cluster import FAST_CONFIG, MIN, Cluster
 
 HOST = "127.0.0.1"
@@ -114,6 +115,14 @@ def test_a_plain_claim_or_complete_is_taken() -> None:
     closing = request(COMPLETE, b"{}", "Connection: close", content_type="application/json; charset=utf-8")
     parsed = hot_path().parse(head_of(closing), 0)
     assert parsed is not None and parsed.path == COMPLETE and parsed.close
+
+
+def test_every_hot_route_is_a_post_without_path_parameters() -> None:
+    """The hot path matches exact paths of POST requests: each route it serves must be one, or it never matches."""
+    by_name = {route.name: route for route in ROUTES}
+    for name in HOT_ROUTES:
+        route = by_name[name]
+        assert route.method == "POST" and "{" not in route.path and not route.query, name
 
 
 HANDED_OVER: list[tuple[str, Callable[[], bytes]]] = [

@@ -42,7 +42,15 @@ from aiohttp import web
 from provider.core import CoordinatorConfig
 from provider.core.obs import get_logger
 
-__all__ = ["ConnectionGuard", "ConnectionLimits", "GuardedSite", "connection_limits", "fd_limit", "raise_fd_limit"]
+__all__ = [
+    "ConnectionGuard",
+    "ConnectionLimits",
+    "GuardedSite",
+    "RelayProtocol",
+    "connection_limits",
+    "fd_limit",
+    "raise_fd_limit",
+]
 
 log = get_logger("coordinator.connections")
 
@@ -415,16 +423,38 @@ class ConnectionGuard:
                 log.exception("http.sweep_failed")
 
 
-class _GuardedProtocol(asyncio.Protocol):
+class RelayProtocol(asyncio.Protocol):
+    """A protocol in front of another (``_inner``, once there is one): the end of the connection and the flow
+    control of writing are the inner protocol's."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self) -> None:
+        self._inner: asyncio.Protocol | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+
+class _GuardedProtocol(RelayProtocol):
     """Wraps aiohttp's per-connection protocol: admits (or refuses) the connection and reports its bytes."""
 
-    __slots__ = ("_conn", "_guard", "_inner", "_make")
+    __slots__ = ("_conn", "_guard", "_make")
 
     def __init__(self, guard: ConnectionGuard, make: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__()
         self._guard = guard
         self._make = make
         self._conn: _Conn | None = None
-        self._inner: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._conn = self._guard.admit(transport)
@@ -443,16 +473,7 @@ class _GuardedProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._conn is not None:
             self._guard.forget(self._conn)
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
+        super().connection_lost(exc)
 
 
 class GuardedSite(web.BaseSite):

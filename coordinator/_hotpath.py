@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from coordinator._call import HttpRequest
-from coordinator._connections import ConnectionGuard
+from coordinator._connections import ConnectionGuard, RelayProtocol
 from provider.core.obs import get_logger
 
 __all__ = ["HOT_ROUTES", "MAX_HEAD_BYTES", "HotPath"]
@@ -235,13 +235,13 @@ class HotPath:
         return self._date
 
 
-class _FrontProtocol(asyncio.Protocol):
+class _FrontProtocol(RelayProtocol):
     """One connection: hot requests here, then (rule 2) aiohttp's protocol for good."""
 
     def __init__(self, hot: HotPath, make: Callable[[], asyncio.Protocol]) -> None:
+        super().__init__()
         self._hot = hot
         self._make = make
-        self._inner: asyncio.Protocol | None = None
         self._transport: Any = None
         self._buffer = bytearray()
         self._head: _Head | None = None  # a hot head whose body is still coming
@@ -270,18 +270,6 @@ class _FrontProtocol(asyncio.Protocol):
             return self._inner.eof_received()
         self._eof = True
         return self._busy  # keep the connection open to write the answer in progress, then close it
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._inner is not None:
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._inner is not None:
-            self._inner.resume_writing()
 
     def _next(self) -> None:
         """Start the buffered request if it is complete and hot, wait for its bytes, or hand over (rule 2)."""

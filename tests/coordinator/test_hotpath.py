@@ -211,15 +211,21 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_body_in_pieces_is_answered_once_complete_and_pipelined_bytes_wait() -> None:
-    """The head, then the body a byte at a time: nothing is answered until the body is complete. A second request
-    written while the first is served waits for the first answer, then is answered after it."""
-    hot = HotPath(_respond, None, 4096)
+def front_of(respond: Any = None) -> tuple[asyncio.Protocol, FakeTransport, Recorder]:
+    """A hot path serving CLAIM with ``_echo`` on a fake connection; the Recorder stands in for aiohttp."""
+    hot = HotPath(respond or _respond, None, 4096)
     hot.add(CLAIM, _echo)
     recorder = Recorder()
     front = hot.protocol(lambda: recorder)
     transport = FakeTransport()
     front.connection_made(transport)
+    return front, transport, recorder
+
+
+async def test_a_body_in_pieces_is_answered_once_complete_and_pipelined_bytes_wait() -> None:
+    """The head, then the body a byte at a time: nothing is answered until the body is complete. A second request
+    written while the first is served waits for the first answer, then is answered after it."""
+    front, transport, recorder = front_of()
     data = request(CLAIM, b'{"n": 1}')
     split = data.index(b"\r\n\r\n") + 4
     front.data_received(data[:split])
@@ -238,12 +244,7 @@ async def test_a_body_in_pieces_is_answered_once_complete_and_pipelined_bytes_wa
 async def test_the_hand_over_gives_aiohttp_every_byte_from_the_other_request_on() -> None:
     """A hot request, then another route, then a hot one: the first is answered here; aiohttp's protocol gets the
     connection and exactly the bytes from the second request on, and everything after."""
-    hot = HotPath(_respond, None, 4096)
-    hot.add(CLAIM, _echo)
-    recorder = Recorder()
-    front = hot.protocol(lambda: recorder)
-    transport = FakeTransport()
-    front.connection_made(transport)
+    front, transport, recorder = front_of()
     other = f"GET /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode()
     front.data_received(request(CLAIM, b"{}") + other)
     await settle()
@@ -271,11 +272,7 @@ async def test_a_failure_while_answering_aborts_the_connection_and_is_logged() -
     async def broken(request: Any, route: str, handler: Any) -> web.StreamResponse:
         raise RuntimeError("bug")
 
-    hot = HotPath(broken, None, 4096)
-    hot.add(CLAIM, _echo)
-    front = hot.protocol(Recorder)
-    transport = FakeTransport()
-    front.connection_made(transport)
+    front, transport, _ = front_of(broken)
     with capture_logs() as logs:
         front.data_received(request(CLAIM, b"{}"))
         await settle()

@@ -49,6 +49,7 @@ __all__ = [
     "check_frame",
     "column_arrays",
     "column_names",
+    "contract_arrays",
     "empty_frame",
     "frame_from_arrays",
     "frame_from_block",
@@ -137,6 +138,21 @@ def _our_blocks(frame: pd.DataFrame) -> tuple[Any, Any] | None:
     if type(head) is slice and type(tail) is slice and head == _TS_SLICE and tail == _PRICES_SLICE:
         return first, rest
     return None
+
+
+def contract_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """The stamps (int64 epoch ns) and the ``(5, N)`` float64 price block of a frame built by rule 3 and still
+    laid out so (the contract's column labels and dtypes, two blocks), without copies; None for any other frame."""
+    if frame.columns is not _COLUMNS_INDEX:
+        return None
+    blocks = _our_blocks(frame)
+    if blocks is None:
+        return None
+    ts, prices = blocks[0].values, blocks[1].values
+    if ts.dtype != TS_DTYPE or prices.dtype != np.float64:
+        return None
+    stamps = ts.asi8  # int64 view, (1, N) or (N,): indexing the view costs 0.1 us, the DatetimeArray 3 us
+    return (stamps[0] if stamps.ndim == 2 else stamps), prices
 
 
 def column_arrays(frame: pd.DataFrame) -> list[Any]:

@@ -56,7 +56,14 @@ class RegressionReportStage:
     def run(self, frame: pd.DataFrame, context: ConformanceContext, report: ConformanceReport) -> pd.DataFrame:
         """Fill ``report.regression`` and remember the report; the frame passes unchanged."""
         before = self._previous.get(context.node_id)
-        if before is None:
+        if before is not None and not before.flags and not report.flags:  # clean after clean: nothing changed
+            report.regression = {
+                "previous": before.request_id or None,
+                "flag_delta": {},
+                "new_gaps": [],
+                "resolved_gaps": [],
+            }
+        elif before is None:
             report.regression = {"previous": None, "flag_delta": {}, "new_gaps": report.gaps, "resolved_gaps": []}
         else:
             kinds = set(before.flag_counts) | set(report.flag_counts)

@@ -18,7 +18,8 @@ Rules:
 4. ``ts`` may arrive as tz-aware or naive datetimes (naive means UTC) or as integers: epoch milliseconds, or
    epoch seconds when every value is below 10**11 (QMTL frames carry seconds).
 5. A frame that already matches is returned as is: no copy on the hot path (one ``stat`` of the registry file and
-   a dict lookup per frame).
+   a dict lookup per frame). A frame our readers built (:func:`provider.frames.contract_arrays`) matches the
+   contract's schema by its layout alone, without reading a dtype per column.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import pandas as pd
 from provider.conformance._compat import Schema, parse_declaration, read_problems, widens
 from provider.conformance._registry import OHLCV_SCHEMA, SchemaRegistry
 from provider.conformance._report import ConformanceContext, ConformanceReport
-from provider.frames import TS_DTYPE, column_arrays, column_names
+from provider.frames import FRAME_COLUMNS, PRICE_COLUMNS, TS_DTYPE, column_arrays, column_names, contract_arrays
 
 __all__ = ["OHLCV_SCHEMA", "Schema", "SchemaRegistry", "SchemaRollupStage"]
 
 #: Integer timestamps below this are epoch seconds (10**11 s is the year 5138; 10**11 ms is 1973).
 _SECONDS_LIMIT = 10**11
 _TS_TEXT = str(TS_DTYPE)
+#: The frame contract's columns as a schema lists them (``ohlcv@1``).
+_CONTRACT = tuple(zip(FRAME_COLUMNS, (_TS_TEXT, *["float64"] * len(PRICE_COLUMNS)), strict=True))
 #: Node ids whose reader schema a stage remembers (then it starts over); also bounds the dtype text cache.
 _MAX_CACHED_NODES = 4096
 _DTYPE_TEXT: dict[Any, str] = {}
@@ -70,9 +73,12 @@ def _empty(schema: Schema) -> pd.DataFrame:
 
 
 def _matches(frame: pd.DataFrame, schema: Schema) -> bool:
-    if column_names(frame) != schema.names:
+    index = frame.index
+    if not isinstance(index, pd.RangeIndex) or index.start != 0 or index.step != 1:
         return False
-    if not isinstance(frame.index, pd.RangeIndex) or frame.index.start != 0 or frame.index.step != 1:
+    if schema.columns == _CONTRACT and contract_arrays(frame) is not None:
+        return True  # built by our readers and laid out so: the contract's labels and dtypes (rule 5)
+    if column_names(frame) != schema.names:
         return False
     arrays = column_arrays(frame)  # the dtypes without building frame.dtypes (a Series): rule 5
     return all(_dtype_text(arrays[i].dtype) == d for i, (_, d) in enumerate(schema.columns))

@@ -14,17 +14,22 @@ Rules 5 and 6 look at those of ``open high low close volume`` the frame has (a s
 have others); rule 6 needs all five. The frame is copied only when a row is dropped or reordered.
 8. Fast path, never weaker: a frame whose stamps are consecutive grid slots inside the request, closed at
    ``now_ms``, with finite values and no OHLC violation (what storage returns, checked with a handful of numpy
-   reductions on the column arrays) can trip none of rules 1-6, so only rule 7 runs on it. Any doubt (one of
-   those checks false) sends the frame through the full rules above, which decide.
+   reductions: on the one price block of a frame our readers built, else on the column arrays) can trip none
+   of rules 1-6, and its gaps (rule 7) can only lie before its first bar or after its last, so they follow from
+   those two stamps. Any doubt (one of those checks false) sends the frame through the full rules above, which
+   decide.
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from provider.conformance._report import ConformanceContext, ConformanceReport
-from provider.frames import PRICE_COLUMNS, column_arrays, column_names
+from provider.frames import PRICE_COLUMNS, column_arrays, column_names, contract_arrays
 
 __all__ = ["TemporalRollupStage", "find_gaps"]
 
@@ -67,10 +72,12 @@ class TemporalRollupStage:
 
     def run(self, frame: pd.DataFrame, context: ConformanceContext, report: ConformanceReport) -> pd.DataFrame:
         """Return the cleaned frame; every change and finding goes into ``report``."""
-        stamps_ns, values = _columns(frame)
-        if _clean(stamps_ns, values, context):  # rule 8
-            self._report_gaps(report, stamps_ns, context)
+        stamps_ns, prices, values = _arrays(frame)
+        if prices is not None and _clean(stamps_ns, prices, context):  # rule 8
+            _report_edge_gaps(report, int(stamps_ns[0]) // _NS_PER_MS, int(stamps_ns[-1]) // _NS_PER_MS, context)
             return frame
+        if values is None:
+            values = dict(zip(PRICE_COLUMNS, prices, strict=True))
         rows = len(frame)
         order: np.ndarray | None = None
         descents = int((np.diff(stamps_ns) < 0).sum()) if rows > 1 else 0
@@ -118,6 +125,19 @@ class TemporalRollupStage:
             keep &= ~bad
 
 
+def _arrays(frame: pd.DataFrame) -> tuple[np.ndarray, Any, dict[str, np.ndarray] | None]:
+    """The stamps (int64 epoch ns), the prices for rule 8 (the ``(5, N)`` block of a frame our readers built, else
+    the five columns when all are float64, else None) and the price columns by name (None for the block)."""
+    arrays = contract_arrays(frame)
+    if arrays is not None:
+        return arrays[0], arrays[1], None
+    stamps_ns, values = _columns(frame)
+    prices = [values[c] for c in PRICE_COLUMNS] if len(values) == len(PRICE_COLUMNS) else None
+    if prices is not None and any(p.dtype != np.float64 for p in prices):
+        prices = None
+    return stamps_ns, prices, values
+
+
 def _columns(frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The ``ts`` column as int64 epoch ns and the price columns the frame has, as numpy arrays (no copies)."""
     names = column_names(frame)
@@ -131,11 +151,12 @@ def _columns(frame: pd.DataFrame) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return stamps_ns, values
 
 
-def _clean(stamps_ns: np.ndarray, values: dict[str, np.ndarray], context: ConformanceContext) -> bool:
-    """Rule 8: whether rules 1-6 provably find nothing (False means: run them)."""
+def _clean(stamps_ns: np.ndarray, prices: Any, context: ConformanceContext) -> bool:
+    """Rule 8: whether rules 1-6 provably find nothing (False means: run them). ``prices``: the ``(5, N)`` block
+    or the five arrays, in :data:`PRICE_COLUMNS` order, all float64."""
     rows = len(stamps_ns)
     step_ns = context.interval_ms * _NS_PER_MS
-    if not rows or len(values) != len(PRICE_COLUMNS) or any(v.dtype != np.float64 for v in values.values()):
+    if not rows:
         return False
     first, last = int(stamps_ns[0]), int(stamps_ns[-1])
     if first < context.start_ms * _NS_PER_MS or last >= context.end_ms * _NS_PER_MS:
@@ -144,10 +165,30 @@ def _clean(stamps_ns: np.ndarray, values: dict[str, np.ndarray], context: Confor
         return False
     if not _contiguous(stamps_ns, step_ns):
         return False
-    with np.errstate(invalid="ignore", over="ignore"):
-        if not np.isfinite(sum(values.values())).all():  # a NaN or inf anywhere makes the sum non-finite
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or inf anywhere makes the sum non-finite
+        total = prices.sum() if isinstance(prices, np.ndarray) else sum(p.sum() for p in prices)
+        if not math.isfinite(total):
             return False
-        return not _ohlc_violations(values).any()
+        # Finite from here on: x - y >= 0 exactly when x >= y (an overflow gives inf, of the right sign).
+        if isinstance(prices, np.ndarray):  # the block: open and close as one (2, N) view
+            o_c, h, lo = prices[0:4:3], prices[1], prices[2]
+            return bool((o_c - lo).min() >= 0 and (h - o_c).min() >= 0 and prices[4].min() >= 0)
+        o, h, lo, c, v = prices
+        return not ((o < lo).any() or (c < lo).any() or (o > h).any() or (c > h).any() or (v < 0).any())
+
+
+def _report_edge_gaps(report: ConformanceReport, first_ms: int, last_ms: int, context: ConformanceContext) -> None:
+    """Rule 7 for consecutive bars ``first_ms .. last_ms``: inside each covered range, only the slots before the
+    first bar and after the last can be absent (what :func:`find_gaps` finds, without a pass over the stamps)."""
+    interval = context.interval_ms
+    end_ms = last_ms + interval
+    for lo_raw, hi_raw in context.covered:
+        lo = -((-lo_raw) // interval) * interval
+        hi = (hi_raw // interval) * interval
+        for gap_lo, gap_hi in ((lo, min(hi, first_ms)), (max(lo, end_ms), hi)):
+            if gap_lo < gap_hi:
+                bars = (gap_hi - gap_lo) // interval
+                report.add("gap", 1, start_ms=gap_lo, end_ms=gap_hi, detail=f"{bars} bar(s) absent")
 
 
 def _contiguous(sorted_ns: np.ndarray, step_ns: int) -> bool:
@@ -157,7 +198,7 @@ def _contiguous(sorted_ns: np.ndarray, step_ns: int) -> bool:
     first, last = int(sorted_ns[0]), int(sorted_ns[-1])
     if first == _NAT or first % step_ns or last - first != (len(sorted_ns) - 1) * step_ns:
         return False
-    return bool((np.diff(sorted_ns) == step_ns).all())
+    return bool(((sorted_ns[1:] - sorted_ns[:-1]) == step_ns).all())
 
 
 def _duplicates(sorted_ns: np.ndarray) -> np.ndarray:

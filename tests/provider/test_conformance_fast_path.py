@@ -13,7 +13,8 @@ import pytest
 from provider.conformance import TemporalRollupStage
 from provider.conformance import _temporal as temporal
 from provider.conformance._report import ConformanceContext, ConformanceReport
-from provider.frames import column_arrays, column_names, frame_from_arrays, frame_from_block, ts_ns
+from provider.conformance._schema import SchemaRollupStage
+from provider.frames import column_arrays, column_names, contract_arrays, frame_from_arrays, frame_from_block, ts_ns
 
 M = 60_000
 T0 = 1_700_000_000_000 // M * M
@@ -77,6 +78,71 @@ def test_each_defect_is_flagged_as_the_full_rules_flag_it(name: str) -> None:
     pd.testing.assert_frame_equal(fast_out, full_out, check_exact=True)
 
 
+def _block(*cells: tuple[int, int, float]) -> Any:
+    """Values written straight into the arrays a reader hands ``frame_from_block``: (row, col, value), where col 0
+    is ts in ms and 1-5 the prices."""
+
+    def build() -> pd.DataFrame:
+        stamps = T0 + np.arange(N, dtype=np.int64) * M
+        close = 100.0 + np.arange(N, dtype=np.float64)
+        prices = np.vstack([close, close + 1, close - 1, close, np.ones(N)])
+        for row, col, value in cells:
+            if col == 0:
+                stamps[row] = int(value)
+            else:
+                prices[col - 1, row] = value
+        return frame_from_block(stamps, prices)
+
+    return build
+
+
+BLOCK_DEFECTS = {
+    "nan close": (_block((7, 4, np.nan)), "non_finite"),
+    "inf volume": (_block((0, 5, np.inf)), "non_finite"),
+    "-inf low": (_block((3, 3, -np.inf)), "non_finite"),  # low <= open and close still hold
+    "inf high": (_block((N - 1, 2, np.inf)), "non_finite"),  # high >= open and close still hold
+    "negative volume": (_block((3, 5, -1.0)), "ohlc_violation"),
+    "low above close": (_block((9, 3, 1.7e308)), "ohlc_violation"),
+    "high below open": (_block((N - 1, 2, 0.0)), "ohlc_violation"),
+    "off grid": (_block((5, 0, T0 + 5 * M + 1)), "off_grid"),
+    "duplicate": (_block((5, 0, T0 + 4 * M)), "duplicate_ts"),
+    "unsorted": (_block((0, 0, T0 + N * M - 1)), "unsorted"),
+    # Finite values whose sum overflows: the fast path doubts, the full rules find nothing.
+    "huge but clean": (_block((2, 2, 1.7e308), (3, 5, 1.7e308)), None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_DEFECTS))
+def test_frames_our_readers_build_get_the_block_fast_path_and_the_same_flags(name: str) -> None:
+    """A frame laid out as ``frame_from_block`` lays it out is checked on its price block at once; every defect
+    there is flagged exactly as the full rules flag it."""
+    build, kind = BLOCK_DEFECTS[name]
+    assert contract_arrays(build()) is not None  # this frame takes the block path
+    fast_out, fast = _run(build(), fast=True)
+    full_out, full = _run(build(), fast=False)
+    assert kind in fast.flag_counts if kind else not fast.flags
+    assert _flags(fast) == _flags(full)
+    pd.testing.assert_frame_equal(fast_out, full_out, check_exact=True)
+
+
+@pytest.mark.parametrize(
+    "covered", [(), ((T0, T0 + N * M),), ((T0 - 3 * M, T0 + 2 * M), (T0 + N * M - M, T0 + (N + 4) * M + 7))]
+)
+@pytest.mark.parametrize("rows", [(0, N), (5, N), (0, N - 9), (12, 30)])
+def test_gaps_at_the_edges_of_a_clean_block_are_the_gaps_the_full_rules_find(covered: Any, rows: Any) -> None:
+    """A clean frame's gaps follow from its first and last bar; they match a pass over every stamp."""
+    lo_row, hi_row = rows
+    stamps = T0 + np.arange(lo_row, hi_row, dtype=np.int64) * M
+    close = np.full(len(stamps), 5.0)
+    frame = frame_from_block(stamps, np.vstack([close, close + 1, close - 1, close, close]))
+    context = ConformanceContext("ohlcv:binance:BTC/USDT:1m", M, T0 - 3 * M, T0 + (N + 5) * M, covered=covered)
+    fast = ConformanceReport(node_id=context.node_id, interval_ms=M, start_ms=context.start_ms, end_ms=context.end_ms)
+    assert TemporalRollupStage().run(frame, context, fast) is frame
+    expected = temporal.find_gaps(ts_ns(frame) // 1_000_000, covered, M)
+    assert [(f.start_ms, f.end_ms) for f in fast.flags if f.kind == "gap"] == expected
+    assert fast.flag_counts.get("gap", 0) == len(expected)
+
+
 def test_a_bar_not_closed_yet_is_dropped_on_the_fast_path_too() -> None:
     now = T0 + (N - 1) * M  # the last bar closes at T0 + N * M
     out, report = _run(_frame(), fast=True, now_ms=now)
@@ -88,7 +154,7 @@ def test_a_clean_frame_is_returned_as_is_with_the_full_rules_report() -> None:
     frame = _frame(lambda f: f.drop(index=[10, 11]).reset_index(drop=True))  # one gap of two bars
     stamps, values = temporal._columns(frame)
     context = ConformanceContext("ohlcv:binance:BTC/USDT:1m", M, T0, T0 + N * M, covered=(), now_ms=None)
-    assert not temporal._clean(stamps, values, context)  # not consecutive: the full rules decide
+    assert not temporal._clean(stamps, list(values.values()), context)  # not consecutive: the full rules decide
     clean = _frame()
     fast_out, fast = _run(clean, fast=True)
     _, full = _run(clean, fast=False)
@@ -138,3 +204,29 @@ def test_column_arrays_reads_every_layout_like_pandas(reshape: Any) -> None:
     assert len(arrays) == len(frame.columns)
     for position, name in enumerate(frame.columns):
         assert np.array_equal(np.asarray(arrays[position]), frame[name].to_numpy()), name
+
+
+@pytest.mark.parametrize(
+    "derive",
+    [
+        lambda f: f.astype(dict.fromkeys(("open", "high", "low", "close", "volume"), "float32")),
+        lambda f: f.astype({"ts": "datetime64[us, UTC]"}),
+        lambda f: f.astype({"volume": "int64"}),
+    ],
+    ids=["float32 prices", "ts in us", "int volume"],
+)
+def test_the_schema_stage_trusts_a_readers_layout_only_with_the_contracts_dtypes(derive: Any) -> None:
+    """A frame our readers built matches the contract schema by its layout alone (returned as is); a frame derived
+    from it with other dtypes keeps the column labels object, and still gets its casts flagged."""
+    block = np.vstack([np.full(N, 5.0)] * 5)
+    built = frame_from_block(T0 + np.arange(N, dtype=np.int64) * M, block)
+    context = ConformanceContext("ohlcv:binance:BTC/USDT:1m", M, T0, T0 + N * M)
+    stage = SchemaRollupStage()
+    clean = ConformanceReport(node_id=context.node_id, interval_ms=M, start_ms=T0, end_ms=T0 + N * M)
+    assert stage.run(built, context, clean) is built and not clean.flags
+    derived = derive(built)
+    assert derived.columns is built.columns and contract_arrays(derived) is None
+    report = ConformanceReport(node_id=context.node_id, interval_ms=M, start_ms=T0, end_ms=T0 + N * M)
+    out = stage.run(derived, context, report)
+    assert report.flag_counts.get("dtype_cast", 0) >= 1
+    assert list(out.dtypes.astype(str)) == ["datetime64[ns, UTC]", *["float64"] * 5]

@@ -174,6 +174,9 @@ def ts_ms(frame: pd.DataFrame) -> np.ndarray:
 
 def ts_ns(frame: pd.DataFrame) -> np.ndarray:
     """The ``ts`` column of a contract frame as int64 epoch ns, without a copy."""
+    arrays = contract_arrays(frame)
+    if arrays is not None:  # 2 us; the column lookup below takes 5 us and pandas' ``frame["ts"]`` 15
+        return arrays[0]
     get = getattr(frame, "_get_column_array", None)
     if get is not None and frame.columns is _COLUMNS_INDEX:
         return np.asarray(get(0).asi8, dtype=np.int64)

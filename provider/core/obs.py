@@ -1,9 +1,11 @@
 """Logging and metrics helpers shared by every process.
 
 Rules:
-1. Services log JSON lines through structlog; a line carries the service name, the level, an ISO timestamp and
-   whatever is bound in the context (``request_id``, and for leases ``lease_id``, ``window_id``, ``token``,
-   ``worker_id``). :func:`bind_request` binds those for the current asyncio task only (contextvars).
+1. Services log JSON lines through structlog; a line carries the service name, the level, an ISO 8601 UTC
+   timestamp with microseconds (``2026-12-07T02:46:03.123456Z``) and whatever is bound in the context
+   (``request_id``, and for leases ``lease_id``, ``window_id``, ``token``, ``worker_id``). :func:`bind_request`
+   binds those for the current asyncio task only (contextvars). Level, timestamp and redaction are one processor
+   (a third of a line's cost was three calls and ``datetime.isoformat``).
 2. Each process (and each test) owns its Prometheus registry: :func:`new_registry`; nothing registers on the
    global default registry, so two coordinators in one test process never collide.
 3. Nothing is configured at import time; the CLI calls :func:`configure_logging` once.
@@ -18,6 +20,7 @@ import asyncio
 import logging
 import secrets
 import sys
+import time
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from json import JSONEncoder
@@ -46,6 +49,28 @@ _SECRET_KEYS = frozenset({"token_secret", "password", "authorization", "cluster_
 
 #: Whether a field name is secret, per name seen (a process logs few distinct names).
 _SECRET_NAMES: dict[str, bool] = {}
+
+
+#: structlog's level names for the two methods named otherwise.
+_LEVEL_OF = {"warn": "warning", "exception": "error"}
+#: The whole second of the last stamp and its ISO text (a process logs many lines per second).
+_SECOND: list[Any] = [None, ""]
+
+
+def _utc_stamp() -> str:
+    """Now as ISO 8601 UTC with microseconds (``2026-12-07T02:46:03.123456Z``), the second's text reused."""
+    now = time.time()
+    second = int(now)
+    if second != _SECOND[0]:
+        _SECOND[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_SECOND[1]}.{int((now - second) * 1_000_000):06d}Z"
+
+
+def _stamp(_: Any, method_name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Level, timestamp and redaction in one step (rule 1; one processor call instead of three per line)."""
+    event["level"] = _LEVEL_OF.get(method_name, method_name)
+    event["timestamp"] = _utc_stamp()
+    return _redact(_, method_name, event)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -80,12 +105,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True, s
     if not isinstance(level_no, int):
         raise ValueError(f"log level {level!r} is not valid; use DEBUG, INFO, WARNING or ERROR")
     renderer: Any = _json_renderer() if json else structlog.dev.ConsoleRenderer(colors=False)
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        _redact,
-    ]
+    shared: list[Any] = [structlog.contextvars.merge_contextvars, _stamp]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import re
+from datetime import UTC, datetime
 
 import structlog
 
-from provider.core.obs import new_registry
+from provider.core.obs import bind_request, configure_logging, get_logger, new_registry
 from provider.metrics import ProviderMetrics
 
 from .conftest import SERIES, at, store
@@ -31,6 +36,33 @@ def test_metric_names_are_the_contract_and_live_on_a_private_registry():
     assert sla.type == "histogram"
     other = ProviderMetrics()
     assert other.registry is not registry
+
+
+def test_log_lines_are_json_with_level_utc_microsecond_stamp_context_and_secrets_redacted():
+    """configure_logging: structlog and stdlib lines alike carry the service, the level, an ISO 8601 UTC stamp with
+    microseconds, the bound request id, and no secret value."""
+    out = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("svc", stream=out)
+    try:
+        with bind_request("rid-1", node_id="n"):
+            get_logger("t").warning("one", password="hunter2", rows=3)
+            get_logger("t").exception("two")
+            logging.getLogger("std").warning("three %d", 3)
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:], root.level = handlers, level
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(x["event"], x["level"]) for x in lines] == [("one", "warning"), ("two", "error"), ("three 3", "warning")]
+    for line in lines:
+        assert line["service"] == "svc"
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", line["timestamp"]), line["timestamp"]
+        stamp = datetime.strptime(line["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs((datetime.now(UTC) - stamp).total_seconds()) < 60
+    assert lines[0]["request_id"] == lines[1]["request_id"] == "rid-1" and lines[0]["node_id"] == "n"
+    assert lines[0]["password"] == "[redacted]" and lines[0]["rows"] == 3
+    assert "hunter2" not in out.getvalue()
 
 
 async def test_each_fetch_logs_with_one_request_id(storage, source, make_provider):

@@ -406,11 +406,10 @@ class SeamlessDataProvider(SourceReads):
         return frame
 
     def _check_sla(self, ctx: FetchContext, sla: SLARun, frame: pd.DataFrame) -> None:
-        newest = last_ts_ms(frame) if len(frame) else None
         try:
             sla.check_coverage(ctx.meta.coverage_ratio)
-            if ctx.end_ms > ctx.start_ms:
-                sla.check_freshness(newest, ctx.interval_ms, ctx.end_ms)
+            if ctx.end_ms > ctx.start_ms and sla.policy.max_lag_seconds is not None:
+                sla.check_freshness(last_ts_ms(frame) if len(frame) else None, ctx.interval_ms, ctx.end_ms)
         except SeamlessSLAExceeded as exc:
             if self.strategy is not _S.PARTIAL_FILL:
                 raise

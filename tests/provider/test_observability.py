@@ -40,7 +40,8 @@ def test_metric_names_are_the_contract_and_live_on_a_private_registry():
 
 def test_log_lines_are_json_with_level_utc_microsecond_stamp_context_and_secrets_redacted():
     """configure_logging: structlog and stdlib lines alike carry the service, the level, an ISO 8601 UTC stamp with
-    microseconds, the bound request id, and no secret value."""
+    microseconds, the bound request id, and no secret value. The direct path (obs rule 5) yields to capture_logs
+    and to a configuration of the application's own."""
     out = io.StringIO()
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
@@ -50,10 +51,20 @@ def test_log_lines_are_json_with_level_utc_microsecond_stamp_context_and_secrets
             get_logger("t").warning("one", password="hunter2", rows=3)
             get_logger("t").exception("two")
             logging.getLogger("std").warning("three %d", 3)
+            get_logger("t").debug("below the level")
+        written = out.getvalue()
+        with structlog.testing.capture_logs() as captured:  # the installed processors, swapped in place
+            get_logger("t").info("captured", n=1)
+        other = structlog.testing.LogCapture()
+        structlog.configure(processors=[other])  # an application's own configuration takes over
+        get_logger("t").warning("theirs", n=2)
     finally:
         structlog.reset_defaults()
         root.handlers[:], root.level = handlers, level
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert out.getvalue() == written  # neither the captured nor the reconfigured line reached the stream
+    assert [(e["event"], e["log_level"], e["n"]) for e in captured] == [("captured", "info", 1)]
+    assert [(e["event"], e["log_level"], e["n"]) for e in other.entries] == [("theirs", "warning", 2)]
+    lines = [json.loads(line) for line in written.splitlines()]
     assert [(x["event"], x["level"]) for x in lines] == [("one", "warning"), ("two", "error"), ("three 3", "warning")]
     for line in lines:
         assert line["service"] == "svc"

@@ -28,6 +28,7 @@ from provider.fetchmeta import FetchContext
 from provider.frames import Piece, last_ts_ms, trim
 from provider.metrics import ProviderMetrics
 from provider.sla import SLARun
+from provider.storage.errors import StorageError
 from provider.storage_source import grid_inward
 
 __all__ = ["SourceReads", "covered_ranges", "read_pieces"]
@@ -99,8 +100,6 @@ class SourceReads:
         self, ctx: FetchContext, remaining: list[tuple[int, int]], origin: str | None = None
     ) -> list[tuple[int, int]]:
         """Storage serves what its ledger covers (rule 3)."""
-        from provider.storage.errors import StorageError
-
         with tracing.span("seamless.storage", attributes=lambda: _phase_attributes(ctx, remaining, origin)) as current:
             try:
                 return await self._read_source(ctx, self.storage, remaining, origin, current=current)

@@ -439,7 +439,7 @@ class SeamlessDataProvider(SourceReads):
                 self.metrics.count_report_dropped(getattr(self.report_sink, "kind", "custom"), "error")
                 _log.warning("report.publish_failed", uri=report.uri, error=f"{type(exc).__name__}: {exc}"[:500])
 
-        task = asyncio.ensure_future(publish())
+        task = asyncio.get_running_loop().create_task(publish())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

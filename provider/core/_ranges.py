@@ -8,7 +8,8 @@ Rules:
    a bar. A bar partly covered counts as missing.
 4. Work is vectorized with numpy (sort + sweep, O(n log n)); nothing here does I/O. Inputs of a few ranges
    (lists or tuples, ``_SMALL`` ranges in all; what a fetch passes) take a pure-Python path with the same
-   results: numpy's per-call overhead (~20 us a call) would dominate the fixed cost of a small fetch.
+   results: numpy's per-call overhead (~20 us a call) would dominate the fixed cost of a small fetch. One
+   ``(int, int)`` range against one (a request against its coverage) is answered by comparisons alone.
 5. Large results are a :class:`RangeList`: the documented list of tuples, which also keeps its merged bounds as
    read-only int64 arrays, so ``subtract_ranges(merge_ranges(a), b)`` reads ``a``'s tuples once. Merging sorts
    starts and ends apart (no argsort, no gather); subtract and intersect look each bound of one set up in the
@@ -203,7 +204,35 @@ def _union(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate((x, y)), kind="stable")
 
 
+def _one(ranges: Any) -> Range | None:
+    """The range of a list or tuple holding one valid ``(int, int)`` pair, else None (then the general path)."""
+    if type(ranges) in _SEQUENCES and len(ranges) == 1:
+        pair = ranges[0]
+        if type(pair) is tuple and len(pair) == 2:
+            lo, hi = pair
+            if type(lo) is int and type(hi) is int and lo <= hi:
+                return pair
+    return None
+
+
+def _combine_one(a: Range, b: Range, keep_b: bool) -> list[Range]:
+    """One range against one: what most fetches ask (the request against its coverage)."""
+    lo, hi = a
+    b_lo, b_hi = b
+    if keep_b:
+        start, end = max(lo, b_lo), min(hi, b_hi)
+        return [(start, end)] if start < end else []
+    if b_lo >= b_hi or b_hi <= lo or b_lo >= hi:  # b empty or beside a: a whole
+        return [(lo, hi)] if lo < hi else []
+    return [r for r in ((lo, b_lo), (b_hi, hi)) if r[0] < r[1]]
+
+
 def _combine(a: Iterable[tuple[Any, Any]], b: Iterable[tuple[Any, Any]], keep_b: bool) -> list[Range]:
+    one_a = _one(a)
+    if one_a is not None:
+        one_b = _one(b)
+        if one_b is not None:
+            return _combine_one(one_a, one_b, keep_b)
     if _is_small(a, b):
         return _small_combine(a, b, keep_b)
     sa, ea = _merged(a)

@@ -123,6 +123,22 @@ def test_the_small_input_path_equals_the_numpy_path(a, b):
         subtract_ranges([*a, (5, 4)], b)
 
 
+one_st = st.tuples(st.integers(0, 60), st.integers(0, 20)).map(lambda p: (p[0], p[0] + p[1]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(one_st, one_st, st.sampled_from([list, tuple]))
+def test_one_range_against_one_equals_the_general_paths(a, b, container):
+    """The comparisons-only path for one range against one gives what the small and numpy paths give."""
+    arr_a, arr_b = np.array([a], dtype=np.int64), np.array([b], dtype=np.int64)
+    for op in (intersect_ranges, subtract_ranges):
+        result = op(container([a]), container([b]))
+        assert result == op(arr_a, arr_b) == op([a, a], [b])  # two copies of a: the small path
+        assert all(type(x) is int for pair in result for x in pair)
+    with pytest.raises(ValueError, match="range start 5 is after its end 4"):
+        subtract_ranges([(5, 4)], [b])
+
+
 @settings(max_examples=300, deadline=None)
 @given(ranges_st, ranges_st)
 def test_set_operations_match_a_point_model(a, b):

@@ -390,7 +390,7 @@ class SeamlessDataProvider(SourceReads):
             now_ms=self.clock(),
             request_id=ctx.meta.request_id,
         )
-        with tracing.span("seamless.conformance", attributes={"seamless.rows": len(frame)}) as current:
+        with tracing.span("seamless.conformance", attributes=lambda: {"seamless.rows": len(frame)}) as current:
             frame, report = self.conformance.run(frame, context)
             for ingest in ctx.ingest:
                 report.merge_ingest(ingest)

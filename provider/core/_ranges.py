@@ -187,6 +187,9 @@ def _merged(ranges: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def merge_ranges(ranges: Iterable[tuple[Any, Any]]) -> list[Range]:
     """Sort and merge overlapping and adjacent ranges; empty ranges vanish."""
+    one = _one(ranges)
+    if one is not None:
+        return [one] if one[0] < one[1] else []
     if _is_small(ranges):
         return _small_merged(ranges)
     return RangeList(*_merged(ranges))

@@ -131,6 +131,7 @@ one_st = st.tuples(st.integers(0, 60), st.integers(0, 20)).map(lambda p: (p[0], 
 def test_one_range_against_one_equals_the_general_paths(a, b, container):
     """The comparisons-only path for one range against one gives what the small and numpy paths give."""
     arr_a, arr_b = np.array([a], dtype=np.int64), np.array([b], dtype=np.int64)
+    assert merge_ranges(container([a])) == merge_ranges(arr_a) == merge_ranges([a, a])
     for op in (intersect_ranges, subtract_ranges):
         result = op(container([a]), container([b]))
         assert result == op(arr_a, arr_b) == op([a, a], [b])  # two copies of a: the small path

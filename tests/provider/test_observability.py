@@ -60,6 +60,7 @@ def test_log_lines_are_json_with_level_utc_microsecond_stamp_context_and_secrets
         get_logger("t").warning("theirs", n=2)
     finally:
         structlog.reset_defaults()
+        structlog.contextvars.unbind_contextvars("service")  # configure_logging binds it for the process
         root.handlers[:], root.level = handlers, level
     assert out.getvalue() == written  # neither the captured nor the reconfigured line reached the stream
     assert [(e["event"], e["log_level"], e["n"]) for e in captured] == [("captured", "info", 1)]

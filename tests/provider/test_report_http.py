@@ -104,8 +104,8 @@ async def test_qmtl_spec_under_an_http_base_posts_per_node(collector):
 async def test_a_failing_collector_never_delays_a_fetch_and_every_drop_is_counted(
     fault, collector, storage, make_provider
 ):
-    """With the collector down, hanging or answering 500, fetches under a 200 ms SLA succeed fast; after the
-    retries each report is dropped as failed, counted and logged."""
+    """With the collector down, hanging or answering 500, fetches under a 200 ms SLA succeed and return before their
+    report's fate is decided; after the retries each report is dropped as failed, counted and logged."""
     collector.mode = fault
     url = _dead_url() if fault == "down" else collector.url
     sink = HttpReportSink(url, timeout_s=0.15, max_attempts=2, retry_backoff_ms=1, concurrency=2)
@@ -120,19 +120,20 @@ async def test_a_failing_collector_never_delays_a_fetch_and_every_drop_is_counte
     captured = structlog.testing.LogCapture()
     structlog.configure(processors=[captured])
     request_ids = set()
+    labels = {"sink": "http", "reason": "failed"}
     try:
         for k in range(4):
             frame = await provider.fetch(at(k * 100), at(k * 100 + 100), node_id=SERIES)
             request_ids.add(provider.last_fetch_metadata.request_id)
             assert len(frame) == 100
             assert provider.last_fetch_metadata.outcome == "ok"
-            assert provider.last_fetch_metadata.elapsed_ms < 150
+            # This fetch's report is still on its way (a fetch that waited for it would find it dropped by now).
+            assert provider.metrics.sample("seamless_report_dropped_total", labels) <= k
         await asyncio.wait_for(provider.wait_for_backfills(), 0.1)  # publication never waits on the collector
         await asyncio.wait_for(sink.drain(), 10)
     finally:
         structlog.reset_defaults()
         await sink.aclose()  # passed in, so the provider leaves it open
-    labels = {"sink": "http", "reason": "failed"}
     assert provider.metrics.sample("seamless_report_dropped_total", labels) == 4
     assert provider.metrics.sample("seamless_report_published_total", {"sink": "http"}) == 0
     drops = [e for e in captured.entries if e["event"] == "report.dropped"]

@@ -190,8 +190,9 @@ class _Logger:
                 line = processor(None, method, line)
         except structlog.DropEvent:
             return
-        with _LOCK:
-            print(line, file=direct.out, flush=True)
+        with _LOCK:  # one write per line, so no other writer's text lands between a line and its newline
+            direct.out.write(f"{line}\n")
+            direct.out.flush()
 
     def debug(self, event: str, *args: Any, **kw: Any) -> None:
         self._emit(logging.DEBUG, "debug", event, args, kw)

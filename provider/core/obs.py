@@ -27,8 +27,8 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from json import JSONEncoder
 from typing import Any, ClassVar, TextIO, TypeVar
@@ -219,15 +219,27 @@ def new_request_id() -> str:
     return secrets.token_hex(8)
 
 
-@contextmanager
-def bind_request(request_id: str | None = None, **fields: Any) -> Iterator[str]:
-    """Bind ``request_id`` (new when None) and extra fields to every log line of the current task."""
-    rid = request_id or new_request_id()
-    tokens = structlog.contextvars.bind_contextvars(request_id=rid, **fields)
-    try:
-        yield rid
-    finally:
-        structlog.contextvars.reset_contextvars(**tokens)
+def bind_request(request_id: str | None = None, **fields: Any) -> AbstractContextManager[str]:
+    """Bind ``request_id`` (new when None) and extra fields to every log line of the current task; ``with ... as
+    rid`` gives the id."""
+    return _Binding(request_id or new_request_id(), fields)
+
+
+class _Binding:
+    """:func:`bind_request`'s context manager (a class: a generator-based one cost a fetch 3 us more)."""
+
+    __slots__ = ("fields", "rid", "tokens")
+
+    def __init__(self, rid: str, fields: dict[str, Any]) -> None:
+        self.rid = rid
+        self.fields = fields
+
+    def __enter__(self) -> str:
+        self.tokens = structlog.contextvars.bind_contextvars(request_id=self.rid, **self.fields)
+        return self.rid
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self.tokens)
 
 
 def new_registry() -> CollectorRegistry:
